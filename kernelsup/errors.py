@@ -1,0 +1,110 @@
+"""The kernelsup error tree.
+
+Every error kernelsup raises or reports derives from :class:`KernelsupError` and carries a
+stable ``code`` (used in logs, JSON and CLI output) plus structured data. Third-party
+exceptions (zmq, OS, jupyter_client) are mapped to these at the I/O edge and never leak
+out of the public API.
+
+::
+
+    KernelsupError                      code
+    ├── ConfigError                     config_invalid
+    ├── KernelError
+    │   ├── KernelStartError            start_failure / start_timeout
+    │   └── KernelDied                  kernel_died
+    ├── RequestError
+    │   ├── Rejected                    rejected (and subcodes below)
+    │   │     queue_full, queue_timeout, unknown_pool, unknown_session, unknown_kernel,
+    │   │     pool_dead, shutting_down, kernel_unavailable
+    │   └── ExecTimeout                 timeout
+    └── ClientError
+        ├── Unreachable                 unreachable
+        ├── AuthenticationError         auth_failed
+        └── ProtocolError               protocol_error
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class KernelsupError(Exception):
+    """Root of every kernelsup error. ``code`` is stable; ``data`` is JSON-ready."""
+
+    code: ClassVar[str] = "error"
+
+    def __init__(self, message: str, *, code: str | None = None, **data: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code  # type: ignore[misc]  # instance override of the class default
+        self.data = data
+
+    def __str__(self) -> str:
+        return self.message
+
+    def describe(self) -> str:
+        """The one-line form the CLI prints: ``<CODE> <ErrorClass>: <message>``."""
+        return f"{self.code} {type(self).__name__}: {self.message}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "type": type(self).__name__, "message": self.message,
+                **self.data}
+
+
+class ConfigError(KernelsupError):
+    """The configuration is invalid. ``path`` names the key (``$.pool[0].size``)."""
+
+    code = "config_invalid"
+
+
+class KernelError(KernelsupError):
+    """Something happened to a kernel process."""
+
+    code = "kernel_error"
+
+
+class KernelStartError(KernelError):
+    """A kernel failed to become ready: ``cause`` is ``start_failure`` or ``start_timeout``."""
+
+    code = "start_failure"
+
+
+class KernelDied(KernelError):
+    """A kernel exited or froze; ``cause`` says how."""
+
+    code = "kernel_died"
+
+
+class RequestError(KernelsupError):
+    """A request could not be carried out."""
+
+    code = "request_error"
+
+
+class Rejected(RequestError):
+    """A request was refused before it ran; the subcode says why."""
+
+    code = "rejected"
+
+
+class ExecTimeout(RequestError):
+    code = "timeout"
+
+
+class ClientError(KernelsupError):
+    code = "client_error"
+
+
+class Unreachable(ClientError):
+    """No supervisor answered at the endpoint."""
+
+    code = "unreachable"
+
+
+class AuthenticationError(ClientError):
+    code = "auth_failed"
+
+
+class ProtocolError(ClientError):
+    code = "protocol_error"
