@@ -1,0 +1,595 @@
+"""The kernel actor: one supervised Jupyter kernel process.
+
+Theory of operation
+-------------------
+``run_kernel`` owns one kernel process for its whole life and returns (or, before it was
+ready, raises) why that life ended. Inside one nursery run:
+
+* process watch   ``await proc.wait()`` on a pidfd: death is seen within a millisecond;
+* heartbeat       a ping every ``interval``, each waiting at most ``interval``; ``misses``
+                  misses in a row mean the process is frozen (SIGSTOP, a stuck native call);
+* readers         one task per socket (shell, iopub, control) parses every message; shell
+                  replies wake the waiter for their msg_id; iopub output goes to the request
+                  whose msg_id is its parent; whatever fails to parse or verify is counted
+                  and dropped, and the kernel is left alone;
+* executor        takes one request at a time from the inbox (an unbuffered channel, so a
+                  request is either taken by the executor or was never started);
+* shutdown ladder shutdown_request -> grace -> SIGTERM to the group -> term_timeout ->
+                  SIGKILL to the group.
+
+The first terminal event (exit, missed heartbeats, a kill we decided on, the end of the
+ladder) records the exit cause and cancels the nursery. Cleanup then runs shielded and
+bounded: the process group is SIGKILLed and the leader reaped, the request in flight is
+answered ``died`` with the cause (or ``cancelled`` on our own shutdown), the inbox is closed
+so queued callers learn the kernel is gone, and the files are removed.
+
+A request is finished when its ``execute_reply`` has arrived AND iopub ``status: idle`` for
+its msg_id has been seen (the idle comes after all of its output). Whichever half arrives
+first, the other is awaited at most ``LATE_HALF_S``: a kernel that drops its idle (PUB
+sockets drop when their queue is full) cannot hang a request. ``timeout`` is a wall-clock
+deadline from the moment the request is sent to the (idle) kernel; output never extends
+it. At the deadline (or when the caller cancels) the kernel is interrupted and given
+``interrupt_grace`` to finish; failing that it is killed and the request reports
+``kernel_restarted`` and ``state_lost``. Code is never replayed.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+import trio
+import zmq
+
+from kernelsup.errors import KernelStartError, Rejected
+from kernelsup.jupyter import zmqio
+from kernelsup.jupyter.launch import KernelProcess, plan_launch, spawn
+from kernelsup.jupyter.outputs import OutputCollector
+from kernelsup.jupyter.wire import Message, Wire, WireError
+from kernelsup.results import ErrorInfo, ExecuteResult, ExitCause, Status
+
+KernelState = Literal["starting", "idle", "busy", "stopping", "exited"]
+
+# How long to wait for the late half of a finished request (reply or idle), see top.
+LATE_HALF_S = 3.0
+# How often to repeat kernel_info_request while waiting for the iopub subscription to
+# be confirmed (a SUB that connects late silently misses messages).
+IOPUB_PROBE_INTERVAL_S = 0.05
+# Upper bound on killing and reaping during cleanup; SIGKILL cannot be ignored, so this
+# only guards against a process stuck in uninterruptible sleep.
+REAP_TIMEOUT_S = 10.0
+
+
+@attrs.frozen
+class KernelOptions:
+    """Everything the actor needs to know, usually derived from a pool's config."""
+
+    kernel_name: str = "python3"
+    transport: str = "ipc"
+    interrupt_mode: str = ""
+    env: dict[str, str] = attrs.field(factory=dict)
+    cwd: str | None = None
+    start_timeout: float = 60.0
+    startup_code: str = ""
+    exec_timeout: float = 600.0
+    interrupt_grace: float = 5.0
+    max_output_bytes: int = 1048576
+    heartbeat_interval: float = 1.0
+    heartbeat_misses: int = 3
+    shutdown_grace: float = 2.0
+    term_timeout: float = 2.0
+
+
+@attrs.define
+class ActorStats:
+    iopub_dropped: int = 0
+    shell_dropped: int = 0
+    control_dropped: int = 0
+    stale_replies: int = 0
+    heartbeat_misses: int = 0
+    requests: int = 0
+
+
+@attrs.define(eq=False)
+class ExecuteRequest:
+    """One execute, travelling from a caller to the executor with its own reply channel."""
+
+    code: str
+    timeout: float
+    reply: trio.MemorySendChannel[ExecuteResult]
+    cancel_requested: bool = False
+    scope: trio.CancelScope | None = None
+
+    def cancel(self) -> None:
+        """Called from the caller's side: interrupt the request if it is running."""
+        self.cancel_requested = True
+        if self.scope is not None:
+            self.scope.cancel()
+
+    def deliver(self, result: ExecuteResult) -> None:
+        try:
+            self.reply.send_nowait(result)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.WouldBlock):
+            pass  # the requester went away; nobody to tell
+
+
+@attrs.define(eq=False)
+class _Running:
+    request: ExecuteRequest
+    msg_id: str
+    collector: OutputCollector
+    started_at: float
+    reply: Message | None = None
+    got_reply: trio.Event = attrs.field(factory=trio.Event)
+    got_idle: trio.Event = attrs.field(factory=trio.Event)
+    got_either: trio.Event = attrs.field(factory=trio.Event)
+
+
+class KernelHandle:
+    """What callers hold: the actor's public face while it runs."""
+
+    def __init__(self, actor: KernelActor) -> None:
+        self._actor = actor
+
+    @property
+    def kernel_id(self) -> str:
+        return self._actor.kernel_id
+
+    @property
+    def pid(self) -> int | None:
+        return self._actor.proc.pid if self._actor.proc else None
+
+    @property
+    def state(self) -> KernelState:
+        return self._actor.state
+
+    @property
+    def started_at(self) -> float | None:
+        return self._actor.ready_at
+
+    @property
+    def stats(self) -> ActorStats:
+        return self._actor.stats
+
+    @property
+    def kernel_info(self) -> dict[str, Any]:
+        return self._actor.kernel_info
+
+    @property
+    def exited(self) -> trio.Event:
+        return self._actor.exited
+
+    async def execute(self, code: str, *, timeout: float | None = None) -> ExecuteResult:
+        """Run ``code`` and return its single outcome.
+
+        Waits while the kernel is busy with another request. Raises ``Rejected``
+        (code ``kernel_unavailable``) when the kernel stopped before taking the request:
+        such a request never ran and may safely go elsewhere. If the caller is cancelled
+        while the request runs, the kernel is interrupted (and killed if it ignores that).
+        """
+        send, recv = trio.open_memory_channel[ExecuteResult](1)
+        req = ExecuteRequest(code=code, reply=send,
+                             timeout=self._actor.options.exec_timeout if timeout is None
+                             else timeout)
+        with recv:
+            try:
+                await self._actor.inbox_send.send(req)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                raise Rejected(f"kernel {self.kernel_id} is not running",
+                               code="kernel_unavailable", kernel_id=self.kernel_id) from None
+            try:
+                return await recv.receive()
+            except trio.Cancelled:
+                req.cancel()
+                raise
+
+    async def interrupt(self) -> None:
+        await self._actor.interrupt()
+
+    def shutdown(self) -> None:
+        """Ask the actor to stop gracefully (the shutdown ladder). Returns at once."""
+        self._actor.stop_requested.set()
+
+    def kill(self, reason: str = "killed by request") -> None:
+        """Kill the kernel now; the actor exits with cause ``failure``."""
+        self._actor.finish(ExitCause("failure", detail=reason))
+
+
+class KernelActor:
+    def __init__(self, kernel_id: str, options: KernelOptions, runtime_dir: Path) -> None:
+        self.kernel_id = kernel_id
+        self.options = options
+        self.runtime_dir = runtime_dir
+        self.state: KernelState = "starting"
+        self.stats = ActorStats()
+        self.proc: KernelProcess | None = None
+        self.ready_at: float | None = None
+        self.kernel_info: dict[str, Any] = {}
+        self.cause: ExitCause | None = None
+        self.exited = trio.Event()
+        self.stop_requested = trio.Event()
+        # Unbuffered: a request is either taken by the executor or it never started.
+        self.inbox_send, self.inbox = trio.open_memory_channel[ExecuteRequest](0)
+        self.handle = KernelHandle(self)
+        self._nursery: trio.Nursery | None = None
+        self._running: _Running | None = None
+        self._waiters: dict[str, tuple[trio.Event, list[Message]]] = {}
+        self._iopub_seen = trio.Event()
+        self._wire: Wire | None = None
+        self._sockets: dict[str, zmqio.Socket] = {}
+
+    def finish(self, cause: ExitCause) -> None:
+        """Record the first terminal cause and stop every child task."""
+        if self.cause is None:
+            self.cause = cause
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    # ------------------------------------------------------------------- main body
+    async def run(self, task_status: trio.TaskStatus[KernelHandle]) -> ExitCause:
+        opts = self.options
+        plan = plan_launch(self.kernel_id, opts.kernel_name, self.runtime_dir,
+                           transport=opts.transport, extra_env=opts.env,
+                           interrupt_mode=opts.interrupt_mode, cwd=opts.cwd)
+        self._wire = Wire(plan.connection.key, plan.connection.signature_scheme)
+        self.proc, output = await spawn(plan)
+        started = False
+        try:
+            self._open_sockets()
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self.proc.drain_output, output)
+                nursery.start_soon(self._watch_process)
+                nursery.start_soon(self._shell_reader)
+                nursery.start_soon(self._iopub_reader)
+                nursery.start_soon(self._control_reader)
+                with trio.move_on_after(opts.start_timeout) as start_scope:
+                    await self._handshake()
+                    nursery.start_soon(self._heartbeat)
+                    if opts.startup_code:
+                        await self._run_startup_code()
+                if start_scope.cancelled_caught:
+                    self.finish(ExitCause(
+                        "start_timeout",
+                        detail=f"not ready within start_timeout = {opts.start_timeout:g} s"))
+                else:
+                    self.ready_at = trio.current_time()
+                    self.state = "idle"
+                    started = True
+                    nursery.start_soon(self._executor)
+                    nursery.start_soon(self._shutdown_ladder)
+                    task_status.started(self.handle)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._cleanup()
+        assert self.cause is not None
+        if not started:
+            kind = self.cause.kind if self.cause.kind == "start_timeout" else "start_failure"
+            cause = attrs.evolve(self.cause, kind=kind)
+            tail = self.proc.output_tail()
+            raise KernelStartError(
+                f"kernel {self.kernel_id} failed to start: {cause.describe()}"
+                + (f"; output: {tail}" if tail else ""),
+                code=kind, kernel_id=self.kernel_id, cause=cause, output_tail=tail)
+        return self.cause
+
+    async def _cleanup(self) -> None:
+        assert self.proc is not None
+        self.state = "exited"
+        if self.cause is None:  # cancelled from outside: the supervisor is going away
+            self.cause = ExitCause("normal", detail="supervisor stopped")
+        with trio.move_on_after(REAP_TIMEOUT_S):
+            await self.proc.kill_and_reap()
+        if self.cause.code is None and self.cause.signal is None \
+                and self.proc.returncode is not None and self.cause.kind == "failure":
+            self.cause = attrs.evolve(self.cause, **_status_fields(self.proc.returncode))
+        if self._running is not None:
+            self._running.request.deliver(self._died_result(self._running))
+            self._running = None
+        self.inbox.close()
+        for sock in self._sockets.values():
+            sock.close()
+        self.proc.cleanup_files()
+        self.exited.set()
+
+    def _died_result(self, run: _Running) -> ExecuteResult:
+        assert self.cause is not None
+        if self.stop_requested.is_set():
+            return self._result(run, "cancelled", code="shutting_down",
+                                message="the kernel was shut down while the request ran")
+        return self._result(run, "died", code="kernel_died", cause=self.cause,
+                            kernel_restarted=True, state_lost=True,
+                            message=f"kernel {self.kernel_id} died: {self.cause.describe()}")
+
+    # ------------------------------------------------------------------- sockets
+    def _open_sockets(self) -> None:
+        assert self.proc is not None
+        conn = self.proc.plan.connection
+        ctx = zmqio.context()
+        kinds = {"shell": zmq.DEALER, "control": zmq.DEALER, "iopub": zmq.SUB,
+                 "hb": zmq.DEALER}
+        for channel, kind in kinds.items():
+            raw = ctx.socket(kind)
+            raw.setsockopt(zmq.LINGER, 0)
+            if kind == zmq.SUB:
+                raw.setsockopt(zmq.SUBSCRIBE, b"")
+            raw.connect(conn.endpoint(channel))
+            self._sockets[channel] = zmqio.Socket(raw)
+
+    async def _send(self, channel: str, msg_type: str,
+                    content: dict[str, Any] | None = None) -> str:
+        assert self._wire is not None
+        msg_id, frames = self._wire.build(msg_type, content)
+        await self._sockets[channel].send_multipart(frames)
+        return msg_id
+
+    def _expect(self, msg_id: str) -> tuple[trio.Event, list[Message]]:
+        waiter: tuple[trio.Event, list[Message]] = (trio.Event(), [])
+        self._waiters[msg_id] = waiter
+        return waiter
+
+    async def _request(self, channel: str, msg_type: str,
+                       content: dict[str, Any] | None = None) -> Message:
+        assert self._wire is not None
+        msg_id, frames = self._wire.build(msg_type, content)
+        event, box = self._expect(msg_id)
+        try:
+            await self._sockets[channel].send_multipart(frames)
+            await event.wait()
+            return box[0]
+        finally:
+            self._waiters.pop(msg_id, None)
+
+    # ------------------------------------------------------------------- readers
+    async def _read(self, channel: str) -> Message | None:
+        assert self._wire is not None
+        frames = await self._sockets[channel].recv_multipart()
+        try:
+            return self._wire.parse(frames)
+        except WireError:
+            setattr(self.stats, f"{channel}_dropped",
+                    getattr(self.stats, f"{channel}_dropped") + 1)
+            return None
+
+    async def _shell_reader(self) -> None:
+        while True:
+            msg = await self._read("shell")
+            if msg is None:
+                continue
+            if msg.msg_type == "kernel_info_reply":
+                self.kernel_info = msg.content
+            run = self._running
+            if run is not None and msg.parent_id == run.msg_id:
+                run.reply = msg
+                run.got_reply.set()
+                run.got_either.set()
+            elif msg.parent_id in self._waiters:
+                event, box = self._waiters[msg.parent_id]
+                box.append(msg)
+                event.set()
+            else:
+                self.stats.stale_replies += 1
+
+    async def _control_reader(self) -> None:
+        while True:
+            await self._read("control")  # replies to interrupt/shutdown: nothing to do
+
+    async def _iopub_reader(self) -> None:
+        while True:
+            msg = await self._read("iopub")
+            if msg is None:
+                continue
+            self._iopub_seen.set()
+            run = self._running
+            if run is None or msg.parent_id != run.msg_id:
+                continue
+            if msg.msg_type == "status":
+                if msg.content.get("execution_state") == "idle":
+                    run.got_idle.set()
+                    run.got_either.set()
+            else:
+                run.collector.add_message(msg.msg_type, msg.content)
+
+    # ------------------------------------------------------------------- lifecycle
+    async def _watch_process(self) -> None:
+        assert self.proc is not None
+        code = await self.proc.wait()
+        tail = self.proc.output_tail()
+        self.finish(ExitCause.from_returncode(code, requested=self.stop_requested.is_set(),
+                                              detail=tail))
+
+    async def _handshake(self) -> None:
+        """Ready = kernel_info_reply received and the iopub subscription confirmed."""
+        reply = await self._request("shell", "kernel_info_request")
+        self.kernel_info = reply.content
+        while not self._iopub_seen.is_set():
+            await self._send("shell", "kernel_info_request")
+            with trio.move_on_after(IOPUB_PROBE_INTERVAL_S):
+                await self._iopub_seen.wait()
+
+    async def _run_startup_code(self) -> None:
+        send, recv = trio.open_memory_channel[ExecuteResult](1)
+        req = ExecuteRequest(self.options.startup_code, reply=send,
+                             timeout=self.options.start_timeout)
+        result = await self._run_one(req)
+        if result.status != "ok":
+            detail = result.error.evalue if result.error else result.message
+            self.finish(ExitCause("start_failure",
+                                  detail=f"startup_code failed ({result.status}): {detail}"))
+            await trio.sleep_forever()
+        recv.close()
+
+    async def _heartbeat(self) -> None:
+        interval = self.options.heartbeat_interval
+        sock = self._sockets["hb"]
+        misses = 0
+        seq = 0
+        while True:
+            seq += 1
+            ping = b"kernelsup-%d" % seq
+            sent_at = trio.current_time()
+            await sock.send_multipart([ping])
+            answered = False
+            with trio.move_on_at(sent_at + interval):
+                while not answered:
+                    frames = await sock.recv_multipart()
+                    answered = bool(frames) and frames[-1] == ping
+            if answered:
+                misses = 0
+                await trio.sleep_until(sent_at + interval)
+                continue
+            misses += 1
+            self.stats.heartbeat_misses += 1
+            if misses >= self.options.heartbeat_misses:
+                self.finish(ExitCause(
+                    "heartbeat",
+                    detail=f"no heartbeat reply for {misses} pings of {interval:g} s"))
+                return
+
+    async def _shutdown_ladder(self) -> None:
+        assert self.proc is not None
+        await self.stop_requested.wait()
+        self.state = "stopping"
+        if self._running is not None:
+            self._running.request.cancel()
+        await self._send("control", "shutdown_request", {"restart": False})
+        proc = self.proc
+        with trio.move_on_after(self.options.shutdown_grace):
+            await proc.wait()
+            return
+        proc.signal_group(signal.SIGTERM)
+        with trio.move_on_after(self.options.term_timeout):
+            await proc.wait()
+            return
+        proc.signal_group(signal.SIGKILL)
+
+    async def interrupt(self) -> None:
+        assert self.proc is not None
+        if self.proc.plan.interrupt_mode == "signal":
+            self.proc.signal_group(signal.SIGINT)
+        else:
+            await self._send("control", "interrupt_request")
+
+    # ------------------------------------------------------------------- execute
+    async def _executor(self) -> None:
+        async for req in self.inbox:
+            if self.stop_requested.is_set():
+                req.deliver(_rejected("shutting_down", f"kernel {self.kernel_id} is stopping"))
+                continue
+            if req.cancel_requested:
+                req.deliver(ExecuteResult("cancelled", code="cancelled",
+                                          kernel_id=self.kernel_id))
+                continue
+            self.state = "busy"
+            result = await self._run_one(req)
+            req.deliver(result)
+            if self.state == "busy":
+                self.state = "idle"
+
+    async def _run_one(self, req: ExecuteRequest) -> ExecuteResult:
+        assert self._wire is not None
+        self.stats.requests += 1
+        msg_id, frames = self._wire.build("execute_request", {
+            "code": req.code, "silent": False, "store_history": True,
+            "user_expressions": {}, "allow_stdin": False, "stop_on_error": True})
+        run = _Running(req, msg_id, OutputCollector(self.options.max_output_bytes),
+                       started_at=trio.current_time())
+        self._running = run
+        deadline = run.started_at + req.timeout if math.isfinite(req.timeout) else math.inf
+        await self._sockets["shell"].send_multipart(frames)
+        with trio.CancelScope(deadline=deadline) as req.scope:
+            if req.cancel_requested:
+                req.scope.cancel()
+            await self._finished(run)
+        req.scope = None
+        status: Status
+        if run.reply is not None or run.got_idle.is_set():
+            status = _reply_status(run)
+            self._running = None
+            return self._result(run, status)
+        # Deadline passed or the caller cancelled: interrupt, then grace, then kill.
+        status = "cancelled" if req.cancel_requested else "timeout"
+        await self.interrupt()
+        with trio.move_on_after(self.options.interrupt_grace):
+            await self._finished(run)
+        if run.reply is not None or run.got_idle.is_set():
+            self._running = None
+            return self._result(run, status, interrupted=True, code=status,
+                                message=_limit_message(status, req.timeout))
+        self._running = None
+        result = self._result(run, status, interrupted=True, kernel_restarted=True,
+                              state_lost=True, code=status,
+                              message=_limit_message(status, req.timeout)
+                              + f"; the kernel ignored the interrupt for "
+                              f"{self.options.interrupt_grace:g} s and was killed")
+        self.state = "stopping"
+        req.deliver(result)
+        self.finish(ExitCause("failure", detail=f"killed: request ignored interrupt after "
+                                                f"{status}"))
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def _finished(self, run: _Running) -> None:
+        await run.got_either.wait()
+        with trio.move_on_after(LATE_HALF_S):
+            await run.got_reply.wait()
+            await run.got_idle.wait()
+
+    def _result(self, run: _Running, status: Status, **extra: Any) -> ExecuteResult:
+        c = run.collector
+        reply = run.reply.content if run.reply is not None else {}
+        if c.error is None and reply.get("status") == "error":
+            c.set_error(reply)
+        outs = c.outputs()
+        count = reply.get("execution_count")
+        extra.setdefault("code", None if status == "ok" else
+                         "execution_error" if status == "error" else status)
+        return ExecuteResult(
+            status=status,
+            stdout=OutputCollector.stream_text(outs, "stdout"),
+            stderr=OutputCollector.stream_text(outs, "stderr"),
+            result=c.result, outputs=tuple(outs), error=c.error,
+            execution_count=count if isinstance(count, int) else c.execution_count,
+            kernel_id=self.kernel_id, run_s=trio.current_time() - run.started_at,
+            truncated_bytes=c.truncated_bytes, **extra)
+
+
+def _reply_status(run: _Running) -> Status:
+    if run.reply is None:
+        return "error" if run.collector.error is not None else "ok"
+    status = run.reply.content.get("status")
+    return "ok" if status == "ok" else "error"
+
+
+def _limit_message(status: str, timeout: float) -> str:
+    if status == "timeout":
+        return f"execution exceeded its {timeout:g} s timeout and was interrupted"
+    return "the caller cancelled the request and it was interrupted"
+
+
+def _rejected(code: str, message: str) -> ExecuteResult:
+    return ExecuteResult("rejected", code=code, message=message)
+
+
+def _status_fields(returncode: int) -> dict[str, int]:
+    return {"signal": -returncode} if returncode < 0 else {"code": returncode}
+
+
+async def run_kernel(kernel_id: str, options: KernelOptions, runtime_dir: Path, *,
+                     task_status: trio.TaskStatus[KernelHandle] = trio.TASK_STATUS_IGNORED,
+                     ) -> ExitCause:
+    """Run one kernel until it exits; return why.
+
+    Start with ``handle = await nursery.start(run_kernel, ...)``: ``start`` returns once the
+    kernel answered ``kernel_info`` with its iopub subscription confirmed (and
+    ``startup_code`` ran), or raises :class:`KernelStartError` whose ``data["cause"]`` is a
+    ``start_timeout`` or ``start_failure`` :class:`ExitCause`. Cancelling the task kills
+    the kernel's process group at once; ``handle.shutdown()`` stops it gracefully.
+    """
+    return await KernelActor(kernel_id, options, runtime_dir).run(task_status)
+
+
+__all__ = ["ActorStats", "ErrorInfo", "KernelHandle", "KernelOptions", "run_kernel"]

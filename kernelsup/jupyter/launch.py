@@ -1,0 +1,306 @@
+"""Turn a kernelspec into a running kernel process that cannot outlive the supervisor.
+
+Theory of operation
+-------------------
+* The kernelspec comes from jupyter_client's ``KernelSpecManager``; its argv is formatted
+  with the connection file the way jupyter_client does it. Connection files are written by
+  ``jupyter_client.connect.write_connection_file``: IPC by default, with the socket files
+  and the connection file inside a private runtime directory (dir 0700, files 0600).
+* The kernel starts in a new session (``setsid``), so it and everything it starts form one
+  process group, signalled and killed as one.
+* Tether: the child sets ``PR_SET_PDEATHSIG = SIGKILL`` before exec. That signal fires
+  when the *thread* that forked the child exits, and trio's worker threads exit after about
+  10 s idle, so every fork happens on one long-lived spawner thread owned by this module
+  (it lives as long as the process). The child also checks, after arming the signal, that
+  its parent is still the supervisor, closing the race where the supervisor died between
+  fork and prctl.
+* Exit is watched with ``os.pidfd_open`` + ``trio.lowlevel.wait_readable``: the kernel's
+  death is seen within about a millisecond and nothing polls. The zombie keeps the pid
+  reserved until we reap it, so the group is killed *before* the leader is reaped.
+* The kernel's stdout and stderr go to one pipe that a task drains into a bounded tail
+  (kept for error messages); the kernel never inherits the supervisor's fd 0, 1 or 2.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import os
+import queue
+import secrets
+import signal
+import stat
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+import trio
+from jupyter_client.connect import write_connection_file
+from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+from kernelsup.errors import KernelStartError
+
+InterruptMode = Literal["signal", "message"]
+
+# Unix socket paths are limited to 108 bytes including the NUL; ipykernel appends "-N".
+_MAX_IPC_PATH = 100
+# How much of a kernel's own stdout/stderr we keep for error messages.
+STDERR_TAIL_BYTES = 8192
+
+
+@attrs.frozen
+class ConnectionInfo:
+    transport: str
+    ip: str
+    shell_port: int
+    iopub_port: int
+    stdin_port: int
+    control_port: int
+    hb_port: int
+    key: bytes
+    signature_scheme: str
+
+    def endpoint(self, channel: str) -> str:
+        port = getattr(self, f"{channel}_port")
+        if self.transport == "ipc":
+            return f"ipc://{self.ip}-{port}"
+        return f"tcp://{self.ip}:{port}"
+
+    def socket_files(self) -> list[Path]:
+        if self.transport != "ipc":
+            return []
+        return [Path(f"{self.ip}-{getattr(self, c + '_port')}")
+                for c in ("shell", "iopub", "stdin", "control", "hb")]
+
+
+@attrs.frozen
+class LaunchPlan:
+    """Everything needed to exec one kernel, decided before any process exists."""
+
+    argv: tuple[str, ...]
+    env: Mapping[str, str]
+    cwd: str | None
+    interrupt_mode: InterruptMode
+    connection: ConnectionInfo
+    connection_file: Path
+    language: str
+
+
+def private_dir(path: str | os.PathLike[str]) -> Path:
+    """Create (or tighten) a directory only this user can enter: mode 0700."""
+    p = Path(path)
+    p.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if stat.S_IMODE(p.stat().st_mode) != 0o700:
+        p.chmod(0o700)
+    return p
+
+
+def plan_launch(kernel_id: str, kernel_name: str, runtime_dir: Path, *,
+                transport: str = "ipc", extra_env: Mapping[str, str] | None = None,
+                interrupt_mode: str = "", cwd: str | None = None,
+                spec_manager: KernelSpecManager | None = None) -> LaunchPlan:
+    """Resolve the kernelspec and write the connection file. Raises KernelStartError."""
+    ksm = spec_manager or KernelSpecManager()
+    try:
+        spec = ksm.get_kernel_spec(kernel_name)
+    except NoSuchKernel:
+        known = ", ".join(sorted(ksm.find_kernel_specs())) or "none"
+        raise KernelStartError(f"no kernelspec named {kernel_name!r} (known: {known})",
+                               code="start_failure", kernel=kernel_name) from None
+    runtime_dir = private_dir(runtime_dir)
+    nonce = secrets.token_hex(4)
+    conn_file = runtime_dir / f"kernel-{kernel_id}-{nonce}.json"
+    if transport == "ipc":
+        ip = str(runtime_dir / f"{kernel_id}-{nonce}")
+        if len(ip) + 3 > _MAX_IPC_PATH:
+            raise KernelStartError(
+                f"runtime directory {str(runtime_dir)!r} is too long for IPC socket paths "
+                f"({len(ip) + 3} > {_MAX_IPC_PATH} bytes); choose a shorter runtime_dir",
+                code="start_failure")
+    elif transport == "tcp":
+        ip = "127.0.0.1"
+    else:
+        raise KernelStartError(f"unknown transport {transport!r}", code="start_failure")
+    key = secrets.token_hex(32).encode()
+    _, info = write_connection_file(str(conn_file), ip=ip, key=key, transport=transport,
+                                    kernel_name=kernel_name)
+    conn_file.chmod(0o600)
+    conn = ConnectionInfo(
+        transport=transport, ip=ip, key=key,
+        shell_port=int(info["shell_port"]), iopub_port=int(info["iopub_port"]),
+        stdin_port=int(info["stdin_port"]), control_port=int(info["control_port"]),
+        hb_port=int(info["hb_port"]),
+        signature_scheme=str(info.get("signature_scheme", "hmac-sha256")))
+    subs = {"connection_file": str(conn_file), "resource_dir": spec.resource_dir,
+            "prefix": sys.prefix}
+    argv = tuple(arg.format(**subs) if "{" in arg else arg for arg in spec.argv)
+    if argv and argv[0] in ("python", "python3") and kernel_name == "python3":
+        argv = (sys.executable, *argv[1:])
+    env = dict(os.environ)
+    env.update({k: v.format(**subs) if "{" in v else v for k, v in (spec.env or {}).items()})
+    env.update(extra_env or {})
+    mode = interrupt_mode or spec.interrupt_mode or "signal"
+    if mode not in ("signal", "message"):
+        raise KernelStartError(f"unknown interrupt_mode {mode!r}", code="start_failure")
+    return LaunchPlan(argv=argv, env=env, cwd=cwd, interrupt_mode=mode,  # type: ignore[arg-type]
+                      connection=conn, connection_file=conn_file, language=spec.language)
+
+
+# --------------------------------------------------------------------------- spawning
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_PR_SET_PDEATHSIG = 1
+
+
+def _tether(parent_pid: int) -> Callable[[], None]:
+    def preexec() -> None:  # runs in the child between fork and exec
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent_pid:
+            os._exit(70)
+
+    return preexec
+
+
+class _SpawnerThread:
+    """One thread that lives as long as the process and does every fork (see top)."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="kernelsup-spawner",
+                                                daemon=True)
+                self._thread.start()
+        self._jobs.put(job)
+
+    def _loop(self) -> None:
+        while True:
+            self._jobs.get()()
+
+
+_spawner = _SpawnerThread()
+
+
+class KernelProcess:
+    """A started kernel: its pid, its process group, its exit, its output tail."""
+
+    def __init__(self, popen: subprocess.Popen[bytes], plan: LaunchPlan) -> None:
+        self.popen = popen
+        self.pid = popen.pid
+        self.pgid = popen.pid  # start_new_session: the kernel leads its own group
+        self.plan = plan
+        self.returncode: int | None = None
+        self.started_at = trio.current_time()
+        self._pidfd: int | None = os.pidfd_open(popen.pid)
+        self._reaped = trio.Event()
+        self._wait_lock = trio.Lock()
+        self._tail: collections.deque[bytes] = collections.deque()
+        self._tail_len = 0
+
+    # -- exit --------------------------------------------------------------------
+    async def wait(self) -> int:
+        """Wait for the kernel to exit, kill what is left of its group, reap it."""
+        async with self._wait_lock:
+            if self.returncode is None:
+                assert self._pidfd is not None
+                await trio.lowlevel.wait_readable(self._pidfd)
+                self._reap()
+        assert self.returncode is not None
+        return self.returncode
+
+    def _reap(self) -> None:
+        # Still a zombie here, so the group id cannot have been reused: kill the group
+        # (background jobs, `!pip install`) before the leader's pid is released.
+        self.signal_group(signal.SIGKILL)
+        self.returncode = self.popen.wait()
+        if self._pidfd is not None:
+            trio.lowlevel.notify_closing(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+        self._reaped.set()
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def signal_group(self, sig: int) -> None:
+        """Signal the whole process group; a group that is gone already is fine."""
+        try:
+            os.killpg(self.pgid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def signal_leader(self, sig: int) -> None:
+        if self.returncode is None:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    async def kill_and_reap(self) -> int:
+        """SIGKILL the group and reap the leader. Bounded: a SIGKILLed process always exits."""
+        self.signal_group(signal.SIGKILL)
+        return await self.wait()
+
+    # -- output tail -------------------------------------------------------------
+    async def drain_output(self, stream: trio.abc.ReceiveStream) -> None:
+        """Read the kernel's stdout/stderr pipe until EOF, keeping only the tail."""
+        async with stream:
+            while chunk := await stream.receive_some(65536):
+                self._tail.append(chunk)
+                self._tail_len += len(chunk)
+                while self._tail_len - len(self._tail[0]) >= STDERR_TAIL_BYTES:
+                    self._tail_len -= len(self._tail.popleft())
+
+    def output_tail(self, limit: int = 2000) -> str:
+        data = b"".join(self._tail)[-limit:]
+        return data.decode("utf-8", "replace").strip()
+
+    def cleanup_files(self) -> None:
+        """Remove the connection file and IPC socket files once the kernel is gone."""
+        for path in [self.plan.connection_file, *self.plan.connection.socket_files()]:
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+
+
+async def spawn(plan: LaunchPlan) -> tuple[KernelProcess, trio.abc.ReceiveStream]:
+    """Start the kernel on the spawner thread; returns it and its output pipe.
+
+    Not cancellable half-way: if the caller is cancelled while the fork is in flight, the
+    fresh process is killed and reaped before Cancelled propagates.
+    """
+    token = trio.lowlevel.current_trio_token()
+    done = trio.Event()
+    box: dict[str, Any] = {}
+    read_fd, write_fd = os.pipe()
+    parent_pid = os.getpid()
+
+    def job() -> None:
+        try:
+            box["popen"] = subprocess.Popen(
+                plan.argv, env=dict(plan.env), cwd=plan.cwd, stdin=subprocess.DEVNULL,
+                stdout=write_fd, stderr=write_fd, start_new_session=True,
+                close_fds=True, preexec_fn=_tether(parent_pid))
+        except BaseException as exc:  # delivered to the trio side below
+            box["error"] = exc
+        finally:
+            os.close(write_fd)
+            token.run_sync_soon(done.set)
+
+    _spawner.submit(job)
+    with trio.CancelScope(shield=True):
+        await done.wait()
+    if "error" in box:
+        os.close(read_fd)
+        raise KernelStartError(f"could not execute {plan.argv[0]!r}: {box['error']}",
+                               code="start_failure")
+    return KernelProcess(box["popen"], plan), trio.lowlevel.FdStream(read_fd)

@@ -1,0 +1,84 @@
+"""Shared fixtures: private runtime dirs, real kernels that are always cleaned up."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import trio
+
+from kernelsup.actors.kernel import KernelHandle, KernelOptions, run_kernel
+from kernelsup.results import ExitCause
+
+# Fast failure detection for tests; real timing is measured in bench/, not here.
+FAST = KernelOptions(heartbeat_interval=0.2, heartbeat_misses=3, start_timeout=30.0,
+                     interrupt_grace=3.0, shutdown_grace=2.0, term_timeout=1.0)
+
+
+@pytest.fixture
+def runtime_dir() -> Iterator[Path]:
+    # Short, under /tmp: IPC socket paths are limited to about 100 bytes.
+    path = Path(tempfile.mkdtemp(prefix="ks-", dir="/tmp"))
+    path.chmod(0o700)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def fake_kernels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A JUPYTER_PATH root where tests install fake kernelspecs (see fakekernel.py)."""
+    root = tmp_path / "jupyter"
+    root.mkdir()
+    monkeypatch.setenv("JUPYTER_PATH", str(root) + os.pathsep + os.environ.get("JUPYTER_PATH", ""))
+    return root
+
+
+@attrs.define
+class RunningKernel:
+    """A kernel actor started in the test's nursery, with its exit cause once it ends."""
+
+    handle: KernelHandle
+    done: trio.Event
+    cause: ExitCause | None = None
+
+    async def wait_exit(self, timeout: float = 30.0) -> ExitCause:
+        with trio.fail_after(timeout):
+            await self.done.wait()
+        assert self.cause is not None
+        return self.cause
+
+
+async def start_kernel(nursery: trio.Nursery, runtime_dir: Path, options: KernelOptions = FAST,
+                       kernel_id: str = "k0") -> RunningKernel:
+    done = trio.Event()
+    box: dict[str, Any] = {}
+
+    async def runner(task_status: trio.TaskStatus[KernelHandle]) -> None:
+        try:
+            box["cause"] = await run_kernel(kernel_id, options, runtime_dir,
+                                            task_status=task_status)
+        finally:
+            done.set()
+            if "rk" in box:
+                box["rk"].cause = box.get("cause")
+
+    handle = await nursery.start(runner)
+    rk = RunningKernel(handle, done)
+    box["rk"] = rk
+    return rk
+
+
+@pytest.fixture
+async def kernel(nursery: trio.Nursery, runtime_dir: Path) -> AsyncIterator[RunningKernel]:
+    """A real ipykernel under a kernel actor; killed when the test ends, pass or fail."""
+    rk = await start_kernel(nursery, runtime_dir)
+    yield rk
+    rk.handle.kill("test finished")
+    with trio.move_on_after(10):
+        await rk.done.wait()
