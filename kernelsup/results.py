@@ -147,3 +147,22 @@ class ExecuteResult:
             "message": self.message,
             "cause": self.cause.to_dict() if self.cause else None,
         }
+
+
+@attrs.frozen
+class StatusReport:
+    """What ``status()`` returns; ``to_dict()`` is the status JSON of the Contract."""
+
+    kernels: tuple[dict[str, Any], ...] = ()
+    pools: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def all_running(self) -> bool:
+        return all(k["state"] in ("idle", "busy") for k in self.kernels)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kernels": [dict(k) for k in self.kernels], "pools": [dict(p) for p in self.pools]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StatusReport:
+        return cls(kernels=tuple(data.get("kernels", ())), pools=tuple(data.get("pools", ())))

@@ -37,8 +37,9 @@ from __future__ import annotations
 
 import math
 import signal
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 import trio
@@ -49,7 +50,10 @@ from kernelsup.jupyter import zmqio
 from kernelsup.jupyter.launch import KernelProcess, plan_launch, spawn
 from kernelsup.jupyter.outputs import OutputCollector
 from kernelsup.jupyter.wire import Message, Wire, WireError
-from kernelsup.results import ErrorInfo, ExecuteResult, ExitCause, Status
+from kernelsup.results import ErrorInfo, ExecuteResult, ExitCause, Output, Status
+
+if TYPE_CHECKING:
+    from kernelsup.config import PoolConfig
 
 KernelState = Literal["starting", "idle", "busy", "stopping", "exited"]
 
@@ -82,6 +86,18 @@ class KernelOptions:
     shutdown_grace: float = 2.0
     term_timeout: float = 2.0
 
+    @classmethod
+    def from_pool(cls, pool: PoolConfig) -> KernelOptions:
+        return cls(
+            kernel_name=pool.kernel, transport=pool.transport,
+            interrupt_mode=pool.interrupt_mode, env=dict(pool.env),
+            start_timeout=pool.start_timeout, startup_code=pool.startup_code,
+            exec_timeout=pool.exec_timeout, interrupt_grace=pool.interrupt_grace,
+            max_output_bytes=pool.max_output_bytes,
+            heartbeat_interval=pool.heartbeat.interval,
+            heartbeat_misses=pool.heartbeat.misses,
+            shutdown_grace=pool.shutdown.grace, term_timeout=pool.shutdown.term_timeout)
+
 
 @attrs.define
 class ActorStats:
@@ -100,6 +116,7 @@ class ExecuteRequest:
     code: str
     timeout: float
     reply: trio.MemorySendChannel[ExecuteResult]
+    on_output: Callable[[Output], None] | None = None
     cancel_requested: bool = False
     scope: trio.CancelScope | None = None
 
@@ -162,16 +179,19 @@ class KernelHandle:
     def exited(self) -> trio.Event:
         return self._actor.exited
 
-    async def execute(self, code: str, *, timeout: float | None = None) -> ExecuteResult:
+    async def execute(self, code: str, *, timeout: float | None = None,
+                      on_output: Callable[[Output], None] | None = None) -> ExecuteResult:
         """Run ``code`` and return its single outcome.
 
         Waits while the kernel is busy with another request. Raises ``Rejected``
         (code ``kernel_unavailable``) when the kernel stopped before taking the request:
         such a request never ran and may safely go elsewhere. If the caller is cancelled
         while the request runs, the kernel is interrupted (and killed if it ignores that).
+        ``on_output`` is called (synchronously, from the actor) with each output as it
+        arrives; it must not block.
         """
         send, recv = trio.open_memory_channel[ExecuteResult](1)
-        req = ExecuteRequest(code=code, reply=send,
+        req = ExecuteRequest(code=code, reply=send, on_output=on_output,
                              timeout=self._actor.options.exec_timeout if timeout is None
                              else timeout)
         with recv:
@@ -391,7 +411,9 @@ class KernelActor:
                     run.got_idle.set()
                     run.got_either.set()
             else:
-                run.collector.add_message(msg.msg_type, msg.content)
+                out = run.collector.add_message(msg.msg_type, msg.content)
+                if out is not None and run.request.on_output is not None:
+                    run.request.on_output(out)
 
     # ------------------------------------------------------------------- lifecycle
     async def _watch_process(self) -> None:

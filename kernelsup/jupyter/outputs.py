@@ -66,30 +66,35 @@ class OutputCollector:
         self.execution_count: int | None = None
 
     # -- feeding -----------------------------------------------------------------
-    def add_message(self, msg_type: str, content: dict[str, Any]) -> None:
-        """Take one IOPub message whose parent is this request. Unknown types are ignored."""
+    def add_message(self, msg_type: str, content: dict[str, Any]) -> Output | None:
+        """Take one IOPub message whose parent is this request; return the output it
+        made (before any truncation), or None. Unknown types are ignored."""
+        out: Output | None = None
         if msg_type == "stream":
             name = str(content.get("name", "stdout"))
-            self.add(Output("stream", name=name, text=str(content.get("text", ""))))
+            out = Output("stream", name=name, text=str(content.get("text", "")))
         elif msg_type in ("display_data", "update_display_data", "execute_result"):
             data = content.get("data") or {}
             if not isinstance(data, dict):
-                return
+                return None
             if msg_type == "execute_result":
                 count = content.get("execution_count")
                 if isinstance(count, int):
                     self.execution_count = count
                 plain = data.get("text/plain")
                 self.result = plain if isinstance(plain, str) else None
-            self.add(Output(msg_type if msg_type != "update_display_data" else "display_data",
-                            data=data, metadata=content.get("metadata") or {}))
+            out = Output(msg_type if msg_type != "update_display_data" else "display_data",
+                         data=data, metadata=content.get("metadata") or {})
         elif msg_type == "error":
             self.set_error(content)
-            self.add(Output("error", text="\n".join(self.error.traceback) if self.error else ""))
+            out = Output("error", text="\n".join(self.error.traceback) if self.error else "")
         elif msg_type == "execute_input":
             count = content.get("execution_count")
             if isinstance(count, int):
                 self.execution_count = count
+        if out is not None:
+            self.add(out)
+        return out
 
     def set_error(self, content: dict[str, Any]) -> None:
         tb = content.get("traceback") or []

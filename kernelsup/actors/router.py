@@ -1,0 +1,352 @@
+"""The router: pools, spares, sessions and queues. Every request gets exactly one outcome.
+
+Theory of operation
+-------------------
+A pool's children (see supervisor.py) each have a *role*: ``pool`` (in the shared
+rotation), ``spare`` (started and ready, not yet in rotation) or ``session`` (bound to one
+named session). The router owns the roles; the supervisor owns the processes.
+
+* An execute for the pool takes an idle ``pool`` kernel. If none is idle it waits in the
+  pool's FIFO queue (at most ``queue_limit`` waiting, each at most ``queue_timeout``);
+  whenever a kernel frees up or becomes ready, the head of the queue is handed that kernel
+  directly (no race between waking and taking). Requests wait at the pool, never at a
+  kernel, so a kernel that dies strands nothing: a request the kernel had not taken yet
+  (the actor's inbox is unbuffered) is simply dispatched again. A request the kernel had
+  taken is answered by the actor (``died``, ``timeout``, ...) and never re-run.
+* When a ``pool`` kernel is not available (exited, restarting, dead) and a spare is ready,
+  they swap roles at once: the spare serves, and the old one restarts in place (same id)
+  and becomes a spare when ready.
+* A session takes a ready spare (else an idle pool kernel); the pool adds a new child in
+  the role it took, so spares refill in the background. Session kernels are ``temporary``:
+  when one exits, or its session is closed or expires, it is removed, never handed to
+  anyone else. The session's next request takes a fresh kernel and its result carries
+  ``state_lost = True`` with a marker line, unless the result that reported the loss
+  (``died``, or a timeout that killed the kernel) already said so.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from kernelsup import events as ev
+from kernelsup.actors.kernel import KernelHandle, KernelOptions, run_kernel
+from kernelsup.actors.supervisor import Child, PoolEscalated, PoolSupervisor, Role
+from kernelsup.config import Config, PoolConfig
+from kernelsup.errors import Rejected
+from kernelsup.events import EventBus
+from kernelsup.policy import IntensityWindow
+from kernelsup.results import ExecuteResult, Output
+
+STATE_LOST_MARKER = ("[kernelsup: this session's kernel was replaced; "
+                     "variables and imports from earlier requests are gone]\n")
+
+
+class SupervisorGaveUp(Rejected):
+    """The root's restart intensity was exceeded: the whole supervisor stops."""
+
+    code = "supervisor_gave_up"
+
+
+@attrs.define(eq=False)
+class _Waiter:
+    event: trio.Event = attrs.field(factory=trio.Event)
+    child: Child | None = None
+    rejection: Rejected | None = None
+
+
+@attrs.define(eq=False)
+class Session:
+    name: str
+    pool: str
+    child: Child | None = None
+    generation: int = 0
+    lost: bool = False
+    last_used: float = 0.0
+    lock: trio.Lock = attrs.field(factory=trio.Lock)
+
+
+def rejected(code: str, message: str, **data: Any) -> ExecuteResult:
+    return ExecuteResult("rejected", code=code, message=message, **data)
+
+
+class Pool:
+    """One pool: its supervisor (restarted by the root on escalation) and its routing."""
+
+    def __init__(self, cfg: PoolConfig, config: Config, bus: EventBus, runtime_dir: Path,
+                 rng: random.Random) -> None:
+        self.cfg = cfg
+        self.name = cfg.name
+        self._config = config
+        self._bus = bus
+        self._runtime_dir = runtime_dir
+        self._rng = rng
+        self._options = KernelOptions.from_pool(cfg)
+        self.sup = self._new_supervisor()
+        self._busy: set[Child] = set()
+        self._queue: collections.deque[_Waiter] = collections.deque()
+        self.sessions: dict[str, Session] = {}
+        self.restarting = False
+
+    def _new_supervisor(self) -> PoolSupervisor:
+        return PoolSupervisor(self.name, self._start_kernel, self.cfg.restart,
+                              self._config.supervision(self.cfg), self._bus, rng=self._rng,
+                              on_change=self._on_change)
+
+    async def _start_kernel(self, kernel_id: str, *,
+                            task_status: trio.TaskStatus[KernelHandle]) -> Any:
+        return await run_kernel(kernel_id, self._options, self._runtime_dir,
+                                task_status=task_status)
+
+    # ------------------------------------------------------------------- supervision
+    async def run(self, root_window: IntensityWindow,
+                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the pool's supervisor; restart it when it escalates, under the root's
+        window. Raises :class:`SupervisorGaveUp` when that window trips."""
+        roles: list[Role] = ["pool"] * self.cfg.size + ["spare"] * self.cfg.spares
+        first = True
+        while True:
+            try:
+                if first:
+                    first = False
+                    await self.sup.run(roles, task_status=task_status)
+                else:
+                    await self.sup.run(roles)
+                return
+            except PoolEscalated as exc:
+                self._lose_sessions()
+                if root_window.record(trio.current_time()):
+                    self._reject_queue("supervisor_gave_up", str(exc))
+                    raise SupervisorGaveUp(
+                        f"{exc}; the root supervisor exceeded its own restart intensity "
+                        f"({root_window.intensity} in {root_window.period:g} s)",
+                        pool=self.name) from None
+                self._bus.publish(ev.POOL_RESTARTED, pool=self.name, reason=str(exc))
+                self.sup = self._new_supervisor()
+
+    def stop(self) -> None:
+        self._reject_queue("shutting_down", "the supervisor is shutting down")
+        self.sup.stop()
+
+    # ------------------------------------------------------------------- routing
+    def _available(self, child: Child) -> bool:
+        return (child.ready and child not in self._busy and child.handle is not None
+                and child.handle.state == "idle")
+
+    def _on_change(self, child: Child) -> None:
+        self._rebalance()
+        self._dispatch()
+
+    def _rebalance(self) -> None:
+        """Put ready spares in place of pool kernels that cannot serve."""
+        kids = self.sup.children
+        for gone in [c for c in kids if c.role == "pool" and not c.ready]:
+            spare = next((c for c in kids if c.role == "spare" and self._available(c)), None)
+            if spare is None:
+                return
+            spare.role, gone.role = "pool", "spare"
+
+    def _dispatch(self) -> None:
+        while self._queue:
+            child = next((c for c in self.sup.children
+                          if c.role == "pool" and self._available(c)), None)
+            if child is None:
+                if self.dead:
+                    self._reject_queue("pool_dead", f"every kernel of pool {self.name} "
+                                       "is dead (gave up restarting)")
+                return
+            waiter = self._queue.popleft()
+            self._busy.add(child)
+            waiter.child = child
+            waiter.event.set()
+
+    def _reject_queue(self, code: str, message: str) -> None:
+        while self._queue:
+            waiter = self._queue.popleft()
+            waiter.rejection = Rejected(message, code=code, pool=self.name)
+            waiter.event.set()
+
+    @property
+    def dead(self) -> bool:
+        shared = [c for c in self.sup.children if c.role in ("pool", "spare")]
+        return bool(shared) and all(c.dead for c in shared)
+
+    def _release(self, child: Child) -> None:
+        self._busy.discard(child)
+        self._dispatch()
+
+    async def _acquire(self) -> Child:
+        child = next((c for c in self.sup.children
+                      if c.role == "pool" and self._available(c)), None)
+        if child is not None and not self._queue:
+            self._busy.add(child)
+            return child
+        if self.dead:
+            raise Rejected(f"every kernel of pool {self.name} is dead (gave up restarting)",
+                           code="pool_dead", pool=self.name)
+        if len(self._queue) >= self.cfg.queue_limit:
+            raise Rejected(f"pool {self.name}'s queue is full ({self.cfg.queue_limit} waiting)",
+                           code="queue_full", pool=self.name)
+        waiter = _Waiter()
+        self._queue.append(waiter)
+        self._dispatch()
+        timeout = self.cfg.queue_timeout if self.cfg.queue_timeout > 0 else math.inf
+        try:
+            with trio.move_on_after(timeout):
+                await waiter.event.wait()
+        except BaseException:
+            if waiter.child is not None:  # handed a kernel just as we were cancelled
+                self._release(waiter.child)
+            raise
+        finally:
+            if waiter in self._queue:
+                self._queue.remove(waiter)
+        if waiter.rejection is not None:
+            raise waiter.rejection
+        if waiter.child is None:
+            raise Rejected(f"no kernel of pool {self.name} became free within "
+                           f"queue_timeout = {self.cfg.queue_timeout:g} s",
+                           code="queue_timeout", pool=self.name)
+        return waiter.child
+
+    async def execute(self, code: str, *, timeout: float | None = None,
+                      on_output: Callable[[Output], None] | None = None) -> ExecuteResult:
+        t0 = trio.current_time()
+        while True:
+            try:
+                child = await self._acquire()
+            except Rejected as exc:
+                return rejected(exc.code, exc.message, queued_s=trio.current_time() - t0)
+            queued = trio.current_time() - t0
+            try:
+                assert child.handle is not None
+                result = await child.handle.execute(code, timeout=timeout,
+                                                    on_output=on_output)
+            except Rejected:
+                continue  # the kernel went away before taking it: it never ran
+            finally:
+                self._release(child)
+            return attrs.evolve(result, kernel_id=child.id, queued_s=queued)
+
+    # ------------------------------------------------------------------- sessions
+    async def session_execute(self, name: str, code: str, *, timeout: float | None = None,
+                              on_output: Callable[[Output], None] | None = None,
+                              ) -> ExecuteResult:
+        session = self.sessions.get(name)
+        if session is None:
+            session = self.sessions[name] = Session(name, self.name)
+            self._bus.publish(ev.SESSION_OPENED, pool=self.name, session=name)
+        t0 = trio.current_time()
+        async with session.lock:
+            session.last_used = trio.current_time()
+            while True:
+                child = session.child
+                if child is None or child.removed or child.generation != session.generation:
+                    if child is not None:
+                        session.lost = True
+                    try:
+                        child = await self._bind(session)
+                    except Rejected as exc:
+                        return rejected(exc.code, exc.message, session=name)
+                queued = trio.current_time() - t0
+                try:
+                    assert child.handle is not None
+                    result = await child.handle.execute(code, timeout=timeout,
+                                                        on_output=on_output)
+                except Rejected:
+                    continue  # never started: bind a fresh kernel and run it there
+                break
+            session.last_used = trio.current_time()
+            result = attrs.evolve(result, kernel_id=child.id, session=name, queued_s=queued)
+            if session.lost and not result.state_lost:
+                result = attrs.evolve(
+                    result, state_lost=True, stdout=STATE_LOST_MARKER + result.stdout,
+                    outputs=(Output("notice", name="state_lost",
+                                    text=STATE_LOST_MARKER.strip()), *result.outputs))
+            session.lost = False
+            return result
+
+    async def _bind(self, session: Session) -> Child:
+        """Give the session a kernel of its own: a ready spare, else an idle pool kernel;
+        refill the role it came from. Waits (bounded by queue_timeout) if neither is free."""
+        timeout = self.cfg.queue_timeout if self.cfg.queue_timeout > 0 else math.inf
+        with trio.move_on_after(timeout):
+            while True:
+                if self.dead:
+                    raise Rejected(f"every kernel of pool {self.name} is dead",
+                                   code="pool_dead", pool=self.name)
+                for role in ("spare", "pool"):
+                    child = next((c for c in self.sup.children
+                                  if c.role == role and self._available(c)), None)
+                    if child is not None:
+                        child.role, child.temporary, child.session = "session", True, session.name
+                        session.child, session.generation = child, child.generation
+                        self.sup.add_child(role)
+                        self._rebalance()
+                        return child
+                await self.sup.wait_changed()
+        raise Rejected(f"no kernel of pool {self.name} became free for session "
+                       f"{session.name!r} within queue_timeout", code="queue_timeout",
+                       pool=self.name)
+
+    async def close_session(self, name: str) -> bool:
+        session = self.sessions.pop(name, None)
+        if session is None:
+            return False
+        self._bus.publish(ev.SESSION_CLOSED, pool=self.name, session=name)
+        if session.child is not None and not session.child.removed:
+            await self.sup.remove_child(session.child)
+        return True
+
+    def _lose_sessions(self) -> None:
+        for session in self.sessions.values():
+            session.child = None
+            session.lost = True
+
+    async def expire_sessions(self) -> None:
+        """Close sessions idle for ``session_idle_timeout`` (a no-op when it is 0)."""
+        idle = self.cfg.session_idle_timeout
+        if idle <= 0:
+            await trio.sleep_forever()
+        while True:
+            now = trio.current_time()
+            expired = [s for s in self.sessions.values()
+                       if not s.lock.locked() and now - s.last_used >= idle]
+            for s in expired:
+                await self.close_session(s.name)
+            next_due = min((s.last_used + idle for s in self.sessions.values()),
+                           default=now + idle)
+            await trio.sleep_until(max(next_due, now + 0.01))
+
+    # ------------------------------------------------------------------- status
+    def kernel_status(self, now: float) -> list[dict[str, Any]]:
+        out = []
+        for c in self.sup.children:
+            uptime = c.uptime(now)
+            out.append({
+                "id": c.id, "pool": self.name, "role": c.role, "state": c.state,
+                "pid": c.handle.pid if c.handle is not None else None,
+                "restarts": c.restarts, "session": c.session,
+                "uptime_s": round(uptime, 3) if uptime is not None else None,
+                "last_exit": c.last_exit.to_dict() if c.last_exit else None,
+                "next_try_s": round(c.next_try - now, 3) if c.next_try is not None else None,
+            })
+        return out
+
+    def pool_status(self) -> dict[str, Any]:
+        kids = self.sup.children
+        return {
+            "name": self.name, "kernel": self.cfg.kernel, "size": self.cfg.size,
+            "spares": self.cfg.spares, "queued": len(self._queue),
+            "sessions": sorted(self.sessions),
+            "ready": sum(1 for c in kids if c.ready),
+            "dead": self.dead,
+            "strategy": self.sup.supervision.strategy,
+        }

@@ -1,0 +1,373 @@
+"""The pool supervisor: keeps a pool's kernels running, per its strategy and policies.
+
+Theory of operation
+-------------------
+A pool supervisor owns an ordered list of children (kernel slots). A child keeps its id
+across restarts; each *incarnation* (one kernel process, from start to exit) runs as one
+task in the supervisor's nursery under its own cancel scope:
+
+    [backoff delay] -> [count the restart in the intensity window] -> start -> run -> exit
+
+When an incarnation ends by itself (the kernel exited, froze, or failed to start), the
+supervisor hands the cause to the child's pure :class:`RestartPolicy`, which answers
+*when* (Restart after a delay), or that the exit is final (NoRestart, GiveUp -> ``dead``).
+The strategy then says *who* restarts:
+
+* ``one_for_one``  the child alone;
+* ``one_for_all``  every child: the others are stopped in reverse start order, then all
+                   start again, in start order, after the one delay;
+* ``rest_for_one`` the child and every child started after it, likewise.
+
+A group restart counts once in the window. The :class:`IntensityWindow` decides whether
+the supervisor itself is broken: when a restart would be the (intensity+1)-th within
+``period``, the supervisor stops all children in reverse start order and ``run`` raises
+:class:`PoolEscalated` for its parent to handle. Stopping cancels a pending backoff at
+once. Children marked ``temporary`` (session kernels) are removed when they exit instead
+of being restarted; the router replaces them.
+
+The kernels of a pool do not depend on each other, so a group starts concurrently
+(launched in start order) rather than one after another: a crash storm of N kernels
+recovers in about one cold start instead of N.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal, Protocol
+
+import attrs
+import trio
+
+from kernelsup import events as ev
+from kernelsup.config import RestartConfig, Supervision
+from kernelsup.errors import KernelsupError, KernelStartError
+from kernelsup.events import EventBus
+from kernelsup.policy import GiveUp, IntensityWindow, NoRestart, Restart, RestartPolicy
+from kernelsup.results import ExitCause
+
+ChildState = Literal["starting", "idle", "busy", "backoff", "dead", "stopping"]
+Role = Literal["pool", "spare", "session"]
+
+
+class ChildHandle(Protocol):
+    """What the supervisor needs of a running child (a KernelHandle, or a test double)."""
+
+    @property
+    def pid(self) -> int | None: ...
+    @property
+    def state(self) -> str: ...
+    def shutdown(self) -> None: ...
+    def kill(self, reason: str = ...) -> None: ...
+
+
+StartChild = Callable[..., Awaitable[ExitCause]]
+"""``async def start(kernel_id, *, task_status) -> ExitCause`` (like ``run_kernel``)."""
+
+
+class PoolEscalated(KernelsupError):
+    """A pool's restart intensity was exceeded; its parent decides what happens next."""
+
+    code = "pool_escalated"
+
+
+@attrs.define(eq=False)
+class Child:
+    id: str
+    role: Role
+    policy: RestartPolicy
+    temporary: bool = False
+    session: str | None = None
+    handle: ChildHandle | None = None
+    generation: int = 0
+    restarts: int = 0
+    started_at: float | None = None
+    last_exit: ExitCause | None = None
+    next_try: float | None = None
+    dead: bool = False
+    removed: bool = False
+    stopping: bool = False
+    scope: trio.CancelScope | None = None
+    done: trio.Event = attrs.field(factory=trio.Event)
+    _state: ChildState = "starting"
+
+    @property
+    def state(self) -> ChildState:
+        if self.removed or self.stopping:
+            return "stopping" if not self.done.is_set() else "dead"
+        if self.handle is not None:
+            s = self.handle.state
+            return s if s in ("idle", "busy", "stopping") else "starting"  # type: ignore[return-value]
+        return self._state
+
+    @property
+    def ready(self) -> bool:
+        return self.handle is not None and self.state in ("idle", "busy")
+
+    def uptime(self, now: float) -> float | None:
+        return now - self.started_at if self.started_at is not None and self.handle else None
+
+
+Listener = Callable[[Child], None]
+_SET = trio.Event()
+_SET.set()
+
+
+class PoolSupervisor:
+    """Supervises one pool's children; see the module docstring."""
+
+    def __init__(self, name: str, start: StartChild, restart: RestartConfig,
+                 supervision: Supervision, bus: EventBus, *,
+                 rng: random.Random | None = None, on_change: Listener | None = None) -> None:
+        self.name = name
+        self._start = start
+        self._restart_cfg = restart
+        self.supervision = supervision
+        self.window = IntensityWindow(supervision.intensity, supervision.period)
+        self._bus = bus
+        self._rng = rng or random.Random()
+        self._on_change = on_change or (lambda child: None)
+        self.children: list[Child] = []
+        self._nursery: trio.Nursery | None = None
+        self._stop = trio.Event()
+        self._escalation: str | None = None
+        self._stopping = False
+        self._next_index = 0
+        self._changed = trio.Event()
+        self._group_scope: trio.CancelScope | None = None
+        # Launch order: an incarnation spawned without delay enters its start function
+        # only after the one spawned before it did (trio does not run tasks in the order
+        # they were started), so kernels launch in start order yet start concurrently.
+        self._last_gate = trio.Event()
+        self._last_gate.set()
+
+    # ------------------------------------------------------------------- public
+    async def run(self, roles: list[Role],
+                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Start one child per role, report started once each is ready or dead, and
+        supervise until :meth:`stop`. Raises :class:`PoolEscalated` on escalation."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            first = [self.add_child(role) for role in roles]
+            for child in first:
+                await self._settled(child)
+            task_status.started()
+            await self._stop.wait()
+            await self._stop_all()
+            nursery.cancel_scope.cancel()
+        if self._escalation is not None:
+            raise PoolEscalated(f"pool {self.name} escalated: {self._escalation}",
+                                pool=self.name, reason=self._escalation)
+
+    def stop(self) -> None:
+        """Stop every child (reverse start order) and make :meth:`run` return."""
+        self._stop.set()
+
+    def add_child(self, role: Role, *, temporary: bool = False) -> Child:
+        """Start a new child now (a refill, or the initial set)."""
+        assert self._nursery is not None, "the supervisor is not running"
+        child = Child(id=f"{self.name}-{self._next_index}", role=role, temporary=temporary,
+                      policy=RestartPolicy(self._restart_cfg, self._rng))
+        self._next_index += 1
+        self.children.append(child)
+        self._spawn(child, delay=0.0, restart=False)
+        return child
+
+    async def remove_child(self, child: Child) -> None:
+        """Stop a child for good (a closed session's kernel) and forget it."""
+        child.removed = True
+        await self._stop_child(child)
+        if child in self.children:
+            self.children.remove(child)
+        self._notify(child)
+
+    async def restart_child(self, child: Child) -> None:
+        """An operator's restart: stop the kernel now and start it again at once,
+        clearing its failure streak (a ``dead`` kernel comes back too)."""
+        await self._stop_child(child)
+        if self._stopping or child.removed:
+            return
+        child.policy.reset()
+        child.dead = False
+        child.stopping = False
+        self._spawn(child, delay=0.0, restart=True, count=False)
+
+    def child(self, kernel_id: str) -> Child | None:
+        return next((c for c in self.children if c.id == kernel_id), None)
+
+    # ------------------------------------------------------------------- incarnations
+    def _spawn(self, child: Child, *, delay: float, restart: bool, count: bool = True) -> None:
+        assert self._nursery is not None
+        child.done = trio.Event()
+        child.generation += 1
+        after, gate = self._last_gate, trio.Event()
+        if delay == 0:
+            self._last_gate = gate
+        else:
+            after = _SET
+        self._nursery.start_soon(self._incarnation, child, delay, restart, count, after, gate)
+
+    async def _incarnation(self, child: Child, delay: float, restart: bool, count: bool,
+                           after: trio.Event, gate: trio.Event) -> None:
+        cause: ExitCause | None = None
+        try:
+            with trio.CancelScope() as scope:
+                child.scope = scope
+                if delay > 0:
+                    child._state = "backoff"
+                    child.next_try = trio.current_time() + delay
+                    self._notify(child)
+                    await trio.sleep(delay)
+                child.next_try = None
+                if restart:
+                    child.restarts += 1
+                    if count and self.window.record(trio.current_time()):
+                        self._escalate(child)
+                        return
+                await after.wait()
+                cause = await self._run_once(child, gate)
+        finally:
+            gate.set()
+            child.scope = None
+            child.handle = None
+            child.done.set()
+            self._notify(child)
+        if cause is not None and not scope.cancelled_caught:
+            self._on_exit(child, cause)
+
+    async def _run_once(self, child: Child, gate: trio.Event) -> ExitCause:
+        child._state = "starting"
+        t0 = trio.current_time()
+        self._publish(ev.KERNEL_STARTING, child, restarts=child.restarts)
+        self._notify(child)
+        box: dict[str, ExitCause] = {}
+
+        async def runner(task_status: trio.TaskStatus[ChildHandle]) -> None:
+            gate.set()
+            box["cause"] = await self._start(child.id, task_status=task_status)
+
+        failure: KernelStartError | None = None
+        try:
+            async with trio.open_nursery() as n:
+                try:
+                    child.handle = await n.start(runner)
+                except KernelStartError as exc:
+                    failure = exc
+                else:
+                    now = trio.current_time()
+                    child.started_at = now
+                    child.policy.on_started(now)
+                    self._publish(ev.KERNEL_STARTED, child, pid=child.handle.pid,
+                                  start_s=round(now - t0, 4), restarts=child.restarts)
+                    self._notify(child)
+        finally:
+            child.handle = None
+        if failure is not None:
+            cause = failure.data.get("cause")
+            if not isinstance(cause, ExitCause):
+                cause = ExitCause("start_failure", detail=str(failure))
+            self._publish(ev.KERNEL_START_FAILED, child, cause=cause.to_dict(),
+                          message=str(failure))
+            return cause
+        return box["cause"]
+
+    def _on_exit(self, child: Child, cause: ExitCause) -> None:
+        now = trio.current_time()
+        child.last_exit = cause
+        child.started_at = None
+        self._publish(ev.KERNEL_EXITED, child, cause=cause.to_dict(), text=cause.describe(),
+                      restarts=child.restarts)
+        if self._stopping or child.removed or child.stopping:
+            return
+        if child.temporary:
+            child.removed = True
+            if child in self.children:
+                self.children.remove(child)
+            self._notify(child)
+            return
+        decision = child.policy.on_exit(now, cause)
+        if isinstance(decision, GiveUp | NoRestart):
+            child.dead = True
+            child._state = "dead"
+            if isinstance(decision, GiveUp):
+                self._publish(ev.GAVE_UP, child, reason=decision.reason)
+            self._notify(child)
+            return
+        assert isinstance(decision, Restart)
+        self._publish(ev.RESTART_SCHEDULED, child, delay=round(decision.delay, 4),
+                      attempt=decision.attempt, next_try=now + decision.delay)
+        strategy = self.supervision.strategy
+        if strategy == "one_for_one":
+            self._spawn(child, delay=decision.delay, restart=True)
+            return
+        index = self.children.index(child)
+        group = [c for c in (self.children if strategy == "one_for_all"
+                             else self.children[index:])
+                 if not c.temporary and not c.removed]
+        assert self._nursery is not None
+        self._nursery.start_soon(self._group_restart, child, group, decision.delay)
+
+    async def _group_restart(self, failed: Child, group: list[Child], delay: float) -> None:
+        for other in reversed(group):
+            if other is not failed:
+                await self._stop_child(other)
+        for c in group:
+            c.dead = False
+            c.stopping = False
+            c._state = "backoff" if delay > 0 else "starting"
+            c.next_try = trio.current_time() + delay if delay > 0 else None
+            self._notify(c)
+        with trio.CancelScope() as scope:
+            self._group_scope = scope
+            await trio.sleep(delay)
+        if scope.cancelled_caught or self._stopping:
+            return
+        if self.window.record(trio.current_time()):
+            self._escalate(failed)
+            return
+        for c in group:
+            if not c.removed:
+                self._spawn(c, delay=0.0, restart=False)
+                c.restarts += 1
+
+    async def _stop_child(self, child: Child) -> None:
+        """Graceful stop of one child's current incarnation; cancels a pending backoff."""
+        child.stopping = True
+        if child.handle is not None:
+            child.handle.shutdown()
+        elif child.scope is not None:
+            child.scope.cancel()
+        await child.done.wait()
+
+    def _escalate(self, child: Child) -> None:
+        s = self.supervision
+        self._escalation = (f"more than {s.intensity} restarts within {s.period:g} s "
+                            f"(last: {child.id}, {child.last_exit})")
+        self._publish(ev.POOL_ESCALATED, None, reason=self._escalation)
+        self._stop.set()
+
+    async def _stop_all(self) -> None:
+        self._stopping = True
+        if self._group_scope is not None:
+            self._group_scope.cancel()
+        for child in reversed(self.children):
+            await self._stop_child(child)
+
+    async def _settled(self, child: Child) -> None:
+        """Wait until a fresh child is ready, dead, or gone."""
+        while not (child.ready or child.dead or child.removed or self._stop.is_set()):
+            await self._changed.wait()
+
+    # ------------------------------------------------------------------- events
+    def _notify(self, child: Child) -> None:
+        """A child changed state: tell the router, wake whoever waits for a change."""
+        self._on_change(child)
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_changed(self) -> None:
+        """Wait for the next change of any child's state."""
+        await self._changed.wait()
+
+    def _publish(self, kind: str, child: Child | None, **data: Any) -> None:
+        self._bus.publish(kind, pool=self.name, kernel_id=child.id if child else None, **data)

@@ -1,0 +1,267 @@
+"""``open_supervisor``: the root of the tree, in-process, and the API it offers.
+
+Start order: event bus, pools (their kernels starting concurrently), then the caller gets
+the :class:`Supervisor`. Stop in reverse: new requests are refused, pools stop in reverse
+order (each stops its kernels in reverse start order), the bus closes last. The root
+restarts a pool that escalated, under its own intensity window; when that window trips
+the whole tree stops and :class:`SupervisorGaveUp` comes out of ``open_supervisor``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from kernelsup import events as ev
+from kernelsup.actors.router import Pool, SupervisorGaveUp, rejected
+from kernelsup.config import Config, load_config
+from kernelsup.errors import Rejected
+from kernelsup.events import EventBus
+from kernelsup.policy import IntensityWindow
+from kernelsup.results import ExecuteResult, Output, StatusReport
+from kernelsup.runtime import runtime_dir_for
+
+# Outputs a stream consumer may fall behind by before outputs are skipped (the final
+# result is always complete); a reader that keeps up never sees a gap.
+STREAM_BUFFER = 256
+# Bound on a graceful stop of the whole tree; kernels are killed when it runs out.
+STOP_TIMEOUT_S = 60.0
+
+StreamItem = Output | ExecuteResult
+
+
+class Supervisor:
+    """The running tree. ``execute``, ``stream``, ``session``, ``status``, ``interrupt``
+    and ``restart`` are the same on this and on a remote :class:`kernelsup.Client`."""
+
+    def __init__(self, config: Config, bus: EventBus, runtime_dir: Path,
+                 rng: random.Random | None = None) -> None:
+        self.config = config
+        self.bus = bus
+        self.runtime_dir = runtime_dir
+        rng = rng or random.Random()
+        self.pools = {p.name: Pool(p, config, bus, runtime_dir, rng) for p in config.pools}
+        root = config.supervisor
+        self.window = IntensityWindow(root.intensity, root.period)
+        self._nursery: trio.Nursery | None = None
+        self._stop = trio.Event()
+        self._stopped = trio.Event()
+        self._closing = False
+        self._session_pools: dict[str, str] = {}
+
+    # ------------------------------------------------------------------- lifecycle
+    async def _run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                async with trio.open_nursery() as starting:
+                    for pool in self.pools.values():
+                        starting.start_soon(nursery.start, pool.run, self.window)
+                for pool in self.pools.values():
+                    nursery.start_soon(pool.expire_sessions)
+                self.bus.publish(ev.SUPERVISOR_READY, kernels=self.kernel_count())
+                task_status.started()
+                await self._stop.wait()
+                for pool in reversed(list(self.pools.values())):
+                    pool.stop()
+                    while pool.sup.children and not all(c.done.is_set()
+                                                        for c in pool.sup.children):
+                        await pool.sup.wait_changed()
+                nursery.cancel_scope.cancel()
+        finally:
+            self._stopped.set()
+
+    async def aclose(self, reason: str = "requested") -> None:
+        """Stop the tree gracefully: refuse new requests, stop pools in reverse order."""
+        if not self._closing:
+            self._closing = True
+            self.bus.publish(ev.SUPERVISOR_STOPPING, reason=reason)
+        self._stop.set()
+        await self._stopped.wait()
+
+    def kernel_count(self) -> int:
+        return sum(len(p.sup.children) for p in self.pools.values())
+
+    # ------------------------------------------------------------------- requests
+    def _pool_for(self, pool: str | None, session: str | None) -> Pool | ExecuteResult:
+        if self._closing:
+            return rejected("shutting_down", "the supervisor is shutting down")
+        if session is not None and session in self._session_pools:
+            name = self._session_pools[session]
+            if pool is not None and pool != name:
+                return rejected("session_pool_mismatch",
+                                f"session {session!r} lives in pool {name!r}, not {pool!r}")
+        else:
+            name = pool if pool is not None else next(iter(self.pools))
+        if name not in self.pools:
+            return rejected("unknown_pool", f"no pool named {name!r} "
+                            f"(pools: {', '.join(self.pools)})", session=session)
+        return self.pools[name]
+
+    async def execute(self, code: str, *, pool: str | None = None, session: str | None = None,
+                      timeout: float | None = None,
+                      on_output: Callable[[Output], None] | None = None) -> ExecuteResult:
+        """Run ``code`` and return its one outcome (never raises for kernel trouble: the
+        result's ``status`` says ``error``, ``timeout``, ``died`` or ``rejected``).
+
+        Cancelling the caller interrupts the kernel running the code."""
+        if not isinstance(code, str):
+            raise TypeError(f"code must be str, not {type(code).__name__}")
+        if timeout is not None and not (timeout > 0):
+            return rejected("bad_request", f"timeout must be > 0 (got {timeout!r})")
+        target = self._pool_for(pool, session)
+        if isinstance(target, ExecuteResult):
+            return target
+        if session is None:
+            return await target.execute(code, timeout=timeout, on_output=on_output)
+        self._session_pools[session] = target.name
+        return await target.session_execute(session, code, timeout=timeout,
+                                            on_output=on_output)
+
+    async def stream(self, code: str, *, pool: str | None = None, session: str | None = None,
+                     timeout: float | None = None) -> AsyncIterator[StreamItem]:
+        """Yield outputs as they arrive, then the final :class:`ExecuteResult`.
+
+        A consumer more than ``STREAM_BUFFER`` outputs behind skips outputs (it gets a
+        ``notice`` named ``lagged`` with the count); the final result is always complete.
+        Leaving the loop early cancels the request (the kernel is interrupted)."""
+        assert self._nursery is not None
+        send, recv = trio.open_memory_channel[StreamItem](STREAM_BUFFER)
+        skipped = 0
+
+        def on_output(out: Output) -> None:
+            nonlocal skipped
+            try:
+                send.send_nowait(out)
+            except trio.WouldBlock:
+                skipped += 1
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+        scope = trio.CancelScope()
+
+        async def runner() -> None:
+            async with send:
+                with scope:
+                    result = await self.execute(code, pool=pool, session=session,
+                                                timeout=timeout, on_output=on_output)
+                    try:
+                        if skipped:
+                            await send.send(Output("notice", name="lagged",
+                                                   text=f"{skipped} outputs were not streamed "
+                                                   "(the reader fell behind); the final "
+                                                   "result has them"))
+                        await send.send(result)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        pass
+
+        self._nursery.start_soon(runner)
+        try:
+            async with recv:
+                async for item in recv:
+                    yield item
+        finally:
+            scope.cancel()
+
+    @asynccontextmanager
+    async def session(self, name: str, *, pool: str | None = None,
+                      ) -> AsyncIterator[SessionHandle]:
+        """A named session for the block's duration; closed (its kernel shut down and
+        never reused) when the block ends."""
+        try:
+            yield SessionHandle(self, name, pool)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.close_session(name)
+
+    async def close_session(self, name: str) -> bool:
+        pool = self._session_pools.pop(name, None)
+        if pool is None:
+            return False
+        return await self.pools[pool].close_session(name)
+
+    def status(self) -> StatusReport:
+        now = trio.current_time()
+        return StatusReport(
+            kernels=tuple(k for p in self.pools.values() for k in p.kernel_status(now)),
+            pools=tuple(p.pool_status() for p in self.pools.values()))
+
+    def _child(self, kernel_id: str) -> tuple[Pool, Any]:
+        for pool in self.pools.values():
+            child = pool.sup.child(kernel_id)
+            if child is not None:
+                return pool, child
+        raise Rejected(f"no kernel with id {kernel_id!r}", code="unknown_kernel",
+                       kernel_id=kernel_id)
+
+    async def interrupt(self, kernel_id: str) -> None:
+        """Interrupt whatever the kernel is running. Raises Rejected(unknown_kernel)."""
+        _, child = self._child(kernel_id)
+        if child.handle is None:
+            raise Rejected(f"kernel {kernel_id} is not running ({child.state})",
+                           code="kernel_unavailable", kernel_id=kernel_id)
+        await child.handle.interrupt()
+
+    async def restart(self, kernel_id: str) -> None:
+        """Restart the kernel now (a dead one too); returns once it is starting."""
+        pool, child = self._child(kernel_id)
+        await pool.sup.restart_child(child)
+
+
+@attrs.define
+class SessionHandle:
+    """``execute``/``stream`` bound to one session name."""
+
+    sup: Supervisor
+    name: str
+    pool: str | None = None
+
+    async def execute(self, code: str, *, timeout: float | None = None) -> ExecuteResult:
+        return await self.sup.execute(code, pool=self.pool, session=self.name, timeout=timeout)
+
+    def stream(self, code: str, *, timeout: float | None = None) -> AsyncIterator[StreamItem]:
+        return self.sup.stream(code, pool=self.pool, session=self.name, timeout=timeout)
+
+
+@asynccontextmanager
+async def open_supervisor(config: Config | str | os.PathLike[str] | None = None, *,
+                          runtime_dir: str | os.PathLike[str] | None = None,
+                          bus: EventBus | None = None,
+                          rng: random.Random | None = None) -> AsyncIterator[Supervisor]:
+    """Run the supervision tree in this trio program for the duration of the block.
+
+    Returns once every pool's kernels are ready (or dead). Leaving the block stops the
+    tree gracefully, bounded by ``STOP_TIMEOUT_S`` (then kernels are killed). Raises
+    ``SupervisorGaveUp`` if the root's restart intensity is exceeded, and
+    ``ConfigError`` for a bad config path.
+    """
+    if config is None:
+        config = Config.default()
+    elif not isinstance(config, Config):
+        config = load_config(config)
+    rdir = Path(runtime_dir) if runtime_dir is not None else runtime_dir_for(config)
+    own_bus = bus is None
+    bus = bus or EventBus()
+    sup = Supervisor(config, bus, rdir, rng)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sup._run)
+            try:
+                yield sup
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(STOP_TIMEOUT_S):
+                    await sup.aclose()
+                nursery.cancel_scope.cancel()
+    finally:
+        if own_bus:
+            bus.close()
+
+
+__all__ = ["Supervisor", "SupervisorGaveUp", "open_supervisor", "STREAM_BUFFER"]

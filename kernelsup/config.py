@@ -1,0 +1,542 @@
+"""The configuration: frozen attrs classes, structured from TOML by cattrs.
+
+One source of truth: every default lives in the classes below, and the example
+``supervisor.toml`` at the repository root documents every key with that default.
+
+Entry points:
+
+- :func:`load_config` reads a TOML file, :func:`parse_config` a TOML string,
+  :meth:`Config.from_dict` already-parsed data (``Config.to_dict()`` is its inverse), and
+  :meth:`Config.default` gives the configuration of an empty file.
+- Every problem is a :class:`kernelsup.errors.ConfigError` with a one-line message that
+  names the file and the key path, e.g.
+  ``supervisor.toml: $.pool[0].restart.max_delay: must be >= min_delay (1.0 < 2.0)``,
+  and ``data`` holding ``file``, ``path`` (of the first problem) and ``errors`` (all of
+  them, as ``path: reason`` strings).
+
+Rules the converter enforces: unknown keys are errors; booleans are not integers;
+integers are accepted where a float is expected; floats must be finite.
+
+A pool's ``strategy``, ``intensity`` and ``period`` are ``None`` when the file does not
+set them, meaning "inherit from ``[supervisor]``". Callers must not read them raw: use
+``config.supervision(pool)`` (or ``pool.supervision(config.supervisor)``), which gives the
+effective values as a :class:`Supervision`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from types import MappingProxyType
+from typing import Any, Literal, TypeAlias, get_args, get_origin
+
+import attrs
+import cattrs
+from cattrs.errors import (
+    ClassValidationError,
+    ForbiddenExtraKeysError,
+    IterableValidationError,
+    IterableValidationNote,
+)
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
+
+from kernelsup.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+__all__ = [
+    "Config",
+    "HeartbeatConfig",
+    "InterruptMode",
+    "Jitter",
+    "PoolConfig",
+    "RestartConfig",
+    "RestartType",
+    "ServerConfig",
+    "ShutdownConfig",
+    "Strategy",
+    "Supervision",
+    "SupervisorConfig",
+    "Transport",
+    "load_config",
+    "parse_config",
+]
+
+Strategy: TypeAlias = Literal["one_for_one", "one_for_all", "rest_for_one"]
+RestartType: TypeAlias = Literal["permanent", "transient", "temporary"]
+Jitter: TypeAlias = Literal["full", "equal", "none"]
+Transport: TypeAlias = Literal["ipc", "tcp"]
+InterruptMode: TypeAlias = Literal["", "signal", "message"]
+
+_POOL_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+# --- validators ------------------------------------------------------------------------
+#
+# They raise ConfigError carrying ``rel`` (the key path relative to the class being
+# built, e.g. "max_delay" or "pool[1].name") and ``reason``; the structuring code below
+# prefixes the path of the class. Built directly (no TOML), the classes raise the same
+# errors with the relative path only.
+
+
+def _invalid(rel: str, reason: str) -> ConfigError:
+    return ConfigError(f"{rel}: {reason}", path=rel, rel=rel, reason=reason)
+
+
+def _ge(bound: float) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
+    def check(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value is not None and value < bound:
+            raise _invalid(attribute.name, f"must be >= {bound} (got {value!r})")
+
+    return check
+
+
+def _gt(bound: float) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
+    def check(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value is not None and value <= bound:
+            raise _invalid(attribute.name, f"must be > {bound} (got {value!r})")
+
+    return check
+
+
+def _check_endpoint(endpoint: str, allow_remote: bool) -> str | None:
+    """The reason ``endpoint`` is unusable, or None if it is fine."""
+    if endpoint == "":
+        return None
+    scheme, sep, rest = endpoint.partition("://")
+    if not sep or scheme not in ("tcp", "ipc"):
+        return f'must be "", tcp://HOST:PORT or ipc://PATH (got {endpoint!r})'
+    if scheme == "ipc":
+        return None if rest else f"ipc:// needs a path (got {endpoint!r})"
+    host, colon, port = rest.rpartition(":")
+    if not colon or not host:
+        return f"expected tcp://HOST:PORT (got {endpoint!r})"
+    if not (port == "*" or (port.isdigit() and 1 <= int(port) <= 65535)):
+        return f"port must be 1-65535 or * (got {port!r})"
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    loopback = bare in ("localhost", "::1") or bare.startswith("127.")
+    if not loopback and not allow_remote:
+        return f"host {host!r} is not loopback (set allow_remote = true to listen on it)"
+    return None
+
+
+# --- the classes -----------------------------------------------------------------------
+
+
+@attrs.frozen
+class Supervision:
+    """The effective supervision settings of one supervisor (a pool's or the root's)."""
+
+    strategy: Strategy
+    intensity: int
+    period: float
+
+
+@attrs.frozen
+class SupervisorConfig:
+    """``[supervisor]``: defaults for every pool, and the root supervisor's window."""
+
+    strategy: Strategy = "one_for_one"
+    intensity: int = attrs.field(default=10, validator=_ge(0))
+    period: float = attrs.field(default=60.0, validator=_gt(0))
+    runtime_dir: str = ""
+    log_file: str = ""
+
+    def supervision(self) -> Supervision:
+        """The root supervisor's settings (also the pools' defaults)."""
+        return Supervision(self.strategy, self.intensity, self.period)
+
+
+@attrs.frozen
+class ServerConfig:
+    """``[server]``: the control endpoint."""
+
+    endpoint: str = ""
+    allow_remote: bool = False
+    max_message_bytes: int = attrs.field(default=16 * 1024 * 1024, validator=_gt(0))
+
+    def __attrs_post_init__(self) -> None:
+        reason = _check_endpoint(self.endpoint, self.allow_remote)
+        if reason is not None:
+            raise _invalid("endpoint", reason)
+
+
+@attrs.frozen
+class RestartConfig:
+    """``[pool.restart]``: when a kernel that exited is started again (see policy.py)."""
+
+    type: RestartType = "permanent"
+    min_delay: float = attrs.field(default=0.0, validator=_ge(0))
+    max_delay: float = attrs.field(default=30.0, validator=_ge(0))
+    multiplier: float = attrs.field(default=2.0, validator=_ge(1))
+    jitter: Jitter = "full"
+    reset_after: float = attrs.field(default=60.0, validator=_ge(0))
+    max_retries: int = attrs.field(default=10, validator=_ge(-1))
+
+    def __attrs_post_init__(self) -> None:
+        if self.max_delay < self.min_delay:
+            raise _invalid(
+                "max_delay", f"must be >= min_delay ({self.max_delay!r} < {self.min_delay!r})"
+            )
+
+
+@attrs.frozen
+class HeartbeatConfig:
+    """``[pool.heartbeat]``: ``misses`` missed pings in a row of ``interval`` = frozen."""
+
+    interval: float = attrs.field(default=1.0, validator=_gt(0))
+    misses: int = attrs.field(default=3, validator=_ge(1))
+
+
+@attrs.frozen
+class ShutdownConfig:
+    """``[pool.shutdown]``: shutdown_request, grace, SIGTERM, term_timeout, SIGKILL."""
+
+    grace: float = attrs.field(default=2.0, validator=_ge(0))
+    term_timeout: float = attrs.field(default=2.0, validator=_ge(0))
+
+
+def _check_pool_name(_inst: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    if not _POOL_NAME.fullmatch(value):
+        raise _invalid(attribute.name, f"must match [A-Za-z0-9_.-]+ (got {value!r})")
+
+
+def _non_empty(_inst: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    if not value:
+        raise _invalid(attribute.name, "must not be empty")
+
+
+def _frozen_env(env: Mapping[str, str]) -> Mapping[str, str]:
+    return MappingProxyType(dict(env))
+
+
+@attrs.frozen
+class PoolConfig:
+    """``[[pool]]``: a group of kernels of one kernelspec, under one supervisor.
+
+    ``strategy``/``intensity``/``period`` are None unless the file overrides
+    ``[supervisor]``: read the effective values with :meth:`supervision`.
+    """
+
+    name: str = attrs.field(default="default", validator=_check_pool_name)
+    kernel: str = attrs.field(default="python3", validator=_non_empty)
+    size: int = attrs.field(default=2, validator=_ge(1))
+    spares: int = attrs.field(default=1, validator=_ge(0))
+    exec_timeout: float = attrs.field(default=600.0, validator=_gt(0))
+    max_output_bytes: int = attrs.field(default=1024 * 1024, validator=_ge(1024))
+    startup_code: str = ""
+    strategy: Strategy | None = None
+    intensity: int | None = attrs.field(default=None, validator=_ge(0))
+    period: float | None = attrs.field(default=None, validator=_gt(0))
+    queue_limit: int = attrs.field(default=100, validator=_ge(0))
+    queue_timeout: float = attrs.field(default=300.0, validator=_ge(0))
+    session_idle_timeout: float = attrs.field(default=0.0, validator=_ge(0))
+    start_timeout: float = attrs.field(default=60.0, validator=_gt(0))
+    interrupt_grace: float = attrs.field(default=5.0, validator=_ge(0))
+    interrupt_mode: InterruptMode = ""
+    transport: Transport = "ipc"
+    memory_limit_mb: int = attrs.field(default=0, validator=_ge(0))
+    env: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_env, hash=False)
+    restart: RestartConfig = attrs.field(factory=RestartConfig)
+    heartbeat: HeartbeatConfig = attrs.field(factory=HeartbeatConfig)
+    shutdown: ShutdownConfig = attrs.field(factory=ShutdownConfig)
+
+    def supervision(self, defaults: SupervisorConfig) -> Supervision:
+        """This pool's effective strategy/intensity/period: its own, else ``defaults``'."""
+        return Supervision(
+            strategy=self.strategy if self.strategy is not None else defaults.strategy,
+            intensity=self.intensity if self.intensity is not None else defaults.intensity,
+            period=self.period if self.period is not None else defaults.period,
+        )
+
+
+def _check_pools(_inst: Any, _attribute: attrs.Attribute[Any],
+                 pools: tuple[PoolConfig, ...]) -> None:
+    if not pools:
+        raise _invalid("pool", "at least one [[pool]] is required")
+    seen: dict[str, int] = {}
+    for i, pool in enumerate(pools):
+        if pool.name in seen:
+            raise _invalid(f"pool[{i}].name", f"duplicate pool name {pool.name!r} "
+                           f"(also $.pool[{seen[pool.name]}].name)")
+        seen[pool.name] = i
+
+
+def _to_pools(pools: Iterable[PoolConfig]) -> tuple[PoolConfig, ...]:
+    return tuple(pools)
+
+
+@attrs.frozen
+class Config:
+    """The whole configuration. ``source`` is the absolute path of the file it came from
+    (None when parsed from a string or dict); the TOML key ``pool`` maps to ``pools``."""
+
+    supervisor: SupervisorConfig = attrs.field(factory=SupervisorConfig)
+    server: ServerConfig = attrs.field(factory=ServerConfig)
+    pools: tuple[PoolConfig, ...] = attrs.field(
+        factory=lambda: (PoolConfig(),), converter=_to_pools, validator=_check_pools
+    )
+    source: str | None = None
+
+    @classmethod
+    def default(cls) -> Config:
+        """The configuration of an empty file: one pool "default" of 2 python3 kernels."""
+        return cls()
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "<dict>") -> Config:
+        """Structure parsed TOML data; ``source`` names it in error messages.
+
+        Raises ConfigError.
+        """
+        return _structure(data, source)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data in the TOML layout (``pool``, no ``source``, unset overrides left
+        out), accepted back by :meth:`from_dict`."""
+        result: dict[str, Any] = _converter.unstructure(self, Config)
+        return result
+
+    @property
+    def pool_names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.pools)
+
+    def pool(self, name: str) -> PoolConfig:
+        """The pool called ``name``; raises KeyError if there is none."""
+        for p in self.pools:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    def supervision(self, pool: PoolConfig | str) -> Supervision:
+        """A pool's effective strategy/intensity/period (given the pool or its name)."""
+        p = self.pool(pool) if isinstance(pool, str) else pool
+        return p.supervision(self.supervisor)
+
+
+# --- structuring -----------------------------------------------------------------------
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return repr(value)
+
+
+def _structure_int(value: Any, _type: Any) -> int:
+    if type(value) is not int:
+        raise _invalid("", f"expected int, got {_describe(value)}")
+    return value
+
+
+def _structure_float(value: Any, _type: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _invalid("", f"expected float, got {_describe(value)}")
+    if not math.isfinite(value):
+        raise _invalid("", f"expected a finite number, got {value!r}")
+    return float(value)
+
+
+def _structure_str(value: Any, _type: Any) -> str:
+    if not isinstance(value, str):
+        raise _invalid("", f"expected str, got {_describe(value)}")
+    return value
+
+
+def _structure_bool(value: Any, _type: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _invalid("", f"expected bool, got {_describe(value)}")
+    return value
+
+
+def _is_literal(type_: Any) -> bool:
+    origin: Any = get_origin(type_)
+    return origin is Literal
+
+
+def _structure_literal(value: Any, type_: Any) -> Any:
+    choices = get_args(type_)
+    if value not in choices or type(value) is not str:
+        shown = ", ".join(c if c else '""' for c in choices)
+        raise _invalid("", f"must be one of {shown} (got {value!r})")
+    return value
+
+
+def _structure_env(value: Any, _type: Any) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise _invalid("", f"expected a table of strings, got {_describe(value)}")
+    errors: list[Exception] = []
+    for key, item in value.items():
+        if not isinstance(item, str):
+            exc = _invalid("", f"expected str, got {_describe(item)}")
+            exc.__notes__ = [IterableValidationNote(f"env value @ key {key!r}", key, str)]
+            errors.append(exc)
+    if errors:
+        raise IterableValidationError("While structuring env", errors, dict)
+    return dict(value)
+
+
+def _make_pools_hook(converter: cattrs.Converter) -> Callable[[Any, Any], tuple[PoolConfig, ...]]:
+    def structure(value: Any, _type: Any) -> tuple[PoolConfig, ...]:
+        if not isinstance(value, list):
+            raise _invalid("", f"expected an array of tables ([[pool]]), got {_describe(value)}")
+        pools: list[PoolConfig] = []
+        errors: list[Exception] = []
+        for i, item in enumerate(value):
+            try:
+                pools.append(converter.structure(item, PoolConfig))
+            except Exception as exc:  # collected and reported together below
+                exc.__notes__ = [IterableValidationNote(f"pool @ index {i}", i, PoolConfig)]
+                errors.append(exc)
+        if errors:
+            raise IterableValidationError("While structuring pools", errors, tuple)
+        return tuple(pools)
+
+    return structure
+
+
+def _table_hook(converter: cattrs.Converter, cls: type[Any],
+                **overrides: Any) -> Callable[[Any, Any], Any]:
+    """cattrs' generated structure function for ``cls``, refusing non-tables first."""
+    inner = make_dict_structure_fn(cls, converter, **overrides)
+
+    def structure(value: Any, type_: Any) -> Any:
+        if not isinstance(value, dict):
+            raise _invalid("", f"expected a table, got {_describe(value)}")
+        return inner(value, type_)
+
+    return structure
+
+
+def _make_converter() -> cattrs.Converter:
+    c = cattrs.Converter(forbid_extra_keys=True)
+    c.register_structure_hook(int, _structure_int)
+    c.register_structure_hook(float, _structure_float)
+    c.register_structure_hook(str, _structure_str)
+    c.register_structure_hook(bool, _structure_bool)
+    c.register_structure_hook_func(_is_literal, _structure_literal)
+    c.register_structure_hook_func(lambda t: t == Mapping[str, str], _structure_env)
+    c.register_structure_hook_func(lambda t: t == tuple[PoolConfig, ...], _make_pools_hook(c))
+    for cls in (SupervisorConfig, ServerConfig, RestartConfig, HeartbeatConfig,
+                ShutdownConfig, PoolConfig):
+        c.register_structure_hook(cls, _table_hook(c, cls))
+    c.register_structure_hook(
+        Config, _table_hook(c, Config, pools=override(rename="pool"), source=override(omit=True))
+    )
+    unset = override(omit_if_default=True)
+    c.register_unstructure_hook(
+        PoolConfig,
+        make_dict_unstructure_fn(PoolConfig, c, strategy=unset, intensity=unset, period=unset),
+    )
+    c.register_unstructure_hook_func(lambda t: t == Mapping[str, str], dict)
+    c.register_unstructure_hook(
+        Config,
+        make_dict_unstructure_fn(Config, c, pools=override(rename="pool"),
+                                 source=override(omit=True)),
+    )
+    return c
+
+
+_converter = _make_converter()
+
+# Attribute names whose TOML key differs (class, attribute) -> key.
+_KEYS: dict[tuple[type, str], str] = {(Config, "pools"): "pool"}
+
+
+def _join(path: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    if not key:
+        return path
+    return f"{path}.{key}" if _BARE_KEY.fullmatch(key) else f"{path}[{key!r}]"
+
+
+def _problems(exc: BaseException, path: str) -> list[tuple[str, str]]:
+    """Walk cattrs' nested validation errors into ``(key path, reason)`` pairs."""
+    if isinstance(exc, ClassValidationError):
+        out: list[tuple[str, str]] = []
+        with_notes, without = exc.group_exceptions()
+        for sub, note in with_notes:
+            out += _problems(sub, _join(path, _KEYS.get((exc.cl, note.name), note.name)))
+        for sub in without:
+            out += _problems(sub, path)
+        return out
+    if isinstance(exc, IterableValidationError):
+        out = []
+        items, rest = exc.group_exceptions()
+        for sub, inote in items:
+            out += _problems(sub, _join(path, inote.index))
+        for sub in rest:
+            out += _problems(sub, path)
+        return out
+    if isinstance(exc, ForbiddenExtraKeysError):
+        return [(_join(path, k), "unknown key") for k in sorted(exc.extra_fields)]
+    if isinstance(exc, ConfigError) and "reason" in exc.data:
+        rel = exc.data["rel"]
+        return [(f"{path}.{rel}" if rel else path, exc.data["reason"])]
+    return [(path, f"invalid value ({type(exc).__name__}: {exc})")]
+
+
+def _structure(data: Mapping[str, Any], source: str) -> Config:
+    try:
+        config: Config = _converter.structure(data, Config)
+    except Exception as exc:  # every structuring failure becomes one ConfigError
+        problems = _problems(exc, "$")
+        lines = [f"{p}: {reason}" for p, reason in problems]
+        raise ConfigError(f"{source}: " + "; ".join(lines), path=problems[0][0], file=source,
+                          errors=lines) from exc
+    return config
+
+
+_TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
+
+
+def parse_config(text: str, *, source: str = "<string>") -> Config:
+    """Parse TOML ``text``; ``source`` names it in error messages. Raises ConfigError.
+
+    The result's ``source`` is None: only :func:`load_config` ties a config to a file.
+    """
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        message = str(exc)
+        where = _TOML_POSITION.search(message)
+        data_kw: dict[str, Any] = {}
+        if where:
+            message = message[: where.start()]
+            data_kw = {"line": int(where[1]), "column": int(where[2])}
+            message = f"line {where[1]}, column {where[2]}: {message}"
+        raise ConfigError(f"{source}: invalid TOML: {message}", path="$", file=source,
+                          **data_kw) from exc
+    return _structure(data, source)
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a TOML config file. Raises ConfigError (also for I/O problems).
+
+    Error messages name the file as given; ``Config.source`` is its absolute path, from
+    which the default runtime directory is derived.
+    """
+    name = os.fspath(path)
+    try:
+        with open(name, "rb") as f:
+            raw = f.read()
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot read config file: {exc.strerror or exc}",
+                          path="$", file=name) from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{name}: not valid UTF-8 (byte {exc.start})", path="$",
+                          file=name) from exc
+    config = parse_config(text, source=name)
+    return attrs.evolve(config, source=os.path.abspath(name))

@@ -1,0 +1,52 @@
+"""Where a supervisor keeps its private files: kernel connection files and sockets, the
+control endpoint and its key.
+
+The directory is derived from the config file's absolute path, so ``kernelsup run X`` and
+``kernelsup exec -c X`` find each other without being told: it is
+``$XDG_RUNTIME_DIR/kernelsup/<hash>`` (or ``/tmp/kernelsup-<uid>/<hash>``), mode 0700,
+short enough for IPC socket paths. ``[supervisor] runtime_dir`` overrides it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from kernelsup.config import Config
+from kernelsup.jupyter.launch import private_dir
+
+
+def _base() -> Path:
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg and os.path.isdir(xdg) and os.access(xdg, os.W_OK):
+        return Path(xdg) / "kernelsup"
+    return Path("/tmp") / f"kernelsup-{os.getuid()}"
+
+
+def runtime_dir_for(config: Config, *, create: bool = True) -> Path:
+    """The supervisor's private runtime directory for this config."""
+    if config.supervisor.runtime_dir:
+        path = Path(config.supervisor.runtime_dir).expanduser()
+        if config.source and not path.is_absolute():
+            path = Path(config.source).parent / path
+    else:
+        origin = str(Path(config.source).resolve()) if config.source else f"pid-{os.getpid()}"
+        digest = hashlib.sha256(origin.encode()).hexdigest()[:12]
+        path = _base() / digest
+    if create:
+        private_dir(path.parent)
+        private_dir(path)
+    return path
+
+
+def control_endpoint(config: Config) -> str:
+    """The control endpoint: the configured one, else IPC in the runtime directory."""
+    if config.server.endpoint:
+        return config.server.endpoint
+    return f"ipc://{runtime_dir_for(config, create=False) / 'control.sock'}"
+
+
+def key_file(config: Config) -> Path:
+    """The 0600 file holding the control endpoint's signing key."""
+    return runtime_dir_for(config, create=False) / "control.key"

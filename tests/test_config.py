@@ -1,0 +1,509 @@
+"""Config loading: defaults, every class of error, inheritance, round trips."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+
+from kernelsup.config import (
+    Config,
+    HeartbeatConfig,
+    PoolConfig,
+    RestartConfig,
+    ServerConfig,
+    ShutdownConfig,
+    Supervision,
+    SupervisorConfig,
+    load_config,
+    parse_config,
+)
+from kernelsup.errors import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+
+STRATEGIES = "one_for_one, one_for_all, rest_for_one"
+
+
+def error_of(text: str, source: str = "supervisor.toml") -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, source=source)
+    return info.value
+
+
+# --- defaults --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["", "[supervisor]\n", "[server]\n[supervisor]\n",
+                                  "[[pool]]\n", '[[pool]]\nname = "default"\n'])
+def test_empty_files_give_the_default_config(text: str) -> None:
+    assert parse_config(text) == Config.default()
+
+
+@pytest.mark.parametrize(
+    ("getter", "expected"),
+    [
+        (lambda c: c.supervisor.strategy, "one_for_one"),
+        (lambda c: c.supervisor.intensity, 10),
+        (lambda c: c.supervisor.period, 60.0),
+        (lambda c: c.supervisor.runtime_dir, ""),
+        (lambda c: c.supervisor.log_file, ""),
+        (lambda c: c.server.endpoint, ""),
+        (lambda c: c.server.allow_remote, False),
+        (lambda c: c.server.max_message_bytes, 16777216),
+        (lambda c: c.pool_names, ("default",)),
+        (lambda c: c.pools[0].kernel, "python3"),
+        (lambda c: c.pools[0].size, 2),
+        (lambda c: c.pools[0].spares, 1),
+        (lambda c: c.pools[0].exec_timeout, 600.0),
+        (lambda c: c.pools[0].max_output_bytes, 1048576),
+        (lambda c: c.pools[0].startup_code, ""),
+        (lambda c: (c.pools[0].strategy, c.pools[0].intensity, c.pools[0].period),
+         (None, None, None)),
+        (lambda c: c.pools[0].queue_limit, 100),
+        (lambda c: c.pools[0].queue_timeout, 300.0),
+        (lambda c: c.pools[0].session_idle_timeout, 0.0),
+        (lambda c: c.pools[0].start_timeout, 60.0),
+        (lambda c: c.pools[0].interrupt_grace, 5.0),
+        (lambda c: c.pools[0].interrupt_mode, ""),
+        (lambda c: c.pools[0].transport, "ipc"),
+        (lambda c: c.pools[0].memory_limit_mb, 0),
+        (lambda c: dict(c.pools[0].env), {}),
+        (lambda c: c.pools[0].restart, RestartConfig(
+            type="permanent", min_delay=0.0, max_delay=30.0, multiplier=2.0, jitter="full",
+            reset_after=60.0, max_retries=10)),
+        (lambda c: c.pools[0].heartbeat, HeartbeatConfig(interval=1.0, misses=3)),
+        (lambda c: c.pools[0].shutdown, ShutdownConfig(grace=2.0, term_timeout=2.0)),
+        (lambda c: c.source, None),
+    ],
+)
+def test_default_values(getter: Any, expected: Any) -> None:
+    assert getter(Config.default()) == expected
+
+
+def test_config_is_frozen_and_hashable() -> None:
+    cfg = Config.default()
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        cfg.supervisor.intensity = 3  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        cfg.pools[0].env["X"] = "1"  # type: ignore[index]
+    assert hash(cfg) == hash(Config.default())
+
+
+# --- errors ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        # unknown keys, at every depth
+        ("bogus = 1\n", "$.bogus: unknown key"),
+        ("source = 'x'\n", "$.source: unknown key"),
+        ("[pools]\n", "$.pools: unknown key"),
+        ("[supervisor]\nstrategyy = 'one_for_one'\n", "$.supervisor.strategyy: unknown key"),
+        ("[server]\nport = 1\n", "$.server.port: unknown key"),
+        ("[[pool]]\nsise = 2\n", "$.pool[0].sise: unknown key"),
+        ("[[pool]]\nname = 'a'\n[[pool]]\nname = 'b'\nsise = 2\n",
+         "$.pool[1].sise: unknown key"),
+        ("[[pool]]\n[pool.restart]\nmax_dealy = 1.0\n", "$.pool[0].restart.max_dealy: unknown key"),
+        ("[[pool]]\n[pool.heartbeat]\nmiss = 1\n", "$.pool[0].heartbeat.miss: unknown key"),
+        ("[[pool]]\n[pool.shutdown]\nkill = 1\n", "$.pool[0].shutdown.kill: unknown key"),
+        ("[[pool]]\n[pool.restart.deep]\nx = 1\n", "$.pool[0].restart.deep: unknown key"),
+        ("[[pool]]\n[pool.restart]\nb = 1\na = 2\n",
+         "$.pool[0].restart.a: unknown key; $.pool[0].restart.b: unknown key"),
+        # wrong types
+        ("[[pool]]\nsize = 'two'\n", "$.pool[0].size: expected int, got 'two'"),
+        ("[[pool]]\nsize = true\n", "$.pool[0].size: expected int, got True"),
+        ("[[pool]]\nsize = 2.0\n", "$.pool[0].size: expected int, got 2.0"),
+        ("[[pool]]\nintensity = false\n", "$.pool[0].intensity: expected int, got False"),
+        ("[[pool]]\nperiod = '60'\n", "$.pool[0].period: expected float, got '60'"),
+        ("[[pool]]\nexec_timeout = true\n", "$.pool[0].exec_timeout: expected float, got True"),
+        ("[[pool]]\nexec_timeout = inf\n",
+         "$.pool[0].exec_timeout: expected a finite number, got inf"),
+        ("[supervisor]\nperiod = nan\n", "$.supervisor.period: expected a finite number, got nan"),
+        ("[supervisor]\nlog_file = 3\n", "$.supervisor.log_file: expected str, got 3"),
+        ("[server]\nallow_remote = 1\n", "$.server.allow_remote: expected bool, got 1"),
+        ("[server]\nallow_remote = 'yes'\n", "$.server.allow_remote: expected bool, got 'yes'"),
+        ("[[pool]]\nkernel = ['python3']\n", "$.pool[0].kernel: expected str, got an array"),
+        ("[[pool]]\nenv = {A = 'x', B = 1}\n", "$.pool[0].env.B: expected str, got 1"),
+        ("[[pool]]\nenv = {'a b' = true}\n", "$.pool[0].env['a b']: expected str, got True"),
+        ("[[pool]]\nenv = 'A=x'\n", "$.pool[0].env: expected a table of strings, got 'A=x'"),
+        ("[[pool]]\nrestart = 5\n", "$.pool[0].restart: expected a table, got 5"),
+        ("supervisor = 'x'\n", "$.supervisor: expected a table, got 'x'"),
+        ("pool = 5\n", "$.pool: expected an array of tables ([[pool]]), got 5"),
+        ("[pool]\nname = 'x'\n", "$.pool: expected an array of tables ([[pool]]), got a table"),
+        ("pool = [1]\n", "$.pool[0]: expected a table, got 1"),
+        # bad enums
+        ("[supervisor]\nstrategy = 'one_for_some'\n",
+         f"$.supervisor.strategy: must be one of {STRATEGIES} (got 'one_for_some')"),
+        ("[[pool]]\nstrategy = 'all'\n",
+         f"$.pool[0].strategy: must be one of {STRATEGIES} (got 'all')"),
+        ("[supervisor]\nstrategy = 1\n",
+         f"$.supervisor.strategy: must be one of {STRATEGIES} (got 1)"),
+        ("[[pool]]\n[pool.restart]\ntype = 'forever'\n",
+         "$.pool[0].restart.type: must be one of permanent, transient, temporary "
+         "(got 'forever')"),
+        ("[[pool]]\n[pool.restart]\njitter = 'half'\n",
+         "$.pool[0].restart.jitter: must be one of full, equal, none (got 'half')"),
+        ("[[pool]]\ntransport = 'udp'\n",
+         "$.pool[0].transport: must be one of ipc, tcp (got 'udp')"),
+        ("[[pool]]\ninterrupt_mode = 'kill'\n",
+         "$.pool[0].interrupt_mode: must be one of \"\", signal, message (got 'kill')"),
+        # bounds
+        ("[supervisor]\nintensity = -1\n", "$.supervisor.intensity: must be >= 0 (got -1)"),
+        ("[supervisor]\nperiod = 0\n", "$.supervisor.period: must be > 0 (got 0.0)"),
+        ("[server]\nmax_message_bytes = 0\n", "$.server.max_message_bytes: must be > 0 (got 0)"),
+        ("[[pool]]\nsize = 0\n", "$.pool[0].size: must be >= 1 (got 0)"),
+        ("[[pool]]\nspares = -1\n", "$.pool[0].spares: must be >= 0 (got -1)"),
+        ("[[pool]]\nexec_timeout = 0\n", "$.pool[0].exec_timeout: must be > 0 (got 0.0)"),
+        ("[[pool]]\nmax_output_bytes = 1023\n",
+         "$.pool[0].max_output_bytes: must be >= 1024 (got 1023)"),
+        ("[[pool]]\nintensity = -1\n", "$.pool[0].intensity: must be >= 0 (got -1)"),
+        ("[[pool]]\nperiod = -5\n", "$.pool[0].period: must be > 0 (got -5.0)"),
+        ("[[pool]]\nqueue_limit = -1\n", "$.pool[0].queue_limit: must be >= 0 (got -1)"),
+        ("[[pool]]\nqueue_timeout = -0.5\n",
+         "$.pool[0].queue_timeout: must be >= 0 (got -0.5)"),
+        ("[[pool]]\nsession_idle_timeout = -1\n",
+         "$.pool[0].session_idle_timeout: must be >= 0 (got -1.0)"),
+        ("[[pool]]\nstart_timeout = 0\n", "$.pool[0].start_timeout: must be > 0 (got 0.0)"),
+        ("[[pool]]\ninterrupt_grace = -1\n",
+         "$.pool[0].interrupt_grace: must be >= 0 (got -1.0)"),
+        ("[[pool]]\nmemory_limit_mb = -1\n", "$.pool[0].memory_limit_mb: must be >= 0 (got -1)"),
+        ("[[pool]]\n[pool.restart]\nmin_delay = -1\n",
+         "$.pool[0].restart.min_delay: must be >= 0 (got -1.0)"),
+        ("[[pool]]\n[pool.restart]\nmultiplier = 0.5\n",
+         "$.pool[0].restart.multiplier: must be >= 1 (got 0.5)"),
+        ("[[pool]]\n[pool.restart]\nreset_after = -1\n",
+         "$.pool[0].restart.reset_after: must be >= 0 (got -1.0)"),
+        ("[[pool]]\n[pool.restart]\nmax_retries = -2\n",
+         "$.pool[0].restart.max_retries: must be >= -1 (got -2)"),
+        ("[[pool]]\n[pool.heartbeat]\ninterval = 0\n",
+         "$.pool[0].heartbeat.interval: must be > 0 (got 0.0)"),
+        ("[[pool]]\n[pool.heartbeat]\nmisses = 0\n",
+         "$.pool[0].heartbeat.misses: must be >= 1 (got 0)"),
+        ("[[pool]]\n[pool.shutdown]\ngrace = -1\n",
+         "$.pool[0].shutdown.grace: must be >= 0 (got -1.0)"),
+        ("[[pool]]\n[pool.shutdown]\nterm_timeout = -1\n",
+         "$.pool[0].shutdown.term_timeout: must be >= 0 (got -1.0)"),
+        # other values and cross-field checks
+        ("[[pool]]\n[pool.restart]\nmin_delay = 2.0\nmax_delay = 1.0\n",
+         "$.pool[0].restart.max_delay: must be >= min_delay (1.0 < 2.0)"),
+        ("[[pool]]\nname = 'a'\n[[pool]]\nname = 'b'\n[pool.restart]\nmin_delay = 45\n",
+         "$.pool[1].restart.max_delay: must be >= min_delay (30.0 < 45.0)"),
+        ("[[pool]]\nname = 'a b'\n", "$.pool[0].name: must match [A-Za-z0-9_.-]+ (got 'a b')"),
+        ("[[pool]]\nname = ''\n", "$.pool[0].name: must match [A-Za-z0-9_.-]+ (got '')"),
+        ("[[pool]]\nkernel = ''\n", "$.pool[0].kernel: must not be empty"),
+        ("[[pool]]\nname = 'a'\n[[pool]]\nname = 'b'\n[[pool]]\nname = 'a'\n",
+         "$.pool[2].name: duplicate pool name 'a' (also $.pool[0].name)"),
+        ("[[pool]]\n[[pool]]\n", "$.pool[1].name: duplicate pool name 'default' "
+         "(also $.pool[0].name)"),
+        ("pool = []\n", "$.pool: at least one [[pool]] is required"),
+        ("[server]\nendpoint = 'http://127.0.0.1:80'\n",
+         "$.server.endpoint: must be \"\", tcp://HOST:PORT or ipc://PATH "
+         "(got 'http://127.0.0.1:80')"),
+        ("[server]\nendpoint = '127.0.0.1:5599'\n",
+         "$.server.endpoint: must be \"\", tcp://HOST:PORT or ipc://PATH "
+         "(got '127.0.0.1:5599')"),
+        ("[server]\nendpoint = 'tcp://127.0.0.1'\n",
+         "$.server.endpoint: expected tcp://HOST:PORT (got 'tcp://127.0.0.1')"),
+        ("[server]\nendpoint = 'tcp://127.0.0.1:0'\n",
+         "$.server.endpoint: port must be 1-65535 or * (got '0')"),
+        ("[server]\nendpoint = 'tcp://127.0.0.1:65536'\n",
+         "$.server.endpoint: port must be 1-65535 or * (got '65536')"),
+        ("[server]\nendpoint = 'ipc://'\n", "$.server.endpoint: ipc:// needs a path (got 'ipc://')"),
+        ("[server]\nendpoint = 'tcp://0.0.0.0:5599'\n",
+         "$.server.endpoint: host '0.0.0.0' is not loopback "
+         "(set allow_remote = true to listen on it)"),
+        # several problems: all of them, on one line, in file order
+        ("[supervisor]\nintensity = 'x'\n[server]\nbogus = 1\n",
+         "$.supervisor.intensity: expected int, got 'x'; $.server.bogus: unknown key"),
+    ],
+)
+def test_errors_name_the_file_and_key_path(text: str, message: str) -> None:
+    err = error_of(text)
+    assert str(err) == f"supervisor.toml: {message}"
+    assert "\n" not in str(err)
+    assert err.code == "config_invalid"
+    assert err.data["file"] == "supervisor.toml"
+    assert err.data["path"] == message.split(":")[0]
+    assert err.data["errors"] == message.split("; ")
+    assert err.describe().startswith("config_invalid ConfigError: supervisor.toml: $.")
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "column"),
+    [
+        ("[supervisor\n", 1, 12),
+        ("[supervisor]\nintensity = \n", 2, 13),
+        ("[supervisor]\nintensity = 1\nintensity = 2\n", 3, 14),
+        ("[[pool]]\nname = 'a'\n\nsize = 2 3\n", 4, 10),
+    ],
+)
+def test_broken_toml_names_line_and_column(text: str, line: int, column: int) -> None:
+    err = error_of(text)
+    assert str(err).startswith(f"supervisor.toml: invalid TOML: line {line}, column {column}: ")
+    assert "\n" not in str(err)
+    assert err.data == {"path": "$", "file": "supervisor.toml", "line": line, "column": column}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[server]\nendpoint = 'tcp://127.0.0.1:5599'\n",
+        "[server]\nendpoint = 'tcp://localhost:5599'\n",
+        "[server]\nendpoint = 'tcp://[::1]:5599'\n",
+        "[server]\nendpoint = 'tcp://127.0.0.1:*'\n",
+        "[server]\nendpoint = 'ipc:///tmp/kernelsup.sock'\n",
+        "[server]\nendpoint = 'tcp://0.0.0.0:5599'\nallow_remote = true\n",
+        "[server]\nendpoint = 'tcp://*:5599'\nallow_remote = true\n",
+    ],
+)
+def test_valid_endpoints(text: str) -> None:
+    parse_config(text)
+
+
+def test_ints_are_accepted_for_floats() -> None:
+    cfg = parse_config("[supervisor]\nperiod = 30\n[[pool]]\nexec_timeout = 5\n")
+    assert cfg.supervisor.period == 30.0 and type(cfg.supervisor.period) is float
+    assert type(cfg.pools[0].exec_timeout) is float
+
+
+def test_source_names_the_string_in_errors() -> None:
+    assert str(error_of("x = 1\n", source="<test>")) == "<test>: $.x: unknown key"
+    with pytest.raises(ConfigError, match=r"^<string>: \$\.x: unknown key$"):
+        parse_config("x = 1\n")
+
+
+def test_direct_construction_is_validated_too() -> None:
+    with pytest.raises(ConfigError, match=r"^size: must be >= 1 \(got 0\)$"):
+        PoolConfig(size=0)
+    with pytest.raises(ConfigError, match=r"^max_delay: must be >= min_delay"):
+        RestartConfig(min_delay=3.0, max_delay=1.0)
+    with pytest.raises(ConfigError, match="duplicate pool name"):
+        Config(pools=(PoolConfig(), PoolConfig()))
+
+
+# --- files -----------------------------------------------------------------------------
+
+
+def test_load_config_sets_source_and_names_the_file(tmp_path: Path) -> None:
+    good = tmp_path / "good.toml"
+    good.write_text("[[pool]]\nsize = 3\n")
+    cfg = load_config(good)
+    assert cfg.source == str(good) and os.path.isabs(cfg.source)
+    assert cfg.pools[0].size == 3
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[[pool]]\nsize = 0\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(bad))
+    assert str(info.value) == f"{bad}: $.pool[0].size: must be >= 1 (got 0)"
+    assert info.value.data["file"] == str(bad)
+
+
+def test_load_config_relative_path_becomes_absolute_source(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "s.toml").write_text("")
+    monkeypatch.chdir(tmp_path)
+    assert load_config("s.toml").source == str(tmp_path / "s.toml")
+
+
+@pytest.mark.parametrize(
+    ("content", "pattern"),
+    [
+        (None, r"missing\.toml: cannot read config file: No such file or directory$"),
+        (b"x = '\xff'\n", r"missing\.toml: not valid UTF-8 \(byte 5\)$"),
+        (b"[[pool]\n", r"missing\.toml: invalid TOML: line 1, column 7: "),
+    ],
+)
+def test_load_config_io_problems_are_config_errors(
+        tmp_path: Path, content: bytes | None, pattern: str) -> None:
+    path = tmp_path / "missing.toml"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(ConfigError, match=pattern) as info:
+        load_config(path)
+    assert info.value.data["file"] == str(path)
+    assert info.value.data["path"] == "$"
+
+
+def test_example_supervisor_toml_is_the_default_config() -> None:
+    cfg = load_config(REPO / "supervisor.toml")
+    assert cfg.source == str(REPO / "supervisor.toml")
+    assert attrs.evolve(cfg, source=None) == Config.default()
+
+
+def test_example_supervisor_toml_documents_every_key() -> None:
+    """Every key of every class appears in the example under a comment line of its own
+    (keys without a TOML default, the pool overrides, appear commented out)."""
+    key_line = re.compile(r"^(?:# )?([a-z_]+) = ")
+    lines = (REPO / "supervisor.toml").read_text().splitlines()
+    documented: set[str] = set()
+    for i, line in enumerate(lines):
+        m = key_line.match(line)
+        if m:
+            above = lines[i - 1]
+            assert above.startswith("# ") and not key_line.match(above), line
+            documented.add(m[1])
+    expected = {f.name for cls in (SupervisorConfig, ServerConfig, PoolConfig, RestartConfig,
+                                   HeartbeatConfig, ShutdownConfig) for f in attrs.fields(cls)}
+    assert documented == expected - {"restart", "heartbeat", "shutdown"}
+
+
+# --- inheritance -----------------------------------------------------------------------
+
+INHERIT = """
+[supervisor]
+strategy = "rest_for_one"
+intensity = 4
+period = 20.0
+
+[[pool]]
+name = "plain"
+
+[[pool]]
+name = "own"
+strategy = "one_for_all"
+intensity = 0
+period = 5
+
+[[pool]]
+name = "partial"
+period = 7.5
+"""
+
+
+@pytest.mark.parametrize(
+    ("pool", "expected"),
+    [
+        ("plain", Supervision("rest_for_one", 4, 20.0)),
+        ("own", Supervision("one_for_all", 0, 5.0)),
+        ("partial", Supervision("rest_for_one", 4, 7.5)),
+    ],
+)
+def test_pools_inherit_strategy_intensity_period(pool: str, expected: Supervision) -> None:
+    cfg = parse_config(INHERIT)
+    assert cfg.supervision(pool) == expected
+    assert cfg.supervision(cfg.pool(pool)) == expected
+    assert cfg.pool(pool).supervision(cfg.supervisor) == expected
+
+
+def test_root_supervision_and_pool_lookup() -> None:
+    cfg = parse_config(INHERIT)
+    assert cfg.supervisor.supervision() == Supervision("rest_for_one", 4, 20.0)
+    assert cfg.pool_names == ("plain", "own", "partial")
+    with pytest.raises(KeyError):
+        cfg.pool("nope")
+
+
+# --- round trip ------------------------------------------------------------------------
+
+FULL = """
+[supervisor]
+strategy = "one_for_all"
+intensity = 3
+period = 10.0
+runtime_dir = "/run/ks"
+log_file = "events.jsonl"
+
+[server]
+endpoint = "tcp://0.0.0.0:5599"
+allow_remote = true
+max_message_bytes = 1000
+
+[[pool]]
+name = "py"
+kernel = "python3"
+size = 4
+spares = 0
+exec_timeout = 30
+max_output_bytes = 2048
+startup_code = "import os"
+strategy = "rest_for_one"
+intensity = 2
+period = 1.5
+queue_limit = 0
+queue_timeout = 0
+session_idle_timeout = 900
+start_timeout = 10
+interrupt_grace = 0
+interrupt_mode = "message"
+transport = "tcp"
+memory_limit_mb = 512
+env = { PYTHONHASHSEED = "0", "odd key" = "x" }
+
+[pool.restart]
+type = "transient"
+min_delay = 0.5
+max_delay = 0.5
+multiplier = 1
+jitter = "equal"
+reset_after = 0
+max_retries = -1
+
+[pool.heartbeat]
+interval = 0.25
+misses = 1
+
+[pool.shutdown]
+grace = 0
+term_timeout = 0.5
+
+[[pool]]
+name = "other.pool-2"
+kernel = "ir"
+"""
+
+
+def test_full_file_round_trip() -> None:
+    cfg = parse_config(FULL)
+    expected = Config(
+        supervisor=SupervisorConfig("one_for_all", 3, 10.0, "/run/ks", "events.jsonl"),
+        server=ServerConfig("tcp://0.0.0.0:5599", True, 1000),
+        pools=(
+            PoolConfig(
+                name="py", kernel="python3", size=4, spares=0, exec_timeout=30.0,
+                max_output_bytes=2048, startup_code="import os", strategy="rest_for_one",
+                intensity=2, period=1.5, queue_limit=0, queue_timeout=0.0,
+                session_idle_timeout=900.0, start_timeout=10.0, interrupt_grace=0.0,
+                interrupt_mode="message", transport="tcp", memory_limit_mb=512,
+                env={"PYTHONHASHSEED": "0", "odd key": "x"},
+                restart=RestartConfig("transient", 0.5, 0.5, 1.0, "equal", 0.0, -1),
+                heartbeat=HeartbeatConfig(0.25, 1),
+                shutdown=ShutdownConfig(0.0, 0.5),
+            ),
+            PoolConfig(name="other.pool-2", kernel="ir"),
+        ),
+    )
+    assert cfg == expected
+    data = cfg.to_dict()
+    assert "source" not in data and "pools" not in data
+    assert "strategy" not in data["pool"][1]  # unset overrides stay unset
+    assert data["pool"][0]["env"] == {"PYTHONHASHSEED": "0", "odd key": "x"}
+    assert Config.from_dict(data) == cfg
+    assert Config.from_dict(Config.default().to_dict()) == Config.default()
+
+
+def test_to_dict_is_plain_data() -> None:
+    def check(value: Any) -> None:
+        if isinstance(value, dict):
+            assert type(value) is dict
+            for k, v in value.items():
+                assert isinstance(k, str)
+                check(v)
+        elif isinstance(value, list):
+            for v in value:
+                check(v)
+        else:
+            assert isinstance(value, (str, int, float, bool)), value
+
+    check(parse_config(FULL).to_dict())
+
+
+def test_from_dict_errors_name_the_source() -> None:
+    with pytest.raises(ConfigError, match=r"^<dict>: \$\.pool\[0\]\.size: expected int"):
+        Config.from_dict({"pool": [{"size": "2"}]})
