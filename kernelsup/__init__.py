@@ -1,5 +1,52 @@
-"""kernelsup: an Erlang-style supervision tree for Jupyter kernels, on trio."""
+"""kernelsup: an Erlang-style supervision tree for Jupyter kernels, on trio.
+
+The public API lives here; everything else is an implementation module.
+"""
 
 from __future__ import annotations
 
+from kernelsup.actors.router import SupervisorGaveUp
+from kernelsup.api import SessionHandle, Supervisor, open_supervisor
+from kernelsup.config import Config, load_config, parse_config
+from kernelsup.errors import (
+    AuthenticationError,
+    ClientError,
+    ConfigError,
+    KernelDied,
+    KernelError,
+    KernelStartError,
+    KernelsupError,
+    ProtocolError,
+    Rejected,
+    RequestError,
+    Unreachable,
+)
+from kernelsup.results import ErrorInfo, ExecuteResult, ExitCause, Output, StatusReport
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "AuthenticationError",
+    "ClientError",
+    "Config",
+    "ConfigError",
+    "ErrorInfo",
+    "ExecuteResult",
+    "ExitCause",
+    "KernelDied",
+    "KernelError",
+    "KernelStartError",
+    "KernelsupError",
+    "Output",
+    "ProtocolError",
+    "Rejected",
+    "RequestError",
+    "SessionHandle",
+    "StatusReport",
+    "Supervisor",
+    "SupervisorGaveUp",
+    "Unreachable",
+    "load_config",
+    "open_supervisor",
+    "parse_config",
+]

@@ -497,7 +497,7 @@ def _structure(data: Mapping[str, Any], source: str) -> Config:
     return config
 
 
-_TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
+_TOML_POSITION = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)$")
 
 
 def parse_config(text: str, *, source: str = "<string>") -> Config:
@@ -510,13 +510,15 @@ def parse_config(text: str, *, source: str = "<string>") -> Config:
     except tomllib.TOMLDecodeError as exc:
         message = str(exc)
         where = _TOML_POSITION.search(message)
-        data_kw: dict[str, Any] = {}
+        if where and where[1]:
+            line, column = int(where[1]), int(where[2])
+        else:  # "(at end of document)"
+            line = text.count("\n") + 1
+            column = len(text) - (text.rfind("\n") + 1) + 1
         if where:
             message = message[: where.start()]
-            data_kw = {"line": int(where[1]), "column": int(where[2])}
-            message = f"line {where[1]}, column {where[2]}: {message}"
-        raise ConfigError(f"{source}: invalid TOML: {message}", path="$", file=source,
-                          **data_kw) from exc
+        raise ConfigError(f"{source}: invalid TOML: line {line}, column {column}: {message}",
+                          path="$", file=source, line=line, column=column) from exc
     return _structure(data, source)
 
 

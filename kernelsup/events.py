@@ -46,20 +46,20 @@ from kernelsup.errors import ConfigError, ProtocolError
 
 # --- event kinds (the ``event`` field of the JSON form) --------------------------------
 
-KERNEL_STARTING = "kernel_starting"          # (no data)
+KERNEL_STARTING = "kernel_starting"          # (optional: restarts)
 KERNEL_STARTED = "kernel_started"            # pid, start_s
 KERNEL_EXITED = "kernel_exited"              # cause (ExitCause.to_dict()), text, restarts
 KERNEL_START_FAILED = "kernel_start_failed"  # cause, message
 RESTART_SCHEDULED = "restart_scheduled"      # delay, attempt, next_try (wall clock)
 GAVE_UP = "gave_up"                          # reason
 POOL_ESCALATED = "pool_escalated"            # reason
-POOL_RESTARTED = "pool_restarted"            # (no data)
+POOL_RESTARTED = "pool_restarted"            # (optional: reason)
 SUPERVISOR_READY = "supervisor_ready"        # kernels, endpoint
 SUPERVISOR_STOPPING = "supervisor_stopping"  # reason
 SUPERVISOR_GAVE_UP = "supervisor_gave_up"    # reason
 STATE_CHANGED = "state_changed"              # state
 SESSION_OPENED = "session_opened"            # session
-SESSION_CLOSED = "session_closed"            # session
+SESSION_CLOSED = "session_closed"            # session (optional: reason)
 LAGGED = "lagged"                            # dropped (made by the bus, per subscriber)
 
 ALL_KINDS: frozenset[str] = frozenset({
@@ -74,15 +74,15 @@ RESERVED_KEYS: frozenset[str] = frozenset({"event", "time", "seq", "pool", "kern
 # --- sizes ------------------------------------------------------------------------------
 
 # Holds a one_for_all restart of a 50-kernel pool (about 5 events a kernel) for a consumer
-# that is busy for a moment, at well under 1 MB.
+# that is busy for a moment; an event is under 1 KB, so this is under 256 KB.
 DEFAULT_SUBSCRIBER_BUFFER = 256
-# No subscriber may pin more than this many events (tens of MB at worst), whoever asks.
+# No subscriber may pin more than this many events (about 50 MB at worst), whoever asks.
 MAX_SUBSCRIBER_BUFFER = 65_536
 # Enough for `status` to show the last few lifecycle events of every kernel of a large
-# pool; a few hundred KB at most.
+# pool, for under 256 KB.
 RECENT_EVENTS = 256
 # The log should be complete: this rides out a terminal or pipe that stalls for seconds
-# during a restart storm, for about 1 MB.
+# during a restart storm, for under 4 MB.
 LOG_BUFFER = 4096
 
 
@@ -226,15 +226,16 @@ def _start_failed(d: _Data) -> str:
     return f"start failed: {_cause(d)}" + (f": {message}" if message else "")
 
 
+def _with(d: _Data, key: str, text: str, fmt: str) -> str:
+    """``text``, plus ``fmt`` filled with ``d[key]`` when the event has that optional datum."""
+    value = d.get(key)
+    return text if value is None or value == "" else text + fmt.format(value)
+
+
 def _ready(d: _Data) -> str:
     kernels = d.get("kernels")
     count = len(kernels) if isinstance(kernels, list) else _s(d, "kernels")
-    return f"supervisor ready: {count} kernels, endpoint {_s(d, 'endpoint')}"
-
-
-def _session_closed(d: _Data) -> str:
-    reason = d.get("reason")
-    return f"session {_s(d, 'session')} closed" + (f": {reason}" if reason else "")
+    return _with(d, "endpoint", f"supervisor ready: {count} kernels", ", endpoint {}")
 
 
 def _generic(kind: str, d: _Data) -> str:
@@ -243,7 +244,7 @@ def _generic(kind: str, d: _Data) -> str:
 
 
 _PREDICATES: dict[str, Callable[[_Data], str]] = {
-    KERNEL_STARTING: lambda d: "starting",
+    KERNEL_STARTING: lambda d: _with(d, "restarts", "starting", " (restarts {})"),
     KERNEL_STARTED: lambda d: f"started pid {_s(d, 'pid')} in {_secs(d, 'start_s')}",
     KERNEL_EXITED: lambda d: f"exited {_cause(d)} (restarts {_s(d, 'restarts')})",
     KERNEL_START_FAILED: _start_failed,
@@ -251,13 +252,13 @@ _PREDICATES: dict[str, Callable[[_Data], str]] = {
                                   f" (attempt {_s(d, 'attempt')})"),
     GAVE_UP: lambda d: f"gave up: {_s(d, 'reason')}",
     POOL_ESCALATED: lambda d: f"escalated: {_s(d, 'reason')}",
-    POOL_RESTARTED: lambda d: "restarted",
+    POOL_RESTARTED: lambda d: _with(d, "reason", "restarted", ": {}"),
     SUPERVISOR_READY: _ready,
     SUPERVISOR_STOPPING: lambda d: f"supervisor stopping: {_s(d, 'reason')}",
     SUPERVISOR_GAVE_UP: lambda d: f"supervisor gave up: {_s(d, 'reason')}",
     STATE_CHANGED: lambda d: f"state {_s(d, 'state')}",
     SESSION_OPENED: lambda d: f"session {_s(d, 'session')} opened",
-    SESSION_CLOSED: _session_closed,
+    SESSION_CLOSED: lambda d: _with(d, "reason", f"session {_s(d, 'session')} closed", ": {}"),
     LAGGED: lambda d: f"lagged: {_s(d, 'dropped')} events dropped",
 }
 

@@ -241,6 +241,8 @@ def test_errors_name_the_file_and_key_path(text: str, message: str) -> None:
         ("[supervisor]\nintensity = \n", 2, 13),
         ("[supervisor]\nintensity = 1\nintensity = 2\n", 3, 14),
         ("[[pool]]\nname = 'a'\n\nsize = 2 3\n", 4, 10),
+        ("[supervisor", 1, 12),  # tomllib: "at end of document"
+        ("[server]\nendpoint = \"x", 2, 14),
     ],
 )
 def test_broken_toml_names_line_and_column(text: str, line: int, column: int) -> None:

@@ -219,11 +219,13 @@ class KernelHandle:
 
 
 class KernelActor:
-    def __init__(self, kernel_id: str, options: KernelOptions, runtime_dir: Path) -> None:
+    def __init__(self, kernel_id: str, options: KernelOptions, runtime_dir: Path,
+                 on_state: Callable[[KernelState], None] | None = None) -> None:
         self.kernel_id = kernel_id
         self.options = options
         self.runtime_dir = runtime_dir
-        self.state: KernelState = "starting"
+        self._state: KernelState = "starting"
+        self._on_state = on_state
         self.stats = ActorStats()
         self.proc: KernelProcess | None = None
         self.ready_at: float | None = None
@@ -240,6 +242,17 @@ class KernelActor:
         self._iopub_seen = trio.Event()
         self._wire: Wire | None = None
         self._sockets: dict[str, zmqio.Socket] = {}
+
+    @property
+    def state(self) -> KernelState:
+        return self._state
+
+    @state.setter
+    def state(self, value: KernelState) -> None:
+        if value != self._state:
+            self._state = value
+            if self._on_state is not None:
+                self._on_state(value)
 
     def finish(self, cause: ExitCause) -> None:
         """Record the first terminal cause and stop every child task."""
@@ -601,6 +614,7 @@ def _status_fields(returncode: int) -> dict[str, int]:
 
 
 async def run_kernel(kernel_id: str, options: KernelOptions, runtime_dir: Path, *,
+                     on_state: Callable[[KernelState], None] | None = None,
                      task_status: trio.TaskStatus[KernelHandle] = trio.TASK_STATUS_IGNORED,
                      ) -> ExitCause:
     """Run one kernel until it exits; return why.
@@ -610,8 +624,9 @@ async def run_kernel(kernel_id: str, options: KernelOptions, runtime_dir: Path, 
     ``startup_code`` ran), or raises :class:`KernelStartError` whose ``data["cause"]`` is a
     ``start_timeout`` or ``start_failure`` :class:`ExitCause`. Cancelling the task kills
     the kernel's process group at once; ``handle.shutdown()`` stops it gracefully.
+    ``on_state`` is called synchronously on every state change (idle, busy, ...).
     """
-    return await KernelActor(kernel_id, options, runtime_dir).run(task_status)
+    return await KernelActor(kernel_id, options, runtime_dir, on_state).run(task_status)
 
 
 __all__ = ["ActorStats", "ErrorInfo", "KernelHandle", "KernelOptions", "run_kernel"]

@@ -103,6 +103,7 @@ class Pool:
     async def _start_kernel(self, kernel_id: str, *,
                             task_status: trio.TaskStatus[KernelHandle]) -> Any:
         return await run_kernel(kernel_id, self._options, self._runtime_dir,
+                                on_state=lambda state: self._dispatch(),
                                 task_status=task_status)
 
     # ------------------------------------------------------------------- supervision

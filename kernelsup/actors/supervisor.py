@@ -33,6 +33,7 @@ recovers in about one cold start instead of N.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal, Protocol
 
@@ -295,7 +296,7 @@ class PoolSupervisor:
             return
         assert isinstance(decision, Restart)
         self._publish(ev.RESTART_SCHEDULED, child, delay=round(decision.delay, 4),
-                      attempt=decision.attempt, next_try=now + decision.delay)
+                      attempt=decision.attempt, next_try=time.time() + decision.delay)
         strategy = self.supervision.strategy
         if strategy == "one_for_one":
             self._spawn(child, delay=decision.delay, restart=True)

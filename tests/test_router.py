@@ -1,0 +1,245 @@
+"""The router and the in-process API against real kernels: pools, queues, sessions,
+spares, and exactly one outcome per request."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+import kernelsup
+from kernelsup.api import Supervisor
+
+FAST_POOL: dict[str, Any] = {
+    "heartbeat": {"interval": 0.2, "misses": 3},
+    "shutdown": {"grace": 1.0, "term_timeout": 1.0},
+    "interrupt_grace": 2.0,
+    "restart": {"min_delay": 0.0, "max_delay": 0.5, "max_retries": -1},
+}
+
+
+def config(**pool: Any) -> kernelsup.Config:
+    merged = {**FAST_POOL, "name": "default", **pool}
+    return kernelsup.Config.from_dict({"supervisor": {"intensity": 1000}, "pool": [merged]})
+
+
+async def wait_until(sup: Supervisor, predicate: Callable[[], bool], timeout: float = 60) -> None:
+    pool = next(iter(sup.pools.values()))
+    with trio.fail_after(timeout):
+        while not predicate():
+            await pool.sup.wait_changed()
+
+
+async def poll_until(predicate: Callable[[], bool], timeout: float = 30) -> None:
+    """For conditions nothing announces (a kernel turning busy): check every 10 ms."""
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.01)
+
+
+def kernels(sup: Supervisor) -> list[dict[str, Any]]:
+    return list(sup.status().kernels)
+
+
+@pytest.fixture
+async def sup2(runtime_dir: Path) -> AsyncIterator[Supervisor]:
+    async with kernelsup.open_supervisor(config(size=2, spares=1, queue_limit=1),
+                                         runtime_dir=runtime_dir) as sup:
+        yield sup
+
+
+async def test_pool_runs_in_parallel_and_queues(sup2: Supervisor) -> None:
+    results: dict[str, kernelsup.ExecuteResult] = {}
+
+    async def run(name: str, code: str) -> None:
+        results[name] = await sup2.execute(code)
+
+    async with trio.open_nursery() as n:
+        n.start_soon(run, "a", "import time; time.sleep(1); 'a'")
+        n.start_soon(run, "b", "import time; time.sleep(1); 'b'")
+        await poll_until(lambda: sum(k["state"] == "busy" for k in kernels(sup2)) == 2)
+        n.start_soon(run, "c", "'c'")
+        # c is now the one request allowed to wait (queue_limit=1)
+        await poll_until(lambda: sup2.status().pools[0]["queued"] == 1)
+        d = await sup2.execute("'d'")
+        assert d.status == "rejected" and d.code == "queue_full"
+    assert {k: r.status for k, r in results.items()} == {"a": "ok", "b": "ok", "c": "ok"}
+    assert results["a"].kernel_id != results["b"].kernel_id
+    assert results["c"].queued_s > 0.1  # it waited for a or b to finish
+    # the spare never served the shared rotation while the pool kernels were healthy
+    spare = [k["id"] for k in kernels(sup2) if k["role"] == "spare"]
+    assert spare and spare[0] not in {r.kernel_id for r in results.values()}
+
+
+async def test_queue_timeout_rejects(runtime_dir: Path) -> None:
+    async with kernelsup.open_supervisor(config(size=1, spares=0, queue_timeout=0.5),
+                                         runtime_dir=runtime_dir) as sup:
+        async with trio.open_nursery() as n:
+            n.start_soon(sup.execute, "import time; time.sleep(3)")
+            await poll_until(lambda: kernels(sup)[0]["state"] == "busy")
+            r = await sup.execute("1")
+        assert r.status == "rejected" and r.code == "queue_timeout"
+        assert r.queued_s >= 0.5
+
+
+async def test_sessions_are_isolated_and_closed(sup2: Supervisor) -> None:
+    async with sup2.session("a") as a, sup2.session("b") as b:
+        assert (await a.execute("x = 1")).status == "ok"
+        rb = await b.execute("x")
+        assert rb.status == "error" and rb.error is not None and rb.error.ename == "NameError"
+        ra = await a.execute("x")
+        assert ra.result == "1" and ra.session == "a"
+        a_kernel = ra.kernel_id
+        roles = {k["id"]: (k["role"], k["session"]) for k in kernels(sup2)}
+        assert roles[a_kernel] == ("session", "a")
+    # a is closed: its kernel is gone and no later request anywhere can see its x
+    assert a_kernel not in {k["id"] for k in kernels(sup2)}
+    for session in (None, "a", "c"):
+        r = await sup2.execute("x", session=session)
+        assert r.status == "error" and r.error is not None and r.error.ename == "NameError"
+        if session:
+            await sup2.close_session(session)
+
+
+async def test_session_kernel_death_uses_spare_and_reports_state_lost(
+        sup2: Supervisor) -> None:
+    await wait_until(sup2, lambda: all(k["state"] == "idle" for k in kernels(sup2)))
+    assert (await sup2.execute("x = 1", session="a")).status == "ok"
+    # the session took the spare; wait for the refilled spare to be ready
+    await wait_until(sup2, lambda: any(k["role"] == "spare" and k["state"] == "idle"
+                                       for k in kernels(sup2)))
+    ready_spares = {k["id"]: k["pid"] for k in kernels(sup2)
+                    if k["role"] == "spare" and k["state"] == "idle"}
+    died = await sup2.execute("import os; os._exit(1)", session="a")
+    assert died.status == "died" and died.state_lost
+    r = await sup2.execute("x", session="a")
+    assert r.state_lost
+    assert r.status == "error" and r.error is not None and r.error.ename == "NameError"
+    assert r.stdout.startswith("[kernelsup: this session's kernel was replaced")
+    assert r.outputs[0].type == "notice"
+    # it ran on a spare that was already started before the death: no cold start
+    assert r.kernel_id in ready_spares
+    now = {k["id"]: k["pid"] for k in kernels(sup2)}
+    assert now[r.kernel_id] == ready_spares[r.kernel_id]
+    r2 = await sup2.execute("y = 2; y", session="a")
+    assert r2.result == "2" and not r2.state_lost
+    await sup2.close_session("a")
+
+
+async def test_rotation_kernel_death_promotes_spare(sup2: Supervisor) -> None:
+    before = {k["id"]: k for k in kernels(sup2)}
+    victim = next(k for k in before.values() if k["role"] == "pool")
+    spare = next(k for k in before.values() if k["role"] == "spare")
+    os.kill(victim["pid"], signal.SIGKILL)
+    await wait_until(sup2, lambda: next(k for k in kernels(sup2)
+                                        if k["id"] == victim["id"])["restarts"] == 1
+                     and all(k["state"] == "idle" for k in kernels(sup2)))
+    after = {k["id"]: k for k in kernels(sup2)}
+    assert after[spare["id"]]["role"] == "pool"  # the spare took its place at once
+    assert after[victim["id"]]["role"] == "spare"  # and the victim came back as a spare
+    assert after[victim["id"]]["pid"] != victim["pid"]
+    assert after[victim["id"]]["last_exit"]["text"] == "signal(9)"
+
+
+async def test_caller_cancellation_frees_the_kernel(runtime_dir: Path) -> None:
+    async with kernelsup.open_supervisor(config(size=1, spares=0),
+                                         runtime_dir=runtime_dir) as sup:
+        with trio.move_on_after(1.0) as scope:
+            await sup.execute("while True: pass")
+        assert scope.cancelled_caught
+        with trio.fail_after(10):
+            r = await sup.execute("'free'")
+        assert r.status == "ok" and r.result == "'free'"
+        assert kernels(sup)[0]["restarts"] == 0  # interrupted, not killed
+
+
+async def test_status_shape(sup2: Supervisor) -> None:
+    st = sup2.status().to_dict()
+    assert set(st) == {"kernels", "pools"}
+    assert len(st["kernels"]) == 3
+    for k in st["kernels"]:
+        assert {"id", "pool", "role", "state", "pid", "restarts", "session", "uptime_s",
+                "last_exit"} <= set(k)
+        assert k["state"] in ("starting", "idle", "busy", "backoff", "dead", "stopping")
+    assert Counter(k["role"] for k in st["kernels"]) == {"pool": 2, "spare": 1}
+    assert all(isinstance(k["pid"], int) and k["uptime_s"] >= 0 for k in st["kernels"])
+    assert st["pools"][0]["name"] == "default"
+
+
+async def test_unknown_pool_and_shutdown_rejections(runtime_dir: Path) -> None:
+    async with kernelsup.open_supervisor(config(size=1, spares=0),
+                                         runtime_dir=runtime_dir) as sup:
+        r = await sup.execute("1", pool="nope")
+        assert r.status == "rejected" and r.code == "unknown_pool"
+        with pytest.raises(kernelsup.Rejected) as info:
+            await sup.restart("no-such-kernel")
+        assert info.value.code == "unknown_kernel"
+    r = await sup.execute("1")
+    assert r.status == "rejected" and r.code == "shutting_down"
+
+
+async def test_stream_yields_outputs_then_result(sup2: Supervisor) -> None:
+    items = [item async for item in sup2.stream(
+        "import time\nfor i in range(3):\n    print(i, flush=True); time.sleep(0.1)\n'end'")]
+    assert isinstance(items[-1], kernelsup.ExecuteResult)
+    assert items[-1].stdout == "0\n1\n2\n" and items[-1].result == "'end'"
+    streamed = "".join(o.text or "" for o in items[:-1]
+                       if isinstance(o, kernelsup.Output) and o.type == "stream")
+    assert streamed == "0\n1\n2\n"
+
+
+@pytest.mark.timeout(300)
+async def test_chaos_every_request_has_one_outcome(runtime_dir: Path, tmp_path: Path) -> None:
+    """200 requests, seeded random kernel kills among them: every request gets exactly one
+    outcome, none is lost, none ran twice (each appends its id to a file)."""
+    rng = random.Random(1234)
+    ledger = tmp_path / "ran.txt"
+    n_requests = 200
+    outcomes: dict[int, kernelsup.ExecuteResult] = {}
+    cfg = config(size=3, spares=1, queue_limit=1000, queue_timeout=120.0)
+    async with kernelsup.open_supervisor(cfg, runtime_dir=runtime_dir) as sup:
+        async def request(i: int) -> None:
+            assert i not in outcomes
+            code = f"open({str(ledger)!r}, 'a').write('{i}\\n')\n"
+            kind = rng.random()
+            if kind < 0.04:
+                code += "import os; os._exit(1)\n"
+            elif kind < 0.07:
+                code += "import time; time.sleep(0.3)\n"
+            outcomes[i] = await sup.execute(code, timeout=10.0)
+
+        async def chaos() -> None:
+            for _ in range(12):
+                await trio.sleep(rng.uniform(0.1, 0.6))
+                live = [k for k in kernels(sup) if k["pid"] and k["state"] in ("idle", "busy")]
+                if not live:
+                    continue
+                victim = rng.choice(live)
+                sig = rng.choice([signal.SIGKILL, signal.SIGSTOP])
+                os.kill(victim["pid"], sig)
+
+        async with trio.open_nursery() as n:
+            n.start_soon(chaos)
+            for i in range(n_requests):
+                n.start_soon(request, i)
+                if i % 10 == 0:
+                    await trio.sleep(0.05)
+    assert sorted(outcomes) == list(range(n_requests))  # none lost
+    statuses = Counter(r.status for r in outcomes.values())
+    assert set(statuses) <= {"ok", "died", "timeout", "rejected"}, statuses
+    ran = ledger.read_text().split()
+    counts = Counter(ran)
+    assert [i for i, c in counts.items() if c > 1] == []  # none ran twice
+    for i, r in outcomes.items():
+        if r.status == "ok":
+            assert str(i) in counts  # an ok request really ran
+        if r.status == "rejected":
+            assert str(i) not in counts
+    assert statuses["ok"] > n_requests // 2, statuses
