@@ -1,0 +1,130 @@
+"""The ``kernelsup`` command: a thin shell over the library (parse, load, trio.run).
+
+Exit codes are part of the Contract (DESIGN.md section 7). Errors print as
+``<CODE> <ErrorClass>: <message>`` on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import trio
+
+from kernelsup.config import Config, load_config
+from kernelsup.errors import ConfigError, KernelsupError
+
+EXIT_OK = 0
+EXIT_GAVE_UP = 1
+EXIT_USAGE = 2
+
+
+def _fail(err: KernelsupError, code: int) -> int:
+    print(err.describe(), file=sys.stderr)
+    return code
+
+
+def _load(path: str) -> Config:
+    return load_config(path)
+
+
+# --------------------------------------------------------------------------- check
+def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        cfg = _load(args.config)
+    except ConfigError as err:
+        return _fail(err, EXIT_USAGE)
+    pools = ", ".join(f"{p.name} ({p.size} x {p.kernel}, {p.spares} spare)" for p in cfg.pools)
+    print(f"{args.config}: valid; pools: {pools}")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- run
+async def _run(cfg: Config, *, log_json: bool, quiet: bool) -> None:
+    from kernelsup import events as ev
+    from kernelsup.actors import server
+    from kernelsup.api import open_supervisor
+    from kernelsup.events import EventBus, EventLog
+
+    bus = EventBus()
+    async with trio.open_nursery() as nursery:
+        log = EventLog(cfg.supervisor.log_file or None)
+        if not quiet or cfg.supervisor.log_file:
+            stream = None if not quiet else open("/dev/null", "w")  # noqa: SIM115
+            await nursery.start(functools.partial(log.run, bus, stream, json_lines=log_json))
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with open_supervisor(cfg, bus=bus) as sup:
+                endpoint = await nursery.start(server.serve, sup, cfg)
+                bus.publish(ev.SUPERVISOR_READY, kernels=sup.kernel_count(), endpoint=endpoint)
+                print(f"kernelsup ready: {sup.kernel_count()} kernels in "
+                      f"{len(cfg.pools)} pool(s); endpoint {endpoint}", flush=True)
+                async for signum in signals:
+                    await sup.aclose(f"received {signal.Signals(signum).name}")
+                    break
+        nursery.cancel_scope.cancel()
+    bus.close()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from kernelsup.actors.router import SupervisorGaveUp
+
+    try:
+        cfg = _load(args.config)
+    except ConfigError as err:
+        return _fail(err, EXIT_USAGE)
+    try:
+        trio.run(functools.partial(_run, cfg, log_json=args.log_json, quiet=args.quiet))
+    except* SupervisorGaveUp as group:
+        err = group.exceptions[0]
+        assert isinstance(err, SupervisorGaveUp)
+        return _fail(err, EXIT_GAVE_UP)
+    except* KernelsupError as group:
+        err = group.exceptions[0]
+        assert isinstance(err, KernelsupError)
+        return _fail(err, EXIT_GAVE_UP)
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kernelsup", description="Keep Jupyter kernels alive and answering.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run the supervision tree in the foreground")
+    p.add_argument("config", nargs="?", default="supervisor.toml",
+                   help="config file (default ./supervisor.toml)")
+    p.add_argument("--log-json", action="store_true", help="log events as JSON lines")
+    p.add_argument("-q", "--quiet", action="store_true", help="no event log on stderr")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("check", help="validate a config file")
+    p.add_argument("config", nargs="?", default="supervisor.toml")
+    p.set_defaults(func=cmd_check)
+
+    add_client_commands(sub)
+    return parser
+
+
+def add_client_commands(sub: Any) -> None:
+    """exec, status, watch, interrupt, restart: see kernelsup/cli_client.py."""
+    try:
+        from kernelsup import cli_client
+    except ImportError:  # the control client is not built yet
+        return
+    cli_client.register(sub)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
