@@ -259,9 +259,23 @@ async def open_supervisor(config: Config | str | os.PathLike[str] | None = None,
                 with trio.CancelScope(shield=True), trio.move_on_after(STOP_TIMEOUT_S):
                     await sup.aclose()
                 nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # The nursery is ours, not the caller's: hand back a lone exception as itself
+        # (the caller's own error, or SupervisorGaveUp), not wrapped in a group.
+        leaves = _leaves(group)
+        if len(leaves) == 1:
+            raise leaves[0] from None
+        raise
     finally:
         if own_bus:
             bus.close()
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
 
 
 __all__ = ["Supervisor", "SupervisorGaveUp", "open_supervisor", "STREAM_BUFFER"]

@@ -71,6 +71,7 @@ async def _run(cfg: Config, *, log_json: bool, quiet: bool) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from kernelsup.actors.router import SupervisorGaveUp
+    from kernelsup.api import _leaves
 
     try:
         cfg = _load(args.config)
@@ -78,14 +79,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _fail(err, EXIT_USAGE)
     try:
         trio.run(functools.partial(_run, cfg, log_json=args.log_json, quiet=args.quiet))
-    except* SupervisorGaveUp as group:
-        err = group.exceptions[0]
-        assert isinstance(err, SupervisorGaveUp)
-        return _fail(err, EXIT_GAVE_UP)
-    except* KernelsupError as group:
-        err = group.exceptions[0]
-        assert isinstance(err, KernelsupError)
-        return _fail(err, EXIT_GAVE_UP)
+    except (KernelsupError, BaseExceptionGroup) as exc:
+        leaves = _leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
+        errs = [e for e in leaves if isinstance(e, SupervisorGaveUp)] or \
+            [e for e in leaves if isinstance(e, KernelsupError)]
+        if not errs:
+            raise
+        assert isinstance(errs[0], KernelsupError)
+        return _fail(errs[0], EXIT_GAVE_UP)
     return EXIT_OK
 
 

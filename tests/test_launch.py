@@ -279,6 +279,16 @@ def test_kernelspec_env_is_formatted_with_the_connection_file(
     assert plan.env["KS_PLAIN"] == "x"
 
 
+@pytest.mark.xfail(strict=True, reason="bug: kernelspec env values are formatted with "
+                   "str.format, so a value holding braces (JSON, a template) raises KeyError "
+                   "out of plan_launch instead of being passed through")
+def test_kernelspec_env_with_other_braces_is_left_alone(runtime_dir: Path,
+                                                       fake_kernels: Path) -> None:
+    name = install_kernelspec(fake_kernels, "ok")
+    edit_spec(fake_kernels, name, env={"KS_JSON": '{"a": 1}'})
+    assert plan_launch("k0", name, runtime_dir).env["KS_JSON"] == '{"a": 1}'
+
+
 @pytest.mark.parametrize(("spec_mode", "given", "expected"), [
     ("message", "", "message"),
     ("signal", "", "signal"),
