@@ -202,8 +202,6 @@ def test_long_runtime_dir_is_fine_for_tcp(runtime_dir: Path, ok_kernel: str) -> 
     assert plan.connection.ip == "127.0.0.1"
 
 
-@pytest.mark.xfail(strict=True, reason="bug: the IPC length check counts characters, not "
-                   "bytes; a non-ASCII runtime dir passes it and zmq then refuses the path")
 def test_runtime_dir_too_long_in_bytes_for_ipc(runtime_dir: Path, ok_kernel: str) -> None:
     rd = dir_of_length(runtime_dir, LONGEST_OK, "é")  # within 100 characters, not 100 bytes
     assert len(str(rd).encode()) + len("/k0-12345678-1") >= 108
@@ -226,9 +224,6 @@ def test_argv_is_formatted_with_the_connection_file(runtime_dir: Path,
     assert plan.language == "python"
 
 
-@pytest.mark.xfail(strict=True, reason="bug: argv is formatted with str.format, so a literal "
-                   "or unknown {field} raises KeyError/IndexError out of plan_launch; "
-                   "jupyter_client's format_kernel_cmd leaves unknown fields as they are")
 @pytest.mark.parametrize("arg", ['--config={"a": 1}', "--x={unknown}", "--empty={}"])
 def test_argv_with_other_braces_is_left_alone(runtime_dir: Path, fake_kernels: Path,
                                               arg: str) -> None:
@@ -279,9 +274,6 @@ def test_kernelspec_env_is_formatted_with_the_connection_file(
     assert plan.env["KS_PLAIN"] == "x"
 
 
-@pytest.mark.xfail(strict=True, reason="bug: kernelspec env values are formatted with "
-                   "str.format, so a value holding braces (JSON, a template) raises KeyError "
-                   "out of plan_launch instead of being passed through")
 def test_kernelspec_env_with_other_braces_is_left_alone(runtime_dir: Path,
                                                        fake_kernels: Path) -> None:
     name = install_kernelspec(fake_kernels, "ok")

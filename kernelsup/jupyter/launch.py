@@ -27,6 +27,7 @@ import collections
 import ctypes
 import os
 import queue
+import re
 import secrets
 import signal
 import stat
@@ -116,10 +117,11 @@ def plan_launch(kernel_id: str, kernel_name: str, runtime_dir: Path, *,
     conn_file = runtime_dir / f"kernel-{kernel_id}-{nonce}.json"
     if transport == "ipc":
         ip = str(runtime_dir / f"{kernel_id}-{nonce}")
-        if len(ip) + 3 > _MAX_IPC_PATH:
+        length = len(os.fsencode(ip)) + 3
+        if length > _MAX_IPC_PATH:
             raise KernelStartError(
                 f"runtime directory {str(runtime_dir)!r} is too long for IPC socket paths "
-                f"({len(ip) + 3} > {_MAX_IPC_PATH} bytes); choose a shorter runtime_dir",
+                f"({length} > {_MAX_IPC_PATH} bytes); choose a shorter runtime_dir",
                 code="start_failure")
     elif transport == "tcp":
         ip = "127.0.0.1"
@@ -137,17 +139,26 @@ def plan_launch(kernel_id: str, kernel_name: str, runtime_dir: Path, *,
         signature_scheme=str(info.get("signature_scheme", "hmac-sha256")))
     subs = {"connection_file": str(conn_file), "resource_dir": spec.resource_dir,
             "prefix": sys.prefix}
-    argv = tuple(arg.format(**subs) if "{" in arg else arg for arg in spec.argv)
+    argv = tuple(_substitute(arg, subs) for arg in spec.argv)
     if argv and argv[0] in ("python", "python3") and kernel_name == "python3":
         argv = (sys.executable, *argv[1:])
     env = dict(os.environ)
-    env.update({k: v.format(**subs) if "{" in v else v for k, v in (spec.env or {}).items()})
+    env.update({k: _substitute(v, subs) for k, v in (spec.env or {}).items()})
     env.update(extra_env or {})
     mode = interrupt_mode or spec.interrupt_mode or "signal"
     if mode not in ("signal", "message"):
         raise KernelStartError(f"unknown interrupt_mode {mode!r}", code="start_failure")
     return LaunchPlan(argv=argv, env=env, cwd=cwd, interrupt_mode=mode,  # type: ignore[arg-type]
                       connection=conn, connection_file=conn_file, language=spec.language)
+
+
+_FIELD = re.compile(r"\{(connection_file|resource_dir|prefix)\}")
+
+
+def _substitute(text: str, subs: Mapping[str, str]) -> str:
+    """Fill the kernelspec's known ``{fields}``; leave every other brace alone (as
+    jupyter_client does), so a literal ``{"a": 1}`` in argv survives."""
+    return _FIELD.sub(lambda m: subs[m.group(1)], text)
 
 
 # --------------------------------------------------------------------------- spawning

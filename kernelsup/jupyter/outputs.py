@@ -4,15 +4,19 @@ Pure: takes decoded messages, returns value types; no I/O.
 
 Theory of operation
 -------------------
-A request may print without limit; the supervisor's memory must not grow with it. The
-collector keeps a *head* (the first ``max_bytes // 2`` bytes of output, in order) and a
-*tail* (a queue of the most recent output, at most the other half). Once the head is full,
-new output goes to the tail, and the oldest tail output is dropped (or, for a stream
-chunk, trimmed from its front) to stay within budget. Every dropped byte is counted in
-``truncated_bytes``, and the final output list carries a marker line where the middle was
-cut, written into each stream that lost text so a reader of ``stdout`` sees it in place.
-Adjacent chunks of the same stream are merged, so a flood of small prints is a few strings,
-not a million objects.
+A request may print without limit; the supervisor's memory must not grow with it. While
+the total stays within ``max_bytes`` everything is kept, in order. The first output that
+would exceed it *closes the head*: the head becomes exactly the first ``max_bytes // 2``
+bytes (a stream chunk crossing that line is cut at a character boundary), and everything
+after is the *tail*, a queue trimmed from the front to the other half. From then on new
+output only ever goes to the tail. Every dropped byte is counted in ``truncated_bytes``;
+the final output list carries a marker line where the middle was cut, written into each
+stream that lost text (so a reader of ``stdout`` sees it in place), plus a ``notice``.
+
+Memory is bounded by the budget, not by the number of messages: adjacent chunks of one
+stream are coalesced into pieces of up to ``COALESCE_BYTES`` as they arrive (a flood of
+one-byte prints is a few hundred strings, not a million objects), empty stream chunks and
+empty displays are ignored, and a rich output costs at least ``MIN_RICH_COST`` bytes of budget.
 """
 
 from __future__ import annotations
@@ -23,26 +27,36 @@ from typing import Any
 
 from kernelsup.results import ErrorInfo, Output
 
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07")
+# Stream chunks are merged into pieces up to this size: small enough that trimming the
+# front piece of the tail is cheap, large enough that a flood is few objects.
+COALESCE_BYTES = 4096
+# A rich output costs at least this much budget, so a flood of tiny displays is few objects.
+MIN_RICH_COST = 16
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)")
 
 
 def strip_ansi(text: str) -> str:
     return _ANSI.sub("", text)
 
 
+def _encode(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass")
+
+
 def _nbytes(text: str) -> int:
-    return len(text.encode("utf-8", "surrogatepass"))
+    return len(_encode(text))
 
 
-def _tail_of(text: str, nbytes: int) -> str:
-    """The end of ``text`` that fits in ``nbytes`` (never splits a character)."""
-    raw = text.encode("utf-8", "surrogatepass")[-nbytes:] if nbytes > 0 else b""
-    return raw.decode("utf-8", "ignore")
-
-
-def _head_of(text: str, nbytes: int) -> str:
-    raw = text.encode("utf-8", "surrogatepass")[:nbytes] if nbytes > 0 else b""
-    return raw.decode("utf-8", "ignore")
+def _split_at(text: str, nbytes: int) -> tuple[str, str]:
+    """Split ``text`` into a prefix of at most ``nbytes`` UTF-8 bytes and the rest, at a
+    character boundary (the prefix is exact: ``prefix + rest == text``)."""
+    raw = _encode(text)
+    cut = max(0, min(nbytes, len(raw)))
+    while 0 < cut < len(raw) and (raw[cut] & 0xC0) == 0x80:  # inside a character
+        cut -= 1
+    prefix = raw[:cut].decode("utf-8", "surrogatepass")
+    return prefix, text[len(prefix):]
 
 
 def truncation_marker(dropped: int) -> str:
@@ -53,8 +67,10 @@ class OutputCollector:
     """Accumulates outputs for one request within ``max_bytes``."""
 
     def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
         self.head_budget = max_bytes // 2
         self.tail_budget = max_bytes - self.head_budget
+        self.head_closed = False
         self.head: list[Output] = []
         self.head_used = 0
         self.tail: collections.deque[tuple[Output, int]] = collections.deque()
@@ -102,31 +118,58 @@ class OutputCollector:
             ename=str(content.get("ename", "")), evalue=str(content.get("evalue", "")),
             traceback=tuple(strip_ansi(str(line)) for line in tb))
 
-    def add(self, out: Output) -> None:
+    def _cost(self, out: Output) -> int:
         size = out.size()
-        if self.head_used < self.head_budget:
-            room = self.head_budget - self.head_used
-            if size <= room:
-                self.head.append(out)
-                self.head_used += size
+        return size if out.type == "stream" else max(size, MIN_RICH_COST)
+
+    def add(self, out: Output) -> None:
+        if out.type == "stream" and not out.text:
+            return
+        if out.type != "stream" and out.type != "error" and not out.data:
+            return  # an empty display shows nothing
+        cost = self._cost(out)
+        if self.head_closed:
+            self.tail_used += _push_tail(self.tail, out, cost)
+        else:
+            self.head_used += _push(self.head, out, cost)
+            if self.head_used <= self.max_bytes:
                 return
-            if out.type == "stream" and out.text is not None:
-                first = _head_of(out.text, room)
-                self.head.append(Output("stream", name=out.name, text=first))
-                self.head_used += _nbytes(first)
-                out = Output("stream", name=out.name, text=out.text[len(first):])
-                size = out.size()
-            # a rich output that does not fit the head goes to the tail whole
-        self.tail.append((out, size))
-        self.tail_used += size
+            self._close_head()
         self._trim_tail()
+
+    def _close_head(self) -> None:
+        """Over budget for the first time: keep the first head_budget bytes as the head,
+        move the rest to the tail."""
+        self.head_closed = True
+        kept: list[Output] = []
+        used = 0
+        rest: list[Output] = []
+        for out in self.head:
+            cost = self._cost(out)
+            if rest or used + cost > self.head_budget:
+                if not rest and out.type == "stream" and out.text is not None:
+                    first, second = _split_at(out.text, self.head_budget - used)
+                    if first:
+                        kept.append(Output("stream", name=out.name, text=first))
+                        used += _nbytes(first)
+                    out = Output("stream", name=out.name, text=second)
+                rest.append(out)
+            else:
+                kept.append(out)
+                used += cost
+        self.head, self.head_used = kept, used
+        for out in rest:
+            self.tail_used += _push_tail(self.tail, out, self._cost(out))
 
     def _trim_tail(self) -> None:
         while self.tail_used > self.tail_budget and self.tail:
             excess = self.tail_used - self.tail_budget
             first, size = self.tail[0]
             if first.type == "stream" and first.text is not None and size > excess:
-                kept = _tail_of(first.text, size - excess)
+                _, kept = _split_at(first.text, excess)
+                # _split_at rounds down; drop the partial character too
+                if _nbytes(kept) > size - excess:
+                    kept = kept[1:]
                 kept_size = _nbytes(kept)
                 self.tail[0] = (Output("stream", name=first.name, text=kept), kept_size)
                 dropped = size - kept_size
@@ -168,3 +211,25 @@ class OutputCollector:
     @staticmethod
     def stream_text(outputs: list[Output], name: str) -> str:
         return "".join(o.text or "" for o in outputs if o.type == "stream" and o.name == name)
+
+
+def _push(pieces: list[Output], out: Output, cost: int) -> int:
+    """Append to a piece list, coalescing with a small trailing piece of the same stream."""
+    if (out.type == "stream" and pieces and pieces[-1].type == "stream"
+            and pieces[-1].name == out.name and pieces[-1].size() < COALESCE_BYTES):
+        last = pieces[-1]
+        pieces[-1] = Output("stream", name=out.name, text=(last.text or "") + (out.text or ""))
+    else:
+        pieces.append(out)
+    return cost
+
+
+def _push_tail(tail: collections.deque[tuple[Output, int]], out: Output, cost: int) -> int:
+    if (out.type == "stream" and tail and tail[-1][0].type == "stream"
+            and tail[-1][0].name == out.name and tail[-1][1] < COALESCE_BYTES):
+        last, size = tail[-1]
+        tail[-1] = (Output("stream", name=out.name, text=(last.text or "") + (out.text or "")),
+                    size + cost)
+    else:
+        tail.append((out, cost))
+    return cost

@@ -62,8 +62,9 @@ class Wire:
             header = msg["header"]
             parent = msg.get("parent_header") or {}
             content = msg["content"]
-            if not isinstance(content, dict) or not isinstance(header, dict):
-                raise WireError("message header or content is not an object")
+            metadata = msg.get("metadata") or {}
+            if not all(isinstance(part, dict) for part in (header, content, metadata)):
+                raise WireError("message header, metadata or content is not an object")
             return Message(
                 msg_type=str(header["msg_type"]),
                 msg_id=str(header["msg_id"]),
@@ -71,7 +72,7 @@ class Wire:
                 and parent.get("msg_id") else None,
                 content=content,
                 header=header,
-                metadata=msg.get("metadata") or {},
+                metadata=metadata,
                 buffers=tuple(bytes(b) for b in msg.get("buffers", ())),
                 identities=tuple(idents),
             )
