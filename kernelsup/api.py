@@ -24,6 +24,7 @@ from kernelsup.actors.router import Pool, SupervisorGaveUp, rejected
 from kernelsup.config import Config, load_config
 from kernelsup.errors import Rejected
 from kernelsup.events import EventBus
+from kernelsup.jupyter.tether import Tether
 from kernelsup.policy import IntensityWindow
 from kernelsup.results import ExecuteResult, Output, StatusReport
 from kernelsup.runtime import runtime_dir_for
@@ -250,6 +251,8 @@ async def open_supervisor(config: Config | str | os.PathLike[str] | None = None,
     own_bus = bus is None
     bus = bus or EventBus()
     sup = Supervisor(config, bus, rdir, rng)
+    tether = Tether(rdir)
+    tether.acquire()
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(sup._run)
@@ -267,6 +270,8 @@ async def open_supervisor(config: Config | str | os.PathLike[str] | None = None,
             raise leaves[0] from None
         raise
     finally:
+        with trio.CancelScope(shield=True):
+            await tether.release()
         if own_bus:
             bus.close()
 

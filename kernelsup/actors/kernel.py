@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
+import psutil
 import trio
 import zmq
 
@@ -65,6 +66,9 @@ IOPUB_PROBE_INTERVAL_S = 0.05
 # Upper bound on killing and reaping during cleanup; SIGKILL cannot be ignored, so this
 # only guards against a process stuck in uninterruptible sleep.
 REAP_TIMEOUT_S = 10.0
+# How often a kernel's memory (its whole process tree) is checked against memory_limit_mb:
+# often enough that a runaway allocation is stopped within a few hundred MB of the limit.
+MEMORY_POLL_S = 0.2
 
 
 @attrs.frozen
@@ -85,6 +89,7 @@ class KernelOptions:
     heartbeat_misses: int = 3
     shutdown_grace: float = 2.0
     term_timeout: float = 2.0
+    memory_limit_mb: int = 0
 
     @classmethod
     def from_pool(cls, pool: PoolConfig) -> KernelOptions:
@@ -96,7 +101,8 @@ class KernelOptions:
             max_output_bytes=pool.max_output_bytes,
             heartbeat_interval=pool.heartbeat.interval,
             heartbeat_misses=pool.heartbeat.misses,
-            shutdown_grace=pool.shutdown.grace, term_timeout=pool.shutdown.term_timeout)
+            shutdown_grace=pool.shutdown.grace, term_timeout=pool.shutdown.term_timeout,
+            memory_limit_mb=pool.memory_limit_mb)
 
 
 @attrs.define
@@ -282,6 +288,8 @@ class KernelActor:
                 with trio.move_on_after(opts.start_timeout) as start_scope:
                     await self._handshake()
                     nursery.start_soon(self._heartbeat)
+                    if opts.memory_limit_mb > 0:
+                        nursery.start_soon(self._memory_watch)
                     if opts.startup_code:
                         await self._run_startup_code()
                 if start_scope.cancelled_caught:
@@ -333,6 +341,11 @@ class KernelActor:
         if self.stop_requested.is_set():
             return self._result(run, "cancelled", code="shutting_down",
                                 message="the kernel was shut down while the request ran")
+        if self.cause.kind == "limit":
+            return self._result(run, "died", code="memory_limit", cause=self.cause,
+                                kernel_restarted=True, state_lost=True,
+                                message=f"kernel {self.kernel_id} was killed: "
+                                        f"{self.cause.detail}")
         return self._result(run, "died", code="kernel_died", cause=self.cause,
                             kernel_restarted=True, state_lost=True,
                             message=f"kernel {self.kernel_id} died: {self.cause.describe()}")
@@ -484,6 +497,21 @@ class KernelActor:
                     detail=f"no heartbeat reply for {misses} pings of {interval:g} s"))
                 return
 
+    async def _memory_watch(self) -> None:
+        assert self.proc is not None
+        limit_mb = self.options.memory_limit_mb
+        try:
+            root = psutil.Process(self.proc.pid)
+        except psutil.NoSuchProcess:
+            return
+        while True:
+            used = _tree_rss(root)
+            if used > limit_mb * 2**20:
+                self.finish(ExitCause("limit", detail=f"memory {used / 2**20:.0f} MB exceeded "
+                                                      f"memory_limit_mb = {limit_mb}"))
+                return
+            await trio.sleep(MEMORY_POLL_S)
+
     async def _shutdown_ladder(self) -> None:
         assert self.proc is not None
         await self.stop_requested.wait()
@@ -590,6 +618,21 @@ class KernelActor:
             execution_count=count if isinstance(count, int) else c.execution_count,
             kernel_id=self.kernel_id, run_s=trio.current_time() - run.started_at,
             truncated_bytes=c.truncated_bytes, **extra)
+
+
+def _tree_rss(root: psutil.Process) -> int:
+    """Resident memory of a process and all its descendants, in bytes."""
+    total = 0
+    try:
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass  # exited meanwhile
+    return total
 
 
 def _reply_status(run: _Running) -> Status:

@@ -44,6 +44,7 @@ from jupyter_client.connect import write_connection_file
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
 from kernelsup.errors import KernelStartError
+from kernelsup.jupyter.tether import TETHER_ENV
 
 InterruptMode = Literal["signal", "message"]
 
@@ -145,6 +146,7 @@ def plan_launch(kernel_id: str, kernel_name: str, runtime_dir: Path, *,
     env = dict(os.environ)
     env.update({k: _substitute(v, subs) for k, v in (spec.env or {}).items()})
     env.update(extra_env or {})
+    env[TETHER_ENV] = str(runtime_dir)  # inherited by all the kernel starts: see tether.py
     mode = interrupt_mode or spec.interrupt_mode or "signal"
     if mode not in ("signal", "message"):
         raise KernelStartError(f"unknown interrupt_mode {mode!r}", code="start_failure")
