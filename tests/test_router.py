@@ -243,3 +243,15 @@ async def test_chaos_every_request_has_one_outcome(runtime_dir: Path, tmp_path: 
         if r.status == "rejected":
             assert str(i) not in counts
     assert statuses["ok"] > n_requests // 2, statuses
+
+
+async def test_idle_session_expires_and_says_so(runtime_dir: Path) -> None:
+    cfg = config(size=1, spares=1, session_idle_timeout=0.5)
+    async with kernelsup.open_supervisor(cfg, runtime_dir=runtime_dir) as sup:
+        r = await sup.execute("x = 1", session="a")
+        first = r.kernel_id
+        await wait_until(sup, lambda: first not in {k["id"] for k in kernels(sup)})
+        assert sup.status().pools[0]["sessions"] == []
+        r2 = await sup.execute("x", session="a")
+        assert r2.state_lost and r2.kernel_id != first
+        assert r2.error is not None and r2.error.ename == "NameError"

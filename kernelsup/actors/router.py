@@ -45,6 +45,10 @@ from kernelsup.events import EventBus
 from kernelsup.policy import IntensityWindow
 from kernelsup.results import ExecuteResult, Output
 
+# Names of sessions that expired, remembered so their next request is told its state is
+# gone; bounded because names come from clients.
+EXPIRED_SESSIONS_REMEMBERED = 1024
+
 STATE_LOST_MARKER = ("[kernelsup: this session's kernel was replaced; "
                      "variables and imports from earlier requests are gone]\n")
 
@@ -93,6 +97,7 @@ class Pool:
         self._busy: set[Child] = set()
         self._queue: collections.deque[_Waiter] = collections.deque()
         self.sessions: dict[str, Session] = {}
+        self._expired: collections.OrderedDict[str, None] = collections.OrderedDict()
         self.restarting = False
 
     def _new_supervisor(self) -> PoolSupervisor:
@@ -243,6 +248,8 @@ class Pool:
         session = self.sessions.get(name)
         if session is None:
             session = self.sessions[name] = Session(name, self.name)
+            if self._expired.pop(name, 0) is None:
+                session.lost = True  # it existed, expired, and its kernel is gone
             self._bus.publish(ev.SESSION_OPENED, pool=self.name, session=name)
         t0 = trio.current_time()
         async with session.lock:
@@ -322,6 +329,9 @@ class Pool:
                        if not s.lock.locked() and now - s.last_used >= idle]
             for s in expired:
                 await self.close_session(s.name)
+                self._expired[s.name] = None
+                while len(self._expired) > EXPIRED_SESSIONS_REMEMBERED:
+                    self._expired.popitem(last=False)
             next_due = min((s.last_used + idle for s in self.sessions.values()),
                            default=now + idle)
             await trio.sleep_until(max(next_due, now + 0.01))
