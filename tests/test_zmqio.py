@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -47,10 +48,19 @@ async def open_pair(hwm: int = 1000) -> AsyncIterator[tuple[Socket, Socket, byte
         yield dealer, router, routing_id
 
 
+async def _send_numbered(sock: Socket, count: int) -> None:
+    for i in range(count):
+        await sock.send_multipart([b"%d" % i])
+
+
+async def _receive_one(sock: Socket, out: list[list[bytes]]) -> None:
+    out.append(await sock.recv_multipart())
+
+
 # --- echo peers for the stress test ---------------------------------------------------
 # Both peers make the return path unbounded (SNDHWM=0 here, RCVHWM=0 on the dealer): a
 # ROUTER at its high water mark drops messages, which would look like a stall. The
-# forward path keeps zmq's default HWM (1000), so the sender does block now and then.
+# forward path's HWM is a parameter of the stress test.
 
 
 @contextmanager
@@ -82,7 +92,8 @@ def thread_echo(address: str) -> Iterator[None]:
         try:
             yield
         finally:
-            control.send(b"stop")
+            with suppress(zmq.Again):  # a dead echo thread must not block the teardown
+                control.send(b"stop", zmq.NOBLOCK)
             thread.join(10)
             assert not thread.is_alive(), "echo thread did not stop"
 
@@ -129,7 +140,9 @@ async def test_stress_send_and_receive_on_one_dealer(echo: str, send_hwm: int) -
     Regression test for zmq's edge-triggered FD: a send drains the FD's edge that would
     have woken the receiver, so the wrapper must re-check EVENTS after every send. With an
     unbounded send queue the sender never blocks, so nothing else rescues a receiver whose
-    edge was eaten; with zmq's default HWM the sender blocks and wakes often too.
+    edge was eaten; with zmq's default HWM the sender blocks too, and both directions wait.
+    Whether a send eats an edge here depends on timing (a loaded machine makes it likely);
+    test_send_that_drains_the_fd_still_wakes_the_receiver stages it deterministically.
     """
     received: list[bytes] = []
 
@@ -152,6 +165,50 @@ async def test_stress_send_and_receive_on_one_dealer(echo: str, send_hwm: int) -
         f"stalled after {len(received)} of {STRESS_MESSAGES} echoes"
     )
     assert received == [b"%d" % i for i in range(STRESS_MESSAGES)]
+
+
+class _PeerRepliesFirst(list[bytes]):
+    """Frames that run ``before_send`` when pyzmq starts reading them, once.
+
+    pyzmq reads the frames in the same trio step as its zmq send, so whatever
+    ``before_send`` triggers reaches the socket with no chance for trio to poll in between.
+    """
+
+    def __init__(self, frames: list[bytes], before_send: Callable[[], object]) -> None:
+        super().__init__(frames)
+        self._before_send: Callable[[], object] | None = before_send
+
+    def __iter__(self) -> Iterator[bytes]:
+        if self._before_send is not None:
+            before_send, self._before_send = self._before_send, None
+            before_send()
+        return super().__iter__()
+
+
+async def test_send_that_drains_the_fd_still_wakes_the_receiver() -> None:
+    """The stress test's bug, made deterministic (DESIGN.md section 8).
+
+    The receiver is parked on the FD. The peer's reply lands and signals the FD, and in the
+    same trio step the dealer sends: zmq processes its pending commands inside that send
+    and the FD goes quiet, so only the EVENTS re-check after the send can wake the
+    receiver. (zmq processes commands in a send at most once a millisecond or so, hence
+    the pause before each round.)
+    """
+    with trio.fail_after(10):
+        async with open_pair() as (dealer, router, routing_id):
+            for n in range(3):
+                reply = b"reply %d" % n
+                # Raw and non-blocking on purpose: it must not checkpoint (nobody waits on
+                # the router, so bypassing the wrapper is harmless).
+                peer_replies = partial(router.zmq.send_multipart, [routing_id, reply], zmq.NOBLOCK)
+                received: list[list[bytes]] = []
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_receive_one, dealer, received)
+                    await trio.testing.wait_all_tasks_blocked()
+                    await trio.sleep(0.05)
+                    await dealer.send_multipart(_PeerRepliesFirst([b"ping"], peer_replies))
+                assert received == [[reply]]
+                assert await router.recv_multipart() == [routing_id, b"ping"]
 
 
 async def test_multipart_round_trip_with_empty_and_large_frames() -> None:
@@ -229,6 +286,54 @@ async def test_cancelled_recv_loses_nothing() -> None:
                 await dealer.recv_multipart()
             assert scope.cancelled_caught
             assert await dealer.recv_multipart() == [b"kept"]
+
+
+# Only one task can wait on the FD: the first of a blocked receiver and a blocked sender.
+# When that one is cancelled, the other must take over the FD or sleep through its wake-up.
+
+
+async def test_cancelled_receiver_hands_the_fd_to_a_blocked_sender() -> None:
+    count = 20
+    with trio.fail_after(10):
+        async with open_pair(hwm=1) as (dealer, router, routing_id):
+            async with trio.open_nursery() as nursery:
+                receiver_scope = trio.CancelScope()
+
+                async def receive() -> None:
+                    with receiver_scope:
+                        await dealer.recv_multipart()
+
+                nursery.start_soon(receive)
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.start_soon(_send_numbered, dealer, count)  # blocks at the HWM
+                await trio.testing.wait_all_tasks_blocked()
+                receiver_scope.cancel()
+                await trio.testing.wait_all_tasks_blocked()
+                for i in range(count):
+                    assert await router.recv_multipart() == [routing_id, b"%d" % i]
+            assert receiver_scope.cancelled_caught
+
+
+async def test_cancelled_sender_hands_the_fd_to_a_blocked_receiver() -> None:
+    received: list[list[bytes]] = []
+    with trio.fail_after(10):
+        async with open_pair(hwm=1) as (dealer, router, routing_id):
+            async with trio.open_nursery() as nursery:
+                sender_scope = trio.CancelScope()
+
+                async def send() -> None:
+                    with sender_scope:
+                        await _send_numbered(dealer, 20)  # blocks at the HWM
+
+                nursery.start_soon(send)
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.start_soon(_receive_one, dealer, received)
+                await trio.testing.wait_all_tasks_blocked()
+                sender_scope.cancel()
+                await trio.testing.wait_all_tasks_blocked()
+                await router.send_multipart([routing_id, b"reply"])
+            assert sender_scope.cancelled_caught
+    assert received == [[b"reply"]]
 
 
 async def test_send_at_high_water_mark_blocks_until_peer_reads() -> None:

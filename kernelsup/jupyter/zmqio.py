@@ -99,6 +99,9 @@ class Socket:
         Raises ``trio.ClosedResourceError`` if the socket is or gets closed (also when its
         zmq context is terminated); other ``zmq.ZMQError`` propagate. Cancellable: if
         cancelled, nothing was sent.
+
+        Not for a ROUTER with ROUTER_MANDATORY: its POLLOUT means *some* peer has room, so
+        a send to one full peer would retry at every checkpoint instead of sleeping.
         """
         async with self._send_lock:
             while True:
@@ -111,7 +114,8 @@ class Socket:
                 except zmq.ZMQError as exc:
                     _raise_if_gone(exc)
                     raise
-                return  # NO-WAKE VARIANT
+                self._refresh()
+                return
 
     async def recv_multipart(self) -> list[bytes]:
         """Receive one multipart message, waiting until one arrives.
