@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -28,6 +29,9 @@ from kernelsup.jupyter.tether import Tether
 from kernelsup.policy import IntensityWindow
 from kernelsup.results import ExecuteResult, Output, StatusReport
 from kernelsup.runtime import runtime_dir_for
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
 
 # Outputs a stream consumer may fall behind by before outputs are skipped (the final
 # result is always complete); a reader that keeps up never sees a gap.
@@ -283,4 +287,4 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
     return out
 
 
-__all__ = ["Supervisor", "SupervisorGaveUp", "open_supervisor", "STREAM_BUFFER"]
+__all__ = ["STREAM_BUFFER", "Supervisor", "SupervisorGaveUp", "open_supervisor"]

@@ -7,16 +7,21 @@ Exit codes are part of the Contract (DESIGN.md section 7). Errors print as
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
+import os
 import signal
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, TextIO
 
 import trio
 
 from kernelsup.config import Config, load_config
 from kernelsup.errors import ConfigError, KernelsupError
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
 
 EXIT_OK = 0
 EXIT_GAVE_UP = 1
@@ -44,7 +49,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- run
-async def _run(cfg: Config, *, log_json: bool, quiet: bool) -> None:
+async def _run(cfg: Config, *, log_json: bool, log_stream: TextIO | None) -> None:
     from kernelsup import events as ev
     from kernelsup.actors import server
     from kernelsup.api import open_supervisor
@@ -53,9 +58,7 @@ async def _run(cfg: Config, *, log_json: bool, quiet: bool) -> None:
     bus = EventBus()
     async with trio.open_nursery() as nursery:
         log = EventLog(cfg.supervisor.log_file or None)
-        if not quiet or cfg.supervisor.log_file:
-            stream = None if not quiet else open("/dev/null", "w")  # noqa: SIM115
-            await nursery.start(functools.partial(log.run, bus, stream, json_lines=log_json))
+        await nursery.start(functools.partial(log.run, bus, log_stream, json_lines=log_json))
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with open_supervisor(cfg, bus=bus) as sup:
                 endpoint = await nursery.start(server.serve, sup, cfg)
@@ -78,16 +81,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as err:
         return _fail(err, EXIT_USAGE)
     try:
-        trio.run(functools.partial(_run, cfg, log_json=args.log_json, quiet=args.quiet))
+        with open(os.devnull, "w") if args.quiet else _stderr() as log_stream:
+            trio.run(functools.partial(_run, cfg, log_json=args.log_json,
+                                       log_stream=log_stream))
     except (KernelsupError, BaseExceptionGroup) as exc:
         leaves = _leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
-        errs = [e for e in leaves if isinstance(e, SupervisorGaveUp)] or \
-            [e for e in leaves if isinstance(e, KernelsupError)]
+        errs: list[KernelsupError] = [e for e in leaves if isinstance(e, SupervisorGaveUp)]
+        errs = errs or [e for e in leaves if isinstance(e, KernelsupError)]
         if not errs:
             raise
-        assert isinstance(errs[0], KernelsupError)
         return _fail(errs[0], EXIT_GAVE_UP)
     return EXIT_OK
+
+
+@contextlib.contextmanager
+def _stderr() -> Iterator[TextIO]:
+    yield sys.stderr
 
 
 # --------------------------------------------------------------------------- parser
@@ -113,10 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_client_commands(sub: Any) -> None:
     """exec, status, watch, interrupt, restart: see kernelsup/cli_client.py."""
-    try:
-        from kernelsup import cli_client
-    except ImportError:  # the control client is not built yet
-        return
+    from kernelsup import cli_client
+
     cli_client.register(sub)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import sys
 from typing import Any
 
 import attrs
@@ -21,6 +22,9 @@ from kernelsup.config import RestartConfig, Supervision
 from kernelsup.errors import KernelStartError
 from kernelsup.events import EventBus
 from kernelsup.results import ExitCause
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
 
 START_S = 0.5  # virtual seconds a scripted child takes to become ready
 
@@ -261,6 +265,7 @@ async def test_backoff_and_window_interaction(autojump_clock: trio.testing.MockC
                         f.crash("p-0")
                     await sup.wait_changed()
                 sup.stop()
-        except* PoolEscalated:
+        except BaseExceptionGroup as group:
+            assert group.subgroup(PoolEscalated) is not None
             escalated = True
         assert escalated is trips, intensity

@@ -324,9 +324,11 @@ class KernelActor:
             self.cause = ExitCause("normal", detail="supervisor stopped")
         with trio.move_on_after(REAP_TIMEOUT_S):
             await self.proc.kill_and_reap()
+        rc = self.proc.returncode
         if self.cause.code is None and self.cause.signal is None \
-                and self.proc.returncode is not None and self.cause.kind == "failure":
-            self.cause = attrs.evolve(self.cause, **_status_fields(self.proc.returncode))
+                and rc is not None and self.cause.kind == "failure":
+            self.cause = attrs.evolve(self.cause, code=rc if rc >= 0 else None,
+                                      signal=-rc if rc < 0 else None)
         if self._running is not None:
             self._running.request.deliver(self._died_result(self._running))
             self._running = None
@@ -650,10 +652,6 @@ def _limit_message(status: str, timeout: float) -> str:
 
 def _rejected(code: str, message: str) -> ExecuteResult:
     return ExecuteResult("rejected", code=code, message=message)
-
-
-def _status_fields(returncode: int) -> dict[str, int]:
-    return {"signal": -returncode} if returncode < 0 else {"code": returncode}
 
 
 async def run_kernel(kernel_id: str, options: KernelOptions, runtime_dir: Path, *,

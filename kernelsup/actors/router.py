@@ -77,6 +77,12 @@ class Session:
     lock: trio.Lock = attrs.field(factory=trio.Lock)
 
 
+def _handle(child: Child) -> KernelHandle:
+    """The router's children are always kernel actors (the supervisor is generic)."""
+    assert isinstance(child.handle, KernelHandle)
+    return child.handle
+
+
 def rejected(code: str, message: str, **data: Any) -> ExecuteResult:
     return ExecuteResult("rejected", code=code, message=message, **data)
 
@@ -116,7 +122,9 @@ class Pool:
                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the pool's supervisor; restart it when it escalates, under the root's
         window. Raises :class:`SupervisorGaveUp` when that window trips."""
-        roles: list[Role] = ["pool"] * self.cfg.size + ["spare"] * self.cfg.spares
+        pool: list[Role] = ["pool"]
+        spare: list[Role] = ["spare"]
+        roles = pool * self.cfg.size + spare * self.cfg.spares
         first = True
         while True:
             try:
@@ -232,9 +240,8 @@ class Pool:
                 return rejected(exc.code, exc.message, queued_s=trio.current_time() - t0)
             queued = trio.current_time() - t0
             try:
-                assert child.handle is not None
-                result = await child.handle.execute(code, timeout=timeout,
-                                                    on_output=on_output)
+                result = await _handle(child).execute(code, timeout=timeout,
+                                                      on_output=on_output)
             except Rejected:
                 continue  # the kernel went away before taking it: it never ran
             finally:
@@ -265,9 +272,8 @@ class Pool:
                         return rejected(exc.code, exc.message, session=name)
                 queued = trio.current_time() - t0
                 try:
-                    assert child.handle is not None
-                    result = await child.handle.execute(code, timeout=timeout,
-                                                        on_output=on_output)
+                    result = await _handle(child).execute(code, timeout=timeout,
+                                                          on_output=on_output)
                 except Rejected:
                     continue  # never started: bind a fresh kernel and run it there
                 break

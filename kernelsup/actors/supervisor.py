@@ -42,7 +42,7 @@ import trio
 
 from kernelsup import events as ev
 from kernelsup.config import RestartConfig, Supervision
-from kernelsup.errors import KernelsupError, KernelStartError
+from kernelsup.errors import KernelStartError, KernelsupError
 from kernelsup.events import EventBus
 from kernelsup.policy import GiveUp, IntensityWindow, NoRestart, Restart, RestartPolicy
 from kernelsup.results import ExitCause

@@ -267,7 +267,7 @@ class KernelProcess:
         """Read the kernel's stdout/stderr pipe until EOF, keeping only the tail."""
         async with stream:
             while chunk := await stream.receive_some(65536):
-                self._tail.append(chunk)
+                self._tail.append(bytes(chunk))
                 self._tail_len += len(chunk)
                 while self._tail_len - len(self._tail[0]) >= STDERR_TAIL_BYTES:
                     self._tail_len -= len(self._tail.popleft())

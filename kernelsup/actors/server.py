@@ -1,0 +1,620 @@
+"""The control server: a ZeroMQ ROUTER socket through which clients reach the supervisor.
+
+Theory of operation
+-------------------
+``serve`` binds the endpoint (IPC in the private runtime directory unless configured),
+writes a fresh random key to a 0600 file beside it, and runs two kinds of task:
+
+* one receiver: takes each message off the socket, decodes it (``protocol.py``), and
+  either starts a task for the request or answers the error at once. Nothing a peer sends
+  can stop it: every refusal is counted in :class:`Counters` (``server_stats``) and
+  answered where a reply is possible -- a signed ``error`` once the signature is good, an
+  unsigned notice before that (see protocol.py);
+* one writer per client (a ROUTER identity with requests in flight or replies queued),
+  draining that client's :class:`Outbox`.
+
+Requests run concurrently, one task each, at most ``MAX_REQUESTS`` in all and
+``MAX_REQUESTS_PER_CLIENT`` per client; past that they are refused (``server_busy``).
+
+Slow clients. The socket sets ``ROUTER_MANDATORY``, so a send to a client whose pipe is
+full fails with EAGAIN instead of being dropped silently (or blocking everyone). The
+writer then backs off and retries that client only. Meanwhile its Outbox fills; streamed
+outputs and events beyond ``CLIENT_BUFFER`` are dropped and counted, and the client gets a
+``lagged`` reply with the count before the next item of that request. Final replies are
+never dropped; they are bounded by the request limits (a request counts until its final
+reply is handed to zmq).
+
+Disconnects. A send to a client whose connection is gone fails with EHOSTUNREACH (again
+``ROUTER_MANDATORY``). While a client has requests in flight and nothing was sent to it
+for ``PING_INTERVAL_S``, its writer sends a ``ping``: so a client that went away is noticed
+within about a ping interval, and its requests are cancelled (a running execute's kernel
+is interrupted). zmq's own heartbeats (``HEARTBEAT_IVL``) turn a silently dead TCP peer
+into a closed connection. The same pings tell a waiting client the server is alive.
+
+Shutdown. When ``serve`` is cancelled, each request still running is answered
+``shutting_down``, queued replies get one last non-blocking send, the socket closes
+(lingering briefly so zmq can deliver them) and the socket, key and endpoint files are
+removed.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import os
+import secrets
+import socket as stdsocket
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+import zmq
+
+from kernelsup import protocol as proto
+from kernelsup.api import Supervisor
+from kernelsup.config import Config
+from kernelsup.errors import ConfigError, KernelsupError
+from kernelsup.jupyter import zmqio
+from kernelsup.results import ExecuteResult, Output
+from kernelsup.runtime import control_endpoint, key_file, runtime_dir_for
+
+# Requests running at once over all clients: each holds a task and, for an execute, a
+# place in a pool queue; the pools' own queue_limit is the real bound on waiting work.
+MAX_REQUESTS = 1024
+# One client may not take more than this share; its final replies count until sent, so
+# this also bounds the finals queued for a client that never reads.
+MAX_REQUESTS_PER_CLIENT = 128
+# Streamed outputs/events queued per client before they are dropped and counted (about
+# 256 KB for typical output lines); zmq holds up to SEND_HWM more in the pipe.
+CLIENT_BUFFER = 256
+# Messages zmq may hold for one client (its pipe) before sends to it fail with EAGAIN.
+SEND_HWM = 256
+# Events a watch may fall behind the bus by before the bus drops them (it then says
+# ``lagged`` itself); the forwarder reads promptly, so this only covers bursts.
+WATCH_BUFFER = 256
+# How long a client with requests in flight may go without a message from us.
+PING_INTERVAL_S = 1.0
+# Backoff while a client's pipe is full (EAGAIN): from MIN, doubling, up to MAX.
+SEND_RETRY_MIN_S = 0.002
+SEND_RETRY_MAX_S = 0.1
+# zmq-level heartbeats, so a dead TCP peer's connection closes (milliseconds).
+ZMQ_HEARTBEAT_IVL_MS = 2000
+ZMQ_HEARTBEAT_TIMEOUT_MS = 6000
+# On shutdown, how long zmq may keep delivering the last replies after close.
+CLOSE_LINGER_MS = 500
+
+
+@attrs.define
+class Counters:
+    """What the server has seen; ``server_stats`` returns these plus gauges."""
+
+    received: int = 0            # messages taken off the socket
+    requests: int = 0            # valid requests started
+    replies: int = 0             # messages handed to zmq
+    unsigned: int = 0
+    bad_signature: int = 0
+    replayed: int = 0
+    malformed: int = 0
+    oversized: int = 0
+    unknown_type: int = 0
+    protocol_version: int = 0
+    busy: int = 0                # refused: MAX_REQUESTS / MAX_REQUESTS_PER_CLIENT
+    dropped: int = 0             # streamed outputs/events dropped for slow clients
+    notices_dropped: int = 0     # error notices not sent: the peer did not read
+    clients_gone: int = 0        # clients that disconnected with requests in flight
+    cancelled: int = 0           # requests cancelled (by the client or its going away)
+    internal_errors: int = 0     # a handler raised: a bug, answered internal_error
+
+    def count_refusal(self, exc: KernelsupError) -> None:
+        if exc.code == "auth_failed":
+            reason = exc.data.get("reason")
+            field = reason if reason in ("unsigned", "replayed") else "bad_signature"
+        elif exc.code in ("oversized", "unknown_type", "protocol_version"):
+            field = exc.code
+        else:
+            field = "malformed"
+        setattr(self, field, getattr(self, field) + 1)
+
+
+# --- the per-client outgoing buffer (no I/O) -------------------------------------------
+
+
+@attrs.frozen
+class OutItem:
+    request_id: str | None
+    reply: proto.Reply | proto.Notice
+    droppable: bool
+
+
+class Outbox:
+    """One client's outgoing messages, in order, bounded as the module docstring says.
+
+    ``put`` (an output or event: droppable), ``put_final`` and ``put_control`` (never
+    dropped) and ``put_notice`` (droppable, uncounted per request) never block. A request
+    whose items were dropped gets one ``Lagged`` item with the count, placed where the
+    first dropped item would have been followed by the next one that fits (or before its
+    final reply), so each request's replies stay in order.
+    """
+
+    def __init__(self, limit: int = CLIENT_BUFFER) -> None:
+        self.limit = limit
+        self._queue: collections.deque[OutItem] = collections.deque()
+        self._droppable = 0
+        self.finals = 0                       # final replies queued
+        self._lag: dict[str, int] = {}        # request id -> items dropped since reported
+        self.dropped = 0                      # total droppable items dropped
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def put(self, request_id: str, reply: proto.Reply) -> bool:
+        """Queue a streamed item; False (and counted) if the buffer is full."""
+        if self._droppable >= self.limit:
+            self._lag[request_id] = self._lag.get(request_id, 0) + 1
+            self.dropped += 1
+            return False
+        self._flush_lag(request_id)
+        self._append(OutItem(request_id, reply, droppable=True))
+        return True
+
+    def put_control(self, request_id: str, reply: proto.Reply) -> None:
+        self._flush_lag(request_id)
+        self._append(OutItem(request_id, reply, droppable=False))
+
+    def put_final(self, request_id: str, reply: proto.Reply) -> None:
+        self.put_control(request_id, reply)
+        self.finals += 1
+
+    def put_notice(self, notice: proto.Notice) -> bool:
+        if self._droppable >= self.limit:
+            return False
+        self._append(OutItem(None, notice, droppable=True))
+        return True
+
+    def peek(self) -> OutItem | None:
+        return self._queue[0] if self._queue else None
+
+    def pop(self) -> OutItem:
+        item = self._queue.popleft()
+        if item.droppable:
+            self._droppable -= 1
+        elif isinstance(item.reply, proto.FINAL_REPLIES):
+            self.finals -= 1
+        if self._lag and self._droppable < self.limit:
+            for request_id in list(self._lag):
+                self._flush_lag(request_id)
+        return item
+
+    def _flush_lag(self, request_id: str) -> None:
+        dropped = self._lag.pop(request_id, 0)
+        if dropped:
+            self._append(OutItem(request_id, proto.Lagged(dropped), droppable=False))
+
+    def _append(self, item: OutItem) -> None:
+        self._queue.append(item)
+        if item.droppable:
+            self._droppable += 1
+
+
+# --- the socket -------------------------------------------------------------------------
+
+
+class RouterSocket(zmqio.Socket):
+    """zmqio's socket plus a send that never waits, for a ROUTER_MANDATORY socket.
+
+    ``send_multipart`` waits for POLLOUT, which such a socket reports when *any* peer has
+    room: for one full peer it would spin and hold the send lock against everyone else.
+    (This belongs in zmqio; it lives here while that module is being reworked.)
+    """
+
+    def try_send_multipart(self, frames: list[bytes]) -> bool:
+        """Send now if zmq takes the message; False if that peer's pipe is full (EAGAIN).
+        Never checkpoints. Raises ``trio.ClosedResourceError`` if closed; other
+        ``zmq.ZMQError`` propagate (EHOSTUNREACH: that peer is gone)."""
+        self._check_open()
+        try:
+            self.zmq.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        except zmq.ZMQError as exc:
+            if exc.errno in (errno.ENOTSOCK, zmq.ETERM):
+                raise trio.ClosedResourceError(f"zmq socket is gone: {exc}") from exc
+            raise
+        finally:
+            if not self.zmq.closed:
+                self._refresh()  # sent or not, the attempt may have eaten a reader's edge
+        return True
+
+
+# --- the server -------------------------------------------------------------------------
+
+
+@attrs.define(eq=False)
+class _Client:
+    identity: bytes
+    outbox: Outbox = attrs.field(factory=Outbox)
+    requests: dict[str, tuple[trio.CancelScope, proto.Request]] = attrs.field(factory=dict)
+    wake: trio.Event = attrs.field(factory=trio.Event)
+    last_sent: float = 0.0
+    gone: bool = False
+
+    @property
+    def load(self) -> int:
+        return len(self.requests) + self.outbox.finals
+
+
+class _Gone(Exception):
+    """The client's connection is closed (EHOSTUNREACH)."""
+
+
+class Server:
+    """The control server's state; :func:`serve` runs it."""
+
+    def __init__(self, sup: Supervisor, codec: proto.Codec, sock: RouterSocket,
+                 max_message_bytes: int) -> None:
+        self.sup = sup
+        self.codec = codec
+        self.sock = sock
+        self.max_message_bytes = max_message_bytes
+        self.counters = Counters()
+        self.clients: dict[bytes, _Client] = {}
+        self.in_flight = 0
+        self._nursery: trio.Nursery | None = None
+
+    # ---------------------------------------------------------------- receiving
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+                  ) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            while True:
+                frames = await self.sock.recv_multipart()
+                self.on_message(frames)
+
+    def on_message(self, frames: list[bytes]) -> None:
+        """Handle one message from the socket. Synchronous and never raises."""
+        self.counters.received += 1
+        identity, body = frames[0], frames[1:]
+        try:
+            incoming = self.codec.decode_request(body, max_bytes=self.max_message_bytes)
+        except proto.DECODE_ERRORS as exc:
+            self.counters.count_refusal(exc)
+            self._refuse(identity, exc)
+            return
+        client = self._client(identity)
+        if client.load >= MAX_REQUESTS_PER_CLIENT or self.in_flight >= MAX_REQUESTS:
+            self.counters.busy += 1
+            if client.outbox.finals < MAX_REQUESTS_PER_CLIENT:
+                # else the client is not reading its replies: answering would only queue
+                self._send_final(client, incoming.request_id, proto.Error(
+                    "server_busy", f"too many requests in flight ({client.load} from this "
+                    f"client, {self.in_flight} in all); retry later", "Rejected"))
+            return
+        if incoming.request_id in client.requests:
+            self.counters.malformed += 1
+            return  # a duplicate id cannot get a reply of its own; the first one will
+        assert self._nursery is not None
+        self.counters.requests += 1
+        scope = trio.CancelScope()
+        client.requests[incoming.request_id] = (scope, incoming.request)
+        self.in_flight += 1
+        self._nursery.start_soon(self._run_request, client, incoming, scope)
+
+    def _refuse(self, identity: bytes, exc: KernelsupError) -> None:
+        request_id = exc.data.get("request_id")
+        if isinstance(request_id, str):  # signed: the peer holds the key, answer in kind
+            client = self._client(identity)
+            if client.outbox.finals < MAX_REQUESTS_PER_CLIENT:
+                self._send_final(client, request_id, proto.Error.from_exception(exc))
+            else:
+                self.counters.notices_dropped += 1
+            return
+        client = self._client(identity)
+        if not client.outbox.put_notice(proto.Notice(exc.code, exc.message)):
+            self.counters.notices_dropped += 1
+        client.wake.set()
+
+    def _client(self, identity: bytes) -> _Client:
+        client = self.clients.get(identity)
+        if client is None:
+            assert self._nursery is not None
+            client = self.clients[identity] = _Client(identity,
+                                                      last_sent=trio.current_time())
+            self._nursery.start_soon(self._writer, client)
+        return client
+
+    # ---------------------------------------------------------------- requests
+    async def _run_request(self, client: _Client, incoming: proto.Incoming,
+                           scope: trio.CancelScope) -> None:
+        rid = incoming.request_id
+        final: proto.Reply | None = None
+        try:
+            with scope:
+                final = await self._handle(client, rid, incoming.request)
+        except KernelsupError as exc:
+            final = proto.Error.from_exception(exc)
+        except Exception as exc:  # a bug in a handler must not take the server down
+            self.counters.internal_errors += 1
+            final = proto.Error("internal_error", f"the server failed to handle this "
+                                f"request: {type(exc).__name__}: {exc}", "KernelsupError")
+        finally:
+            client.requests.pop(rid, None)
+            self.in_flight -= 1
+            if final is None and not scope.cancelled_caught and not client.gone:
+                # serve() itself is being cancelled: the supervisor is stopping
+                self._send_final(client, rid, proto.Error(
+                    "shutting_down", "the supervisor is shutting down", "Rejected"))
+        if final is None:  # cancelled by a cancel request, or the client went away
+            self.counters.cancelled += 1
+            if isinstance(incoming.request, proto.Execute):
+                final = proto.Result(ExecuteResult(
+                    "cancelled", code="cancelled", session=incoming.request.session,
+                    message="cancelled by the client").to_dict())
+            else:
+                final = proto.Result({"cancelled": True})
+        self._send_final(client, rid, final)
+
+    async def _handle(self, client: _Client, rid: str, req: proto.Request) -> proto.Reply:
+        sup = self.sup
+        if isinstance(req, proto.Execute):
+            on_output = None
+            if req.stream:
+                def on_output(out: Output) -> None:
+                    self._stream(client, rid, proto.OutputMsg(out))
+            result = await sup.execute(req.code, pool=req.pool, session=req.session,
+                                       timeout=req.timeout, on_output=on_output)
+            return proto.Result(result.to_dict())
+        if isinstance(req, proto.Watch):
+            return await self._watch(client, rid)
+        if isinstance(req, proto.Status):
+            return proto.Result(sup.status().to_dict())
+        if isinstance(req, proto.Interrupt):
+            await sup.interrupt(req.kernel_id)
+            return proto.Result({})
+        if isinstance(req, proto.Restart):
+            await sup.restart(req.kernel_id)
+            return proto.Result({})
+        if isinstance(req, proto.CloseSession):
+            return proto.Result({"closed": await sup.close_session(req.session)})
+        if isinstance(req, proto.Cancel):
+            target = client.requests.get(req.request_id)
+            if target is not None:
+                target[0].cancel()
+            return proto.Result({"cancelled": target is not None})
+        if isinstance(req, proto.Hello):
+            return proto.Result({"protocol": proto.PROTOCOL_VERSION, "server": "kernelsup",
+                                 "ping_interval_s": PING_INTERVAL_S,
+                                 "max_message_bytes": self.max_message_bytes})
+        if isinstance(req, proto.ServerStats):
+            return proto.Result(self.stats())
+        raise AssertionError(f"unhandled request {req!r}")
+
+    async def _watch(self, client: _Client, rid: str) -> proto.Reply:
+        with self.sup.bus.subscribe(WATCH_BUFFER, name="watch") as sub:
+            client.outbox.put_control(rid, proto.Subscribed())
+            client.wake.set()
+            async for event in sub:
+                self._stream(client, rid, proto.EventMsg(event.to_dict()))
+        return proto.Result({})  # the bus closed: the supervisor stopped
+
+    def stats(self) -> dict[str, Any]:
+        return {**attrs.asdict(self.counters), "clients": len(self.clients),
+                "in_flight": self.in_flight,
+                "queued": sum(len(c.outbox) for c in self.clients.values())}
+
+    # ---------------------------------------------------------------- sending
+    def _stream(self, client: _Client, rid: str, reply: proto.Reply) -> None:
+        if client.gone:
+            return
+        if not client.outbox.put(rid, reply):
+            self.counters.dropped += 1
+        client.wake.set()
+
+    def _send_final(self, client: _Client, rid: str, reply: proto.Reply) -> None:
+        if client.gone:
+            return
+        client.outbox.put_final(rid, reply)
+        client.wake.set()
+
+    def _try_send(self, client: _Client, item: OutItem | None) -> bool:
+        """Hand one message (a ping if ``item`` is None) to zmq. False: the client's pipe
+        is full. Raises _Gone if its connection is closed."""
+        try:
+            frames = self._encode(client, item)
+        except (TypeError, ValueError) as exc:  # a value that has no JSON form: a bug
+            self.counters.internal_errors += 1
+            if item is None or item.droppable:
+                return True  # skip it
+            frames = self.codec.encode_reply(
+                proto.Error("internal_error", f"the reply could not be encoded: {exc}"),
+                request_id=item.request_id, identity=client.identity)
+        try:
+            sent = self.sock.try_send_multipart(frames)
+        except zmq.ZMQError as exc:
+            if exc.errno != errno.EHOSTUNREACH:
+                self.counters.internal_errors += 1
+            raise _Gone() from None
+        if sent:
+            self.counters.replies += 1
+            client.last_sent = trio.current_time()
+        return sent
+
+    def _encode(self, client: _Client, item: OutItem | None) -> list[bytes]:
+        if item is None:
+            return self.codec.encode_reply(proto.Ping(), request_id=None,
+                                           identity=client.identity)
+        if isinstance(item.reply, proto.Notice):
+            return proto.encode_notice(item.reply.code, item.reply.message,
+                                       identity=client.identity)
+        return self.codec.encode_reply(item.reply, request_id=item.request_id,
+                                       identity=client.identity)
+
+    async def _writer(self, client: _Client) -> None:
+        """Drain one client's outbox; ping it while it has requests; forget it when idle
+        or gone. (When cancelled, at shutdown, the client stays for :meth:`flush`.)"""
+        backoff = SEND_RETRY_MIN_S
+        try:
+            while True:
+                item = client.outbox.peek()
+                if item is None:
+                    if not client.requests:
+                        break
+                    client.wake = trio.Event()
+                    idle_until = client.last_sent + PING_INTERVAL_S
+                    with trio.move_on_at(idle_until):
+                        await client.wake.wait()
+                    if client.outbox.peek() is None and client.requests \
+                            and trio.current_time() >= idle_until:
+                        self._try_send(client, None)  # full pipe: alive, just slow
+                        client.last_sent = trio.current_time()
+                    continue
+                if self._try_send(client, item):
+                    client.outbox.pop()
+                    backoff = SEND_RETRY_MIN_S
+                    await trio.lowlevel.checkpoint()
+                else:
+                    await trio.sleep(backoff)
+                    backoff = min(backoff * 2, SEND_RETRY_MAX_S)
+        except (_Gone, trio.ClosedResourceError):
+            if client.requests:
+                self.counters.clients_gone += 1
+            for scope, _ in client.requests.values():
+                scope.cancel()
+        client.gone = True
+        if self.clients.get(client.identity) is client:
+            del self.clients[client.identity]
+
+    def flush(self) -> None:
+        """One last non-blocking pass over every outbox (at shutdown)."""
+        for client in list(self.clients.values()):
+            try:
+                while (item := client.outbox.peek()) is not None:
+                    if not self._try_send(client, item):
+                        break
+                    client.outbox.pop()
+            except (_Gone, zmq.ZMQError, trio.ClosedResourceError):
+                continue
+
+
+# --- serve ----------------------------------------------------------------------------
+
+
+async def serve(sup: Supervisor, config: Config, *,
+                task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve the control endpoint until cancelled.
+
+    Signals ``task_status.started(endpoint)`` with the bound endpoint (a ``tcp://...:*``
+    endpoint shows its port) once clients can connect. Raises :class:`ConfigError` for an
+    endpoint it may not or cannot bind (a non-loopback TCP host without ``allow_remote``,
+    an IPC path too long), and :class:`KernelsupError` (``endpoint_in_use``) if another
+    supervisor serves it. Never raises for anything a client sends. On cancellation the
+    socket is closed and its files are removed.
+    """
+    endpoint = control_endpoint(config)
+    runtime_dir = runtime_dir_for(config)
+    _check_endpoint(endpoint, config.server.allow_remote)
+    if endpoint.startswith("ipc://"):
+        _check_not_served(endpoint)
+    key = secrets.token_hex(32).encode()
+    kfile = key_file(config)
+    efile = runtime_dir / proto.ENDPOINT_FILE
+    sock = RouterSocket(zmqio.context().socket(zmq.ROUTER))
+    owned: list[Path] = []  # files to remove at the end: only those this server made
+    try:
+        z = sock.zmq
+        z.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        z.setsockopt(zmq.MAXMSGSIZE, config.server.max_message_bytes)
+        z.setsockopt(zmq.SNDHWM, SEND_HWM)
+        z.setsockopt(zmq.LINGER, 0)
+        z.setsockopt(zmq.HEARTBEAT_IVL, ZMQ_HEARTBEAT_IVL_MS)
+        z.setsockopt(zmq.HEARTBEAT_TIMEOUT, ZMQ_HEARTBEAT_TIMEOUT_MS)
+        try:
+            z.bind(endpoint)
+        except zmq.ZMQError as exc:
+            raise _bind_error(endpoint, exc) from None
+        bound = z.getsockopt(zmq.LAST_ENDPOINT)
+        bound_endpoint = bound.decode() if isinstance(bound, bytes) else endpoint
+        if bound_endpoint.startswith("ipc://") and not bound_endpoint.startswith("ipc://@"):
+            ipc_path = Path(bound_endpoint[len("ipc://"):])
+            owned.append(ipc_path)
+            os.chmod(ipc_path, 0o600)
+        # The key goes to disk only now: a client cannot sign for a socket not yet bound.
+        owned += [kfile, efile]
+        _write_private(kfile, key + b"\n")
+        _write_private(efile, bound_endpoint.encode() + b"\n")
+        server = Server(sup, proto.Codec(key), sock, config.server.max_message_bytes)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(server.run)
+                task_status.started(bound_endpoint)
+        finally:
+            server.flush()
+            sock.close(linger=CLOSE_LINGER_MS)
+    finally:
+        sock.close()
+        for path in owned:
+            try:
+                path.unlink()
+            except OSError:
+                pass
+
+
+def _check_endpoint(endpoint: str, allow_remote: bool) -> None:
+    if not endpoint.startswith("tcp://"):
+        return
+    host = endpoint[len("tcp://"):].rpartition(":")[0].strip("[]")
+    if host in ("localhost", "::1") or host.startswith("127."):
+        return
+    if not allow_remote:
+        raise ConfigError(f"$.server.endpoint: {endpoint} is not a loopback address; set "
+                          "allow_remote = true to serve it", path="$.server.endpoint")
+
+
+def _check_not_served(endpoint: str) -> None:
+    """Refuse to take over the socket of a supervisor that is still running (zmq would
+    silently unlink it and bind anew)."""
+    path = endpoint[len("ipc://"):]
+    if path.startswith("@") or not os.path.exists(path):
+        return
+    probe = stdsocket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except OSError:
+        return  # stale: nothing listens there
+    finally:
+        probe.close()
+    raise KernelsupError(f"another supervisor is already serving {endpoint}",
+                         code="endpoint_in_use", endpoint=endpoint)
+
+
+def _bind_error(endpoint: str, exc: zmq.ZMQError) -> KernelsupError:
+    if exc.errno == errno.ENAMETOOLONG or "too long" in str(exc).lower():
+        return ConfigError(f"$.server.endpoint: the IPC path of {endpoint} is too long for a "
+                           "socket (about 100 bytes); set a shorter [supervisor] runtime_dir "
+                           "or endpoint", path="$.server.endpoint")
+    if exc.errno == errno.EADDRINUSE:
+        return KernelsupError(f"cannot serve {endpoint}: the address is in use",
+                              code="endpoint_in_use", endpoint=endpoint)
+    return KernelsupError(f"cannot serve {endpoint}: {exc}", code="endpoint_unavailable",
+                          endpoint=endpoint)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` with mode 0600, replacing it atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.unlink()
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+__all__ = ["CLIENT_BUFFER", "MAX_REQUESTS", "MAX_REQUESTS_PER_CLIENT", "PING_INTERVAL_S",
+           "Counters", "Outbox", "Server", "serve"]
