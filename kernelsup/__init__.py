@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from kernelsup.actors.router import SupervisorGaveUp
 from kernelsup.api import SessionHandle, Supervisor, open_supervisor
+from kernelsup.client import Client, ClientSession, connect
 from kernelsup.config import Config, load_config, parse_config
 from kernelsup.errors import (
     AuthenticationError,
@@ -22,12 +23,15 @@ from kernelsup.errors import (
     Unreachable,
 )
 from kernelsup.results import ErrorInfo, ExecuteResult, ExitCause, Output, StatusReport
+from kernelsup.sync_client import SyncClient, SyncSession
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AuthenticationError",
+    "Client",
     "ClientError",
+    "ClientSession",
     "Config",
     "ConfigError",
     "ErrorInfo",
@@ -45,7 +49,10 @@ __all__ = [
     "StatusReport",
     "Supervisor",
     "SupervisorGaveUp",
+    "SyncClient",
+    "SyncSession",
     "Unreachable",
+    "connect",
     "load_config",
     "open_supervisor",
     "parse_config",

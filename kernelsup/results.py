@@ -1,16 +1,64 @@
 """Public value types: what a request, a kernel exit and a status query give back.
 
-All are frozen attrs classes with ``to_dict()`` giving plain JSON-ready data.
+All are frozen attrs classes with ``to_dict()`` giving plain JSON-ready data and
+``from_dict()`` reading it back (a remote client's view); ``from_dict`` raises
+:class:`~kernelsup.errors.ProtocolError` for data that is not of that shape.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Any, Literal, get_args
 
 import attrs
 
+from kernelsup.errors import ProtocolError
+
 Status = Literal["ok", "error", "timeout", "died", "rejected", "cancelled"]
 ExitKind = Literal["normal", "failure", "heartbeat", "start_timeout", "start_failure", "limit"]
+
+_STATUSES: frozenset[str] = frozenset(get_args(Status))
+
+
+# --- reading to_dict() forms back -------------------------------------------------------
+
+_MISSING: Any = object()
+
+
+def _obj(value: object, what: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ProtocolError(f"malformed {what}: expected an object, got "
+                            f"{type(value).__name__}", code="malformed")
+    return value
+
+
+def _field(d: Mapping[str, Any], key: str, kinds: tuple[type, ...], what: str, *,
+           default: Any = _MISSING, nullable: bool = False) -> Any:
+    """``d[key]`` if it is one of ``kinds`` (bool is never an int or float here)."""
+    if key not in d:
+        if default is _MISSING:
+            raise ProtocolError(f"malformed {what}: {key!r} is missing", code="malformed")
+        return default
+    value: Any = d[key]
+    if value is None and nullable:
+        return None
+    fits = isinstance(value, kinds) and (bool in kinds or not isinstance(value, bool))
+    if not fits:
+        raise ProtocolError(f"malformed {what}: {key!r} has the wrong type "
+                            f"({type(value).__name__})", code="malformed")
+    return float(value) if float in kinds else value
+
+
+def _str_list(value: Any, what: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ProtocolError(f"malformed {what}: expected a list of strings", code="malformed")
+    return tuple(value)
+
+
+def _str_dict(value: Any, what: str) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    return dict(_obj(value, what))
 
 
 @attrs.frozen
@@ -55,6 +103,17 @@ class ExitCause:
         return {"kind": self.kind, "code": self.code, "signal": self.signal,
                 "detail": self.detail, "text": self.describe()}
 
+    @classmethod
+    def from_dict(cls, data: object) -> ExitCause:
+        """Read ``to_dict()`` back (``text`` is derived, so ignored). Unknown kinds from a
+        newer server are kept as they are."""
+        d = _obj(data, "exit cause")
+        return cls(_field(d, "kind", (str,), "exit cause"),
+                   code=_field(d, "code", (int,), "exit cause", default=None, nullable=True),
+                   signal=_field(d, "signal", (int,), "exit cause", default=None,
+                                 nullable=True),
+                   detail=_field(d, "detail", (str,), "exit cause", default=""))
+
 
 @attrs.frozen
 class ErrorInfo:
@@ -66,6 +125,12 @@ class ErrorInfo:
 
     def to_dict(self) -> dict[str, Any]:
         return {"ename": self.ename, "evalue": self.evalue, "traceback": list(self.traceback)}
+
+    @classmethod
+    def from_dict(cls, data: object) -> ErrorInfo:
+        d = _obj(data, "error")
+        return cls(_field(d, "ename", (str,), "error"), _field(d, "evalue", (str,), "error"),
+                   _str_list(d.get("traceback", []), "error.traceback"))
 
 
 @attrs.frozen
@@ -97,6 +162,15 @@ class Output:
             if value is not None:
                 d[key] = value
         return d
+
+    @classmethod
+    def from_dict(cls, data: object) -> Output:
+        d = _obj(data, "output")
+        return cls(_field(d, "type", (str,), "output"),
+                   name=_field(d, "name", (str,), "output", default=None, nullable=True),
+                   text=_field(d, "text", (str,), "output", default=None, nullable=True),
+                   data=_str_dict(d.get("data"), "output.data"),
+                   metadata=_str_dict(d.get("metadata"), "output.metadata"))
 
 
 @attrs.frozen
@@ -148,6 +222,42 @@ class ExecuteResult:
             "cause": self.cause.to_dict() if self.cause else None,
         }
 
+    @classmethod
+    def from_dict(cls, data: object) -> ExecuteResult:
+        """Read ``to_dict()`` back; raises ProtocolError if it is not of that shape."""
+        d = _obj(data, "result")
+        w = "result"
+        status = _field(d, "status", (str,), w)
+        if status not in _STATUSES:
+            raise ProtocolError(f"malformed result: unknown status {status!r}",
+                                code="malformed")
+        outputs = d.get("outputs", [])
+        if not isinstance(outputs, list):
+            raise ProtocolError("malformed result: 'outputs' is not a list", code="malformed")
+        error = d.get("error")
+        cause = d.get("cause")
+        return cls(
+            status=status,
+            stdout=_field(d, "stdout", (str,), w, default=""),
+            stderr=_field(d, "stderr", (str,), w, default=""),
+            result=_field(d, "result", (str,), w, default=None, nullable=True),
+            outputs=tuple(Output.from_dict(o) for o in outputs),
+            error=ErrorInfo.from_dict(error) if error is not None else None,
+            execution_count=_field(d, "execution_count", (int,), w, default=None,
+                                   nullable=True),
+            kernel_id=_field(d, "kernel_id", (str,), w, default=None, nullable=True),
+            session=_field(d, "session", (str,), w, default=None, nullable=True),
+            queued_s=_field(d, "queued_s", (int, float), w, default=0.0),
+            run_s=_field(d, "run_s", (int, float), w, default=0.0),
+            interrupted=_field(d, "interrupted", (bool,), w, default=False),
+            kernel_restarted=_field(d, "kernel_restarted", (bool,), w, default=False),
+            state_lost=_field(d, "state_lost", (bool,), w, default=False),
+            truncated_bytes=_field(d, "truncated_bytes", (int,), w, default=0),
+            code=_field(d, "code", (str,), w, default=None, nullable=True),
+            message=_field(d, "message", (str,), w, default=""),
+            cause=ExitCause.from_dict(cause) if cause is not None else None,
+        )
+
 
 @attrs.frozen
 class StatusReport:
@@ -165,4 +275,17 @@ class StatusReport:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StatusReport:
-        return cls(kernels=tuple(data.get("kernels", ())), pools=tuple(data.get("pools", ())))
+        """Read ``to_dict()`` back; raises ProtocolError unless kernels and pools are lists
+        of objects."""
+        d = _obj(data, "status")
+        parts = []
+        for key in ("kernels", "pools"):
+            items = d.get(key, [])
+            if not isinstance(items, list) or not all(isinstance(i, Mapping) for i in items):
+                raise ProtocolError(f"malformed status: {key!r} is not a list of objects",
+                                    code="malformed")
+            if key == "kernels" and not all(isinstance(i.get("state"), str) for i in items):
+                raise ProtocolError("malformed status: a kernel has no 'state'",
+                                    code="malformed")
+            parts.append(tuple(dict(i) for i in items))
+        return cls(kernels=parts[0], pools=parts[1])

@@ -1,0 +1,354 @@
+"""The client library against a real `kernelsup run` subprocess: trio, asyncio and sync.
+
+One supervisor (2 kernels + 1 spare) serves the module; tests that need no supervisor,
+or a misbehaving one, make their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Callable, Iterator
+from contextlib import aclosing
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import zmq
+
+import kernelsup
+from kernelsup import connection
+from kernelsup import protocol as proto
+from kernelsup.errors import AuthenticationError, ClientError, ProtocolError, Rejected
+from kernelsup.events import Event
+from kernelsup.jupyter import zmqio
+from kernelsup.results import ExecuteResult, Output
+from tests.supervisor_process import (
+    SupervisorProcess,
+    private_tmp,
+    supervisor,
+    write_config,
+)
+
+CODE = "import sys\nprint('out'); print('err', file=sys.stderr)\n6 * 7"
+
+
+@pytest.fixture(scope="module")
+def sup() -> Iterator[SupervisorProcess]:
+    yield from supervisor(size=2, spares=1)
+
+
+def check(result: ExecuteResult) -> None:
+    assert result.status == "ok", result
+    assert (result.stdout, result.stderr, result.result) == ("out\n", "err\n", "42")
+    assert result.kernel_id is not None and result.kernel_id.startswith("default-")
+    assert [o.type for o in result.outputs] == ["stream", "stream", "execute_result"]
+
+
+# --- the same execute from trio, asyncio and plain sync code ----------------------------
+
+
+async def test_execute_from_trio(sup: SupervisorProcess) -> None:
+    with trio.fail_after(30):
+        async with kernelsup.connect(sup.config) as client:
+            assert client.endpoint == sup.endpoint
+            check(await client.execute(CODE))
+
+
+def test_execute_from_asyncio(sup: SupervisorProcess) -> None:
+    async def main() -> ExecuteResult:
+        async with kernelsup.connect(str(sup.config)) as client:
+            return await asyncio.wait_for(client.execute(CODE), 30)
+
+    check(asyncio.run(main()))
+
+
+def test_execute_from_sync_client(sup: SupervisorProcess) -> None:
+    with kernelsup.SyncClient(sup.config) as client:
+        check(client.execute(CODE))
+
+
+# --- streaming --------------------------------------------------------------------------
+
+STREAM_CODE = "for i in range(3): print(i, flush=True)"
+
+
+def check_stream(items: list[Any]) -> None:
+    *outputs, final = items
+    assert [o.text for o in outputs] == ["0\n", "1\n", "2\n"]
+    assert all(isinstance(o, Output) for o in outputs)
+    assert isinstance(final, ExecuteResult) and final.stdout == "0\n1\n2\n"
+
+
+async def test_stream_from_trio(sup: SupervisorProcess) -> None:
+    with trio.fail_after(30):
+        async with kernelsup.connect(sup.config) as client:
+            check_stream([item async for item in client.stream(STREAM_CODE)])
+
+
+def test_stream_from_asyncio_and_sync(sup: SupervisorProcess) -> None:
+    async def main() -> list[Any]:
+        async with kernelsup.connect(sup.config) as client:
+            return [item async for item in client.stream(STREAM_CODE)]
+
+    check_stream(asyncio.run(main()))
+    with kernelsup.SyncClient(sup.config) as client:
+        check_stream(list(client.stream(STREAM_CODE)))
+
+
+async def test_a_reader_that_falls_behind_gets_lagged_and_a_complete_result(
+        sup: SupervisorProcess) -> None:
+    """A stream nobody reads while the kernel floods output, and a concurrent execute on
+    the same connection: the execute is complete; the stream reports ``lagged`` when read,
+    and its final result has every line."""
+    n = 1500
+    with trio.fail_after(90):
+        async with kernelsup.connect(sup.config) as client:
+            flood = client.stream(f"for i in range({n}): print(i, flush=True)")
+            async with aclosing(flood):
+                first = await flood.__anext__()
+                assert isinstance(first, Output)
+                other = await client.execute("print('y' * 100_000)")
+                assert other.stdout == "y" * 100_000 + "\n"
+                await poll(client, lambda stats: stats["in_flight"] == 1)  # flood done
+                rest = [item async for item in flood]
+    *outputs, final = rest
+    lagged = [o for o in outputs if isinstance(o, Output) and o.name == "lagged"]
+    assert lagged and all((o.metadata or {}).get("dropped", 0) > 0 for o in lagged)
+    assert lagged[0].type == "notice" and "the final result has them" in (lagged[0].text or "")
+    assert isinstance(final, ExecuteResult) and final.status == "ok"
+    assert final.stdout == "".join(f"{i}\n" for i in range(n))
+
+
+async def poll(client: kernelsup.Client, done: Callable[[dict[str, Any]], bool]) -> None:
+    """Until the server's counters satisfy ``done`` (nothing announces them)."""
+    while True:
+        if done(await client.server_stats()):
+            return
+        await trio.sleep(0.05)
+
+
+# --- sessions ---------------------------------------------------------------------------
+
+
+async def test_two_clients_in_different_sessions_see_only_their_own_state(
+        sup: SupervisorProcess) -> None:
+    seen: dict[str, list[Any]] = {}
+
+    async def agent(name: str, value: int) -> None:
+        async with kernelsup.connect(sup.config) as client:
+            async with client.session(f"agent-{name}") as session:
+                assert (await session.execute(f"x = {value}; only_{name} = True")).ok
+                for _ in range(5):
+                    r = await session.execute("x += 1; x")
+                    assert r.session == f"agent-{name}"
+                other = "b" if name == "a" else "a"
+                missing = await session.execute(f"only_{other}")
+                seen[name] = [(await session.execute("x")).result, missing.status,
+                              missing.error.ename if missing.error else None,
+                              (await session.execute(f"only_{name}")).result]
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(agent, "a", 100)
+            nursery.start_soon(agent, "b", 200)
+    assert seen["a"] == ["105", "error", "NameError", "True"]
+    assert seen["b"] == ["205", "error", "NameError", "True"]
+    with kernelsup.SyncClient(sup.config) as client:   # both sessions were closed
+        assert client.status().to_dict()["pools"][0]["sessions"] == []
+        assert client.close_session("agent-a") is False
+
+
+def test_sync_session(sup: SupervisorProcess) -> None:
+    with kernelsup.SyncClient(sup.config) as client, client.session("sync-1") as session:
+        session.execute("y = 'kept'")
+        assert session.execute("y").result == "'kept'"
+        items = list(session.stream("print(y)"))
+        assert isinstance(items[-1], ExecuteResult) and items[-1].stdout == "kept\n"
+
+
+# --- status, interrupt, restart, watch -------------------------------------------------
+
+
+async def test_status_has_the_contract_shape(sup: SupervisorProcess) -> None:
+    async with kernelsup.connect(sup.config) as client:
+        report = await client.status()
+    data = report.to_dict()
+    assert set(data) >= {"kernels", "pools"}
+    for k in data["kernels"]:
+        assert {"id", "pool", "role", "state", "pid", "restarts", "session", "uptime_s",
+                "last_exit"} <= set(k)
+        assert k["state"] in ("starting", "idle", "busy", "backoff", "dead", "stopping")
+        assert k["role"] in ("pool", "spare", "session")
+    assert sorted(k["role"] for k in data["kernels"]) == ["pool", "pool", "spare"]
+
+
+async def test_unknown_kernel_is_rejected(sup: SupervisorProcess) -> None:
+    async with kernelsup.connect(sup.config) as client:
+        for action in (client.interrupt, client.restart):
+            with pytest.raises(Rejected) as info:
+                await action("no-such-kernel")
+            assert info.value.code == "unknown_kernel"
+            assert "no-such-kernel" in info.value.describe()
+
+
+async def settled(client: kernelsup.Client) -> kernelsup.StatusReport:
+    """The status once every kernel is idle (earlier tests may leave one starting)."""
+    while True:
+        report = await client.status()
+        if all(k["state"] == "idle" for k in report.kernels):
+            return report
+        await trio.sleep(0.05)
+
+
+async def test_watch_sees_a_restart(sup: SupervisorProcess) -> None:
+    with trio.fail_after(60):
+        async with kernelsup.connect(sup.config) as client:
+            report = await settled(client)
+            spare = next(k for k in report.kernels if k["role"] == "spare")
+            kinds: list[str] = []
+            async with client.subscribe() as events:
+                await client.restart(spare["id"])
+                async for event in events:
+                    assert isinstance(event, Event)
+                    if event.kernel_id == spare["id"]:
+                        kinds.append(event.kind)
+                    if event.kind == "kernel_started" and event.kernel_id == spare["id"]:
+                        break
+            after = await client.status()
+    assert kinds[0] == "kernel_exited" and kinds[-1] == "kernel_started", kinds
+    restarted = next(k for k in after.kernels if k["id"] == spare["id"])
+    assert restarted["pid"] != spare["pid"] and restarted["restarts"] == spare["restarts"] + 1
+
+
+def test_sync_watch_and_interrupt(sup: SupervisorProcess) -> None:
+    with kernelsup.SyncClient(sup.config) as client:
+        with client.subscribe() as events:
+            kid = client.status().kernels[0]["id"]
+            client.interrupt(kid)          # an idle kernel: nothing to interrupt, no error
+            client.restart(kid)
+            first = next(iter(events))
+        assert first.kind == "kernel_exited" and first.kernel_id == kid
+        assert client.execute("'after'").result == "'after'"
+
+
+# --- refusals and a supervisor that is not there ----------------------------------------
+
+
+async def test_wrong_key_is_refused_and_others_are_served(sup: SupervisorProcess) -> None:
+    with trio.fail_after(10), pytest.raises(AuthenticationError) as info:
+        async with kernelsup.connect(sup.endpoint, key="f" * 64):
+            pass
+    assert info.value.describe().startswith("auth_failed AuthenticationError: ")
+    async with kernelsup.connect(sup.config) as client:
+        assert (await client.execute("1")).ok
+        assert (await client.server_stats())["bad_signature"] >= 1
+
+
+async def test_an_old_client_is_told_to_upgrade(sup: SupervisorProcess,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(proto, "PROTOCOL_VERSION", 0)
+    with trio.fail_after(10), pytest.raises(ProtocolError) as info:
+        async with kernelsup.connect(sup.config):
+            pass
+    assert info.value.code == "protocol_version"
+    assert "upgrade kernelsup on the client" in info.value.message
+
+
+@pytest.fixture
+def no_supervisor() -> Iterator[Path]:
+    """A config nobody runs."""
+    directory = private_tmp()
+    yield write_config(directory, directory / "rt")
+
+
+def _assert_unreachable(exc: BaseException, endpoint_part: str) -> None:
+    assert isinstance(exc, kernelsup.Unreachable), exc
+    assert exc.code == "unreachable"
+    assert endpoint_part in exc.message
+
+
+async def test_no_supervisor_is_unreachable_at_once(no_supervisor: Path) -> None:
+    t0 = time.monotonic()
+    with pytest.raises(kernelsup.Unreachable) as info:
+        async with kernelsup.connect(no_supervisor):
+            pass
+    _assert_unreachable(info.value, f"ipc://{no_supervisor.parent}/rt/control.sock")
+    assert "key file" in info.value.message
+    with pytest.raises(kernelsup.Unreachable):
+        kernelsup.SyncClient(no_supervisor)
+
+    async def main() -> None:
+        async with kernelsup.connect(no_supervisor):
+            pass
+
+    with pytest.raises(kernelsup.Unreachable):
+        await trio.to_thread.run_sync(asyncio.run, main())
+    assert time.monotonic() - t0 < 5
+
+
+async def test_stale_socket_file_is_unreachable(no_supervisor: Path) -> None:
+    """What a SIGKILLed supervisor leaves: a key file and a socket file nobody serves."""
+    rt = no_supervisor.parent / "rt"
+    rt.mkdir(mode=0o700)
+    (rt / "control.key").write_text("k" * 64)
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(rt / "control.sock"))
+    stale.close()
+    with trio.fail_after(5), pytest.raises(kernelsup.Unreachable) as info:
+        async with kernelsup.connect(no_supervisor):
+            pass
+    _assert_unreachable(info.value, str(rt / "control.sock"))
+    assert "nothing listens" in info.value.message
+    with pytest.raises(kernelsup.Unreachable):
+        kernelsup.SyncClient(f"ipc://{rt}/control.sock")     # key beside the socket
+    with pytest.raises(ClientError) as missing:
+        kernelsup.SyncClient("tcp://127.0.0.1:1")
+    assert missing.value.code == "key_missing"
+
+
+async def test_a_silent_endpoint_is_unreachable_within_the_timeout() -> None:
+    """A TCP listener that never speaks: the handshake times out, naming the endpoint."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        endpoint = f"tcp://127.0.0.1:{listener.getsockname()[1]}"
+        t0 = time.monotonic()
+        with trio.fail_after(10), pytest.raises(kernelsup.Unreachable) as info:
+            async with kernelsup.connect(endpoint, key=b"k", timeout=0.5):
+                pass
+        _assert_unreachable(info.value, endpoint)
+        with pytest.raises(kernelsup.Unreachable):
+            kernelsup.SyncClient(endpoint, key=b"k", timeout=0.5)
+        assert time.monotonic() - t0 < 5
+
+
+async def test_a_supervisor_that_dies_mid_request_is_unreachable(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that answers hello, then nothing: the request ends, it does not hang."""
+    monkeypatch.setattr(connection, "SILENCE_MIN_S", 0.5)
+    key = b"silent-server-key"
+    codec = proto.Codec(key)
+    router = zmqio.Socket(zmqio.context().socket(zmq.ROUTER))
+    router.zmq.setsockopt(zmq.LINGER, 0)
+    port = router.zmq.bind_to_random_port("tcp://127.0.0.1")
+    endpoint = f"tcp://127.0.0.1:{port}"
+
+    async def fake_server() -> None:
+        ident, *frames = await router.recv_multipart()
+        hello = codec.decode_request(frames, max_bytes=1 << 20)
+        await router.send_multipart(codec.encode_reply(
+            proto.Result({"ping_interval_s": 0.05}), request_id=hello.request_id,
+            identity=ident))
+        await trio.sleep_forever()
+
+    with router, trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fake_server)
+            async with kernelsup.connect(endpoint, key=key) as client:
+                with pytest.raises(kernelsup.Unreachable) as info:
+                    await client.execute("1")
+            nursery.cancel_scope.cancel()
+    assert "stopped answering" in info.value.message and endpoint in info.value.message
