@@ -192,7 +192,12 @@ class Supervisor:
             return False
         return await self.pools[pool].close_session(name)
 
-    def status(self) -> StatusReport:
+    async def status(self) -> StatusReport:
+        """Every kernel's state, pid, restarts, session, uptime and last exit; the pools."""
+        return self.snapshot()
+
+    def snapshot(self) -> StatusReport:
+        """:meth:`status`, synchronously (for code already inside the supervisor)."""
         now = trio.current_time()
         return StatusReport(
             kernels=tuple(k for p in self.pools.values() for k in p.kernel_status(now)),
@@ -205,6 +210,12 @@ class Supervisor:
                 return pool, child
         raise Rejected(f"no kernel with id {kernel_id!r}", code="unknown_kernel",
                        kernel_id=kernel_id)
+
+    async def watch(self) -> AsyncIterator[ev.Event]:
+        """Follow the supervisor's events (a slow reader gets ``lagged`` events)."""
+        with self.bus.subscribe() as subscription:
+            async for event in subscription:
+                yield event
 
     async def interrupt(self, kernel_id: str) -> None:
         """Interrupt whatever the kernel is running. Raises Rejected(unknown_kernel)."""

@@ -50,7 +50,6 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- run
 async def _run(cfg: Config, *, log_json: bool, log_stream: TextIO | None) -> None:
-    from kernelsup import events as ev
     from kernelsup.actors import server
     from kernelsup.api import open_supervisor
     from kernelsup.events import EventBus, EventLog
@@ -62,7 +61,6 @@ async def _run(cfg: Config, *, log_json: bool, log_stream: TextIO | None) -> Non
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with open_supervisor(cfg, bus=bus) as sup:
                 endpoint = await nursery.start(server.serve, sup, cfg)
-                bus.publish(ev.SUPERVISOR_READY, kernels=sup.kernel_count(), endpoint=endpoint)
                 print(f"kernelsup ready: {sup.kernel_count()} kernels in "
                       f"{len(cfg.pools)} pool(s); endpoint {endpoint}", flush=True)
                 async for signum in signals:

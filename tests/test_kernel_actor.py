@@ -277,6 +277,8 @@ async def test_missing_idle_is_bounded(nursery: trio.Nursery, fake_kernels: Path
     with trio.fail_after(15):
         r = await rk.handle.execute("x")
     assert r.status == "ok" and r.stdout == "fake:x"
+    assert [o.name for o in r.outputs if o.type == "notice"] == ["output_incomplete"]
+    assert rk.handle.stats.idle_missing == 1
     rk.handle.kill("done")
 
 

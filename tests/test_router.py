@@ -45,7 +45,7 @@ async def poll_until(predicate: Callable[[], bool], timeout: float = 30) -> None
 
 
 def kernels(sup: Supervisor) -> list[dict[str, Any]]:
-    return list(sup.status().kernels)
+    return list(sup.snapshot().kernels)
 
 
 @pytest.fixture
@@ -67,7 +67,7 @@ async def test_pool_runs_in_parallel_and_queues(sup2: Supervisor) -> None:
         await poll_until(lambda: sum(k["state"] == "busy" for k in kernels(sup2)) == 2)
         n.start_soon(run, "c", "'c'")
         # c is now the one request allowed to wait (queue_limit=1)
-        await poll_until(lambda: sup2.status().pools[0]["queued"] == 1)
+        await poll_until(lambda: sup2.snapshot().pools[0]["queued"] == 1)
         d = await sup2.execute("'d'")
         assert d.status == "rejected" and d.code == "queue_full"
     assert {k: r.status for k, r in results.items()} == {"a": "ok", "b": "ok", "c": "ok"}
@@ -161,7 +161,7 @@ async def test_caller_cancellation_frees_the_kernel(runtime_dir: Path) -> None:
 
 
 async def test_status_shape(sup2: Supervisor) -> None:
-    st = sup2.status().to_dict()
+    st = (await sup2.status()).to_dict()
     assert set(st) == {"kernels", "pools"}
     assert len(st["kernels"]) == 3
     for k in st["kernels"]:
@@ -251,7 +251,26 @@ async def test_idle_session_expires_and_says_so(runtime_dir: Path) -> None:
         r = await sup.execute("x = 1", session="a")
         first = r.kernel_id
         await wait_until(sup, lambda: first not in {k["id"] for k in kernels(sup)})
-        assert sup.status().pools[0]["sessions"] == []
+        assert sup.snapshot().pools[0]["sessions"] == []
         r2 = await sup.execute("x", session="a")
         assert r2.state_lost and r2.kernel_id != first
         assert r2.error is not None and r2.error.ename == "NameError"
+
+
+async def test_concurrent_floods_lose_nothing(runtime_dir: Path) -> None:
+    """Two kernels printing line by line at once: every line of both arrives, in order."""
+    async with kernelsup.open_supervisor(config(size=2, spares=0),
+                                         runtime_dir=runtime_dir) as sup:
+        results: list[kernelsup.ExecuteResult] = []
+
+        async def flood() -> None:
+            results.append(await sup.execute("for i in range(3000): print(i, flush=True)"))
+
+        async with trio.open_nursery() as n:
+            n.start_soon(flood)
+            n.start_soon(flood)
+    expected = "".join(f"{i}\n" for i in range(3000))
+    for r in results:
+        assert r.status == "ok" and r.truncated_bytes == 0
+        assert r.stdout == expected
+        assert not any(o.type == "notice" for o in r.outputs)

@@ -66,6 +66,11 @@ IOPUB_PROBE_INTERVAL_S = 0.05
 # Upper bound on killing and reaping during cleanup; SIGKILL cannot be ignored, so this
 # only guards against a process stuck in uninterruptible sleep.
 REAP_TIMEOUT_S = 10.0
+# Messages our iopub SUB queues while the supervisor is busy elsewhere. zmq's default
+# (1000, with the kernel's PUB at 1000 too) drops output when several kernels flood at
+# once; the PUB side drops silently, so the buffer has to be on our side. Memory stays
+# bounded by this count; a request whose idle never came says its output may be partial.
+IOPUB_RCVHWM = 20_000
 # How often a kernel's memory (its whole process tree) is checked against memory_limit_mb:
 # often enough that a runaway allocation is stopped within a few hundred MB of the limit.
 MEMORY_POLL_S = 0.2
@@ -113,6 +118,7 @@ class ActorStats:
     stale_replies: int = 0
     heartbeat_misses: int = 0
     requests: int = 0
+    idle_missing: int = 0
 
 
 @attrs.define(eq=False)
@@ -363,6 +369,7 @@ class KernelActor:
             raw = ctx.socket(kind)
             raw.setsockopt(zmq.LINGER, 0)
             if kind == zmq.SUB:
+                raw.setsockopt(zmq.RCVHWM, IOPUB_RCVHWM)
                 raw.setsockopt(zmq.SUBSCRIBE, b"")
             raw.connect(conn.endpoint(channel))
             self._sockets[channel] = zmqio.Socket(raw)
@@ -447,7 +454,9 @@ class KernelActor:
     async def _watch_process(self) -> None:
         assert self.proc is not None
         code = await self.proc.wait()
-        tail = self.proc.output_tail()
+        # A signal says what happened; the kernel's own last words only help otherwise
+        # (and ipykernel's start-up banner would just be noise).
+        tail = self.proc.output_tail() if code > 0 else ""
         self.finish(ExitCause.from_returncode(code, requested=self.stop_requested.is_set(),
                                               detail=tail))
 
@@ -602,6 +611,8 @@ class KernelActor:
         with trio.move_on_after(LATE_HALF_S):
             await run.got_reply.wait()
             await run.got_idle.wait()
+        if not run.got_idle.is_set():
+            self.stats.idle_missing += 1
 
     def _result(self, run: _Running, status: Status, **extra: Any) -> ExecuteResult:
         c = run.collector
@@ -609,6 +620,10 @@ class KernelActor:
         if c.error is None and reply.get("status") == "error":
             c.set_error(reply)
         outs = c.outputs()
+        if run.reply is not None and not run.got_idle.is_set():
+            outs.append(Output("notice", name="output_incomplete", text=(
+                f"[kernelsup: the kernel's end-of-output message did not arrive within "
+                f"{LATE_HALF_S:g} s of its reply; output may be incomplete]")))
         count = reply.get("execution_count")
         extra.setdefault("code", None if status == "ok" else
                          "execution_error" if status == "error" else status)

@@ -368,7 +368,7 @@ class Server:
         if isinstance(req, proto.Watch):
             return await self._watch(client, rid)
         if isinstance(req, proto.Status):
-            return proto.Result(sup.status().to_dict())
+            return proto.Result(sup.snapshot().to_dict())
         if isinstance(req, proto.Interrupt):
             await sup.interrupt(req.kernel_id)
             return proto.Result({})
