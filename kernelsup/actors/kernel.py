@@ -95,6 +95,7 @@ class KernelOptions:
     shutdown_grace: float = 2.0
     term_timeout: float = 2.0
     memory_limit_mb: int = 0
+    iopub_rcvhwm: int = IOPUB_RCVHWM
 
     @classmethod
     def from_pool(cls, pool: PoolConfig) -> KernelOptions:
@@ -119,6 +120,7 @@ class ActorStats:
     heartbeat_misses: int = 0
     requests: int = 0
     idle_missing: int = 0
+    iopub_lost: int = 0
 
 
 @attrs.define(eq=False)
@@ -151,6 +153,9 @@ class _Running:
     msg_id: str
     collector: OutputCollector
     started_at: float
+    baseline: int | None = None  # the kernel's highest message number before this run
+    received: int = 0  # kernel messages numbered above the baseline received since
+    idle_number: int | None = None
     reply: Message | None = None
     got_reply: trio.Event = attrs.field(factory=trio.Event)
     got_idle: trio.Event = attrs.field(factory=trio.Event)
@@ -254,6 +259,10 @@ class KernelActor:
         self._iopub_seen = trio.Event()
         self._wire: Wire | None = None
         self._sockets: dict[str, zmqio.Socket] = {}
+        # Lost-message detection (see _count): the kernel's Session numbers every message
+        # it sends, on every channel, as "<session>_<pid>_<n>".
+        self._kernel_prefix: str | None = None
+        self._max_number: int | None = None
 
     @property
     def state(self) -> KernelState:
@@ -369,7 +378,7 @@ class KernelActor:
             raw = ctx.socket(kind)
             raw.setsockopt(zmq.LINGER, 0)
             if kind == zmq.SUB:
-                raw.setsockopt(zmq.RCVHWM, IOPUB_RCVHWM)
+                raw.setsockopt(zmq.RCVHWM, self.options.iopub_rcvhwm)
                 raw.setsockopt(zmq.SUBSCRIBE, b"")
             raw.connect(conn.endpoint(channel))
             self._sockets[channel] = zmqio.Socket(raw)
@@ -403,11 +412,35 @@ class KernelActor:
         assert self._wire is not None
         frames = await self._sockets[channel].recv_multipart()
         try:
-            return self._wire.parse(frames)
+            msg = self._wire.parse(frames)
         except WireError:
             setattr(self.stats, f"{channel}_dropped",
                     getattr(self.stats, f"{channel}_dropped") + 1)
             return None
+        self._count(msg)
+        return msg
+
+    def _count(self, msg: Message) -> None:
+        """Track the kernel's message numbers, so a request can tell whether messages
+        between its start and its idle went missing (a kernel's iopub PUB socket drops
+        silently when its queue overflows). Kernels whose ids are not numbered this way
+        simply are not checked."""
+        prefix, _, number = msg.msg_id.rpartition("_")
+        if not number.isdigit():
+            return
+        if self._kernel_prefix is None:
+            self._kernel_prefix = prefix
+        elif prefix != self._kernel_prefix:
+            return
+        n = int(number)
+        run = self._running
+        if run is not None and run.baseline is not None and n > run.baseline:
+            run.received += 1
+            if msg.msg_type == "status" and msg.parent_id == run.msg_id \
+                    and msg.content.get("execution_state") == "idle":
+                run.idle_number = n
+        if self._max_number is None or n > self._max_number:
+            self._max_number = n
 
     async def _shell_reader(self) -> None:
         while True:
@@ -570,7 +603,7 @@ class KernelActor:
             "code": req.code, "silent": False, "store_history": True,
             "user_expressions": {}, "allow_stdin": False, "stop_on_error": True})
         run = _Running(req, msg_id, OutputCollector(self.options.max_output_bytes),
-                       started_at=trio.current_time())
+                       started_at=trio.current_time(), baseline=self._max_number)
         self._running = run
         deadline = run.started_at + req.timeout if math.isfinite(req.timeout) else math.inf
         await self._sockets["shell"].send_multipart(frames)
@@ -624,6 +657,13 @@ class KernelActor:
             outs.append(Output("notice", name="output_incomplete", text=(
                 f"[kernelsup: the kernel's end-of-output message did not arrive within "
                 f"{LATE_HALF_S:g} s of its reply; output may be incomplete]")))
+        elif run.idle_number is not None and run.baseline is not None:
+            lost = run.idle_number - run.baseline - run.received
+            if lost > 0:
+                self.stats.iopub_lost += lost
+                outs.append(Output("notice", name="output_lost", text=(
+                    f"[kernelsup: {lost} messages from the kernel were lost in transit "
+                    f"(its output queue overflowed); output is incomplete]")))
         count = reply.get("execution_count")
         extra.setdefault("code", None if status == "ok" else
                          "execution_error" if status == "error" else status)
