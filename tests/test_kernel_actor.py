@@ -350,7 +350,7 @@ async def test_lost_iopub_messages_are_reported(nursery: trio.Nursery, runtime_d
         n.start_soon(run)
         while rk.handle.state != "busy":
             await trio.sleep(0.01)
-        time.sleep(1.0)  # the fault: a stalled supervisor loop, not a wait
+        time.sleep(1.0)  # noqa: ASYNC251 - the fault: a stalled supervisor loop, not a wait
     r = results[0]
     assert r.status == "ok"
     lines = r.stdout.count("\n")
