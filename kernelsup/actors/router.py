@@ -161,7 +161,9 @@ class Pool:
     def _rebalance(self) -> None:
         """Put ready spares in place of pool kernels that cannot serve."""
         kids = self.sup.children
-        for gone in [c for c in kids if c.role == "pool" and not c.ready]:
+        # Only kernels that have exited: at start-up, whichever is ready first keeps its role.
+        for gone in [c for c in kids if c.role == "pool" and not c.ready
+                     and (c.last_exit is not None or c.dead)]:
             spare = next((c for c in kids if c.role == "spare" and self._available(c)), None)
             if spare is None:
                 return
