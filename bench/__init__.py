@@ -1,0 +1,24 @@
+"""kernelsup's benchmark harness: each benchmark runs kernelsup and its anchor in the same
+run, alternating, and reports p50/p95/p99 and the ratio (DESIGN.md section 10).
+
+Run ``python -m bench NAME [--quick | --smoke] [--json FILE] [--plot FILE.png]``; one
+module per benchmark, each with ``async def run(mode) -> Report``:
+
+* ``restart``  SIGKILL -> death seen, replacement ready, next execute ok (with and without a
+  spare), against jupyter_client's autorestart and a plain ipykernel cold start;
+* ``hang``     SIGSTOP -> detected and replaced, at the default heartbeat and at 0.2 s,
+  against jupyter_client (which does not notice);
+* ``execute``  a trivial execute round trip in-process and through the control endpoint,
+  against raw pyzmq and jupyter_client's clients on the same kernel; executes per second;
+* ``storm``    every kernel of a pool SIGKILLed at once while requests keep arriving;
+* ``idle``     the supervisor process's CPU and memory per idle kernel.
+
+Shared pieces: ``common`` (statistics, table, JSON, plot, machine line), ``kernels``
+(kernelsup's side), ``worker`` (the anchors' process).
+"""
+
+from __future__ import annotations
+
+BENCHMARKS = ("restart", "hang", "execute", "storm", "idle")
+
+__all__ = ["BENCHMARKS"]
