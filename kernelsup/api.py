@@ -25,6 +25,7 @@ from kernelsup.actors.router import Pool, SupervisorGaveUp, rejected
 from kernelsup.config import Config, load_config
 from kernelsup.errors import Rejected
 from kernelsup.events import EventBus
+from kernelsup.jupyter.launch import private_dir
 from kernelsup.jupyter.tether import Tether
 from kernelsup.policy import IntensityWindow
 from kernelsup.results import ExecuteResult, Output, StatusReport
@@ -262,7 +263,7 @@ async def open_supervisor(config: Config | str | os.PathLike[str] | None = None,
         config = Config.default()
     elif not isinstance(config, Config):
         config = load_config(config)
-    rdir = Path(runtime_dir) if runtime_dir is not None else runtime_dir_for(config)
+    rdir = private_dir(runtime_dir) if runtime_dir is not None else runtime_dir_for(config)
     own_bus = bus is None
     bus = bus or EventBus()
     sup = Supervisor(config, bus, rdir, rng)

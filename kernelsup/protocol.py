@@ -421,23 +421,24 @@ class Codec:
         try:
             message = self._wire.parse(frames)
         except WireError as exc:
-            raise _classify(str(exc)) from None
+            raise _classify(exc) from None
         if message.buffers:
             raise _malformed("kernelsup messages carry no buffers",
                              request_id=message.msg_id)
         return message
 
 
-def _classify(text: str) -> KernelsupError:
-    """A WireError from jupyter_client's Session, as our typed error."""
-    if "Unsigned Message" in text:
+def _classify(error: WireError) -> KernelsupError:
+    """A WireError, as our typed error."""
+    reason, text = error.reason, str(error)
+    if reason == "unsigned":
         return AuthenticationError("the message is not signed; the key is in the key file "
                                    "beside the endpoint", reason="unsigned")
-    if "Invalid Signature" in text:
+    if reason == "bad_signature":
         return AuthenticationError("the signature does not match: the client's key is not "
                                    "this server's (it makes a fresh key at each start; "
                                    "read it from the key file again)", reason="bad_signature")
-    if "Duplicate Signature" in text:
+    if reason == "replayed":
         return AuthenticationError("a message with this signature was already received "
                                    "(a replay)", reason="replayed")
     return _malformed(f"not a kernelsup message ({text[:200]})")

@@ -19,7 +19,7 @@ from tests.conftest import FAST, RunningKernel, start_kernel
 from tests.fakekernel import install_kernelspec
 
 
-def _descendants_alive(pids: list[int]) -> list[int]:
+def _alive_now(pids: list[int]) -> list[int]:
     alive = []
     for pid in pids:
         try:
@@ -28,6 +28,14 @@ def _descendants_alive(pids: list[int]) -> list[int]:
         except psutil.NoSuchProcess:
             pass
     return alive
+
+
+async def _descendants_alive(pids: list[int], within: float = 5.0) -> list[int]:
+    """Processes still alive once a SIGKILL had time to land (it is delivered async)."""
+    with trio.move_on_after(within):
+        while _alive_now(pids):
+            await trio.sleep(0.02)
+    return _alive_now(pids)
 
 
 async def test_print_and_result(kernel: RunningKernel) -> None:
@@ -197,7 +205,7 @@ async def test_background_children_are_reaped(kernel: RunningKernel, how: str) -
     else:
         os.kill(pid, signal.SIGKILL)
         await kernel.wait_exit()
-    assert _descendants_alive([pid, child]) == []
+    assert await _descendants_alive([pid, child]) == []
 
 
 async def test_graceful_shutdown_is_normal(kernel: RunningKernel) -> None:
@@ -254,7 +262,7 @@ async def test_ignore_sigterm_is_killed(nursery: trio.Nursery, fake_kernels: Pat
     cause = await rk.wait_exit()
     assert cause.kind == "normal"  # we asked it to stop...
     assert cause.signal == signal.SIGKILL  # ...and only SIGKILL did it
-    assert _descendants_alive([pid]) == []
+    assert await _descendants_alive([pid]) == []
 
 
 async def test_bad_iopub_frames_are_counted(nursery: trio.Nursery, fake_kernels: Path,

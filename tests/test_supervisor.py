@@ -61,7 +61,7 @@ class Factory:
     live: dict[str, ScriptedKernel] = attrs.field(factory=dict)
     failing_starts: set[str] = attrs.field(factory=set)
 
-    async def start(self, kernel_id: str, *,
+    async def start(self, kernel_id: str, *, on_exit: Any = None,
                     task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> ExitCause:
         self.log.append(("start", kernel_id))
         await trio.sleep(START_S)

@@ -142,7 +142,7 @@ def test_same_frames_parsed_twice_is_a_wire_error() -> None:
     _, frames = Wire(KEY).build("execute_request", {"code": "1"})
     receiver = Wire(KEY)
     receiver.parse(frames)
-    with pytest.raises(WireError, match="Duplicate Signature"):
+    with pytest.raises(WireError, match="duplicate signature"):
         receiver.parse(list(frames))
 
 

@@ -43,7 +43,7 @@ from kernelsup.config import Config, PoolConfig
 from kernelsup.errors import Rejected
 from kernelsup.events import EventBus
 from kernelsup.policy import IntensityWindow
-from kernelsup.results import ExecuteResult, Output
+from kernelsup.results import ExecuteResult, ExitCause, Output
 
 # Names of sessions that expired, remembered so their next request is told its state is
 # gone; bounded because names come from clients.
@@ -111,10 +111,10 @@ class Pool:
                               self._config.supervision(self.cfg), self._bus, rng=self._rng,
                               on_change=self._on_change)
 
-    async def _start_kernel(self, kernel_id: str, *,
+    async def _start_kernel(self, kernel_id: str, *, on_exit: Callable[[ExitCause], None],
                             task_status: trio.TaskStatus[KernelHandle]) -> Any:
         return await run_kernel(kernel_id, self._options, self._runtime_dir,
-                                on_state=lambda state: self._dispatch(),
+                                on_state=lambda state: self._dispatch(), on_exit=on_exit,
                                 task_status=task_status)
 
     # ------------------------------------------------------------------- supervision

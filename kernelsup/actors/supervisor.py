@@ -32,6 +32,7 @@ recovers in about one cold start instead of N.
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -63,7 +64,8 @@ class ChildHandle(Protocol):
 
 
 StartChild = Callable[..., Awaitable[ExitCause]]
-"""``async def start(kernel_id, *, task_status) -> ExitCause`` (like ``run_kernel``)."""
+"""``async def start(kernel_id, *, on_exit, task_status) -> ExitCause`` (like
+``run_kernel``); ``on_exit(cause)`` may be called as soon as the child knows it is dying."""
 
 
 class PoolEscalated(KernelsupError):
@@ -86,6 +88,7 @@ class Child:
     last_exit: ExitCause | None = None
     next_try: float | None = None
     dead: bool = False
+    exit_published: bool = False
     removed: bool = False
     stopping: bool = False
     scope: trio.CancelScope | None = None
@@ -201,6 +204,7 @@ class PoolSupervisor:
         assert self._nursery is not None
         child.done = trio.Event()
         child.generation += 1
+        child.exit_published = False
         after, gate = self._last_gate, trio.Event()
         if delay == 0:
             self._last_gate = gate
@@ -245,7 +249,9 @@ class PoolSupervisor:
 
         async def runner(task_status: trio.TaskStatus[ChildHandle]) -> None:
             gate.set()
-            box["cause"] = await self._start(child.id, task_status=task_status)
+            box["cause"] = await self._start(
+                child.id, on_exit=functools.partial(self._exit_seen, child),
+                task_status=task_status)
 
         failure: KernelStartError | None = None
         try:
@@ -272,12 +278,24 @@ class PoolSupervisor:
             return cause
         return box["cause"]
 
+    def _exit_seen(self, child: Child, cause: ExitCause) -> None:
+        """The child reports its death the moment it sees it, before its clean-up:
+        publish it, and let the router stop using it (a spare steps in) at once."""
+        if child.handle is None or child.exit_published:
+            return  # a start failure: reported as kernel_start_failed instead
+        child.exit_published = True
+        child.last_exit = cause
+        self._publish(ev.KERNEL_EXITED, child, cause=cause.to_dict(), text=cause.describe(),
+                      restarts=child.restarts)
+        self._notify(child)
+
     def _on_exit(self, child: Child, cause: ExitCause) -> None:
         now = trio.current_time()
         child.last_exit = cause
         child.started_at = None
-        self._publish(ev.KERNEL_EXITED, child, cause=cause.to_dict(), text=cause.describe(),
-                      restarts=child.restarts)
+        if not child.exit_published:
+            self._publish(ev.KERNEL_EXITED, child, cause=cause.to_dict(),
+                          text=cause.describe(), restarts=child.restarts)
         if self._stopping or child.removed or child.stopping:
             return
         if child.temporary:

@@ -7,17 +7,28 @@ TypeError, KeyError, JSON errors) into one :class:`WireError` that the caller co
 
 from __future__ import annotations
 
+import collections
+import hmac
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import attrs
 from jupyter_client.session import Session
 
 PROTOCOL_VERSION = "5.3"
+# Signatures remembered to refuse replayed messages: the recent past is where a replay
+# would come from, and a bound keeps a long-lived kernel's memory flat.
+REPLAY_WINDOW = 4096
 
 
 class WireError(Exception):
-    """A frame list that is not a valid, correctly signed Jupyter message (the peer's fault)."""
+    """A frame list that is not a valid, correctly signed Jupyter message (the peer's fault).
+
+    ``reason`` is ``unsigned``, ``bad_signature``, ``replayed`` or ``malformed``."""
+
+    def __init__(self, message: str, reason: str = "malformed") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @attrs.frozen
@@ -40,6 +51,8 @@ class Wire:
         # check_pid=False: the supervisor never forks after creating its sessions.
         self._session = Session(key=key, signature_scheme=signature_scheme,
                                 username=username, check_pid=False)
+        self._recent: collections.deque[bytes] = collections.deque(maxlen=REPLAY_WINDOW)
+        self._seen: set[bytes] = set()
 
     @property
     def session_id(self) -> str:
@@ -54,17 +67,41 @@ class Wire:
         frames = self._session.serialize(msg, ident=list(identities) or None)
         return str(msg["header"]["msg_id"]), frames
 
+    def _verify(self, rest: Sequence[bytes]) -> None:
+        """Signature and replay checks, as ``Session.deserialize`` does them, but verifying
+        before remembering (a forged frame cannot poison the replay history) and without
+        its date parsing, which was 14 % of an execute round trip (bench/execute)."""
+        if self._session.auth is None:
+            return
+        signature = bytes(rest[0])
+        if not signature:
+            raise WireError("unsigned message", "unsigned")
+        if not hmac.compare_digest(signature, self._session.sign(list(rest[1:5]))):
+            raise WireError("invalid signature", "bad_signature")
+        if signature in self._seen:
+            raise WireError("duplicate signature (replayed message)", "replayed")
+        if len(self._recent) == self._recent.maxlen:
+            self._seen.discard(self._recent[0])
+        self._recent.append(signature)
+        self._seen.add(signature)
+
     def parse(self, frames: Sequence[bytes]) -> Message:
         """Verify and decode one received message; raises :class:`WireError`."""
         try:
-            idents, rest = self._session.feed_identities(list(frames))
-            msg = self._session.deserialize(rest, content=True)
-            header = msg["header"]
-            parent = msg.get("parent_header") or {}
-            content = msg["content"]
-            metadata = msg.get("metadata") or {}
+            idents, parts = self._session.feed_identities(list(frames))
+            rest = cast("list[bytes]", parts)
+            self._verify(rest)
+            if len(rest) < 5:
+                raise WireError("malformed message: fewer than 5 frames after the delimiter")
+            unpack = self._session.unpack
+            header, parent, metadata, content = (unpack(part) for part in rest[1:5])
+            parent = parent or {}
+            metadata = metadata or {}
             if not all(isinstance(part, dict) for part in (header, content, metadata)):
                 raise WireError("message header, metadata or content is not an object")
+            version = header.get("version", "5.0")
+            if not isinstance(version, str) or not version.split(".")[0].isdigit():
+                raise WireError(f"header version {version!r} is not a protocol version")
             return Message(
                 msg_type=str(header["msg_type"]),
                 msg_id=str(header["msg_id"]),
@@ -73,7 +110,7 @@ class Wire:
                 content=content,
                 header=header,
                 metadata=metadata,
-                buffers=tuple(bytes(b) for b in msg.get("buffers", ())),
+                buffers=tuple(bytes(b) for b in rest[5:]),
                 identities=tuple(idents),
             )
         except WireError:
