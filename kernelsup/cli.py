@@ -120,9 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_client_commands(sub: Any) -> None:
     """exec, status, watch, interrupt, restart: see kernelsup/cli_client.py."""
-    from kernelsup import cli_client
+    from kernelsup import cli_client, cli_mcp
 
     cli_client.register(sub)
+    cli_mcp.register(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
