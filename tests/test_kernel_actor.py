@@ -173,8 +173,7 @@ async def test_output_flood_is_bounded(nursery: trio.Nursery, runtime_dir: Path)
     assert len(r.stdout.encode()) <= limit + 200
     assert r.stdout.startswith("x" * 1000)
     # Far more went through than was kept; the supervisor's memory did not follow it.
-    assert rss_after - rss_before < max(16 * 2**20, r.truncated_bytes // 4), (
-        rss_before, rss_after, r.truncated_bytes)
+    assert rss_after - rss_before < 16 * 2**20, (rss_before, rss_after, r.truncated_bytes)
     rk.handle.kill("done")
 
 

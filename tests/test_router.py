@@ -275,7 +275,8 @@ async def test_concurrent_floods_lose_nothing(runtime_dir: Path) -> None:
         notices = [o.name for o in r.outputs if o.type == "notice"]
         # Jupyter's iopub is PUB/SUB: a CPU-starved kernel's own queue can overflow.
         # Nothing may be lost *silently*: complete output, or a notice saying so.
+        # (output_incomplete: the end-of-output message itself was among those dropped.)
         if r.stdout != expected:
-            assert notices == ["output_lost"], (notices, len(r.stdout))
+            assert notices in (["output_lost"], ["output_incomplete"]), (notices, len(r.stdout))
         else:
             assert notices == []

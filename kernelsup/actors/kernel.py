@@ -52,6 +52,7 @@ from kernelsup.jupyter.launch import KernelProcess, plan_launch, spawn
 from kernelsup.jupyter.outputs import OutputCollector
 from kernelsup.jupyter.wire import Message, Wire, WireError
 from kernelsup.results import ErrorInfo, ExecuteResult, ExitCause, Output, Status
+from kernelsup.runtime import keep_memory_flat
 
 if TYPE_CHECKING:
     from kernelsup.config import PoolConfig
@@ -66,11 +67,12 @@ IOPUB_PROBE_INTERVAL_S = 0.05
 # Upper bound on killing and reaping during cleanup; SIGKILL cannot be ignored, so this
 # only guards against a process stuck in uninterruptible sleep.
 REAP_TIMEOUT_S = 10.0
-# Messages our iopub SUB queues while the supervisor is busy elsewhere. zmq's default
-# (1000, with the kernel's PUB at 1000 too) drops output when several kernels flood at
-# once; the PUB side drops silently, so the buffer has to be on our side. Memory stays
-# bounded by this count; a request whose idle never came says its output may be partial.
-IOPUB_RCVHWM = 20_000
+# Messages our iopub SUB may queue while the supervisor is busy elsewhere: twice zmq's
+# default, so several kernels printing at once lose nothing in normal load, while memory
+# stays bounded (a flood's messages are ~4 KB: ~8 MB queued at most; a queue of 20,000
+# let a CI run's supervisor grow by 80 MB during a flood). Beyond it the kernel's PUB
+# socket drops, and the request's result reports how many messages were lost.
+IOPUB_RCVHWM = 2000
 # How often a kernel's memory (its whole process tree) is checked against memory_limit_mb:
 # often enough that a runaway allocation is stopped within a few hundred MB of the limit.
 MEMORY_POLL_S = 0.2
@@ -292,6 +294,7 @@ class KernelActor:
 
     # ------------------------------------------------------------------- main body
     async def run(self, task_status: trio.TaskStatus[KernelHandle]) -> ExitCause:
+        keep_memory_flat()
         opts = self.options
         plan = plan_launch(self.kernel_id, opts.kernel_name, self.runtime_dir,
                            transport=opts.transport, extra_env=opts.env,
