@@ -3,6 +3,10 @@
 NAME is one of restart, hang, execute, storm, idle, or all. The default mode is the full
 one; ``--quick`` keeps each benchmark under a minute on 2 cores; ``--smoke`` is the
 smallest run that still exercises every path (the test suite uses it).
+
+``python -m bench chaos [--requests N] [--seed S] [--clients C] [--json FILE]`` is the
+chaos soak (bench/chaos.py): not a comparison, so not part of ``all``; it exits 1 when one
+of its invariants fails.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import sys
 import time
 import traceback
 from collections.abc import Sequence
+from typing import Any
 
 import trio
 
@@ -35,12 +40,14 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+SOAK = "chaos"
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench",
                                 description="kernelsup benchmarks, each beside its anchor.")
-    p.add_argument("name", choices=[*BENCHMARKS, "all"], help="which benchmark (or all)")
+    p.add_argument("name", choices=[*BENCHMARKS, SOAK, "all"],
+                   help=f"which benchmark (or all, which leaves out {SOAK})")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true",
                       help="fewer samples: under a minute per benchmark on 2 cores")
@@ -49,14 +56,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="FILE", help="write the reports as JSON")
     p.add_argument("--plot", metavar="FILE.png",
                    help="draw the distributions (needs the plot extra: matplotlib)")
+    soak = p.add_argument_group(f"{SOAK} only")
+    soak.add_argument("--requests", type=int, metavar="N",
+                      help="requests to send (default: 10000; --quick 1000, --smoke 150)")
+    soak.add_argument("--seed", type=int, default=0, metavar="S",
+                      help="seeds the request plan and the chaos (default 0)")
+    soak.add_argument("--clients", type=int, metavar="C",
+                      help="concurrent clients (default: 6; --quick 4, --smoke 2)")
     return p
 
 
-def run_one(name: str, mode: str) -> Report:
+def run_one(name: str, mode: str, **options: Any) -> Report:
     module = importlib.import_module(f"bench.{name}")
     t0 = time.monotonic()
     try:
-        report: Report = trio.run(functools.partial(module.run, mode))
+        report: Report = trio.run(functools.partial(module.run, mode, **options))
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # one broken benchmark must not hide the others' results
@@ -85,6 +99,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ImportError:
             print("--plot needs matplotlib: pip install -e '.[plot]'", file=sys.stderr)
             return EXIT_USAGE
+    for flag in ("requests", "clients"):
+        value = getattr(args, flag)
+        if value is not None and (args.name != SOAK or value < 1):
+            print(f"--{flag} is for {SOAK} only, and at least 1", file=sys.stderr)
+            return EXIT_USAGE
     names = list(BENCHMARKS) if args.name == "all" else [args.name]
     info = machine()
     print(machine_line(info), flush=True)
@@ -92,10 +111,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = EXIT_OK
     try:
         for name in names:
-            report = run_one(name, mode)
+            options = ({"requests": args.requests, "seed": args.seed,
+                        "clients": args.clients} if name == SOAK else {})
+            report = run_one(name, mode, **options)
             reports.append(report)
             print("\n" + render(report), flush=True)
-            if report.skipped.startswith("failed"):
+            if report.skipped.startswith("failed") or report.extra.get("violations"):
                 status = EXIT_FAILED
     except KeyboardInterrupt:
         print("\ninterrupted; every process started was stopped", file=sys.stderr)
