@@ -280,3 +280,33 @@ async def test_concurrent_floods_lose_nothing(runtime_dir: Path) -> None:
             assert notices in (["output_lost"], ["output_incomplete"]), (notices, len(r.stdout))
         else:
             assert notices == []
+
+
+async def test_session_closed_while_waiting_for_a_kernel_leaks_nothing(
+        runtime_dir: Path) -> None:
+    """Found by the chaos soak: a request waiting for its session's new kernel while the
+    session is closed must not leave a kernel bound to a session nobody has."""
+    async with kernelsup.open_supervisor(config(size=1, spares=0, queue_timeout=60.0),
+                                         runtime_dir=runtime_dir) as sup:
+        assert (await sup.execute("x = 1", session="a")).status == "ok"
+        died = await sup.execute("import os; os._exit(1)", session="a")
+        assert died.status == "died"
+        await wait_until(sup, lambda: any(k["role"] == "pool" and k["state"] == "idle"
+                                          for k in kernels(sup)))
+        results: dict[str, kernelsup.ExecuteResult] = {}
+
+        async def run(key: str, code: str, session: str | None) -> None:
+            results[key] = await sup.execute(code, session=session)
+
+        async with trio.open_nursery() as n:
+            n.start_soon(run, "busy", "import time; time.sleep(1.5)", None)
+            await poll_until(lambda: any(k["state"] == "busy" for k in kernels(sup)))
+            n.start_soon(run, "waiting", "y = 2", "a")  # no kernel free: it waits
+            await poll_until(lambda: "a" in sup.pools["default"].sessions
+                             and sup.pools["default"].sessions["a"].lock.locked())
+            assert await sup.close_session("a")
+        assert results["busy"].status == "ok"
+        assert results["waiting"].status == "rejected"
+        assert results["waiting"].code == "session_closed"
+        await wait_until(sup, lambda: all(k["role"] != "session" for k in kernels(sup)))
+        assert [k for k in kernels(sup) if k["session"] is not None] == []

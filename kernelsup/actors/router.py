@@ -103,6 +103,7 @@ class Pool:
         self._busy: set[Child] = set()
         self._queue: collections.deque[_Waiter] = collections.deque()
         self.sessions: dict[str, Session] = {}
+        self._changed = trio.Event()
         self._expired: collections.OrderedDict[str, None] = collections.OrderedDict()
         self.restarting = False
 
@@ -169,7 +170,14 @@ class Pool:
                 return
             spare.role, gone.role = "pool", "spare"
 
+    def _wake(self) -> None:
+        """Something changed that a waiting session may care about (a kernel freed up or
+        became ready, a session closed)."""
+        self._changed.set()
+        self._changed = trio.Event()
+
     def _dispatch(self) -> None:
+        self._wake()
         while self._queue:
             child = next((c for c in self.sup.children
                           if c.role == "pool" and self._available(c)), None)
@@ -268,10 +276,16 @@ class Pool:
                 if child is None or child.removed or child.generation != session.generation:
                     if child is not None:
                         session.lost = True
+                    if self.sessions.get(name) is not session:
+                        return self._closed_meanwhile(name)
                     try:
                         child = await self._bind(session)
                     except Rejected as exc:
                         return rejected(exc.code, exc.message, session=name)
+                    if self.sessions.get(name) is not session:
+                        # closed while we waited for a kernel: that kernel is nobody's
+                        await self.sup.remove_child(child)
+                        return self._closed_meanwhile(name)
                 queued = trio.current_time() - t0
                 try:
                     result = await _handle(child).execute(code, timeout=timeout,
@@ -289,12 +303,20 @@ class Pool:
             session.lost = False
             return result
 
+    def _closed_meanwhile(self, name: str) -> ExecuteResult:
+        return rejected("session_closed", f"session {name!r} was closed while this request "
+                        "waited for a kernel; it did not run", session=name)
+
     async def _bind(self, session: Session) -> Child:
         """Give the session a kernel of its own: a ready spare, else an idle pool kernel;
         refill the role it came from. Waits (bounded by queue_timeout) if neither is free."""
         timeout = self.cfg.queue_timeout if self.cfg.queue_timeout > 0 else math.inf
         with trio.move_on_after(timeout):
             while True:
+                if self.sessions.get(session.name) is not session:
+                    raise Rejected(f"session {session.name!r} was closed while this request "
+                                   "waited for a kernel; it did not run",
+                                   code="session_closed", pool=self.name)
                 if self.dead:
                     raise Rejected(f"every kernel of pool {self.name} is dead",
                                    code="pool_dead", pool=self.name)
@@ -307,7 +329,7 @@ class Pool:
                         self.sup.add_child(role)
                         self._rebalance()
                         return child
-                await self.sup.wait_changed()
+                await self._changed.wait()
         raise Rejected(f"no kernel of pool {self.name} became free for session "
                        f"{session.name!r} within queue_timeout", code="queue_timeout",
                        pool=self.name)
@@ -316,6 +338,7 @@ class Pool:
         session = self.sessions.pop(name, None)
         if session is None:
             return False
+        self._wake()
         self._bus.publish(ev.SESSION_CLOSED, pool=self.name, session=name)
         if session.child is not None and not session.child.removed:
             await self.sup.remove_child(session.child)
