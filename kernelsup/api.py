@@ -23,7 +23,7 @@ import trio
 from kernelsup import events as ev
 from kernelsup.actors.router import Pool, SupervisorGaveUp, rejected
 from kernelsup.config import Config, load_config
-from kernelsup.errors import Rejected
+from kernelsup.errors import Rejected, raise_lone
 from kernelsup.events import EventBus
 from kernelsup.jupyter.launch import private_dir
 from kernelsup.jupyter.tether import Tether
@@ -279,24 +279,13 @@ async def open_supervisor(config: Config | str | os.PathLike[str] | None = None,
                     await sup.aclose()
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
-        # The nursery is ours, not the caller's: hand back a lone exception as itself
-        # (the caller's own error, or SupervisorGaveUp), not wrapped in a group.
-        leaves = _leaves(group)
-        if len(leaves) == 1:
-            raise leaves[0] from None
+        raise_lone(group)  # e.g. SupervisorGaveUp, or the caller's own error
         raise
     finally:
         with trio.CancelScope(shield=True):
             await tether.release()
         if own_bus:
             bus.close()
-
-
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    out: list[BaseException] = []
-    for exc in group.exceptions:
-        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
-    return out
 
 
 __all__ = ["STREAM_BUFFER", "Supervisor", "SupervisorGaveUp", "open_supervisor"]

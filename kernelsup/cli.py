@@ -18,7 +18,7 @@ from typing import Any, TextIO
 import trio
 
 from kernelsup.config import Config, load_config
-from kernelsup.errors import ConfigError, KernelsupError
+from kernelsup.errors import ConfigError, KernelsupError, leaves
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
@@ -72,7 +72,6 @@ async def _run(cfg: Config, *, log_json: bool, log_stream: TextIO | None) -> Non
 
 def cmd_run(args: argparse.Namespace) -> int:
     from kernelsup.actors.router import SupervisorGaveUp
-    from kernelsup.api import _leaves
 
     try:
         cfg = _load(args.config)
@@ -83,9 +82,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             trio.run(functools.partial(_run, cfg, log_json=args.log_json,
                                        log_stream=log_stream))
     except (KernelsupError, BaseExceptionGroup) as exc:
-        leaves = _leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
-        errs: list[KernelsupError] = [e for e in leaves if isinstance(e, SupervisorGaveUp)]
-        errs = errs or [e for e in leaves if isinstance(e, KernelsupError)]
+        found = leaves(exc)
+        errs: list[KernelsupError] = [e for e in found if isinstance(e, SupervisorGaveUp)]
+        errs = errs or [e for e in found if isinstance(e, KernelsupError)]
         if not errs:
             raise
         return _fail(errs[0], EXIT_GAVE_UP)

@@ -40,7 +40,13 @@ from kernelsup.connection import (
     probe,
     resolve,
 )
-from kernelsup.errors import ClientError, KernelsupError, ProtocolError, Unreachable
+from kernelsup.errors import (
+    ClientError,
+    KernelsupError,
+    ProtocolError,
+    Unreachable,
+    raise_lone,
+)
 from kernelsup.events import Event
 from kernelsup.jupyter import zmqio
 from kernelsup.results import ExecuteResult, StatusReport
@@ -106,10 +112,7 @@ class _TrioIO:
                 finally:
                     nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:
-            # The nursery is ours, not the caller's: hand back a lone exception as itself.
-            leaves = _leaves(group)
-            if len(leaves) == 1:
-                raise leaves[0] from None
+            raise_lone(group)
             raise
         finally:
             self.sock.close()
@@ -163,13 +166,6 @@ class _AsyncioIO:
                 await asyncio.wait([task])
             finally:
                 self.sock.close(linger=0)
-
-
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    out: list[BaseException] = []
-    for exc in group.exceptions:
-        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
-    return out
 
 
 # --- the async client ------------------------------------------------------------------

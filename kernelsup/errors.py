@@ -25,7 +25,11 @@ out of the public API.
 
 from __future__ import annotations
 
+import sys
 from typing import Any, ClassVar
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
 
 
 class KernelsupError(Exception):
@@ -108,3 +112,21 @@ class AuthenticationError(ClientError):
 
 class ProtocolError(ClientError):
     code = "protocol_error"
+
+
+def leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) exception groups; ``[exc]`` for a plain one."""
+    if not isinstance(exc, BaseExceptionGroup):
+        return [exc]
+    out: list[BaseException] = []
+    for inner in exc.exceptions:
+        out.extend(leaves(inner))
+    return out
+
+
+def raise_lone(group: BaseExceptionGroup[BaseException]) -> None:
+    """For context managers that own a nursery: the nursery is ours, not the caller's, so
+    a lone exception (the caller's own, or ours) is raised as itself, not in a group."""
+    found = leaves(group)
+    if len(found) == 1:
+        raise found[0] from None
