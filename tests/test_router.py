@@ -310,3 +310,25 @@ async def test_session_closed_while_waiting_for_a_kernel_leaks_nothing(
         assert results["waiting"].code == "session_closed"
         await wait_until(sup, lambda: all(k["role"] != "session" for k in kernels(sup)))
         assert [k for k in kernels(sup) if k["session"] is not None] == []
+
+
+@pytest.mark.timeout(90)
+async def test_session_request_to_a_dying_kernel_moves_on(runtime_dir: Path) -> None:
+    """Found by the chaos soak: a session request reaching its kernel after the actor
+    decided to exit (but before the supervisor removed it) spun without yielding and
+    froze the whole supervisor. It must run on a fresh kernel and say state was lost."""
+    cfg = config(size=1, spares=1)
+    async with kernelsup.open_supervisor(cfg, runtime_dir=runtime_dir) as sup:
+        for _ in range(3):
+            assert (await sup.execute("x = 1", session="s")).status == "ok"
+            child = sup.pools["default"].sessions["s"].child
+            assert child is not None and child.handle is not None
+            handle = child.handle
+            os.kill(handle.pid, signal.SIGSTOP)  # frozen: the heartbeat will notice
+            while handle.state != "stopping":  # it decided to exit; clean-up under way
+                await trio.sleep(0)
+            with trio.fail_after(30):
+                r = await sup.execute("x", session="s")
+            assert r.state_lost
+            assert r.status == "error" and r.error is not None
+            assert r.error.ename == "NameError"

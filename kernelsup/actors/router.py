@@ -253,7 +253,10 @@ class Pool:
                 result = await _handle(child).execute(code, timeout=timeout,
                                                       on_output=on_output)
             except Rejected:
-                continue  # the kernel went away before taking it: it never ran
+                # The kernel went away before taking it: it never ran. Yield before
+                # dispatching again, so the task that removes that kernel can run.
+                await trio.lowlevel.checkpoint()
+                continue
             finally:
                 self._release(child)
             return attrs.evolve(result, kernel_id=child.id, queued_s=queued)
@@ -273,7 +276,8 @@ class Pool:
             session.last_used = trio.current_time()
             while True:
                 child = session.child
-                if child is None or child.removed or child.generation != session.generation:
+                if child is None or child.removed or child.generation != session.generation \
+                        or not child.ready:
                     if child is not None:
                         session.lost = True
                     if self.sessions.get(name) is not session:
@@ -291,7 +295,12 @@ class Pool:
                     result = await _handle(child).execute(code, timeout=timeout,
                                                           on_output=on_output)
                 except Rejected:
-                    continue  # never started: bind a fresh kernel and run it there
+                    # Never started: its kernel is on its way out. Bind a fresh one, after
+                    # yielding so the task removing the old one can run.
+                    session.child = None
+                    session.lost = True
+                    await trio.lowlevel.checkpoint()
+                    continue
                 break
             session.last_used = trio.current_time()
             result = attrs.evolve(result, kernel_id=child.id, session=name, queued_s=queued)
