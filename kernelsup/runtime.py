@@ -10,6 +10,7 @@ short enough for IPC socket paths. ``[supervisor] runtime_dir`` overrides it.
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 from pathlib import Path
@@ -45,6 +46,7 @@ _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 _MMAP_THRESHOLD = 128 * 1024  # glibc's own initial value
 
 
+@functools.cache
 def keep_memory_flat() -> None:
     """Fix glibc's mmap threshold at its default, process-wide.
 

@@ -51,7 +51,7 @@ from kernelsup.jupyter import zmqio
 from kernelsup.jupyter.launch import KernelProcess, plan_launch, spawn
 from kernelsup.jupyter.outputs import OutputCollector
 from kernelsup.jupyter.wire import Message, Wire, WireError
-from kernelsup.results import ErrorInfo, ExecuteResult, ExitCause, Output, Status
+from kernelsup.results import ExecuteResult, ExitCause, Output, Status
 from kernelsup.runtime import keep_memory_flat
 
 if TYPE_CHECKING:
@@ -751,4 +751,4 @@ async def run_kernel(kernel_id: str, options: KernelOptions, runtime_dir: Path, 
                              on_exit).run(task_status)
 
 
-__all__ = ["ActorStats", "ErrorInfo", "KernelHandle", "KernelOptions", "run_kernel"]
+__all__ = ["ActorStats", "KernelHandle", "KernelOptions", "run_kernel"]
