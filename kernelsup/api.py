@@ -60,7 +60,6 @@ class Supervisor:
         self._stop = trio.Event()
         self._stopped = trio.Event()
         self._closing = False
-        self._session_pools: dict[str, str] = {}
 
     # ------------------------------------------------------------------- lifecycle
     async def _run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -99,13 +98,16 @@ class Supervisor:
     def _pool_for(self, pool: str | None, session: str | None) -> Pool | ExecuteResult:
         if self._closing:
             return rejected("shutting_down", "the supervisor is shutting down")
-        if session is not None and session in self._session_pools:
-            name = self._session_pools[session]
-            if pool is not None and pool != name:
-                return rejected("session_pool_mismatch",
-                                f"session {session!r} lives in pool {name!r}, not {pool!r}")
-        else:
-            name = pool if pool is not None else next(iter(self.pools))
+        name = pool if pool is not None else next(iter(self.pools))
+        home = self._session_home(session) if session is not None else None
+        if home is not None:
+            live = session in home.sessions
+            if live and pool is not None and pool != home.name:
+                return rejected("session_pool_mismatch", f"session {session!r} lives in "
+                                f"pool {home.name!r}, not {pool!r}")
+            if live or pool is None:
+                # An expired session comes back where it lived, so it hears its state is gone.
+                name = home.name
         if name not in self.pools:
             return rejected("unknown_pool", f"no pool named {name!r} "
                             f"(pools: {', '.join(self.pools)})", session=session)
@@ -127,7 +129,6 @@ class Supervisor:
             return target
         if session is None:
             return await target.execute(code, timeout=timeout, on_output=on_output)
-        self._session_pools[session] = target.name
         return await target.session_execute(session, code, timeout=timeout,
                                             on_output=on_output)
 
@@ -188,10 +189,23 @@ class Supervisor:
                 await self.close_session(name)
 
     async def close_session(self, name: str) -> bool:
-        pool = self._session_pools.pop(name, None)
-        if pool is None:
+        home = self._session_home(name)
+        if home is None or name not in home.sessions:
             return False
-        return await self.pools[pool].close_session(name)
+        return await home.close_session(name)
+
+    def _session_home(self, session: str) -> Pool | None:
+        """The pool a session lives in, else the pool it last expired from, else None.
+
+        The routers own their sessions (and a bounded memory of expired ones), so nothing
+        here outlives them."""
+        for p in self.pools.values():
+            if session in p.sessions:
+                return p
+        for p in self.pools.values():
+            if p.expired_recently(session):
+                return p
+        return None
 
     async def status(self) -> StatusReport:
         """Every kernel's state, pid, restarts, session, uptime and last exit; the pools."""

@@ -1,4 +1,5 @@
-"""The client commands of ``kernelsup``: exec, status, watch, interrupt, restart.
+"""The client commands of ``kernelsup``: exec, status, watch, interrupt, restart and
+close-session.
 
 A thin shell over :class:`kernelsup.sync_client.SyncClient`. Exit codes are part of the
 Contract (DESIGN.md section 7); errors print as ``<CODE> <ErrorClass>: <message>`` on
@@ -42,11 +43,12 @@ _STATUS_ERRORS: dict[str, type[KernelsupError]] = {
 EPILOG = ("exit codes: exec 0 ok, 1 error in the code, 2 usage, 3 rejected or unreachable, "
           "4 kernel died, 124 timeout, 130 interrupted; status 0 all running, 3 some not "
           "running, 1 unreachable; interrupt/restart 0 done, 3 unknown kernel or "
-          "unreachable; watch 0 on Ctrl-C")
+          "unreachable; close-session 0 closed, 3 no such session or unreachable; "
+          "watch 0 on Ctrl-C")
 
 
 def register(sub: Any) -> None:
-    """Add exec, status, watch, interrupt and restart to ``sub`` (argparse subparsers)."""
+    """Add the client commands to ``sub`` (argparse subparsers)."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-c", "--config", default="supervisor.toml",
                         help="the supervisor's config file (default ./supervisor.toml)")
@@ -77,6 +79,11 @@ def register(sub: Any) -> None:
         p = sub.add_parser(name, parents=[common], epilog=EPILOG, help=verb)
         p.add_argument("kernel", help="kernel id, as shown by `kernelsup status`")
         p.set_defaults(func=cmd_kernel_action, action=name)
+
+    p = sub.add_parser("close-session", parents=[common], epilog=EPILOG,
+                       help="close a session: its kernel shuts down, its state is gone")
+    p.add_argument("session", help="session name, as given to `kernelsup exec --session`")
+    p.set_defaults(func=cmd_close_session)
 
 
 def _positive_float(text: str) -> float:
@@ -276,6 +283,19 @@ def cmd_kernel_action(args: argparse.Namespace) -> int:
             client.restart(args.kernel)
             print(f"restarting {args.kernel} ({time.monotonic() - t0:.2f}s)", flush=True)
         return EXIT_OK
+
+    return _run(args, body)
+
+
+# --------------------------------------------------------------------------- sessions
+def cmd_close_session(args: argparse.Namespace) -> int:
+    def body(client: SyncClient) -> int:
+        if client.close_session(args.session):
+            print(f"closed session {args.session}", flush=True)
+            return EXIT_OK
+        print(Rejected(f"no open session named {args.session!r}",
+                       code="unknown_session").describe(), file=sys.stderr, flush=True)
+        return EXIT_REJECTED
 
     return _run(args, body)
 

@@ -1,4 +1,5 @@
-"""The client commands as a user runs them: `kernelsup exec|status|watch|interrupt|restart`
+"""The client commands as a user runs them: `kernelsup exec|status|watch|interrupt|restart|
+close-session`
 against a real `kernelsup run` subprocess, checking output and the Contract's exit codes."""
 
 from __future__ import annotations
@@ -295,3 +296,19 @@ def test_interrupt_and_restart(sup: SupervisorProcess) -> None:
     kernels = wait_for(lambda: all_idle(sup), 30, "all kernels idle")
     proc = cli("restart", "-c", str(sup.config), kernels[0]["id"])
     assert proc.returncode == 0 and proc.stdout.startswith(f"restarting {kernels[0]['id']}")
+
+
+def test_close_session_ends_its_state(sup: SupervisorProcess) -> None:
+    config = str(sup.config)
+    assert cli("exec", "-c", config, "--session", "cli-s", "x = 41").returncode == 0
+    kept = cli("exec", "-c", config, "--session", "cli-s", "x + 1")
+    assert (kept.returncode, kept.stdout) == (0, "42\n")
+    proc = cli("close-session", "-c", config, "cli-s")
+    assert (proc.returncode, proc.stdout) == (0, "closed session cli-s\n")
+    assert not any(k["session"] == "cli-s" for k in status_of(sup))
+    again = cli("close-session", "-c", config, "cli-s")
+    assert again.returncode == 3
+    assert again.stderr.startswith("unknown_session Rejected: no open session named 'cli-s'")
+    fresh = cli("exec", "-c", config, "--session", "cli-s", "x")
+    assert fresh.returncode == 1 and "NameError" in fresh.stderr
+    assert cli("close-session", "-c", config, "cli-s").returncode == 0

@@ -326,9 +326,46 @@ async def test_session_request_to_a_dying_kernel_moves_on(runtime_dir: Path) -> 
             handle = child.handle
             os.kill(handle.pid, signal.SIGSTOP)  # frozen: the heartbeat will notice
             while handle.state != "stopping":  # it decided to exit; clean-up under way
-                await trio.sleep(0)
+                await trio.lowlevel.checkpoint()
             with trio.fail_after(30):
                 r = await sup.execute("x", session="s")
             assert r.state_lost
             assert r.status == "error" and r.error is not None
             assert r.error.ename == "NameError"
+
+
+async def test_session_names_follow_live_sessions_across_pools(runtime_dir: Path) -> None:
+    """A live session belongs to one pool; once closed or expired its name is free for
+    any pool, and an expired one asked for without a pool returns home to say its state
+    is gone."""
+    cfg = kernelsup.Config.from_dict({"supervisor": {"intensity": 1000}, "pool": [
+        {**FAST_POOL, "name": "a", "size": 1, "spares": 0},
+        {**FAST_POOL, "name": "b", "size": 1, "spares": 0, "session_idle_timeout": 0.5}]})
+    async with kernelsup.open_supervisor(cfg, runtime_dir=runtime_dir) as sup:
+        r = await sup.execute("x = 1", pool="b", session="s")
+        assert r.status == "ok"
+        wrong = await sup.execute("x", pool="a", session="s")
+        assert (wrong.status, wrong.code) == ("rejected", "session_pool_mismatch")
+        assert "'b'" in wrong.message
+        same = await sup.execute("x", session="s")  # no pool: the session's own
+        assert same.status == "ok" and same.result == "1"
+
+        assert await sup.close_session("s")
+        assert not await sup.close_session("s")
+        moved = await sup.execute("y = 2", pool="a", session="s")
+        assert moved.status == "ok" and not moved.state_lost
+        assert await sup.close_session("s")
+
+        r = await sup.execute("z = 3", pool="b", session="t")
+        assert r.status == "ok"
+        pool_b = sup.pools["b"]
+        with trio.fail_after(30):
+            while "t" in pool_b.sessions:
+                await pool_b.sup.wait_changed()
+        back = await sup.execute("z", session="t")
+        assert back.status == "error" and back.state_lost
+        assert back.error is not None and back.error.ename == "NameError"
+        assert "t" in pool_b.sessions
+        assert await sup.close_session("t")
+        elsewhere = await sup.execute("1", pool="a", session="t")
+        assert elsewhere.status == "ok"

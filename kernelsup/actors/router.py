@@ -343,15 +343,26 @@ class Pool:
                        f"{session.name!r} within queue_timeout", code="queue_timeout",
                        pool=self.name)
 
-    async def close_session(self, name: str) -> bool:
+    async def close_session(self, name: str, *, expired: bool = False) -> bool:
+        """Close session ``name`` and shut its kernel down. An ``expired`` session is
+        remembered (before any wait, so no request slips in between) and its next
+        request hears that its state is gone."""
         session = self.sessions.pop(name, None)
         if session is None:
             return False
+        if expired:
+            self._expired[name] = None
+            while len(self._expired) > EXPIRED_SESSIONS_REMEMBERED:
+                self._expired.popitem(last=False)
         self._wake()
         self._bus.publish(ev.SESSION_CLOSED, pool=self.name, session=name)
         if session.child is not None and not session.child.removed:
             await self.sup.remove_child(session.child)
         return True
+
+    def expired_recently(self, name: str) -> bool:
+        """Whether session ``name`` expired here and is still remembered."""
+        return name in self._expired
 
     def _lose_sessions(self) -> None:
         for session in self.sessions.values():
@@ -363,15 +374,15 @@ class Pool:
         idle = self.cfg.session_idle_timeout
         if idle <= 0:
             await trio.sleep_forever()
+        def idle_too_long(s: Session) -> bool:
+            return not s.lock.locked() and trio.current_time() - s.last_used >= idle
+
         while True:
             now = trio.current_time()
-            expired = [s for s in self.sessions.values()
-                       if not s.lock.locked() and now - s.last_used >= idle]
-            for s in expired:
-                await self.close_session(s.name)
-                self._expired[s.name] = None
-                while len(self._expired) > EXPIRED_SESSIONS_REMEMBERED:
-                    self._expired.popitem(last=False)
+            for s in [s for s in self.sessions.values() if idle_too_long(s)]:
+                # Closing one waits for its kernel; a request may take another meanwhile.
+                if self.sessions.get(s.name) is s and idle_too_long(s):
+                    await self.close_session(s.name, expired=True)
             next_due = min((s.last_used + idle for s in self.sessions.values()),
                            default=now + idle)
             await trio.sleep_until(max(next_due, now + 0.01))
