@@ -13,7 +13,8 @@ import attrs
 import pytest
 import trio
 
-from kernelsup.actors.kernel import KernelHandle, KernelOptions, run_kernel
+from kernelsup.actors.kernel import run_kernel
+from kernelsup.actors.kernel_handle import KernelHandle, KernelOptions
 from kernelsup.results import ExitCause
 
 # Fast failure detection for tests; real timing is measured in bench/, not here.

@@ -12,7 +12,8 @@ import psutil
 import pytest
 import trio
 
-from kernelsup.actors.kernel import KernelOptions, run_kernel
+from kernelsup.actors.kernel import run_kernel
+from kernelsup.actors.kernel_handle import KernelOptions
 from kernelsup.errors import KernelStartError
 from kernelsup.results import ExecuteResult
 from tests.conftest import FAST, RunningKernel, start_kernel

@@ -6,8 +6,9 @@ Theory of operation
 ready, raises) why that life ended. Inside one nursery run:
 
 * process watch   ``await proc.wait()`` on a pidfd: death is seen within a millisecond;
-* heartbeat       a ping every ``interval``, each waiting at most ``interval``; ``misses``
-                  misses in a row mean the process is frozen (SIGSTOP, a stuck native call);
+* heartbeat       a ping every half ``interval``, each waiting at most that long; no reply
+                  for ``misses * interval`` means the process is frozen (SIGSTOP, a stuck
+                  native call);
 * readers         one task per socket (shell, iopub, control) parses every message; shell
                   replies wake the waiter for their msg_id; iopub output goes to the request
                   whose msg_id is its parent; whatever fails to parse or verify is counted
@@ -23,12 +24,11 @@ bounded: the process group is SIGKILLed and the leader reaped, the request in fl
 answered ``died`` with the cause (or ``cancelled`` on our own shutdown), the inbox is closed
 so queued callers learn the kernel is gone, and the files are removed.
 
-A request is finished when its ``execute_reply`` has arrived AND iopub ``status: idle`` for
-its msg_id has been seen (the idle comes after all of its output). Whichever half arrives
-first, the other is awaited at most ``LATE_HALF_S``: a kernel that drops its idle (PUB
-sockets drop when their queue is full) cannot hang a request. ``timeout`` is a wall-clock
-deadline from the moment the request is sent to the (idle) kernel; output never extends
-it. At the deadline (or when the caller cancels) the kernel is interrupted and given
+When a request is finished, and what its result says, is decided by
+``jupyter/execution.py``; the executor does the waiting. Once the first half of a finish
+(reply or idle) is in, the other is awaited at most ``LATE_HALF_S``. ``timeout`` is a
+wall-clock deadline from the moment the request is sent to the (idle) kernel; output never
+extends it. At the deadline (or when the caller cancels) the kernel is interrupted and given
 ``interrupt_grace`` to finish; failing that it is killed and the request reports
 ``kernel_restarted`` and ``state_lost``. Code is never replayed.
 """
@@ -39,25 +39,28 @@ import math
 import signal
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import attrs
 import psutil
 import trio
 import zmq
 
-from kernelsup.errors import KernelStartError, Rejected
+from kernelsup.actors.kernel_handle import (
+    ActorStats,
+    ExecuteRequest,
+    KernelHandle,
+    KernelOptions,
+    KernelState,
+)
+from kernelsup.errors import KernelStartError
 from kernelsup.jupyter import zmqio
+from kernelsup.jupyter.execution import Execution, MessageNumbers
 from kernelsup.jupyter.launch import KernelProcess, plan_launch, spawn
 from kernelsup.jupyter.outputs import OutputCollector
 from kernelsup.jupyter.wire import Message, Wire, WireError
-from kernelsup.results import ExecuteResult, ExitCause, Output, Status
+from kernelsup.results import ExecuteResult, ExitCause
 from kernelsup.runtime import keep_memory_flat
-
-if TYPE_CHECKING:
-    from kernelsup.config import PoolConfig
-
-KernelState = Literal["starting", "idle", "busy", "stopping", "exited"]
 
 # How long to wait for the late half of a finished request (reply or idle), see top.
 LATE_HALF_S = 3.0
@@ -67,175 +70,20 @@ IOPUB_PROBE_INTERVAL_S = 0.05
 # Upper bound on killing and reaping during cleanup; SIGKILL cannot be ignored, so this
 # only guards against a process stuck in uninterruptible sleep.
 REAP_TIMEOUT_S = 10.0
-# Messages our iopub SUB may queue while the supervisor is busy elsewhere: twice zmq's
-# default, so several kernels printing at once lose nothing in normal load, while memory
-# stays bounded (a flood's messages are ~4 KB: ~8 MB queued at most; a queue of 20,000
-# let a CI run's supervisor grow by 80 MB during a flood). Beyond it the kernel's PUB
-# socket drops, and the request's result reports how many messages were lost.
-IOPUB_RCVHWM = 2000
 # How often a kernel's memory (its whole process tree) is checked against memory_limit_mb:
 # often enough that a runaway allocation is stopped within a few hundred MB of the limit.
 MEMORY_POLL_S = 0.2
 
 
-@attrs.frozen
-class KernelOptions:
-    """Everything the actor needs to know, usually derived from a pool's config."""
-
-    kernel_name: str = "python3"
-    transport: str = "ipc"
-    interrupt_mode: str = ""
-    env: dict[str, str] = attrs.field(factory=dict)
-    cwd: str | None = None
-    start_timeout: float = 60.0
-    startup_code: str = ""
-    exec_timeout: float = 600.0
-    interrupt_grace: float = 5.0
-    max_output_bytes: int = 1048576
-    heartbeat_interval: float = 1.0
-    heartbeat_misses: int = 3
-    shutdown_grace: float = 2.0
-    term_timeout: float = 2.0
-    memory_limit_mb: int = 0
-    iopub_rcvhwm: int = IOPUB_RCVHWM
-
-    @classmethod
-    def from_pool(cls, pool: PoolConfig) -> KernelOptions:
-        return cls(
-            kernel_name=pool.kernel, transport=pool.transport,
-            interrupt_mode=pool.interrupt_mode, env=dict(pool.env),
-            start_timeout=pool.start_timeout, startup_code=pool.startup_code,
-            exec_timeout=pool.exec_timeout, interrupt_grace=pool.interrupt_grace,
-            max_output_bytes=pool.max_output_bytes,
-            heartbeat_interval=pool.heartbeat.interval,
-            heartbeat_misses=pool.heartbeat.misses,
-            shutdown_grace=pool.shutdown.grace, term_timeout=pool.shutdown.term_timeout,
-            memory_limit_mb=pool.memory_limit_mb)
-
-
-@attrs.define
-class ActorStats:
-    iopub_dropped: int = 0
-    shell_dropped: int = 0
-    control_dropped: int = 0
-    stale_replies: int = 0
-    heartbeat_misses: int = 0
-    requests: int = 0
-    idle_missing: int = 0
-    iopub_lost: int = 0
-
-
-@attrs.define(eq=False)
-class ExecuteRequest:
-    """One execute, travelling from a caller to the executor with its own reply channel."""
-
-    code: str
-    timeout: float
-    reply: trio.MemorySendChannel[ExecuteResult]
-    on_output: Callable[[Output], None] | None = None
-    silent: bool = False
-    cancel_requested: bool = False
-    scope: trio.CancelScope | None = None
-
-    def cancel(self) -> None:
-        """Called from the caller's side: interrupt the request if it is running."""
-        self.cancel_requested = True
-        if self.scope is not None:
-            self.scope.cancel()
-
-    def deliver(self, result: ExecuteResult) -> None:
-        try:
-            self.reply.send_nowait(result)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.WouldBlock):
-            pass  # the requester went away; nobody to tell
-
-
 @attrs.define(eq=False)
 class _Running:
+    """The request in flight: its bookkeeping, and the events the executor waits on."""
+
     request: ExecuteRequest
-    msg_id: str
-    collector: OutputCollector
-    started_at: float
-    baseline: int | None = None  # the kernel's highest message number before this run
-    received: int = 0  # kernel messages numbered above the baseline received since
-    idle_number: int | None = None
-    reply: Message | None = None
+    execution: Execution
     got_reply: trio.Event = attrs.field(factory=trio.Event)
     got_idle: trio.Event = attrs.field(factory=trio.Event)
     got_either: trio.Event = attrs.field(factory=trio.Event)
-
-
-class KernelHandle:
-    """What callers hold: the actor's public face while it runs."""
-
-    def __init__(self, actor: KernelActor) -> None:
-        self._actor = actor
-
-    @property
-    def kernel_id(self) -> str:
-        return self._actor.kernel_id
-
-    @property
-    def pid(self) -> int | None:
-        return self._actor.proc.pid if self._actor.proc else None
-
-    @property
-    def state(self) -> KernelState:
-        return self._actor.state
-
-    @property
-    def started_at(self) -> float | None:
-        return self._actor.ready_at
-
-    @property
-    def stats(self) -> ActorStats:
-        return self._actor.stats
-
-    @property
-    def kernel_info(self) -> dict[str, Any]:
-        return self._actor.kernel_info
-
-    @property
-    def exited(self) -> trio.Event:
-        return self._actor.exited
-
-    async def execute(self, code: str, *, timeout: float | None = None,
-                      on_output: Callable[[Output], None] | None = None) -> ExecuteResult:
-        """Run ``code`` and return its single outcome.
-
-        Waits while the kernel is busy with another request. Raises ``Rejected``
-        (code ``kernel_unavailable``) when the kernel stopped before taking the request:
-        such a request never ran and may safely go elsewhere. If the caller is cancelled
-        while the request runs, the kernel is interrupted (and killed if it ignores that).
-        ``on_output`` is called (synchronously, from the actor) with each output as it
-        arrives; it must not block.
-        """
-        send, recv = trio.open_memory_channel[ExecuteResult](1)
-        req = ExecuteRequest(code=code, reply=send, on_output=on_output,
-                             timeout=self._actor.options.exec_timeout if timeout is None
-                             else timeout)
-        with recv:
-            try:
-                await self._actor.inbox_send.send(req)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                raise Rejected(f"kernel {self.kernel_id} is not running",
-                               code="kernel_unavailable", kernel_id=self.kernel_id) from None
-            try:
-                return await recv.receive()
-            except trio.Cancelled:
-                req.cancel()
-                raise
-
-    async def interrupt(self) -> None:
-        await self._actor.interrupt()
-
-    def shutdown(self) -> None:
-        """Ask the actor to stop gracefully (the shutdown ladder). Returns at once."""
-        self._actor.stop_requested.set()
-
-    def kill(self, reason: str = "killed by request") -> None:
-        """Kill the kernel now; the actor exits with cause ``failure``."""
-        self._actor.finish(ExitCause("failure", detail=reason))
 
 
 class KernelActor:
@@ -264,10 +112,8 @@ class KernelActor:
         self._iopub_seen = trio.Event()
         self._wire: Wire | None = None
         self._sockets: dict[str, zmqio.Socket] = {}
-        # Lost-message detection (see _count): the kernel's Session numbers every message
-        # it sends, on every channel, as "<session>_<pid>_<n>".
-        self._kernel_prefix: str | None = None
-        self._max_number: int | None = None
+        # Lost-message detection, see jupyter/execution.py.
+        self._numbers = MessageNumbers()
 
     @property
     def state(self) -> KernelState:
@@ -355,27 +201,15 @@ class KernelActor:
             self.cause = attrs.evolve(self.cause, code=rc if rc >= 0 else None,
                                       signal=-rc if rc < 0 else None)
         if self._running is not None:
-            self._running.request.deliver(self._died_result(self._running))
-            self._running = None
+            run = self._running
+            run.request.deliver(self._end(run).died_result(
+                self.cause, shut_down=self.stop_requested.is_set(),
+                kernel_id=self.kernel_id, now=trio.current_time()))
         self.inbox.close()
         for sock in self._sockets.values():
             sock.close()
         self.proc.cleanup_files()
         self.exited.set()
-
-    def _died_result(self, run: _Running) -> ExecuteResult:
-        assert self.cause is not None
-        if self.stop_requested.is_set():
-            return self._result(run, "cancelled", code="shutting_down",
-                                message="the kernel was shut down while the request ran")
-        if self.cause.kind == "limit":
-            return self._result(run, "died", code="memory_limit", cause=self.cause,
-                                kernel_restarted=True, state_lost=True,
-                                message=f"kernel {self.kernel_id} was killed: "
-                                        f"{self.cause.detail}")
-        return self._result(run, "died", code="kernel_died", cause=self.cause,
-                            kernel_restarted=True, state_lost=True,
-                            message=f"kernel {self.kernel_id} died: {self.cause.describe()}")
 
     # ------------------------------------------------------------------- sockets
     def _open_sockets(self) -> None:
@@ -427,30 +261,10 @@ class KernelActor:
             setattr(self.stats, f"{channel}_dropped",
                     getattr(self.stats, f"{channel}_dropped") + 1)
             return None
-        self._count(msg)
+        n = self._numbers.take(msg.msg_id)
+        if n is not None and self._running is not None:
+            self._running.execution.count(n, msg)
         return msg
-
-    def _count(self, msg: Message) -> None:
-        """Track the kernel's message numbers, so a request can tell whether messages
-        between its start and its idle went missing (a kernel's iopub PUB socket drops
-        silently when its queue overflows). Kernels whose ids are not numbered this way
-        simply are not checked."""
-        prefix, _, number = msg.msg_id.rpartition("_")
-        if not number.isdigit():
-            return
-        if self._kernel_prefix is None:
-            self._kernel_prefix = prefix
-        elif prefix != self._kernel_prefix:
-            return
-        n = int(number)
-        run = self._running
-        if run is not None and run.baseline is not None and n > run.baseline:
-            run.received += 1
-            if msg.msg_type == "status" and msg.parent_id == run.msg_id \
-                    and msg.content.get("execution_state") == "idle":
-                run.idle_number = n
-        if self._max_number is None or n > self._max_number:
-            self._max_number = n
 
     async def _shell_reader(self) -> None:
         while True:
@@ -460,8 +274,8 @@ class KernelActor:
             if msg.msg_type == "kernel_info_reply":
                 self.kernel_info = msg.content
             run = self._running
-            if run is not None and msg.parent_id == run.msg_id:
-                run.reply = msg
+            if run is not None and msg.parent_id == run.execution.msg_id:
+                run.execution.take_reply(msg)
                 run.got_reply.set()
                 run.got_either.set()
             elif msg.parent_id in self._waiters:
@@ -482,16 +296,14 @@ class KernelActor:
                 continue
             self._iopub_seen.set()
             run = self._running
-            if run is None or msg.parent_id != run.msg_id:
+            if run is None or msg.parent_id != run.execution.msg_id:
                 continue
-            if msg.msg_type == "status":
-                if msg.content.get("execution_state") == "idle":
-                    run.got_idle.set()
-                    run.got_either.set()
-            else:
-                out = run.collector.add_message(msg.msg_type, msg.content)
-                if out is not None and run.request.on_output is not None:
-                    run.request.on_output(out)
+            out = run.execution.take_iopub(msg)
+            if run.execution.idle:
+                run.got_idle.set()
+                run.got_either.set()
+            if out is not None and run.request.on_output is not None:
+                run.request.on_output(out)
 
     # ------------------------------------------------------------------- lifecycle
     async def _watch_process(self) -> None:
@@ -623,38 +435,33 @@ class KernelActor:
         msg_id, frames = self._wire.build("execute_request", {
             "code": req.code, "silent": req.silent, "store_history": not req.silent,
             "user_expressions": {}, "allow_stdin": False, "stop_on_error": True})
-        run = _Running(req, msg_id, OutputCollector(self.options.max_output_bytes),
-                       started_at=trio.current_time(), baseline=self._max_number)
+        run = _Running(req, Execution(
+            msg_id, OutputCollector(self.options.max_output_bytes),
+            started_at=trio.current_time(), baseline=self._numbers.highest))
         self._running = run
-        deadline = run.started_at + req.timeout if math.isfinite(req.timeout) else math.inf
+        ex = run.execution
+        deadline = ex.started_at + req.timeout if math.isfinite(req.timeout) else math.inf
         await self._sockets["shell"].send_multipart(frames)
         with trio.CancelScope(deadline=deadline) as req.scope:
             if req.cancel_requested:
                 req.scope.cancel()
             await self._finished(run)
         req.scope = None
-        status: Status
-        # Finished: idle seen, or the reply in before the deadline cut the wait for the
-        # late idle short. A caller's cancel is not a finish: the output is not all in.
-        if run.got_idle.is_set() or (run.reply is not None and not req.cancel_requested):
-            status = _reply_status(run)
-            self._running = None
-            return self._result(run, status)
+        if ex.finished(cancelled=req.cancel_requested):
+            return self._end(run).result(ex.status(), kernel_id=self.kernel_id,
+                                         now=trio.current_time())
         # Deadline passed or the caller cancelled: interrupt, then grace, then kill.
-        status = "cancelled" if req.cancel_requested else "timeout"
+        status: Literal["timeout", "cancelled"] = \
+            "cancelled" if req.cancel_requested else "timeout"
         await self.interrupt()
         with trio.move_on_after(self.options.interrupt_grace):
             await self._finished(run)
-        if run.reply is not None or run.got_idle.is_set():
-            self._running = None
-            return self._result(run, status, interrupted=True, code=status,
-                                message=_limit_message(status, req.timeout))
-        self._running = None
-        result = self._result(run, status, interrupted=True, kernel_restarted=True,
-                              state_lost=True, code=status,
-                              message=_limit_message(status, req.timeout)
-                              + f"; the kernel ignored the interrupt for "
-                              f"{self.options.interrupt_grace:g} s and was killed")
+        if ex.answered:
+            return self._end(run).limit_result(status, req.timeout, kernel_id=self.kernel_id,
+                                               now=trio.current_time())
+        result = self._end(run).limit_result(status, req.timeout, kernel_id=self.kernel_id,
+                                             now=trio.current_time(),
+                                             killed_after=self.options.interrupt_grace)
         self.state = "stopping"
         req.deliver(result)
         self.finish(ExitCause("failure", detail=f"killed: request ignored interrupt after "
@@ -670,34 +477,11 @@ class KernelActor:
         if not run.got_idle.is_set():
             self.stats.idle_missing += 1
 
-    def _result(self, run: _Running, status: Status, **extra: Any) -> ExecuteResult:
-        c = run.collector
-        reply = run.reply.content if run.reply is not None else {}
-        if c.error is None and reply.get("status") == "error":
-            c.set_error(reply)
-        outs = c.outputs()
-        if run.reply is not None and not run.got_idle.is_set():
-            outs.append(Output("notice", name="output_incomplete", text=(
-                "[kernelsup: the kernel's end-of-output message did not arrive after its "
-                "reply; output may be incomplete]")))
-        elif run.idle_number is not None and run.baseline is not None:
-            lost = run.idle_number - run.baseline - run.received
-            if lost > 0:
-                self.stats.iopub_lost += lost
-                outs.append(Output("notice", name="output_lost", text=(
-                    f"[kernelsup: {lost} messages from the kernel were lost in transit "
-                    f"(its output queue overflowed); output is incomplete]")))
-        count = reply.get("execution_count")
-        extra.setdefault("code", None if status == "ok" else
-                         "execution_error" if status == "error" else status)
-        return ExecuteResult(
-            status=status,
-            stdout=OutputCollector.stream_text(outs, "stdout"),
-            stderr=OutputCollector.stream_text(outs, "stderr"),
-            result=c.result, outputs=tuple(outs), error=c.error,
-            execution_count=count if isinstance(count, int) else c.execution_count,
-            kernel_id=self.kernel_id, run_s=trio.current_time() - run.started_at,
-            truncated_bytes=c.truncated_bytes, **extra)
+    def _end(self, run: _Running) -> Execution:
+        """The run is over: route no more messages to it, and count what it lost."""
+        self._running = None
+        self.stats.iopub_lost += run.execution.lost
+        return run.execution
 
 
 def _tree_rss(root: psutil.Process) -> int:
@@ -713,19 +497,6 @@ def _tree_rss(root: psutil.Process) -> int:
         except psutil.Error:
             pass  # exited meanwhile
     return total
-
-
-def _reply_status(run: _Running) -> Status:
-    if run.reply is None:
-        return "error" if run.collector.error is not None else "ok"
-    status = run.reply.content.get("status")
-    return "ok" if status == "ok" else "error"
-
-
-def _limit_message(status: str, timeout: float) -> str:
-    if status == "timeout":
-        return f"execution exceeded its {timeout:g} s timeout and was interrupted"
-    return "the caller cancelled the request and it was interrupted"
 
 
 def _rejected(code: str, message: str) -> ExecuteResult:
@@ -751,4 +522,4 @@ async def run_kernel(kernel_id: str, options: KernelOptions, runtime_dir: Path, 
                              on_exit).run(task_status)
 
 
-__all__ = ["ActorStats", "KernelHandle", "KernelOptions", "run_kernel"]
+__all__ = ["run_kernel"]

@@ -37,7 +37,8 @@ import attrs
 import trio
 
 from kernelsup import events as ev
-from kernelsup.actors.kernel import KernelHandle, KernelOptions, run_kernel
+from kernelsup.actors.kernel import run_kernel
+from kernelsup.actors.kernel_handle import KernelHandle, KernelOptions
 from kernelsup.actors.supervisor import Child, PoolEscalated, PoolSupervisor, Role
 from kernelsup.config import Config, PoolConfig
 from kernelsup.errors import Rejected

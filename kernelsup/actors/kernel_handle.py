@@ -1,0 +1,177 @@
+"""What callers of a kernel actor hold and send: its options, its handle, its requests.
+
+``run_kernel`` (in ``kernel.py``) takes a :class:`KernelOptions` and hands back a
+:class:`KernelHandle`; ``handle.execute`` sends the actor an :class:`ExecuteRequest`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal
+
+import attrs
+import trio
+
+from kernelsup.errors import Rejected
+from kernelsup.results import ExecuteResult, ExitCause, Output
+
+if TYPE_CHECKING:
+    from kernelsup.actors.kernel import KernelActor
+    from kernelsup.config import PoolConfig
+
+KernelState = Literal["starting", "idle", "busy", "stopping", "exited"]
+
+# Messages our iopub SUB may queue while the supervisor is busy elsewhere: twice zmq's
+# default, so several kernels printing at once lose nothing in normal load, while memory
+# stays bounded (a flood's messages are ~4 KB: ~8 MB queued at most; a queue of 20,000
+# let a CI run's supervisor grow by 80 MB during a flood). Beyond it the kernel's PUB
+# socket drops, and the request's result reports how many messages were lost.
+IOPUB_RCVHWM = 2000
+
+
+@attrs.frozen
+class KernelOptions:
+    """Everything the actor needs to know, usually derived from a pool's config."""
+
+    kernel_name: str = "python3"
+    transport: str = "ipc"
+    interrupt_mode: str = ""
+    env: dict[str, str] = attrs.field(factory=dict)
+    cwd: str | None = None
+    start_timeout: float = 60.0
+    startup_code: str = ""
+    exec_timeout: float = 600.0
+    interrupt_grace: float = 5.0
+    max_output_bytes: int = 1048576
+    heartbeat_interval: float = 1.0
+    heartbeat_misses: int = 3
+    shutdown_grace: float = 2.0
+    term_timeout: float = 2.0
+    memory_limit_mb: int = 0
+    iopub_rcvhwm: int = IOPUB_RCVHWM
+
+    @classmethod
+    def from_pool(cls, pool: PoolConfig) -> KernelOptions:
+        return cls(
+            kernel_name=pool.kernel, transport=pool.transport,
+            interrupt_mode=pool.interrupt_mode, env=dict(pool.env),
+            start_timeout=pool.start_timeout, startup_code=pool.startup_code,
+            exec_timeout=pool.exec_timeout, interrupt_grace=pool.interrupt_grace,
+            max_output_bytes=pool.max_output_bytes,
+            heartbeat_interval=pool.heartbeat.interval,
+            heartbeat_misses=pool.heartbeat.misses,
+            shutdown_grace=pool.shutdown.grace, term_timeout=pool.shutdown.term_timeout,
+            memory_limit_mb=pool.memory_limit_mb)
+
+
+@attrs.define
+class ActorStats:
+    iopub_dropped: int = 0
+    shell_dropped: int = 0
+    control_dropped: int = 0
+    stale_replies: int = 0
+    heartbeat_misses: int = 0
+    requests: int = 0
+    idle_missing: int = 0
+    iopub_lost: int = 0
+
+
+@attrs.define(eq=False)
+class ExecuteRequest:
+    """One execute, travelling from a caller to the executor with its own reply channel."""
+
+    code: str
+    timeout: float
+    reply: trio.MemorySendChannel[ExecuteResult]
+    on_output: Callable[[Output], None] | None = None
+    silent: bool = False
+    cancel_requested: bool = False
+    scope: trio.CancelScope | None = None
+
+    def cancel(self) -> None:
+        """Called from the caller's side: interrupt the request if it is running."""
+        self.cancel_requested = True
+        if self.scope is not None:
+            self.scope.cancel()
+
+    def deliver(self, result: ExecuteResult) -> None:
+        try:
+            self.reply.send_nowait(result)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.WouldBlock):
+            pass  # the requester went away; nobody to tell
+
+
+class KernelHandle:
+    """What callers hold: the actor's public face while it runs."""
+
+    def __init__(self, actor: KernelActor) -> None:
+        self._actor = actor
+
+    @property
+    def kernel_id(self) -> str:
+        return self._actor.kernel_id
+
+    @property
+    def pid(self) -> int | None:
+        return self._actor.proc.pid if self._actor.proc else None
+
+    @property
+    def state(self) -> KernelState:
+        return self._actor.state
+
+    @property
+    def started_at(self) -> float | None:
+        return self._actor.ready_at
+
+    @property
+    def stats(self) -> ActorStats:
+        return self._actor.stats
+
+    @property
+    def kernel_info(self) -> dict[str, Any]:
+        return self._actor.kernel_info
+
+    @property
+    def exited(self) -> trio.Event:
+        return self._actor.exited
+
+    async def execute(self, code: str, *, timeout: float | None = None,
+                      on_output: Callable[[Output], None] | None = None) -> ExecuteResult:
+        """Run ``code`` and return its single outcome.
+
+        Waits while the kernel is busy with another request. Raises ``Rejected``
+        (code ``kernel_unavailable``) when the kernel stopped before taking the request:
+        such a request never ran and may safely go elsewhere. If the caller is cancelled
+        while the request runs, the kernel is interrupted (and killed if it ignores that).
+        ``on_output`` is called (synchronously, from the actor) with each output as it
+        arrives; it must not block.
+        """
+        send, recv = trio.open_memory_channel[ExecuteResult](1)
+        req = ExecuteRequest(code=code, reply=send, on_output=on_output,
+                             timeout=self._actor.options.exec_timeout if timeout is None
+                             else timeout)
+        with recv:
+            try:
+                await self._actor.inbox_send.send(req)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                raise Rejected(f"kernel {self.kernel_id} is not running",
+                               code="kernel_unavailable", kernel_id=self.kernel_id) from None
+            try:
+                return await recv.receive()
+            except trio.Cancelled:
+                req.cancel()
+                raise
+
+    async def interrupt(self) -> None:
+        await self._actor.interrupt()
+
+    def shutdown(self) -> None:
+        """Ask the actor to stop gracefully (the shutdown ladder). Returns at once."""
+        self._actor.stop_requested.set()
+
+    def kill(self, reason: str = "killed by request") -> None:
+        """Kill the kernel now; the actor exits with cause ``failure``."""
+        self._actor.finish(ExitCause("failure", detail=reason))
+
+
+__all__ = ["ActorStats", "ExecuteRequest", "KernelHandle", "KernelOptions", "KernelState"]
