@@ -156,6 +156,28 @@ def test_replay_is_per_receiver_and_other_messages_still_parse() -> None:
     Wire(KEY).parse(first)  # another receiver has not seen it
 
 
+def test_replay_window_remembers_the_recent_past_only() -> None:
+    sender = Wire(KEY)
+    sent = [sender.build("execute_request", {"code": str(i)})[1] for i in range(4)]
+    receiver = Wire(KEY, replay_window=2)
+    for frames in sent:
+        receiver.parse(frames)
+    with pytest.raises(WireError, match="duplicate signature") as info:
+        receiver.parse(sent[3])
+    assert info.value.reason == "replayed"
+    assert receiver.parse(sent[0]).content == {"code": "0"}  # out of the window
+
+
+def test_replay_window_0_still_verifies_signatures() -> None:
+    _, frames = Wire(KEY).build("execute_request", {"code": "1"})
+    receiver = Wire(KEY, replay_window=0)
+    receiver.parse(frames)
+    assert receiver.parse(frames).content == {"code": "1"}  # no replay check
+    with pytest.raises(WireError) as info:
+        Wire(b"another key", replay_window=0).parse(frames)
+    assert info.value.reason == "bad_signature"
+
+
 # --- garbage -------------------------------------------------------------------------------
 
 GARBAGE: list[tuple[str, list[bytes]]] = [
