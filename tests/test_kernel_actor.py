@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import time
+import weakref
 from pathlib import Path
 
 import attrs
@@ -213,6 +215,36 @@ async def test_graceful_shutdown_is_normal(kernel: RunningKernel) -> None:
     cause = await kernel.wait_exit()
     assert cause.kind == "normal"
     assert cause.signal is None  # it left on the shutdown_request, no signal was needed
+
+
+@pytest.mark.parametrize("end", ["sigkill", "shutdown", "ignored_interrupt"])
+async def test_an_ended_actor_is_freed_at_once(runtime_dir: Path, end: str) -> None:
+    """A kernel's actor (its sockets, buffers, message history) is freed by reference
+    counting when its handle is dropped, not at some later full garbage collection: a
+    supervisor restarting kernels all day would otherwise carry dead kernels around."""
+    gc.collect()
+    gc.disable()
+    try:
+        async with trio.open_nursery() as nursery:
+            rk = await start_kernel(nursery, runtime_dir)
+            assert (await rk.handle.execute("x = 1")).status == "ok"
+            actor = weakref.ref(rk.handle._actor)
+            if end == "sigkill":
+                assert rk.handle.pid is not None
+                os.kill(rk.handle.pid, signal.SIGKILL)
+            elif end == "shutdown":
+                rk.handle.shutdown()
+            else:
+                r = await rk.handle.execute("import signal; signal.signal(signal.SIGINT, "
+                                            "signal.SIG_IGN)\nwhile True: pass", timeout=0.5)
+                assert r.status == "timeout" and r.kernel_restarted
+                del r
+            await rk.wait_exit()
+            assert actor() is not None  # the handle still holds it
+        del rk
+        assert actor() is None
+    finally:
+        gc.enable()
 
 
 # ----------------------------------------------------------------------- fake kernels

@@ -105,7 +105,6 @@ class KernelActor:
         self.stop_requested = trio.Event()
         # Unbuffered: a request is either taken by the executor or it never started.
         self.inbox_send, self.inbox = trio.open_memory_channel[ExecuteRequest](0)
-        self.handle = KernelHandle(self)
         self._nursery: trio.Nursery | None = None
         self._running: _Running | None = None
         self._waiters: dict[str, tuple[trio.Event, list[Message]]] = {}
@@ -178,7 +177,7 @@ class KernelActor:
                     started = True
                     nursery.start_soon(self._executor)
                     nursery.start_soon(self._shutdown_ladder)
-                    task_status.started(self.handle)
+                    task_status.started(KernelHandle(self))
         finally:
             with trio.CancelScope(shield=True):
                 await self._cleanup()
