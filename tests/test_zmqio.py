@@ -355,3 +355,31 @@ async def test_send_at_high_water_mark_blocks_until_peer_reads() -> None:
                 for i in range(count):
                     assert await router.recv_multipart() == [routing_id, b"%d" % i]
             assert sent == count
+
+
+async def test_try_send_never_waits_and_names_a_full_or_gone_peer() -> None:
+    """On a ROUTER_MANDATORY socket: a full peer's pipe gives False at once (others are
+    not held up), an unknown peer raises EHOSTUNREACH, and the socket keeps working."""
+    address = _inproc()
+    with _socket(zmq.ROUTER, ROUTER_MANDATORY=1, SNDHWM=2) as router, \
+            _socket(zmq.DEALER, RCVHWM=2) as dealer:
+        router.zmq.bind(address)
+        dealer.zmq.connect(address)
+        await dealer.send_multipart([b"hello"])
+        routing_id, _ = await router.recv_multipart()
+        results = [router.try_send_multipart([routing_id, b"%d" % i]) for i in range(50)]
+        assert results[0] and not results[-1]  # the pipe filled, and no call waited
+        taken = results.index(False)
+        assert all(results[:taken]) and not any(results[taken:])
+        with pytest.raises(zmq.ZMQError) as info:
+            router.try_send_multipart([b"nobody", b"x"])
+        assert info.value.errno == zmq.EHOSTUNREACH
+        with trio.fail_after(10):
+            for i in range(taken):
+                assert await dealer.recv_multipart() == [b"%d" % i]
+            while not router.try_send_multipart([routing_id, b"again"]):
+                await trio.sleep(0.01)  # the dealer's pipe drains in zmq's own thread
+            assert await dealer.recv_multipart() == [b"again"]
+        router.close()
+        with pytest.raises(trio.ClosedResourceError):
+            router.try_send_multipart([routing_id, b"x"])

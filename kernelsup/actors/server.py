@@ -18,11 +18,11 @@ Requests run concurrently, one task each, at most ``MAX_REQUESTS`` in all and
 
 Slow clients. The socket sets ``ROUTER_MANDATORY``, so a send to a client whose pipe is
 full fails with EAGAIN instead of being dropped silently (or blocking everyone). The
-writer then backs off and retries that client only. Meanwhile its Outbox fills; streamed
-outputs and events beyond ``CLIENT_BUFFER`` are dropped and counted, and the client gets a
-``lagged`` reply with the count before the next item of that request. Final replies are
-never dropped; they are bounded by the request limits (a request counts until its final
-reply is handed to zmq).
+writer then backs off and retries that client only. Meanwhile its Outbox (outbox.py)
+fills; streamed outputs and events beyond ``CLIENT_BUFFER`` are dropped and counted, and the
+client gets a ``lagged`` reply with the count before the next item of that request. Final
+replies are never dropped; they are bounded by the request limits (a request counts until
+its final reply is handed to zmq).
 
 Disconnects. A send to a client whose connection is gone fails with EHOSTUNREACH (again
 ``ROUTER_MANDATORY``). While a client has requests in flight and nothing was sent to it
@@ -39,7 +39,6 @@ removed.
 
 from __future__ import annotations
 
-import collections
 import errno
 import os
 import secrets
@@ -52,6 +51,7 @@ import trio
 import zmq
 
 from kernelsup import protocol as proto
+from kernelsup.actors.outbox import Outbox, OutItem
 from kernelsup.api import Supervisor
 from kernelsup.config import Config
 from kernelsup.errors import ConfigError, KernelsupError
@@ -65,9 +65,6 @@ MAX_REQUESTS = 1024
 # One client may not take more than this share; its final replies count until sent, so
 # this also bounds the finals queued for a client that never reads.
 MAX_REQUESTS_PER_CLIENT = 128
-# Streamed outputs/events queued per client before they are dropped and counted (about
-# 256 KB for typical output lines); zmq holds up to SEND_HWM more in the pipe.
-CLIENT_BUFFER = 256
 # Messages zmq may hold for one client (its pipe) before sends to it fail with EAGAIN.
 SEND_HWM = 256
 # Events a watch may fall behind the bus by before the bus drops them (it then says
@@ -117,116 +114,6 @@ class Counters:
         setattr(self, field, getattr(self, field) + 1)
 
 
-# --- the per-client outgoing buffer (no I/O) -------------------------------------------
-
-
-@attrs.frozen
-class OutItem:
-    request_id: str | None
-    reply: proto.Reply | proto.Notice
-    droppable: bool
-
-
-class Outbox:
-    """One client's outgoing messages, in order, bounded as the module docstring says.
-
-    ``put`` (an output or event: droppable), ``put_final`` and ``put_control`` (never
-    dropped) and ``put_notice`` (droppable, uncounted per request) never block. A request
-    whose items were dropped gets one ``Lagged`` item with the count, placed where the
-    first dropped item would have been followed by the next one that fits (or before its
-    final reply), so each request's replies stay in order.
-    """
-
-    def __init__(self, limit: int = CLIENT_BUFFER) -> None:
-        self.limit = limit
-        self._queue: collections.deque[OutItem] = collections.deque()
-        self._droppable = 0
-        self.finals = 0                       # final replies queued
-        self._lag: dict[str, int] = {}        # request id -> items dropped since reported
-        self.dropped = 0                      # total droppable items dropped
-
-    def __len__(self) -> int:
-        return len(self._queue)
-
-    def put(self, request_id: str, reply: proto.Reply) -> bool:
-        """Queue a streamed item; False (and counted) if the buffer is full."""
-        if self._droppable >= self.limit:
-            self._lag[request_id] = self._lag.get(request_id, 0) + 1
-            self.dropped += 1
-            return False
-        self._flush_lag(request_id)
-        self._append(OutItem(request_id, reply, droppable=True))
-        return True
-
-    def put_control(self, request_id: str, reply: proto.Reply) -> None:
-        self._flush_lag(request_id)
-        self._append(OutItem(request_id, reply, droppable=False))
-
-    def put_final(self, request_id: str, reply: proto.Reply) -> None:
-        self.put_control(request_id, reply)
-        self.finals += 1
-
-    def put_notice(self, notice: proto.Notice) -> bool:
-        if self._droppable >= self.limit:
-            return False
-        self._append(OutItem(None, notice, droppable=True))
-        return True
-
-    def peek(self) -> OutItem | None:
-        return self._queue[0] if self._queue else None
-
-    def pop(self) -> OutItem:
-        item = self._queue.popleft()
-        if item.droppable:
-            self._droppable -= 1
-        elif isinstance(item.reply, proto.FINAL_REPLIES):
-            self.finals -= 1
-        if self._lag and self._droppable < self.limit:
-            for request_id in list(self._lag):
-                self._flush_lag(request_id)
-        return item
-
-    def _flush_lag(self, request_id: str) -> None:
-        dropped = self._lag.pop(request_id, 0)
-        if dropped:
-            self._append(OutItem(request_id, proto.Lagged(dropped), droppable=False))
-
-    def _append(self, item: OutItem) -> None:
-        self._queue.append(item)
-        if item.droppable:
-            self._droppable += 1
-
-
-# --- the socket -------------------------------------------------------------------------
-
-
-class RouterSocket(zmqio.Socket):
-    """zmqio's socket plus a send that never waits, for a ROUTER_MANDATORY socket.
-
-    ``send_multipart`` waits for POLLOUT, which such a socket reports when *any* peer has
-    room: for one full peer it would spin and hold the send lock against everyone else.
-    (This belongs in zmqio; it lives here while that module is being reworked.)
-    """
-
-    def try_send_multipart(self, frames: list[bytes]) -> bool:
-        """Send now if zmq takes the message; False if that peer's pipe is full (EAGAIN).
-        Never checkpoints. Raises ``trio.ClosedResourceError`` if closed; other
-        ``zmq.ZMQError`` propagate (EHOSTUNREACH: that peer is gone)."""
-        self._check_open()
-        try:
-            self.zmq.send_multipart(frames, zmq.NOBLOCK)
-        except zmq.Again:
-            return False
-        except zmq.ZMQError as exc:
-            if exc.errno in (errno.ENOTSOCK, zmq.ETERM):
-                raise trio.ClosedResourceError(f"zmq socket is gone: {exc}") from exc
-            raise
-        finally:
-            if not self.zmq.closed:
-                self._refresh()  # sent or not, the attempt may have eaten a reader's edge
-        return True
-
-
 # --- the server -------------------------------------------------------------------------
 
 
@@ -251,7 +138,7 @@ class _Gone(Exception):
 class Server:
     """The control server's state; :func:`serve` runs it."""
 
-    def __init__(self, sup: Supervisor, codec: proto.Codec, sock: RouterSocket,
+    def __init__(self, sup: Supervisor, codec: proto.Codec, sock: zmqio.Socket,
                  max_message_bytes: int) -> None:
         self.sup = sup
         self.codec = codec
@@ -519,7 +406,7 @@ async def serve(sup: Supervisor, config: Config, *,
     key = secrets.token_hex(32).encode()
     kfile = key_file(config)
     efile = runtime_dir / proto.ENDPOINT_FILE
-    sock = RouterSocket(zmqio.context().socket(zmq.ROUTER))
+    sock = zmqio.Socket(zmqio.context().socket(zmq.ROUTER))
     owned: list[Path] = []  # files to remove at the end: only those this server made
     try:
         z = sock.zmq
@@ -616,5 +503,5 @@ def _write_private(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-__all__ = ["CLIENT_BUFFER", "MAX_REQUESTS", "MAX_REQUESTS_PER_CLIENT", "PING_INTERVAL_S",
-           "Counters", "Outbox", "Server", "serve"]
+__all__ = ["MAX_REQUESTS", "MAX_REQUESTS_PER_CLIENT", "PING_INTERVAL_S", "Counters", "Server",
+           "serve"]

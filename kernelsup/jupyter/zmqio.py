@@ -101,7 +101,8 @@ class Socket:
         cancelled, nothing was sent.
 
         Not for a ROUTER with ROUTER_MANDATORY: its POLLOUT means *some* peer has room, so
-        a send to one full peer would retry at every checkpoint instead of sleeping.
+        a send to one full peer would retry at every checkpoint instead of sleeping (and
+        hold the send lock against everyone else); use :meth:`try_send_multipart`.
         """
         async with self._send_lock:
             while True:
@@ -116,6 +117,26 @@ class Socket:
                     raise
                 self._refresh()
                 return
+
+    def try_send_multipart(self, frames: Sequence[bytes]) -> bool:
+        """Send now if zmq takes the message; False if the peer's pipe is full (EAGAIN).
+
+        Never checkpoints and takes no lock, so it cannot wait behind another sender.
+        Raises ``trio.ClosedResourceError`` if the socket is closed; other
+        ``zmq.ZMQError`` propagate (on a ROUTER_MANDATORY socket, EHOSTUNREACH: that peer
+        is gone)."""
+        self._check_open()
+        try:
+            self._sock.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        except zmq.ZMQError as exc:
+            _raise_if_gone(exc)
+            raise
+        finally:
+            if not self._sock.closed:
+                self._refresh()  # sent or not, the attempt may have eaten a reader's edge
+        return True
 
     async def recv_multipart(self) -> list[bytes]:
         """Receive one multipart message, waiting until one arrives.
