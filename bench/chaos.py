@@ -192,6 +192,7 @@ class Audit:
     raised: list[str]
     by_status: dict[str, int]
     by_kind: dict[str, dict[str, int]]
+    by_code: dict[str, int]     # "status: code" of every outcome but ok
     ledger_lines: int
 
     def violations(self) -> list[str]:
@@ -238,6 +239,8 @@ def audit(submitted: Sequence[Planned], outcomes: Mapping[str, Outcome],
         raised=[r for r in ids if outcomes[r].status == "raised"],
         by_status=dict(sorted(by_status.items())),
         by_kind={k: dict(sorted(v.items())) for k, v in sorted(by_kind.items())},
+        by_code=dict(sorted(collections.Counter(
+            f"{o.status}: {o.code}" for o in outcomes.values() if o.status != "ok").items())),
         ledger_lines=len(ledger))
 
 
@@ -794,7 +797,7 @@ def _fill(rep: Report, f: dict[str, Any]) -> None:
     peak_fds = max((s[2] for s in f["samples"]), default=0)
     rep.extra.update({
         "violations": violations,
-        "outcomes": a.by_status, "outcomes_by_kind": a.by_kind,
+        "outcomes": a.by_status, "outcomes_by_kind": a.by_kind, "outcomes_by_code": a.by_code,
         "state_lost_results": sum(1 for o in outcomes.values() if o.state_lost),
         "truncated_results": sum(1 for o in outcomes.values() if o.truncated_bytes),
         "ledger_lines": a.ledger_lines, "warmup_requests": f["warmup_requests"],
@@ -824,6 +827,7 @@ def _fill(rep: Report, f: dict[str, Any]) -> None:
     rep.notes.append(f"outcomes: {a.by_status}")
     rep.notes.append("outcomes by kind: " + "; ".join(
         f"{k} {v}" for k, v in a.by_kind.items()))
+    rep.notes.append(f"outcomes by code (all but ok): {a.by_code}")
     rep.notes.append(f"chaos actions: {f['actions']}; kernel exits by cause: "
                      f"{dict(sorted(f['exits'].items()))}; restarts by cause: "
                      f"{dict(sorted(f['restarts'].items()))} (session kernels are replaced, "

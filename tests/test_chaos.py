@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import psutil
 import pytest
 
@@ -111,6 +112,15 @@ def test_audit_accepts_what_chaos_legitimately_causes() -> None:
     a = _audit(outcomes, ledger=("r0", "r1"))
     assert a.violations() == []
     assert a.by_status == {"died": 2, "ok": 1, "rejected": 1}
+
+
+def test_audit_counts_the_codes_of_what_did_not_succeed() -> None:
+    outcomes = {**CLEAN,
+                "r1": attrs.evolve(_out("r1", "died"), code="kernel_died"),
+                "r2": attrs.evolve(_out("r2", "rejected"), code="session_closed"),
+                "r3": attrs.evolve(_out("r3", "died"), code="kernel_died")}
+    assert _audit(outcomes, ledger=("r0",)).by_code == {
+        "died: kernel_died": 2, "rejected: session_closed": 1}
 
 
 # --------------------------------------------------------------------------- a real run
