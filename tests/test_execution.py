@@ -101,7 +101,9 @@ def test_message_numbers(ids: list[str], numbers: list[int | None], highest: int
     ([kmsg("status", 11, {"execution_state": "busy"}, parent="other"), idle(12)], 0),
     # another request's idle is not ours
     ([idle(11, parent="other"), idle(13)], 1),
-    ([idle(13), idle(14, parent="other")], 1),
+    # messages sent after our idle do not fill the gap before it
+    ([idle(13), idle(14, parent="other")], 2),
+    ([busy(11), idle(13), reply(14)], 1),
     # a foreign prefix is neither counted nor taken as the kernel's
     ([kmsg("stream", 11, {"text": "x"}, prefix="intruder_1"), idle(13)], 2),
 ])

@@ -87,11 +87,18 @@ class Execution:
 
     # -- feeding -----------------------------------------------------------------
     def count(self, number: int, msg: Message) -> None:
-        """A numbered kernel message (on any channel) arrived while this request ran."""
-        if self.baseline is not None and number > self.baseline:
-            self.received += 1
-            if msg.parent_id == self.msg_id and is_idle(msg):
-                self.idle_number = number
+        """A numbered kernel message (on any channel) arrived while this request ran.
+
+        Only messages numbered between the baseline and the idle count; one sent after
+        the idle (a late reply, a background thread's print) but arriving before it on
+        another channel cannot be told apart, and hides one lost message."""
+        if self.baseline is None or number <= self.baseline:
+            return
+        if self.idle_number is not None and number > self.idle_number:
+            return
+        self.received += 1
+        if msg.parent_id == self.msg_id and is_idle(msg):
+            self.idle_number = number
 
     def take_reply(self, msg: Message) -> None:
         self.reply = msg
