@@ -8,7 +8,8 @@ ready, raises) why that life ended. Inside one nursery run:
 * process watch   ``await proc.wait()`` on a pidfd: death is seen within a millisecond;
 * heartbeat       a ping every half ``interval``, each waiting at most that long; no reply
                   for ``misses * interval`` means the process is frozen (SIGSTOP, a stuck
-                  native call);
+                  native call); with ``memory_limit_mb``, a memory watch beside it (both in
+                  watchdogs.py);
 * readers         one task per socket (shell, iopub, control) parses every message; shell
                   replies wake the waiter for their msg_id; iopub output goes to the request
                   whose msg_id is its parent; whatever fails to parse or verify is counted
@@ -42,7 +43,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import attrs
-import psutil
 import trio
 import zmq
 
@@ -53,6 +53,7 @@ from kernelsup.actors.kernel_handle import (
     KernelOptions,
     KernelState,
 )
+from kernelsup.actors.watchdogs import watch_heartbeat, watch_memory
 from kernelsup.errors import KernelStartError
 from kernelsup.jupyter import zmqio
 from kernelsup.jupyter.execution import Execution, MessageNumbers
@@ -70,9 +71,6 @@ IOPUB_PROBE_INTERVAL_S = 0.05
 # Upper bound on killing and reaping during cleanup; SIGKILL cannot be ignored, so this
 # only guards against a process stuck in uninterruptible sleep.
 REAP_TIMEOUT_S = 10.0
-# How often a kernel's memory (its whole process tree) is checked against memory_limit_mb:
-# often enough that a runaway allocation is stopped within a few hundred MB of the limit.
-MEMORY_POLL_S = 0.2
 
 
 @attrs.define(eq=False)
@@ -344,54 +342,17 @@ class KernelActor:
         recv.close()
 
     async def _heartbeat(self) -> None:
-        """Frozen = no heartbeat reply for ``misses * interval`` seconds.
-
-        Pings go out every half interval, each waiting at most that long, so a freeze is
-        seen between ``(misses - 0.5)`` and ``(misses + 0.5)`` intervals after it began
-        (whenever it falls between two pings), never later."""
-        interval = self.options.heartbeat_interval
-        period = interval / 2
-        limit = interval * self.options.heartbeat_misses
-        sock = self._sockets["hb"]
-        last_reply = trio.current_time()
-        seq = 0
-        while True:
-            seq += 1
-            ping = b"kernelsup-%d" % seq
-            sent_at = trio.current_time()
-            await sock.send_multipart([ping])
-            answered = False
-            with trio.move_on_at(sent_at + period):
-                while not answered:
-                    frames = await sock.recv_multipart()
-                    answered = bool(frames) and frames[-1] == ping
-            now = trio.current_time()
-            if answered:
-                last_reply = now
-                await trio.sleep_until(sent_at + period)
-                continue
+        def missed() -> None:
             self.stats.heartbeat_misses += 1
-            if now - last_reply >= limit:
-                misses = self.options.heartbeat_misses
-                self.finish(ExitCause("heartbeat", detail=(
-                    f"no heartbeat reply for {now - last_reply:.2f} s "
-                    f"(limit {misses} x {interval:g} s)")))
-                return
+
+        self.finish(await watch_heartbeat(self._sockets["hb"], self.options.heartbeat_interval,
+                                          self.options.heartbeat_misses, missed))
 
     async def _memory_watch(self) -> None:
         assert self.proc is not None
-        limit_mb = self.options.memory_limit_mb
-        try:
-            root = psutil.Process(self.proc.pid)
-        except psutil.NoSuchProcess:
-            return
-        while True:
-            used = _tree_rss(root)
-            if used > limit_mb * 2**20:
-                self.finish(ExitCause("limit", detail=f"memory {used / 2**20:.0f} MB exceeded "
-                                                      f"memory_limit_mb = {limit_mb}"))
-                return
-            await trio.sleep(MEMORY_POLL_S)
+        cause = await watch_memory(self.proc.pid, self.options.memory_limit_mb)
+        if cause is not None:
+            self.finish(cause)
 
     async def _shutdown_ladder(self) -> None:
         assert self.proc is not None
@@ -486,21 +447,6 @@ class KernelActor:
         self._running = None
         self.stats.iopub_lost += run.execution.lost
         return run.execution
-
-
-def _tree_rss(root: psutil.Process) -> int:
-    """Resident memory of a process and all its descendants, in bytes."""
-    total = 0
-    try:
-        procs = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return 0
-    for p in procs:
-        try:
-            total += p.memory_info().rss
-        except psutil.Error:
-            pass  # exited meanwhile
-    return total
 
 
 def _rejected(code: str, message: str) -> ExecuteResult:
