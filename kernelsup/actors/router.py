@@ -375,6 +375,7 @@ class Pool:
         idle = self.cfg.session_idle_timeout
         if idle <= 0:
             await trio.sleep_forever()
+
         def idle_too_long(s: Session) -> bool:
             return not s.lock.locked() and trio.current_time() - s.last_used >= idle
 
