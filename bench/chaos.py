@@ -60,7 +60,16 @@ import psutil
 import trio
 
 import kernelsup
-from bench.common import Report, config_dict, log, ms, pool_config, runtime_dir, to_toml
+from bench.common import (
+    Report,
+    config_dict,
+    log,
+    ms,
+    pool_config,
+    runtime_dir,
+    to_toml,
+    wait_for_output,
+)
 from kernelsup import events as ev
 from kernelsup.errors import KernelsupError, Unreachable
 from kernelsup.jupyter.tether import sweep, tethered_pids
@@ -323,15 +332,8 @@ async def serve(cfg_path: Path, rt: Path, log_path: Path) -> AsyncIterator[Serve
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_file, cwd=ROOT,
             start_new_session=True, env={**os.environ, "PYTHONFAULTHANDLER": "1"})
     try:
-        assert proc.stdout is not None
-        buf = b""
-        with trio.fail_after(SERVER_START_TIMEOUT_S):
-            while b"kernelsup ready" not in buf:
-                chunk = await proc.stdout.receive_some(4096)
-                if not chunk:
-                    raise RuntimeError("kernelsup run exited before it was ready: "
-                                       + _tail(log_path))
-                buf += chunk
+        await wait_for_output(proc, b"kernelsup ready", SERVER_START_TIMEOUT_S, lambda: (
+            "kernelsup run exited before it was ready: " + _tail(log_path)))
         children = psutil.Process(proc.pid).children()
         if len(children) != 1:
             raise RuntimeError(f"expected one `kernelsup run` under the tether: {children}")

@@ -20,12 +20,13 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
 import attrs
+import trio
 
 Better = Literal["lower", "higher"]
 
@@ -441,6 +442,21 @@ def connection_file(runtime_dir: Path, kernel_id: str) -> Path:
     if not found:
         raise FileNotFoundError(f"no connection file for kernel {kernel_id} in {runtime_dir}")
     return found[-1]
+
+
+async def wait_for_output(proc: trio.Process, marker: bytes, timeout: float,
+                          exited: Callable[[], str]) -> None:
+    """Read ``proc``'s stdout until ``marker`` appears (its ready line). Raises
+    ``RuntimeError(exited())`` (say, the tail of its log) if it exits first, and
+    ``trio.TooSlowError`` after ``timeout`` seconds."""
+    assert proc.stdout is not None
+    buf = b""
+    with trio.fail_after(timeout):
+        while marker not in buf:
+            chunk = await proc.stdout.receive_some(4096)
+            if not chunk:
+                raise RuntimeError(exited())
+            buf += chunk
 
 
 def ms(seconds: float) -> float:

@@ -49,6 +49,7 @@ from bench.common import (
     pool_config,
     runtime_dir,
     to_toml,
+    wait_for_output,
 )
 from bench.worker import Worker
 
@@ -105,15 +106,9 @@ async def endpoint_supervisor(rd: Path) -> AsyncIterator[Path]:
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, cwd=ROOT,
         start_new_session=True)
     try:
-        assert proc.stdout is not None
-        buf = b""
-        with trio.fail_after(SERVER_START_TIMEOUT_S):
-            while b"kernelsup ready" not in buf:
-                chunk = await proc.stdout.receive_some(4096)
-                if not chunk:
-                    raise RuntimeError("kernelsup run exited before it was ready: "
-                                       + (rd / "run.log").read_text()[-1500:])
-                buf += chunk
+        await wait_for_output(proc, b"kernelsup ready", SERVER_START_TIMEOUT_S, lambda: (
+            "kernelsup run exited before it was ready: "
+            + (rd / "run.log").read_text()[-1500:]))
         yield cfg_path
     finally:
         with trio.CancelScope(shield=True):

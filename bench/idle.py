@@ -29,7 +29,7 @@ from typing import Any, BinaryIO
 import trio
 
 from bench import kernels as K
-from bench.common import Report, config_dict, pool_config, runtime_dir
+from bench.common import Report, config_dict, pool_config, runtime_dir, wait_for_output
 from bench.worker import Worker
 
 SIZES = {"smoke": (1,), "quick": (1, 4), "full": (1, 8, 32)}
@@ -85,15 +85,8 @@ async def supervisor_process(k: int, rd: Path) -> AsyncIterator[int]:
         [sys.executable, "-m", "bench.idle", str(cfg_path)], stdin=subprocess.PIPE,
         stdout=subprocess.PIPE, stderr=log, cwd=ROOT, start_new_session=True)
     try:
-        assert proc.stdout is not None
-        buf = b""
-        with trio.fail_after(CHILD_START_TIMEOUT_S):
-            while b"ready" not in buf:
-                chunk = await proc.stdout.receive_some(1024)
-                if not chunk:
-                    raise RuntimeError("the supervisor subprocess exited: "
-                                       + (rd / "child.log").read_text()[-1500:])
-                buf += chunk
+        await wait_for_output(proc, b"ready", CHILD_START_TIMEOUT_S, lambda: (
+            "the supervisor subprocess exited: " + (rd / "child.log").read_text()[-1500:]))
         yield proc.pid
     finally:
         with trio.CancelScope(shield=True):

@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import attrs
+import psutil
 import pytest
 import trio
 
@@ -83,3 +85,40 @@ async def kernel(nursery: trio.Nursery, runtime_dir: Path) -> AsyncIterator[Runn
     rk.handle.kill("test finished")
     with trio.move_on_after(10):
         await rk.done.wait()
+
+
+# --------------------------------------------------------------------------- bench runs
+@pytest.fixture
+def bench_tmp() -> Iterator[Path]:
+    """A private directory for one benchmark run (its KERNELSUP_BENCH_TMP). Afterwards,
+    pass or fail, any process still mentioning it is killed and it is removed."""
+    path = Path(tempfile.mkdtemp(prefix="kbt", dir="/tmp"))
+    yield path
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if str(path) in " ".join(proc.info["cmdline"] or []):
+                proc.kill()
+        except psutil.Error:
+            continue
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _leftovers(path: Path) -> list[str]:
+    """Live processes whose command line mentions ``path`` (kernels, workers, supervisors)."""
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline", "status"]):
+        try:
+            cmd = " ".join(proc.info["cmdline"] or [])
+            if str(path) in cmd and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                found.append(f"{proc.info['pid']}: {cmd}")
+        except psutil.Error:
+            continue
+    return found
+
+
+def assert_nothing_left(path: Path) -> None:
+    """No live process mentions ``path``; one being reaped a moment late gets 5 s."""
+    deadline = time.monotonic() + 5
+    while _leftovers(path) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _leftovers(path), _leftovers(path)

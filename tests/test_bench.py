@@ -13,47 +13,17 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 from bench import BENCHMARKS
 from bench.common import Report, Row, Stats, config_dict, percentile, pool_config, table, to_toml
+from tests.conftest import assert_nothing_left
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_TIMEOUT_S = 150
-
-
-@pytest.fixture
-def bench_tmp() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="kbt", dir="/tmp"))
-    yield path
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            cmd = " ".join(proc.info["cmdline"] or [])
-        except psutil.Error:
-            continue
-        if str(path) in cmd:
-            proc.kill()
-    subprocess.run(["rm", "-rf", str(path)], check=False)
-
-
-def _leftovers(path: Path) -> list[str]:
-    """Processes whose command line mentions ``path`` (kernels, workers, supervisors)."""
-    found = []
-    for proc in psutil.process_iter(["pid", "cmdline", "status"]):
-        try:
-            cmd = " ".join(proc.info["cmdline"] or [])
-            if str(path) in cmd and proc.info["status"] != psutil.STATUS_ZOMBIE:
-                found.append(f"{proc.info['pid']}: {cmd}")
-        except psutil.Error:
-            continue
-    return found
 
 
 def _run_bench(name: str, tmp: Path, *extra: str) -> tuple[dict[str, Any], str]:
@@ -65,10 +35,7 @@ def _run_bench(name: str, tmp: Path, *extra: str) -> tuple[dict[str, Any], str]:
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert proc.stdout.startswith("machine: "), proc.stdout[:500]
     data: dict[str, Any] = json.loads(out.read_text())
-    deadline = time.monotonic() + 5
-    while _leftovers(tmp) and time.monotonic() < deadline:  # reaped a moment late
-        time.sleep(0.1)
-    assert not _leftovers(tmp), _leftovers(tmp)
+    assert_nothing_left(tmp)
     return data, proc.stdout
 
 

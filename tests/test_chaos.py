@@ -14,14 +14,10 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import attrs
-import psutil
 import pytest
 
 from bench.chaos import (
@@ -35,6 +31,7 @@ from bench.chaos import (
     make_plan,
     parse_ledger,
 )
+from tests.conftest import assert_nothing_left
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_TIMEOUT_S = 100
@@ -124,31 +121,6 @@ def test_audit_counts_the_codes_of_what_did_not_succeed() -> None:
 
 
 # --------------------------------------------------------------------------- a real run
-@pytest.fixture
-def bench_tmp() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="kbt", dir="/tmp"))
-    yield path
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if str(path) in " ".join(proc.info["cmdline"] or []):
-                proc.kill()
-        except psutil.Error:
-            continue
-    subprocess.run(["rm", "-rf", str(path)], check=False)
-
-
-def _leftovers(path: Path) -> list[str]:
-    found = []
-    for proc in psutil.process_iter(["pid", "cmdline", "status"]):
-        try:
-            cmd = " ".join(proc.info["cmdline"] or [])
-            if str(path) in cmd and proc.info["status"] != psutil.STATUS_ZOMBIE:
-                found.append(f"{proc.info['pid']}: {cmd}")
-        except psutil.Error:
-            continue
-    return found
-
-
 # Rows of the report that must be met in any run, however short.
 ESSENTIAL = (
     "supervisor answered throughout",
@@ -189,7 +161,4 @@ def test_short_seeded_soak_keeps_every_invariant(bench_tmp: Path) -> None:
     assert sum(extra["chaos_actions"].values()) > 0
     assert extra["kernel_exits_by_cause"]  # kernels did die, and were seen dying
     assert (proc.returncode == 0) == (extra["violations"] == [])
-    deadline = time.monotonic() + 5
-    while _leftovers(bench_tmp) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not _leftovers(bench_tmp), _leftovers(bench_tmp)
+    assert_nothing_left(bench_tmp)
