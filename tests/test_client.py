@@ -44,7 +44,10 @@ def check(result: ExecuteResult) -> None:
     assert result.status == "ok", result
     assert (result.stdout, result.stderr, result.result) == ("out\n", "err\n", "42")
     assert result.kernel_id is not None and result.kernel_id.startswith("default-")
-    assert [o.type for o in result.outputs] == ["stream", "stream", "execute_result"]
+    # The kernel flushes stdout and stderr on timers of its own, so how the two streams'
+    # pieces interleave varies; the texts above are exact, and the value comes last.
+    types = [o.type for o in result.outputs]
+    assert types[-1] == "execute_result" and set(types[:-1]) == {"stream"}, types
 
 
 # --- the same execute from trio, asyncio and plain sync code ----------------------------

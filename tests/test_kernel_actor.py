@@ -170,7 +170,7 @@ async def test_output_flood_is_bounded(nursery: trio.Nursery, runtime_dir: Path)
     rss_before = me.memory_info().rss
     r = await rk.handle.execute("while True: print('x' * 1000)", timeout=4.0)
     rss_after = me.memory_info().rss
-    assert r.status == "timeout" and r.interrupted
+    assert r.status == "timeout" and r.interrupted, (r.status, r.cause, r.message)
     assert r.truncated_bytes > 10 * limit
     assert "[kernelsup: output truncated" in r.stdout
     assert len(r.stdout.encode()) <= limit + 200

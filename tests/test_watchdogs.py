@@ -7,8 +7,9 @@ lets it: the tests count pings, never measure time.
 from __future__ import annotations
 
 import sys
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import attrs
@@ -124,3 +125,49 @@ async def test_memory_watch_of_a_process_already_gone_returns_none() -> None:
     proc = await trio.lowlevel.open_process([sys.executable, "-c", "pass"])
     await proc.wait()
     assert await watch_memory(proc.pid, 50) is None
+
+
+class StallingSocket(Socket):
+    """A socket whose next ``stalls`` sends first stop the whole trio loop for ``stall``
+    seconds: the supervisor busy elsewhere (one huge output message to parse) at the
+    moment a ping goes out."""
+
+    stalls = 0
+    stall = 1.0
+
+    async def send_multipart(self, frames: Sequence[bytes]) -> None:
+        await trio.lowlevel.checkpoint()
+        if self.stalls:
+            self.stalls -= 1
+            time.sleep(self.stall)  # noqa: ASYNC251 -- the fault: a stalled loop
+        await super().send_multipart(frames)
+
+
+async def test_a_stalled_supervisor_does_not_blame_the_kernel() -> None:
+    """The loop stops for longer than the whole limit (3 x 0.2 s) around three pings
+    while the peer answers every one: that proves nothing about the kernel."""
+    echo = Echo(stale=False)
+    verdicts: list[object] = []
+    address = f"inproc://watchdog-{uuid.uuid4().hex}"
+    with Socket(context().socket(zmq.ROUTER)) as router, \
+            StallingSocket(context().socket(zmq.DEALER)) as dealer:
+        router.zmq.bind(address)
+        dealer.zmq.connect(address)
+
+        async def watch() -> None:
+            verdicts.append(await watch_heartbeat(dealer, 0.2, 3))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(echo.serve, router, 10**9)
+            nursery.start_soon(watch)
+            for _ in range(3):
+                answered = echo.answered
+                with trio.fail_after(30):
+                    while echo.answered < answered + 3 and not verdicts:  # healthy rounds
+                        await trio.sleep(0.01)
+                dealer.stalls = 1
+            with trio.fail_after(30):
+                while echo.answered < answered + 10 and not verdicts:
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+    assert verdicts == []

@@ -29,6 +29,11 @@ async def watch_heartbeat(sock: zmqio.Socket, interval: float, misses: int,
     ``(misses + 0.5)`` intervals after it began (whenever it falls between two pings),
     never later. A reply to an older ping does not count. ``on_miss`` is called for each
     ping left unanswered.
+
+    The supervisor's own loop can stall (parsing one huge output message on a loaded
+    machine took seconds, measured): a ping's wait starts once it is sent, and a wait we
+    wake from late is given another half interval, so only a kernel that had the whole
+    wait to answer in is blamed.
     """
     period = interval / 2
     limit = interval * misses
@@ -37,23 +42,35 @@ async def watch_heartbeat(sock: zmqio.Socket, interval: float, misses: int,
     while True:
         seq += 1
         ping = b"kernelsup-%d" % seq
-        sent_at = trio.current_time()
+        round_start = trio.current_time()
         await sock.send_multipart([ping])
-        answered = False
-        with trio.move_on_at(sent_at + period):
-            while not answered:
-                frames = await sock.recv_multipart()
-                answered = bool(frames) and frames[-1] == ping
+        answered = await _reply_within(sock, ping, period)
         now = trio.current_time()
         if answered:
             last_reply = now
-            await trio.sleep_until(sent_at + period)
+            await trio.sleep_until(round_start + period)
             continue
         on_miss()
         if now - last_reply >= limit:
             return ExitCause("heartbeat", detail=(
                 f"no heartbeat reply for {now - last_reply:.2f} s "
                 f"(limit {misses} x {interval:g} s)"))
+
+
+async def _reply_within(sock: zmqio.Socket, ping: bytes, period: float) -> bool:
+    """Wait ``period`` for the reply to ``ping``. Each time we wake more than half a
+    period past the deadline (our loop was busy elsewhere), wait another ``period``."""
+    deadline = trio.current_time() + period
+    while True:
+        with trio.move_on_at(deadline):
+            while True:
+                frames = await sock.recv_multipart()
+                if frames and frames[-1] == ping:
+                    return True
+        now = trio.current_time()
+        if now - deadline <= period / 2:
+            return False
+        deadline = now + period
 
 
 async def watch_memory(pid: int, limit_mb: int) -> ExitCause | None:
