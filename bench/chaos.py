@@ -67,6 +67,7 @@ from bench.common import (
     ms,
     pool_config,
     runtime_dir,
+    stop_tethered,
     to_toml,
     wait_for_output,
 )
@@ -340,14 +341,7 @@ async def serve(cfg_path: Path, rt: Path, log_path: Path) -> AsyncIterator[Serve
         yield Served(proc, children[0].pid)
     finally:
         with trio.CancelScope(shield=True):
-            if proc.stdin is not None:
-                await proc.stdin.aclose()  # the tether stops `kernelsup run` with SIGINT
-            with trio.move_on_after(SERVER_STOP_TIMEOUT_S):
-                await proc.wait()
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                await proc.wait()
+            await stop_tethered(proc, SERVER_STOP_TIMEOUT_S)
             sweep(rt)  # only if something went wrong: a clean stop left nothing
             if proc.stdout is not None:
                 await proc.stdout.aclose()

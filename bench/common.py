@@ -16,6 +16,7 @@ import math
 import os
 import platform
 import shutil
+import signal
 import sys
 import tempfile
 import textwrap
@@ -457,6 +458,20 @@ async def wait_for_output(proc: trio.Process, marker: bytes, timeout: float,
             if not chunk:
                 raise RuntimeError(exited())
             buf += chunk
+
+
+async def stop_tethered(proc: trio.Process, timeout: float) -> None:
+    """Stop a process started under ``bench.tether`` and wait for it: closing its stdin
+    makes the tether stop ``kernelsup run`` with SIGINT; after ``timeout`` seconds its
+    process group is SIGKILLed. Call it shielded."""
+    if proc.stdin is not None:
+        await proc.stdin.aclose()
+    with trio.move_on_after(timeout):
+        await proc.wait()
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
 
 
 def ms(seconds: float) -> float:

@@ -26,8 +26,6 @@ k kernels of its own, so neither side's traffic crosses the other's), alternatin
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -48,6 +46,7 @@ from bench.common import (
     percentile,
     pool_config,
     runtime_dir,
+    stop_tethered,
     to_toml,
     wait_for_output,
 )
@@ -85,13 +84,6 @@ def _prepare_endpoint(rd: Path) -> tuple[Path, BinaryIO]:
     return cfg_path, open(rd / "run.log", "wb")
 
 
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
 @asynccontextmanager
 async def endpoint_supervisor(rd: Path) -> AsyncIterator[Path]:
     """``kernelsup run`` in a subprocess (one kernel); yields its config file's path.
@@ -112,13 +104,7 @@ async def endpoint_supervisor(rd: Path) -> AsyncIterator[Path]:
         yield cfg_path
     finally:
         with trio.CancelScope(shield=True):
-            if proc.stdin is not None:
-                await proc.stdin.aclose()  # the tether stops `kernelsup run` with SIGINT
-            with trio.move_on_after(SERVER_STOP_TIMEOUT_S):
-                await proc.wait()
-            if proc.returncode is None:
-                _kill_group(proc.pid)
-                await proc.wait()
+            await stop_tethered(proc, SERVER_STOP_TIMEOUT_S)
             if proc.stdout is not None:
                 await proc.stdout.aclose()
             log.close()
