@@ -71,9 +71,9 @@ from bench.common import (
     to_toml,
     wait_for_output,
 )
-from kernelsup import events as ev
-from kernelsup.errors import KernelsupError, Unreachable
-from kernelsup.jupyter.tether import sweep, tethered_pids
+from kernelsup.adapters.tether import sweep, tethered_pids
+from kernelsup.core import events as ev
+from kernelsup.core.errors import KernelsupError, Unreachable
 
 REQUESTS = {"smoke": 150, "quick": 1000, "full": 10_000}
 # The warm-up load before the first footprint, as a share of the requests: long enough for

@@ -20,8 +20,8 @@ import attrs
 import trio
 
 import kernelsup
-from kernelsup import events as ev
-from kernelsup.events import EventBus
+from kernelsup.core import events as ev
+from kernelsup.tree.bus import EventBus, Subscription
 
 # Bound on any one wait for kernels to (re)start: a broken run fails instead of hanging.
 SETTLE_TIMEOUT_S = 120.0
@@ -81,7 +81,7 @@ class KillTrace:
     causes: dict[str, str] = attrs.field(factory=dict)
 
 
-async def watch(sub: ev.Subscription, trace: KillTrace, ids: set[str],
+async def watch(sub: Subscription, trace: KillTrace, ids: set[str],
                 done: trio.Event) -> None:
     """Record the first exit and the next start of each kernel in ``ids``; set ``done``
     when every one of them has started again."""

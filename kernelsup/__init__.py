@@ -5,11 +5,11 @@ The public API lives here; everything else is an implementation module.
 
 from __future__ import annotations
 
-from kernelsup.actors.router import SupervisorGaveUp
 from kernelsup.api import SessionHandle, Supervisor, open_supervisor
-from kernelsup.client import Client, ClientSession, connect
-from kernelsup.config import Config, load_config, parse_config
-from kernelsup.errors import (
+from kernelsup.control.client import Client, ClientSession, connect
+from kernelsup.control.sync_client import SyncClient, SyncSession
+from kernelsup.core.config import Config, load_config, parse_config
+from kernelsup.core.errors import (
     AuthenticationError,
     ClientError,
     ConfigError,
@@ -22,8 +22,8 @@ from kernelsup.errors import (
     RequestError,
     Unreachable,
 )
-from kernelsup.results import ErrorInfo, ExecuteResult, ExitCause, Output, StatusReport
-from kernelsup.sync_client import SyncClient, SyncSession
+from kernelsup.core.results import ErrorInfo, ExecuteResult, ExitCause, Output, StatusReport
+from kernelsup.tree.router import SupervisorGaveUp
 
 __version__ = "0.1.0"
 

@@ -20,16 +20,16 @@ from typing import Any
 import attrs
 import trio
 
-from kernelsup import events as ev
-from kernelsup.actors.router import Pool, SupervisorGaveUp, rejected
-from kernelsup.config import Config, load_config
-from kernelsup.errors import Rejected, raise_lone
-from kernelsup.events import EventBus
-from kernelsup.jupyter.launch import private_dir
-from kernelsup.jupyter.tether import Tether
-from kernelsup.policy import IntensityWindow
-from kernelsup.results import ExecuteResult, Output, StatusReport
-from kernelsup.runtime import runtime_dir_for
+from kernelsup.adapters.launch import private_dir
+from kernelsup.adapters.runtime import runtime_dir_for
+from kernelsup.adapters.tether import Tether
+from kernelsup.core import events as ev
+from kernelsup.core.config import Config, load_config
+from kernelsup.core.errors import Rejected, raise_lone
+from kernelsup.core.policy import IntensityWindow
+from kernelsup.core.results import ExecuteResult, Output, StatusReport
+from kernelsup.tree.bus import EventBus
+from kernelsup.tree.router import Pool, SupervisorGaveUp, rejected
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup

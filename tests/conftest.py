@@ -15,9 +15,9 @@ import psutil
 import pytest
 import trio
 
-from kernelsup.actors.kernel import run_kernel
-from kernelsup.actors.kernel_handle import KernelHandle, KernelOptions
-from kernelsup.results import ExitCause
+from kernelsup.core.results import ExitCause
+from kernelsup.tree.kernel import run_kernel
+from kernelsup.tree.kernel_handle import KernelHandle, KernelOptions
 
 # Fast failure detection for tests; real timing is measured in bench/, not here.
 FAST = KernelOptions(heartbeat_interval=0.2, heartbeat_misses=3, start_timeout=30.0,

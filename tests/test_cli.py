@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 import kernelsup
-from kernelsup.results import ExecuteResult
+from kernelsup.core.results import ExecuteResult
 from tests.supervisor_process import (
     SupervisorProcess,
     private_tmp,

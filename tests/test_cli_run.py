@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from kernelsup.jupyter.tether import tethered_pids
+from kernelsup.adapters.tether import tethered_pids
 from tests.test_reliability import LEAVE_BEHIND, wait_all_gone
 
 KERNELSUP = [sys.executable, "-m", "kernelsup"]

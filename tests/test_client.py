@@ -20,11 +20,11 @@ import zmq
 
 import kernelsup
 from kernelsup import connection
-from kernelsup import protocol as proto
-from kernelsup.errors import AuthenticationError, ClientError, ProtocolError, Rejected
-from kernelsup.events import Event
-from kernelsup.jupyter import zmqio
-from kernelsup.results import ExecuteResult, Output
+from kernelsup.adapters import zmqio
+from kernelsup.core import protocol as proto
+from kernelsup.core.errors import AuthenticationError, ClientError, ProtocolError, Rejected
+from kernelsup.core.events import Event
+from kernelsup.core.results import ExecuteResult, Output
 from tests.supervisor_process import (
     SupervisorProcess,
     private_tmp,

@@ -10,7 +10,7 @@ from typing import Any
 import attrs
 import pytest
 
-from kernelsup.config import (
+from kernelsup.core.config import (
     Config,
     HeartbeatConfig,
     PoolConfig,
@@ -22,7 +22,7 @@ from kernelsup.config import (
     load_config,
     parse_config,
 )
-from kernelsup.errors import ConfigError
+from kernelsup.core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 

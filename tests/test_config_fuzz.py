@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import kernelsup
-from kernelsup.config import Config, parse_config
+from kernelsup.core.config import Config, parse_config
 
 settings.register_profile("bounded", max_examples=300, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])

@@ -12,10 +12,11 @@ import pytest
 import trio
 import trio.testing
 
-from kernelsup import events as ev
-from kernelsup.errors import ConfigError, ProtocolError
-from kernelsup.events import Event, EventBus, EventLog, Subscription
-from kernelsup.results import ExitCause
+from kernelsup.core import events as ev
+from kernelsup.core.errors import ConfigError, ProtocolError
+from kernelsup.core.events import Event
+from kernelsup.core.results import ExitCause
+from kernelsup.tree.bus import EventBus, EventLog, Subscription
 
 T0 = 1_700_000_000.25
 

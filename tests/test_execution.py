@@ -11,10 +11,10 @@ from typing import Any, Literal
 
 import pytest
 
-from kernelsup.jupyter.execution import Execution, MessageNumbers, default_code
-from kernelsup.jupyter.outputs import OutputCollector
-from kernelsup.jupyter.wire import Message
-from kernelsup.results import ErrorInfo, ExitCause, Status
+from kernelsup.core.execution import Execution, MessageNumbers, default_code
+from kernelsup.core.outputs import OutputCollector
+from kernelsup.core.results import ErrorInfo, ExitCause, Status
+from kernelsup.core.wire import Message
 
 REQ = "client_1_1"  # the request's own msg_id (ours, not the kernel's)
 KERNEL = "kernelsession_4242"  # the kernel's message-id prefix

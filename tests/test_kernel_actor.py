@@ -14,10 +14,10 @@ import psutil
 import pytest
 import trio
 
-from kernelsup.actors.kernel import run_kernel
-from kernelsup.actors.kernel_handle import KernelOptions
-from kernelsup.errors import KernelStartError
-from kernelsup.results import ExecuteResult
+from kernelsup.core.errors import KernelStartError
+from kernelsup.core.results import ExecuteResult
+from kernelsup.tree.kernel import run_kernel
+from kernelsup.tree.kernel_handle import KernelOptions
 from tests.conftest import FAST, RunningKernel, start_kernel
 from tests.fakekernel import install_kernelspec
 

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import trio
 
-from kernelsup.errors import KernelStartError
-from kernelsup.jupyter.launch import LaunchPlan, plan_launch, private_dir, spawn
+from kernelsup.adapters.launch import LaunchPlan, plan_launch, private_dir, spawn
+from kernelsup.core.errors import KernelStartError
 from tests.fakekernel import FAKE_PATH, install_kernelspec
 
 CHANNELS = ("shell", "iopub", "stdin", "control", "hb")

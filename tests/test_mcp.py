@@ -30,10 +30,10 @@ import trio
 from mcp import ClientSession, MCPError, StdioServerParameters, stdio_client
 from mcp.shared.dispatcher import ProgressFnT
 
-from kernelsup.jupyter.tether import TETHER_ENV, sweep
+from kernelsup.adapters.tether import TETHER_ENV, sweep
+from kernelsup.core.results import ErrorInfo, ExecuteResult, ExitCause, Output
 from kernelsup.mcp import render
 from kernelsup.mcp.server import META_RESULT, META_STATUS
-from kernelsup.results import ErrorInfo, ExecuteResult, ExitCause, Output
 from tests.supervisor_process import SupervisorProcess, private_tmp, supervisor, write_config
 
 TOOLS = {"execute", "status", "interrupt", "restart", "reset_session"}

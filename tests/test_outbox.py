@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from kernelsup import protocol as proto
-from kernelsup.actors.outbox import Outbox
-from kernelsup.results import Output
+from kernelsup.core import protocol as proto
+from kernelsup.core.outbox import Outbox
+from kernelsup.core.results import Output
 
 
 def out(n: int) -> proto.OutputMsg:

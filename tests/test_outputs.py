@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from kernelsup.jupyter.outputs import OutputCollector, strip_ansi, truncation_marker
-from kernelsup.results import ErrorInfo, Output
+from kernelsup.core.outputs import OutputCollector, strip_ansi, truncation_marker
+from kernelsup.core.results import ErrorInfo, Output
 
 Chunk = tuple[str, str]  # (stream name, text)
 

@@ -7,8 +7,8 @@ from typing import get_args
 
 import pytest
 
-from kernelsup.config import RestartConfig, RestartType, Supervision
-from kernelsup.policy import (
+from kernelsup.core.config import RestartConfig, RestartType, Supervision
+from kernelsup.core.policy import (
     Decision,
     GiveUp,
     IntensityWindow,
@@ -20,7 +20,7 @@ from kernelsup.policy import (
     crash_loop_trips,
     should_restart,
 )
-from kernelsup.results import ExitCause, ExitKind
+from kernelsup.core.results import ExitCause, ExitKind
 
 KINDS: tuple[ExitKind, ...] = get_args(ExitKind)
 TYPES: tuple[RestartType, ...] = get_args(RestartType)

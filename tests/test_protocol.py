@@ -14,15 +14,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jupyter_client.session import Session
 
-from kernelsup import protocol as proto
-from kernelsup.errors import (
+from kernelsup.core import protocol as proto
+from kernelsup.core.errors import (
     AuthenticationError,
     KernelStartError,
     KernelsupError,
     ProtocolError,
     Rejected,
 )
-from kernelsup.results import ErrorInfo, ExecuteResult, ExitCause, Output, StatusReport
+from kernelsup.core.results import ErrorInfo, ExecuteResult, ExitCause, Output, StatusReport
 
 KEY = b"protocol-test-key"
 DELIM = b"<IDS|MSG>"

@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 import kernelsup
-from kernelsup.jupyter.tether import RuntimeDirBusy, Tether, tethered_pids
+from kernelsup.adapters.tether import RuntimeDirBusy, Tether, tethered_pids
 from tests.test_router import FAST_POOL, kernels, wait_until
 
 # A kernel's code that leaves two things behind: a plain child, and a double-forked daemon

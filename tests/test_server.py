@@ -24,13 +24,13 @@ import trio
 import zmq
 
 import kernelsup
-from kernelsup import protocol as proto
-from kernelsup.actors import server as srv
-from kernelsup.actors.server import serve
-from kernelsup.config import Config
-from kernelsup.errors import AuthenticationError, ConfigError, KernelsupError, Rejected
-from kernelsup.jupyter import zmqio
-from kernelsup.results import Output
+from kernelsup.adapters import zmqio
+from kernelsup.control import server as srv
+from kernelsup.control.server import serve
+from kernelsup.core import protocol as proto
+from kernelsup.core.config import Config
+from kernelsup.core.errors import AuthenticationError, ConfigError, KernelsupError, Rejected
+from kernelsup.core.results import Output
 
 FAST_POOL: dict[str, Any] = {
     "name": "default",

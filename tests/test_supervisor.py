@@ -17,11 +17,11 @@ import pytest
 import trio
 import trio.testing
 
-from kernelsup.actors.supervisor import PoolEscalated, PoolSupervisor, Role
-from kernelsup.config import RestartConfig, Supervision
-from kernelsup.errors import KernelStartError
-from kernelsup.events import EventBus
-from kernelsup.results import ExitCause
+from kernelsup.core.config import RestartConfig, Supervision
+from kernelsup.core.errors import KernelStartError
+from kernelsup.core.results import ExitCause
+from kernelsup.tree.bus import EventBus
+from kernelsup.tree.pool_supervisor import PoolEscalated, PoolSupervisor, Role
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup

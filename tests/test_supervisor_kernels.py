@@ -11,8 +11,8 @@ import pytest
 import trio
 
 import kernelsup
-from kernelsup import events as ev
-from kernelsup.events import EventBus
+from kernelsup.core import events as ev
+from kernelsup.tree.bus import EventBus
 from tests.test_router import FAST_POOL, kernels, wait_until
 
 

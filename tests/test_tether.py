@@ -20,8 +20,8 @@ import pytest
 SUPERVISOR = textwrap.dedent("""
     import sys, trio
     from pathlib import Path
-    from kernelsup.actors.kernel import run_kernel
-    from kernelsup.actors.kernel_handle import KernelOptions
+    from kernelsup.tree.kernel import run_kernel
+    from kernelsup.tree.kernel_handle import KernelOptions
 
     async def main():
         async with trio.open_nursery() as n:

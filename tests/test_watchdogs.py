@@ -17,8 +17,8 @@ import psutil
 import trio
 import zmq
 
-from kernelsup.actors.watchdogs import watch_heartbeat, watch_memory
-from kernelsup.jupyter.zmqio import Socket, context
+from kernelsup.adapters.zmqio import Socket, context
+from kernelsup.tree.watchdogs import watch_heartbeat, watch_memory
 
 INTERVAL = 0.05
 

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jupyter_client.session import Session
 
-from kernelsup.jupyter.wire import Message, Wire, WireError
+from kernelsup.core.wire import Message, Wire, WireError
 
 KEY = b"0123456789abcdef-test-key"
 DELIM = b"<IDS|MSG>"

@@ -1,4 +1,4 @@
-"""kernelsup.jupyter.zmqio: the trio <-> pyzmq socket wrapper."""
+"""kernelsup.adapters.zmqio: the trio <-> pyzmq socket wrapper."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import trio
 import trio.testing
 import zmq
 
-from kernelsup.jupyter.zmqio import Socket, context
+from kernelsup.adapters.zmqio import Socket, context
 
 STRESS_MESSAGES = 10_000
 

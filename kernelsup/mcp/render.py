@@ -18,8 +18,8 @@ from typing import Any
 
 import attrs
 
-from kernelsup.errors import ExecTimeout, KernelDied, KernelsupError, Rejected, RequestError
-from kernelsup.results import ExecuteResult, Output
+from kernelsup.core.errors import ExecTimeout, KernelDied, KernelsupError, Rejected, RequestError
+from kernelsup.core.results import ExecuteResult, Output
 
 # MIME types sent as MCP image content (the ones MCP clients and models accept), in order
 # of preference when one output carries several.

@@ -14,7 +14,7 @@ One process serves one MCP client on stdin/stdout (newline-delimited JSON-RPC, s
   ``mcp`` runs on anyio and anyio runs on trio, so the whole server runs under ``trio.run``.
 
 stdout is the protocol and nothing else may write to it. Kernels never get our fd 1:
-``jupyter/launch.py`` starts them with stdout and stderr to a pipe the actor drains, stdin
+``adapters/launch.py`` starts them with stdout and stderr to a pipe the actor drains, stdin
 from ``/dev/null`` and ``close_fds``, so neither they nor anything they start (``!pip``,
 ``subprocess.run(["echo", ...])``) can reach it; what they write to fd 1 ends up in the
 result (ipykernel captures it) or in that pipe. The tether's reaper writes to
@@ -51,14 +51,13 @@ from mcp.server.lowlevel import Server
 
 from kernelsup import __version__
 from kernelsup.api import open_supervisor
-from kernelsup.cli_client import format_status
-from kernelsup.client import connect
-from kernelsup.config import Config
-from kernelsup.errors import KernelsupError, ProtocolError, Rejected
-from kernelsup.events import EventBus, EventLog
+from kernelsup.control.client import connect
+from kernelsup.core.config import Config
+from kernelsup.core.errors import KernelsupError, ProtocolError, Rejected
+from kernelsup.core.results import ExecuteResult, Output, StatusReport, format_status
 from kernelsup.mcp.render import progress_message, render_result
 from kernelsup.mcp.stdio import stdio_transport
-from kernelsup.results import ExecuteResult, Output, StatusReport
+from kernelsup.tree.bus import EventBus, EventLog
 
 # Progress notifications while code runs: never more often than this (a flood of prints
 # is one notification per interval, not one per line) ...

@@ -1,7 +1,7 @@
 """The async client: :func:`connect` gives a :class:`Client`, under trio or asyncio.
 
 How replies find their request, liveness and lag are in connection.py; this module adds
-the async I/O. The trio backend drives the socket through ``kernelsup.jupyter.zmqio``; the
+the async I/O. The trio backend drives the socket through ``kernelsup.adapters.zmqio``; the
 asyncio one uses pyzmq's own ``zmq.asyncio``. :func:`connect` picks by ``sniffio`` (so it
 also works under anyio on either). :class:`SyncClient` (sync_client.py) is re-exported
 here.
@@ -23,9 +23,8 @@ import trio
 import zmq
 import zmq.asyncio
 
-from kernelsup import protocol as proto
-from kernelsup.config import Config
-from kernelsup.connection import (
+from kernelsup.adapters import zmqio
+from kernelsup.control.connection import (
     CLEANUP_TIMEOUT_S,
     CONNECT_TIMEOUT_S,
     Address,
@@ -40,17 +39,18 @@ from kernelsup.connection import (
     probe,
     resolve,
 )
-from kernelsup.errors import (
+from kernelsup.control.sync_client import SyncClient, SyncSession
+from kernelsup.core import protocol as proto
+from kernelsup.core.config import Config
+from kernelsup.core.errors import (
     ClientError,
     KernelsupError,
     ProtocolError,
     Unreachable,
     raise_lone,
 )
-from kernelsup.events import Event
-from kernelsup.jupyter import zmqio
-from kernelsup.results import ExecuteResult, StatusReport
-from kernelsup.sync_client import SyncClient, SyncSession
+from kernelsup.core.events import Event
+from kernelsup.core.results import ExecuteResult, StatusReport
 
 if sys.version_info < (3, 11):  # pragma: no cover - trio brings the backport there
     from exceptiongroup import BaseExceptionGroup

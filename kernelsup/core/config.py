@@ -8,7 +8,7 @@ Entry points:
 - :func:`load_config` reads a TOML file, :func:`parse_config` a TOML string,
   :meth:`Config.from_dict` already-parsed data (``Config.to_dict()`` is its inverse), and
   :meth:`Config.default` gives the configuration of an empty file.
-- Every problem is a :class:`kernelsup.errors.ConfigError` with a one-line message that
+- Every problem is a :class:`kernelsup.core.errors.ConfigError` with a one-line message that
   names the file and the key path, e.g.
   ``supervisor.toml: $.pool[0].restart.max_delay: must be >= min_delay (1.0 < 2.0)``,
   and ``data`` holding ``file``, ``path`` (of the first problem) and ``errors`` (all of
@@ -43,7 +43,7 @@ from cattrs.errors import (
 )
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
-from kernelsup.errors import ConfigError
+from kernelsup.core.errors import ConfigError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -170,7 +170,7 @@ class ServerConfig:
 
 @attrs.frozen
 class RestartConfig:
-    """``[pool.restart]``: when a kernel that exited is started again (see policy.py)."""
+    """``[pool.restart]``: when a kernel that exited is started again (see core/policy.py)."""
 
     type: RestartType = "permanent"
     min_delay: float = attrs.field(default=0.0, validator=_ge(0))

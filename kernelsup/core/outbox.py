@@ -4,7 +4,7 @@ Pure (no I/O): the server's writer for that client drains it onto the socket. St
 outputs and events beyond ``CLIENT_BUFFER`` are dropped and counted; the request they
 belonged to gets one ``lagged`` reply with the count, in order, before its next item.
 Final replies and control replies are never dropped: the server's per-client request
-limit bounds them (see actors/server.py).
+limit bounds them (see control/server.py).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import collections
 
 import attrs
 
-from kernelsup import protocol as proto
+from kernelsup.core import protocol as proto
 
 # Streamed outputs/events queued per client before they are dropped and counted (about
 # 256 KB for typical output lines); zmq holds up to the server's SEND_HWM more in the pipe.

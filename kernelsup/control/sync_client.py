@@ -15,9 +15,8 @@ from typing import Any
 import attrs
 import zmq
 
-from kernelsup import protocol as proto
-from kernelsup.config import Config
-from kernelsup.connection import (
+from kernelsup.adapters import zmqio
+from kernelsup.control.connection import (
     CONNECT_TIMEOUT_S,
     Connection,
     Inbox,
@@ -30,10 +29,11 @@ from kernelsup.connection import (
     probe,
     resolve,
 )
-from kernelsup.errors import ClientError, KernelsupError, ProtocolError
-from kernelsup.events import Event
-from kernelsup.jupyter import zmqio
-from kernelsup.results import ExecuteResult, StatusReport
+from kernelsup.core import protocol as proto
+from kernelsup.core.config import Config
+from kernelsup.core.errors import ClientError, KernelsupError, ProtocolError
+from kernelsup.core.events import Event
+from kernelsup.core.results import ExecuteResult, StatusReport
 
 
 class SyncClient:

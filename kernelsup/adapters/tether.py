@@ -12,7 +12,7 @@ Three layers use it:
 
 * a kernel's own exit: its process group is killed by the actor (launch.py);
 * the supervisor's exit, however it happens: a small *reaper* process (``python -m
-  kernelsup.jupyter.tether DIR``), started in its own session, holds the read end of a
+  kernelsup.adapters.tether DIR``), started in its own session, holds the read end of a
   pipe whose write end only the supervisor holds. When the supervisor dies (SIGKILL
   included) the pipe reaches EOF and the reaper sweeps. Kernels themselves also die at
   once through ``PR_SET_PDEATHSIG``;
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import trio
 
-from kernelsup.errors import KernelsupError
+from kernelsup.core.errors import KernelsupError
 
 TETHER_ENV = "KERNELSUP_TETHER"
 
@@ -105,7 +105,7 @@ class Tether:
         read_end, write_end = os.pipe()
         try:
             self._reaper = subprocess.Popen(
-                [sys.executable, "-m", "kernelsup.jupyter.tether", str(self.runtime_dir)],
+                [sys.executable, "-m", "kernelsup.adapters.tether", str(self.runtime_dir)],
                 stdin=read_end, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 start_new_session=True, close_fds=True)
         finally:

@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any, Literal
 import attrs
 import trio
 
-from kernelsup.errors import Rejected
-from kernelsup.results import ExecuteResult, ExitCause, Output
+from kernelsup.core.errors import Rejected
+from kernelsup.core.results import ExecuteResult, ExitCause, Output
 
 if TYPE_CHECKING:
-    from kernelsup.actors.kernel import KernelActor
-    from kernelsup.config import PoolConfig
+    from kernelsup.core.config import PoolConfig
+    from kernelsup.tree.kernel import KernelActor
 
 KernelState = Literal["starting", "idle", "busy", "stopping", "exited"]
 

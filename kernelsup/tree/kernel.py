@@ -26,7 +26,7 @@ answered ``died`` with the cause (or ``cancelled`` on our own shutdown), the inb
 so queued callers learn the kernel is gone, and the files are removed.
 
 When a request is finished, and what its result says, is decided by
-``jupyter/execution.py``; the executor does the waiting. Once the first half of a finish
+``core/execution.py``; the executor does the waiting. Once the first half of a finish
 (reply or idle) is in, the other is awaited at most ``LATE_HALF_S``. ``timeout`` is a
 wall-clock deadline from the moment the request is sent to the (idle) kernel; output never
 extends it. At the deadline (or when the caller cancels) the kernel is interrupted and given
@@ -46,22 +46,22 @@ import attrs
 import trio
 import zmq
 
-from kernelsup.actors.kernel_handle import (
+from kernelsup.adapters import zmqio
+from kernelsup.adapters.launch import KernelProcess, plan_launch, spawn
+from kernelsup.adapters.runtime import keep_memory_flat
+from kernelsup.core.errors import KernelStartError
+from kernelsup.core.execution import Execution, MessageNumbers
+from kernelsup.core.outputs import OutputCollector
+from kernelsup.core.results import ExecuteResult, ExitCause
+from kernelsup.core.wire import Message, Wire, WireError
+from kernelsup.tree.kernel_handle import (
     ActorStats,
     ExecuteRequest,
     KernelHandle,
     KernelOptions,
     KernelState,
 )
-from kernelsup.actors.watchdogs import watch_heartbeat, watch_memory
-from kernelsup.errors import KernelStartError
-from kernelsup.jupyter import zmqio
-from kernelsup.jupyter.execution import Execution, MessageNumbers
-from kernelsup.jupyter.launch import KernelProcess, plan_launch, spawn
-from kernelsup.jupyter.outputs import OutputCollector
-from kernelsup.jupyter.wire import Message, Wire, WireError
-from kernelsup.results import ExecuteResult, ExitCause
-from kernelsup.runtime import keep_memory_flat
+from kernelsup.tree.watchdogs import watch_heartbeat, watch_memory
 
 # How long to wait for the late half of a finished request (reply or idle), see top.
 LATE_HALF_S = 3.0
@@ -109,7 +109,7 @@ class KernelActor:
         self._iopub_seen = trio.Event()
         self._wire: Wire | None = None
         self._sockets: dict[str, zmqio.Socket] = {}
-        # Lost-message detection, see jupyter/execution.py.
+        # Lost-message detection, see core/execution.py.
         self._numbers = MessageNumbers()
 
     @property

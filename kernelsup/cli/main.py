@@ -17,8 +17,8 @@ from typing import Any, TextIO
 
 import trio
 
-from kernelsup.config import Config, load_config
-from kernelsup.errors import ConfigError, KernelsupError, leaves
+from kernelsup.core.config import Config, load_config
+from kernelsup.core.errors import ConfigError, KernelsupError, leaves
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
@@ -50,9 +50,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- run
 async def _run(cfg: Config, *, log_json: bool, log_stream: TextIO | None) -> None:
-    from kernelsup.actors import server
     from kernelsup.api import open_supervisor
-    from kernelsup.events import EventBus, EventLog
+    from kernelsup.control import server
+    from kernelsup.tree.bus import EventBus, EventLog
 
     bus = EventBus()
     async with trio.open_nursery() as nursery:
@@ -71,7 +71,7 @@ async def _run(cfg: Config, *, log_json: bool, log_stream: TextIO | None) -> Non
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from kernelsup.actors.router import SupervisorGaveUp
+    from kernelsup.tree.router import SupervisorGaveUp
 
     try:
         cfg = _load(args.config)
@@ -118,11 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_client_commands(sub: Any) -> None:
-    """exec, status, watch, interrupt, restart: see kernelsup/cli_client.py."""
-    from kernelsup import cli_client, cli_mcp
+    """exec, status, watch, interrupt, restart: see kernelsup/cli/client_commands.py."""
+    from kernelsup.cli import client_commands, mcp_command
 
-    cli_client.register(sub)
-    cli_mcp.register(sub)
+    client_commands.register(sub)
+    mcp_command.register(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

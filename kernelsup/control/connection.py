@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-A client speaks protocol.py over one ZeroMQ DEALER socket to the control endpoint, with
+A client speaks core/protocol.py over one ZeroMQ DEALER socket to the control endpoint, with
 the key from the 0600 key file beside it. Many requests share that connection. Each
 request has an :class:`Inbox` keyed by its request id; whoever reads the socket (a
 background task in the async client, the waiting call itself in the sync one) verifies
@@ -31,11 +31,11 @@ from typing import Any, TypeAlias
 import attrs
 import zmq
 
-from kernelsup import events as ev
-from kernelsup import protocol as proto
-from kernelsup import runtime
-from kernelsup.config import Config, load_config
-from kernelsup.errors import (
+from kernelsup.adapters import runtime
+from kernelsup.core import events as ev
+from kernelsup.core import protocol as proto
+from kernelsup.core.config import Config, load_config
+from kernelsup.core.errors import (
     AuthenticationError,
     ClientError,
     KernelsupError,
@@ -43,8 +43,8 @@ from kernelsup.errors import (
     Rejected,
     Unreachable,
 )
-from kernelsup.events import Event
-from kernelsup.results import ExecuteResult, Output
+from kernelsup.core.events import Event
+from kernelsup.core.results import ExecuteResult, Output
 
 # How long connecting waits for the server's answer to ``hello``.
 CONNECT_TIMEOUT_S = 5.0

@@ -15,8 +15,8 @@ from typing import Any
 
 import trio
 
-from kernelsup.config import Config, load_config
-from kernelsup.errors import ConfigError, KernelsupError
+from kernelsup.core.config import Config, load_config
+from kernelsup.core.errors import ConfigError, KernelsupError
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup

@@ -91,8 +91,8 @@ from typing import TypeAlias
 
 import attrs
 
-from kernelsup.config import RestartConfig, RestartType, Supervision
-from kernelsup.results import ExitCause
+from kernelsup.core.config import RestartConfig, RestartType, Supervision
+from kernelsup.core.results import ExitCause
 
 __all__ = [
     "Decision",

@@ -1,7 +1,7 @@
 """The client commands of ``kernelsup``: exec, status, watch, interrupt, restart and
 close-session.
 
-A thin shell over :class:`kernelsup.sync_client.SyncClient`. Exit codes are part of the
+A thin shell over :class:`kernelsup.control.sync_client.SyncClient`. Exit codes are part of the
 Contract (DESIGN.md section 7); errors print as ``<CODE> <ErrorClass>: <message>`` on
 stderr.
 """
@@ -15,7 +15,8 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from kernelsup.errors import (
+from kernelsup.control.sync_client import SyncClient
+from kernelsup.core.errors import (
     ConfigError,
     ExecTimeout,
     KernelDied,
@@ -23,8 +24,7 @@ from kernelsup.errors import (
     Rejected,
     RequestError,
 )
-from kernelsup.results import ExecuteResult, Output, StatusReport
-from kernelsup.sync_client import SyncClient
+from kernelsup.core.results import ExecuteResult, Output, format_status
 
 EXIT_OK = 0
 EXIT_ERROR = 1          # exec: the code raised; status: the supervisor is unreachable
@@ -204,50 +204,6 @@ def cmd_status(args: argparse.Namespace) -> int:
         return EXIT_OK if report.all_running else EXIT_REJECTED
 
     return _run(args, body, unreachable=EXIT_ERROR)
-
-
-COLUMNS = ("ID", "POOL", "ROLE", "STATE", "PID", "RESTARTS", "SESSION", "UPTIME", "LAST EXIT")
-
-
-def format_status(report: StatusReport) -> str:
-    """A plain table: one line per kernel, then one per pool."""
-    rows = [COLUMNS]
-    for k in report.kernels:
-        state = str(k.get("state"))
-        if state == "backoff" and isinstance(k.get("next_try_s"), (int, float)):
-            state += f" ({k['next_try_s']:.1f}s)"
-        last = k.get("last_exit")
-        rows.append((str(k.get("id")), str(k.get("pool")), str(k.get("role")), state,
-                     _dash(k.get("pid")), str(k.get("restarts", 0)), _dash(k.get("session")),
-                     _duration(k.get("uptime_s")),
-                     str(last.get("text", "")) if isinstance(last, dict) else "-"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()
-             for r in rows]
-    for p in report.pools:
-        sessions = p.get("sessions") or []
-        parts = [f"size {p.get('size')} + {p.get('spares')} spare",
-                 f"{p.get('ready')} kernels ready", f"{p.get('queued', 0)} queued",
-                 f"sessions: {', '.join(map(str, sessions))}" if sessions else "no sessions"]
-        if p.get("dead"):
-            parts.append("DEAD (every kernel gave up restarting)")
-        lines.append(f"pool {p.get('name')}: " + "; ".join(parts))
-    return "\n".join(lines)
-
-
-def _dash(value: object) -> str:
-    return "-" if value is None or value == "" else str(value)
-
-
-def _duration(value: object) -> str:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return "-"
-    seconds = int(value)
-    if seconds < 60:
-        return f"{value:.1f}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
 
 
 # --------------------------------------------------------------------------- watch

@@ -1,7 +1,7 @@
 """The messages between clients and the control endpoint: encode, decode, sign, version.
 
 Pure: no trio, no zmq. Signing and framing are jupyter_client's ``Session`` (through
-:class:`kernelsup.jupyter.wire.Wire`): HMAC-SHA256 with the key from the 0600 key file
+:class:`kernelsup.core.wire.Wire`): HMAC-SHA256 with the key from the 0600 key file
 beside the endpoint.
 
 Theory of operation
@@ -54,10 +54,10 @@ from typing import Any, ClassVar, TypeAlias
 
 import attrs
 
-from kernelsup import errors
-from kernelsup.errors import AuthenticationError, KernelsupError, ProtocolError
-from kernelsup.jupyter.wire import Message, Wire, WireError
-from kernelsup.results import Output
+from kernelsup.core import errors
+from kernelsup.core.errors import AuthenticationError, KernelsupError, ProtocolError
+from kernelsup.core.results import Output
+from kernelsup.core.wire import Message, Wire, WireError
 
 PROTOCOL_VERSION = 1
 
@@ -161,7 +161,7 @@ class Result:
 
 @attrs.frozen
 class Error:
-    """Final: the request failed. ``type`` names the class in :mod:`kernelsup.errors`."""
+    """Final: the request failed. ``type`` names the class in :mod:`kernelsup.core.errors`."""
 
     TYPE: ClassVar[str] = "error"
     code: str
@@ -497,7 +497,7 @@ _PROTOCOL_CODES = frozenset({"malformed", "oversized", "unknown_type", "protocol
 
 
 def _error_type_name(exc: KernelsupError) -> str:
-    """The nearest class of :mod:`kernelsup.errors` (a private subclass maps to its base)."""
+    """The nearest class of :mod:`kernelsup.core.errors` (a private subclass maps to its base)."""
     for cls in type(exc).__mro__:
         if cls.__name__ in _ERROR_CLASSES and _ERROR_CLASSES[cls.__name__] is cls:
             return cls.__name__

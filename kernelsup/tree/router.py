@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-A pool's children (see supervisor.py) each have a *role*: ``pool`` (in the shared
+A pool's children (see pool_supervisor.py) each have a *role*: ``pool`` (in the shared
 rotation), ``spare`` (started and ready, not yet in rotation) or ``session`` (bound to one
 named session). The router owns the roles; the supervisor owns the processes.
 
@@ -36,15 +36,15 @@ from typing import Any
 import attrs
 import trio
 
-from kernelsup import events as ev
-from kernelsup.actors.kernel import run_kernel
-from kernelsup.actors.kernel_handle import KernelHandle, KernelOptions
-from kernelsup.actors.supervisor import Child, PoolEscalated, PoolSupervisor, Role
-from kernelsup.config import Config, PoolConfig
-from kernelsup.errors import Rejected
-from kernelsup.events import EventBus
-from kernelsup.policy import IntensityWindow
-from kernelsup.results import ExecuteResult, ExitCause, Output
+from kernelsup.core import events as ev
+from kernelsup.core.config import Config, PoolConfig
+from kernelsup.core.errors import Rejected
+from kernelsup.core.policy import IntensityWindow
+from kernelsup.core.results import ExecuteResult, ExitCause, Output
+from kernelsup.tree.bus import EventBus
+from kernelsup.tree.kernel import run_kernel
+from kernelsup.tree.kernel_handle import KernelHandle, KernelOptions
+from kernelsup.tree.pool_supervisor import Child, PoolEscalated, PoolSupervisor, Role
 
 # Names of sessions that expired, remembered so their next request is told its state is
 # gone; bounded because names come from clients.

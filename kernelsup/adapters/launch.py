@@ -43,8 +43,8 @@ import trio
 from jupyter_client.connect import write_connection_file
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
-from kernelsup.errors import KernelStartError
-from kernelsup.jupyter.tether import TETHER_ENV
+from kernelsup.adapters.tether import TETHER_ENV
+from kernelsup.core.errors import KernelStartError
 
 InterruptMode = Literal["signal", "message"]
 

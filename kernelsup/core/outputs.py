@@ -25,7 +25,7 @@ import collections
 import re
 from typing import Any
 
-from kernelsup.results import ErrorInfo, Output
+from kernelsup.core.results import ErrorInfo, Output
 
 # Stream chunks are merged into pieces up to this size: small enough that trimming the
 # front piece of the tail is cheap, large enough that a flood is few objects.

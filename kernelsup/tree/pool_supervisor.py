@@ -41,12 +41,12 @@ from typing import Any, Literal, Protocol
 import attrs
 import trio
 
-from kernelsup import events as ev
-from kernelsup.config import RestartConfig, Supervision
-from kernelsup.errors import KernelStartError, KernelsupError
-from kernelsup.events import EventBus
-from kernelsup.policy import GiveUp, IntensityWindow, NoRestart, Restart, RestartPolicy
-from kernelsup.results import ExitCause
+from kernelsup.core import events as ev
+from kernelsup.core.config import RestartConfig, Supervision
+from kernelsup.core.errors import KernelStartError, KernelsupError
+from kernelsup.core.policy import GiveUp, IntensityWindow, NoRestart, Restart, RestartPolicy
+from kernelsup.core.results import ExitCause
+from kernelsup.tree.bus import EventBus
 
 ChildState = Literal["starting", "idle", "busy", "backoff", "dead", "stopping"]
 Role = Literal["pool", "spare", "session"]

@@ -2,7 +2,7 @@
 
 All are frozen attrs classes with ``to_dict()`` giving plain JSON-ready data and
 ``from_dict()`` reading it back (a remote client's view); ``from_dict`` raises
-:class:`~kernelsup.errors.ProtocolError` for data that is not of that shape.
+:class:`~kernelsup.core.errors.ProtocolError` for data that is not of that shape.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any, Literal, get_args
 
 import attrs
 
-from kernelsup.errors import ProtocolError
+from kernelsup.core.errors import ProtocolError
 
 Status = Literal["ok", "error", "timeout", "died", "rejected", "cancelled"]
 ExitKind = Literal["normal", "failure", "heartbeat", "start_timeout", "start_failure", "limit"]
@@ -289,3 +289,49 @@ class StatusReport:
                                     code="malformed")
             parts.append(tuple(dict(i) for i in items))
         return cls(kernels=parts[0], pools=parts[1])
+
+
+# --- status as a table (the CLI's `status` and the MCP `status` tool) ----------------
+
+COLUMNS = ("ID", "POOL", "ROLE", "STATE", "PID", "RESTARTS", "SESSION", "UPTIME", "LAST EXIT")
+
+
+def format_status(report: StatusReport) -> str:
+    """A plain table: one line per kernel, then one per pool."""
+    rows = [COLUMNS]
+    for k in report.kernels:
+        state = str(k.get("state"))
+        if state == "backoff" and isinstance(k.get("next_try_s"), (int, float)):
+            state += f" ({k['next_try_s']:.1f}s)"
+        last = k.get("last_exit")
+        rows.append((str(k.get("id")), str(k.get("pool")), str(k.get("role")), state,
+                     _dash(k.get("pid")), str(k.get("restarts", 0)), _dash(k.get("session")),
+                     _duration(k.get("uptime_s")),
+                     str(last.get("text", "")) if isinstance(last, dict) else "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()
+             for r in rows]
+    for p in report.pools:
+        sessions = p.get("sessions") or []
+        parts = [f"size {p.get('size')} + {p.get('spares')} spare",
+                 f"{p.get('ready')} kernels ready", f"{p.get('queued', 0)} queued",
+                 f"sessions: {', '.join(map(str, sessions))}" if sessions else "no sessions"]
+        if p.get("dead"):
+            parts.append("DEAD (every kernel gave up restarting)")
+        lines.append(f"pool {p.get('name')}: " + "; ".join(parts))
+    return "\n".join(lines)
+
+
+def _dash(value: object) -> str:
+    return "-" if value is None or value == "" else str(value)
+
+
+def _duration(value: object) -> str:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return "-"
+    seconds = int(value)
+    if seconds < 60:
+        return f"{value:.1f}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"

@@ -26,9 +26,9 @@ from typing import Literal
 
 import attrs
 
-from kernelsup.jupyter.outputs import OutputCollector
-from kernelsup.jupyter.wire import Message
-from kernelsup.results import ExecuteResult, ExitCause, Output, Status
+from kernelsup.core.outputs import OutputCollector
+from kernelsup.core.results import ExecuteResult, ExitCause, Output, Status
+from kernelsup.core.wire import Message
 
 OUTPUT_INCOMPLETE = ("[kernelsup: the kernel's end-of-output message did not arrive after "
                      "its reply; output may be incomplete]")

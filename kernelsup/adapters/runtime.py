@@ -15,8 +15,8 @@ import hashlib
 import os
 from pathlib import Path
 
-from kernelsup.config import Config
-from kernelsup.jupyter.launch import private_dir
+from kernelsup.adapters.launch import private_dir
+from kernelsup.core.config import Config
 
 
 def _base() -> Path:

@@ -5,11 +5,11 @@ Theory of operation
 ``serve`` binds the endpoint (IPC in the private runtime directory unless configured),
 writes a fresh random key to a 0600 file beside it, and runs two kinds of task:
 
-* one receiver: takes each message off the socket, decodes it (``protocol.py``), and
+* one receiver: takes each message off the socket, decodes it (``core/protocol.py``), and
   either starts a task for the request or answers the error at once. Nothing a peer sends
   can stop it: every refusal is counted in :class:`Counters` (``server_stats``) and
   answered where a reply is possible -- a signed ``error`` once the signature is good, an
-  unsigned notice before that (see protocol.py);
+  unsigned notice before that (see core/protocol.py);
 * one writer per client (a ROUTER identity with requests in flight or replies queued),
   draining that client's :class:`Outbox`.
 
@@ -18,7 +18,7 @@ Requests run concurrently, one task each, at most ``MAX_REQUESTS`` in all and
 
 Slow clients. The socket sets ``ROUTER_MANDATORY``, so a send to a client whose pipe is
 full fails with EAGAIN instead of being dropped silently (or blocking everyone). The
-writer then backs off and retries that client only. Meanwhile its Outbox (outbox.py)
+writer then backs off and retries that client only. Meanwhile its Outbox (core/outbox.py)
 fills; streamed outputs and events beyond ``CLIENT_BUFFER`` are dropped and counted, and the
 client gets a ``lagged`` reply with the count before the next item of that request. Final
 replies are never dropped; they are bounded by the request limits (a request counts until
@@ -50,14 +50,14 @@ import attrs
 import trio
 import zmq
 
-from kernelsup import protocol as proto
-from kernelsup.actors.outbox import Outbox, OutItem
+from kernelsup.adapters import zmqio
+from kernelsup.adapters.runtime import control_endpoint, key_file, runtime_dir_for
 from kernelsup.api import Supervisor
-from kernelsup.config import Config
-from kernelsup.errors import ConfigError, KernelsupError
-from kernelsup.jupyter import zmqio
-from kernelsup.results import ExecuteResult, Output
-from kernelsup.runtime import control_endpoint, key_file, runtime_dir_for
+from kernelsup.core import protocol as proto
+from kernelsup.core.config import Config
+from kernelsup.core.errors import ConfigError, KernelsupError
+from kernelsup.core.outbox import Outbox, OutItem
+from kernelsup.core.results import ExecuteResult, Output
 
 # Requests running at once over all clients: each holds a task and, for an execute, a
 # place in a pool queue; the pools' own queue_limit is the real bound on waiting work.

@@ -12,8 +12,8 @@ from collections.abc import Callable
 import psutil
 import trio
 
-from kernelsup.jupyter import zmqio
-from kernelsup.results import ExitCause
+from kernelsup.adapters import zmqio
+from kernelsup.core.results import ExitCause
 
 # How often a kernel's memory (its whole process tree) is checked against memory_limit_mb:
 # often enough that a runaway allocation is stopped within a few hundred MB of the limit.

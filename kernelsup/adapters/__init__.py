@@ -1,0 +1,6 @@
+"""Layer 2, OS and I/O adapters: zmq on trio, launching kernel processes, containment,
+the runtime directory.
+
+Each module wraps one outside thing (a socket, a process, a directory) and maps its
+errors to :mod:`kernelsup.core.errors`. May import: :mod:`kernelsup.core`.
+"""
