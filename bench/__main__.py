@@ -44,25 +44,51 @@ SOAK = "chaos"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench",
-                                description="kernelsup benchmarks, each beside its anchor.")
-    p.add_argument("name", choices=[*BENCHMARKS, SOAK, "all"],
-                   help=f"which benchmark (or all, which leaves out {SOAK})")
+    p = argparse.ArgumentParser(
+        prog="python -m bench", description="kernelsup benchmarks, each beside its anchor."
+    )
+    p.add_argument(
+        "name",
+        choices=[*BENCHMARKS, SOAK, "all"],
+        help=f"which benchmark (or all, which leaves out {SOAK})",
+    )
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true",
-                      help="fewer samples: under a minute per benchmark on 2 cores")
-    mode.add_argument("--smoke", action="store_true",
-                      help="the smallest run that exercises every path (for tests)")
+    mode.add_argument(
+        "--quick",
+        action="store_true",
+        help="fewer samples: under a minute per benchmark on 2 cores",
+    )
+    mode.add_argument(
+        "--smoke",
+        action="store_true",
+        help="the smallest run that exercises every path (for tests)",
+    )
     p.add_argument("--json", metavar="FILE", help="write the reports as JSON")
-    p.add_argument("--plot", metavar="FILE.png",
-                   help="draw the distributions (needs the plot extra: matplotlib)")
+    p.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="draw the distributions (needs the plot extra: matplotlib)",
+    )
     soak = p.add_argument_group(f"{SOAK} only")
-    soak.add_argument("--requests", type=int, metavar="N",
-                      help="requests to send (default: 10000; --quick 1000, --smoke 150)")
-    soak.add_argument("--seed", type=int, default=0, metavar="S",
-                      help="seeds the request plan and the chaos (default 0)")
-    soak.add_argument("--clients", type=int, metavar="C",
-                      help="concurrent clients (default: 6; --quick 4, --smoke 2)")
+    soak.add_argument(
+        "--requests",
+        type=int,
+        metavar="N",
+        help="requests to send (default: 10000; --quick 1000, --smoke 150)",
+    )
+    soak.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        metavar="S",
+        help="seeds the request plan and the chaos (default 0)",
+    )
+    soak.add_argument(
+        "--clients",
+        type=int,
+        metavar="C",
+        help="concurrent clients (default: 6; --quick 4, --smoke 2)",
+    )
     return p
 
 
@@ -111,8 +137,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = EXIT_OK
     try:
         for name in names:
-            options = ({"requests": args.requests, "seed": args.seed,
-                        "clients": args.clients} if name == SOAK else {})
+            options = (
+                {"requests": args.requests, "seed": args.seed, "clients": args.clients}
+                if name == SOAK
+                else {}
+            )
             report = run_one(name, mode, **options)
             reports.append(report)
             print("\n" + render(report), flush=True)

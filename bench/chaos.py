@@ -87,11 +87,11 @@ CHAOS_INTERVAL_S = {"smoke": 0.5, "quick": 1.0, "full": 1.0}
 POOL_SIZE = 4
 SPARES = 1
 SESSIONS = ("s0", "s1", "s2", "s3")
-EXEC_TIMEOUT_S = 10.0       # the pool's default; plain requests finish in milliseconds
-SHORT_TIMEOUT_S = 0.5       # the requests that loop forever
+EXEC_TIMEOUT_S = 10.0  # the pool's default; plain requests finish in milliseconds
+SHORT_TIMEOUT_S = 0.5  # the requests that loop forever
 INTERRUPT_GRACE_S = 1.0
-MAX_OUTPUT_BYTES = 65_536   # a flood prints about 2 MB
-MEMORY_LIMIT_MB = 512       # a hog allocates up to 2 GiB, 32 MiB at a time
+MAX_OUTPUT_BYTES = 65_536  # a flood prints about 2 MB
+MEMORY_LIMIT_MB = 512  # a hog allocates up to 2 GiB, 32 MiB at a time
 SESSION_IDLE_S = 3.0
 HEARTBEAT_S, HEARTBEAT_MISSES = 0.2, 3
 
@@ -132,12 +132,23 @@ KINDS: tuple[Kind, ...] = (
     Kind("session", 230, "_n = globals().get('_n', 0) + 1\n{tag}", session=True),
     Kind("error", 40, "1 / 0"),
     Kind("timeout", 30, "while True:\n    pass", timeout=SHORT_TIMEOUT_S),
-    Kind("stubborn", 5, "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
-         "while True:\n    pass", timeout=SHORT_TIMEOUT_S),
-    Kind("flood", 30, "import sys\nfor _ in range(2000):\n    sys.stdout.write('y' * 1000 "
-         "+ '\\n')\n{tag}"),
-    Kind("memory", 7, "import time\ndef _hog():\n    h = []\n    for _ in range(64):\n"
-         "        h.append(b'x' * (32 << 20))\n        time.sleep(0.01)\n_hog()\n{tag}"),
+    Kind(
+        "stubborn",
+        5,
+        "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    pass",
+        timeout=SHORT_TIMEOUT_S,
+    ),
+    Kind(
+        "flood",
+        30,
+        "import sys\nfor _ in range(2000):\n    sys.stdout.write('y' * 1000 + '\\n')\n{tag}",
+    ),
+    Kind(
+        "memory",
+        7,
+        "import time\ndef _hog():\n    h = []\n    for _ in range(64):\n"
+        "        h.append(b'x' * (32 << 20))\n        time.sleep(0.01)\n_hog()\n{tag}",
+    ),
     Kind("exit", 10, "import os\nos._exit(1)"),
     Kind("child", 5, "import subprocess\nsubprocess.Popen(['sleep', '1000'])\n{tag}"),
 )
@@ -160,15 +171,18 @@ def make_plan(n: int, seed: int, prefix: str = "r") -> list[Planned]:
     rng = random.Random(seed)
     kinds = rng.choices(KINDS, weights=[k.weight for k in KINDS], k=n)
     width = len(str(max(n - 1, 1)))
-    return [Planned(f"{prefix}{i:0{width}d}", k.name,
-                    rng.choice(SESSIONS) if k.session else None)
-            for i, k in enumerate(kinds)]
+    return [
+        Planned(f"{prefix}{i:0{width}d}", k.name, rng.choice(SESSIONS) if k.session else None)
+        for i, k in enumerate(kinds)
+    ]
 
 
 def code_for(p: Planned, ledger: Path) -> str:
     """The request's code: append ``<id> <pid>`` to the ledger, then the kind's body."""
-    head = (f"import os as _os\nwith open({str(ledger)!r}, 'a') as _f:\n"
-            f"    _f.write({p.rid!r} + ' %d\\n' % _os.getpid())\n")
+    head = (
+        f"import os as _os\nwith open({str(ledger)!r}, 'a') as _f:\n"
+        f"    _f.write({p.rid!r} + ' %d\\n' % _os.getpid())\n"
+    )
     return head + KIND_BY_NAME[p.kind].body.format(tag=repr(p.rid))
 
 
@@ -177,10 +191,10 @@ def code_for(p: Planned, ledger: Path) -> str:
 class Outcome:
     rid: str
     kind: str
-    status: str                 # ExecuteResult.status, or "raised" (a client exception)
+    status: str  # ExecuteResult.status, or "raised" (a client exception)
     code: str | None
     seconds: float
-    own_result: bool | None     # for ok: the result is this request's id
+    own_result: bool | None  # for ok: the result is this request's id
     state_lost: bool = False
     truncated_bytes: int = 0
     detail: str = ""
@@ -202,20 +216,25 @@ class Audit:
     raised: list[str]
     by_status: dict[str, int]
     by_kind: dict[str, dict[str, int]]
-    by_code: dict[str, int]     # "status: code" of every outcome but ok
+    by_code: dict[str, int]  # "status: code" of every outcome but ok
     ledger_lines: int
 
     def violations(self) -> list[str]:
-        checks = [("requests without an outcome", self.lost),
-                  ("requests with more than one outcome", self.multiple),
-                  ("requests run twice (ledger)", self.ran_twice),
-                  ("ledger ids never submitted", self.phantom),
-                  ("ok/error requests missing from the ledger", self.ran_not_in_ledger),
-                  ("rejected requests that ran (ledger)", self.rejected_but_ran),
-                  ("ok results that are not the request's own", self.wrong_result),
-                  ("client calls that raised", self.raised)]
-        return [f"{what}: {len(ids)} ({', '.join(ids[:5])}{', ...' if len(ids) > 5 else ''})"
-                for what, ids in checks if ids]
+        checks = [
+            ("requests without an outcome", self.lost),
+            ("requests with more than one outcome", self.multiple),
+            ("requests run twice (ledger)", self.ran_twice),
+            ("ledger ids never submitted", self.phantom),
+            ("ok/error requests missing from the ledger", self.ran_not_in_ledger),
+            ("rejected requests that ran (ledger)", self.rejected_but_ran),
+            ("ok results that are not the request's own", self.wrong_result),
+            ("client calls that raised", self.raised),
+        ]
+        return [
+            f"{what}: {len(ids)} ({', '.join(ids[:5])}{', ...' if len(ids) > 5 else ''})"
+            for what, ids in checks
+            if ids
+        ]
 
 
 def parse_ledger(text: str) -> list[str]:
@@ -223,8 +242,12 @@ def parse_ledger(text: str) -> list[str]:
     return [line.split()[0] for line in text.splitlines() if line.strip()]
 
 
-def audit(submitted: Sequence[Planned], outcomes: Mapping[str, Outcome],
-          extra_outcomes: Sequence[str], ledger: Sequence[str]) -> Audit:
+def audit(
+    submitted: Sequence[Planned],
+    outcomes: Mapping[str, Outcome],
+    extra_outcomes: Sequence[str],
+    ledger: Sequence[str],
+) -> Audit:
     """Check the outcomes against what was sent and what the kernels wrote (pure)."""
     sent = {p.rid: p for p in submitted}
     counts = collections.Counter(ledger)
@@ -241,29 +264,47 @@ def audit(submitted: Sequence[Planned], outcomes: Mapping[str, Outcome],
         multiple=sorted(set(extra_outcomes)),
         ran_twice=sorted(rid for rid, n in counts.items() if n > 1),
         phantom=sorted(in_ledger - set(sent)),
-        ran_not_in_ledger=[r for r in ids if outcomes[r].status in ("ok", "error")
-                           and r not in in_ledger],
+        ran_not_in_ledger=[
+            r for r in ids if outcomes[r].status in ("ok", "error") and r not in in_ledger
+        ],
         rejected_but_ran=[r for r in ids if outcomes[r].status == "rejected" and r in in_ledger],
-        wrong_result=[r for r in ids if outcomes[r].status == "ok"
-                      and outcomes[r].own_result is False],
+        wrong_result=[
+            r for r in ids if outcomes[r].status == "ok" and outcomes[r].own_result is False
+        ],
         raised=[r for r in ids if outcomes[r].status == "raised"],
         by_status=dict(sorted(by_status.items())),
         by_kind={k: dict(sorted(v.items())) for k, v in sorted(by_kind.items())},
-        by_code=dict(sorted(collections.Counter(
-            f"{o.status}: {o.code}" for o in outcomes.values() if o.status != "ok").items())),
-        ledger_lines=len(ledger))
+        by_code=dict(
+            sorted(
+                collections.Counter(
+                    f"{o.status}: {o.code}" for o in outcomes.values() if o.status != "ok"
+                ).items()
+            )
+        ),
+        ledger_lines=len(ledger),
+    )
 
 
 # --------------------------------------------------------------------------- `kernelsup run`
 def write_config(directory: Path) -> tuple[Path, Path]:
     """The soak's config file and its (short, private) runtime directory."""
     rt = directory / "rt"
-    pool = pool_config("default", size=POOL_SIZE, spares=SPARES, heartbeat=HEARTBEAT_S,
-                       misses=HEARTBEAT_MISSES, exec_timeout=EXEC_TIMEOUT_S,
-                       max_output_bytes=MAX_OUTPUT_BYTES, memory_limit_mb=MEMORY_LIMIT_MB,
-                       session_idle_timeout=SESSION_IDLE_S, interrupt_grace=INTERRUPT_GRACE_S,
-                       queue_limit=10_000, queue_timeout=HANG_S, start_timeout=60.0,
-                       shutdown={"grace": 0.5, "term_timeout": 0.5})
+    pool = pool_config(
+        "default",
+        size=POOL_SIZE,
+        spares=SPARES,
+        heartbeat=HEARTBEAT_S,
+        misses=HEARTBEAT_MISSES,
+        exec_timeout=EXEC_TIMEOUT_S,
+        max_output_bytes=MAX_OUTPUT_BYTES,
+        memory_limit_mb=MEMORY_LIMIT_MB,
+        session_idle_timeout=SESSION_IDLE_S,
+        interrupt_grace=INTERRUPT_GRACE_S,
+        queue_limit=10_000,
+        queue_timeout=HANG_S,
+        start_timeout=60.0,
+        shutdown={"grace": 0.5, "term_timeout": 0.5},
+    )
     path = directory / "chaos.toml"
     path.write_text(to_toml(config_dict(pool, runtime_dir=rt)))
     return path, rt
@@ -298,8 +339,10 @@ def _detail(r: kernelsup.ExecuteResult, own: bool | None) -> str:
     request's own, what it did hold."""
     if own is False:
         notices = [o.name for o in r.outputs if o.type == "notice"]
-        return (f"result {r.result!r}, kernel {r.kernel_id}, count {r.execution_count}, "
-                f"stdout {r.stdout[:120]!r}, notices {notices}")
+        return (
+            f"result {r.result!r}, kernel {r.kernel_id}, count {r.execution_count}, "
+            f"stdout {r.stdout[:120]!r}, notices {notices}"
+        )
     return "" if r.status == "ok" else r.message[:200]
 
 
@@ -330,11 +373,20 @@ async def serve(cfg_path: Path, rt: Path, log_path: Path) -> AsyncIterator[Serve
     with _open_log(log_path) as log_file:
         proc = await trio.lowlevel.open_process(
             [sys.executable, "-m", "bench.tether", *RUN_ARGV, "--log-json", str(cfg_path)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_file, cwd=ROOT,
-            start_new_session=True, env={**os.environ, "PYTHONFAULTHANDLER": "1"})
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log_file,
+            cwd=ROOT,
+            start_new_session=True,
+            env={**os.environ, "PYTHONFAULTHANDLER": "1"},
+        )
     try:
-        await wait_for_output(proc, b"kernelsup ready", SERVER_START_TIMEOUT_S, lambda: (
-            "kernelsup run exited before it was ready: " + _tail(log_path)))
+        await wait_for_output(
+            proc,
+            b"kernelsup ready",
+            SERVER_START_TIMEOUT_S,
+            lambda: "kernelsup run exited before it was ready: " + _tail(log_path),
+        )
         children = psutil.Process(proc.pid).children()
         if len(children) != 1:
             raise RuntimeError(f"expected one `kernelsup run` under the tether: {children}")
@@ -383,17 +435,34 @@ class Soak:
         t0 = time.perf_counter()
         self.running[p.rid] = t0
         try:
-            r = await client.execute(code_for(p, self.ledger), session=p.session,
-                                     timeout=kind.timeout)
+            r = await client.execute(
+                code_for(p, self.ledger), session=p.session, timeout=kind.timeout
+            )
         except KernelsupError as exc:
-            out = Outcome(p.rid, p.kind, "raised", exc.code, time.perf_counter() - t0, None,
-                          detail=exc.describe())
+            out = Outcome(
+                p.rid,
+                p.kind,
+                "raised",
+                exc.code,
+                time.perf_counter() - t0,
+                None,
+                detail=exc.describe(),
+            )
             if isinstance(exc, Unreachable):
                 self.fail(f"request {p.rid}: {exc.describe()}")
         else:
             own = r.result == repr(p.rid) if r.status == "ok" else None
-            out = Outcome(p.rid, p.kind, r.status, r.code, time.perf_counter() - t0, own,
-                          r.state_lost, r.truncated_bytes, detail=_detail(r, own))
+            out = Outcome(
+                p.rid,
+                p.kind,
+                r.status,
+                r.code,
+                time.perf_counter() - t0,
+                own,
+                r.state_lost,
+                r.truncated_bytes,
+                detail=_detail(r, own),
+            )
         del self.running[p.rid]
         if p.rid in self.outcomes:
             self.extra_outcomes.append(p.rid)
@@ -418,13 +487,15 @@ class Soak:
     async def _act(self, action: str, rng: random.Random, nursery: trio.Nursery) -> None:
         if action in ("sigkill", "sigstop"):
             st = await self.control.status()
-            pids = [k["pid"] for k in st.kernels
-                    if k["pid"] and k["state"] in ("idle", "busy") and self._ours(k["pid"])]
+            pids = [
+                k["pid"]
+                for k in st.kernels
+                if k["pid"] and k["state"] in ("idle", "busy") and self._ours(k["pid"])
+            ]
             if not pids:
                 return
             with contextlib.suppress(ProcessLookupError):
-                os.kill(rng.choice(pids),
-                        signal.SIGKILL if action == "sigkill" else signal.SIGSTOP)
+                os.kill(rng.choice(pids), signal.SIGKILL if action == "sigkill" else signal.SIGSTOP)
         elif action == "session_exit":
             self.chaos_seq += 1
             p = Planned(f"x{self.chaos_seq:05d}", CHAOS_EXIT.name, rng.choice(SESSIONS))
@@ -451,8 +522,10 @@ class Soak:
                     await self.act(rng.choices(names, weights)[0], rng, nursery)
 
     # -- observation --
-    async def watch(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-                    ) -> None:
+    async def watch(
+        self,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
         try:
             async with self.control.subscribe() as events:
                 task_status.started()
@@ -473,8 +546,13 @@ class Soak:
         proc = psutil.Process(self.pid)
         while True:
             with contextlib.suppress(psutil.Error):
-                self.samples.append((round(time.monotonic() - self.t0, 1),
-                                     round(proc.memory_info().rss / MB, 2), proc.num_fds()))
+                self.samples.append(
+                    (
+                        round(time.monotonic() - self.t0, 1),
+                        round(proc.memory_info().rss / MB, 2),
+                        proc.num_fds(),
+                    )
+                )
             await trio.sleep(SAMPLE_EVERY_S)
 
     async def quiet(self) -> list[dict[str, Any]]:
@@ -500,8 +578,11 @@ class Soak:
             while True:
                 ks = (await self.control.status()).kernels
                 own = [k for k in ks if k["role"] != "session"]
-                if len(own) == POOL_SIZE + SPARES and all(k["state"] == "idle" for k in ks) \
-                        and not (sessions_gone and len(ks) > len(own)):
+                if (
+                    len(own) == POOL_SIZE + SPARES
+                    and all(k["state"] == "idle" for k in ks)
+                    and not (sessions_gone and len(ks) > len(own))
+                ):
                     return
                 await trio.sleep(0.05)
 
@@ -541,8 +622,9 @@ async def _warm_up(soak: Soak, nursery: trio.Nursery) -> None:
         await trio.sleep(1.0)
 
 
-def _rss_halves(samples: Sequence[tuple[float, float, int]],
-                window: tuple[float, float] | None) -> tuple[float, float] | None:
+def _rss_halves(
+    samples: Sequence[tuple[float, float, int]], window: tuple[float, float] | None
+) -> tuple[float, float] | None:
     """Median RSS over the main phase's second quarter and over its last quarter: growth
     between them, after the heap reached its working set, is what a leak looks like."""
     if window is None:
@@ -566,21 +648,36 @@ def _percent(a: float, b: float) -> float:
     return 100.0 * (b - a) / a if a else 0.0
 
 
-async def run(mode: str, *, requests: int | None = None, seed: int = 0,
-              clients: int | None = None) -> Report:
+async def run(
+    mode: str, *, requests: int | None = None, seed: int = 0, clients: int | None = None
+) -> Report:
     n = requests if requests is not None else REQUESTS[mode]
     c = clients if clients is not None else CLIENTS[mode]
     interval = CHAOS_INTERVAL_S[mode]
     deadline_s = 300.0 + 0.5 * n
-    rep = Report("chaos", mode, params={
-        "requests": n, "clients": c, "seed": seed, "chaos_interval_s": interval,
-        "pool_size": POOL_SIZE, "spares": SPARES, "sessions": len(SESSIONS),
-        "heartbeat": f"{HEARTBEAT_S:g} s x {HEARTBEAT_MISSES}",
-        "exec_timeout_s": EXEC_TIMEOUT_S, "short_timeout_s": SHORT_TIMEOUT_S,
-        "max_output_bytes": MAX_OUTPUT_BYTES, "memory_limit_mb": MEMORY_LIMIT_MB,
-        "session_idle_timeout_s": SESSION_IDLE_S, "hang_s": HANG_S,
-        "deadline_s": deadline_s, "kinds": {k.name: k.weight for k in KINDS},
-        "chaos_actions": CHAOS_ACTIONS})
+    rep = Report(
+        "chaos",
+        mode,
+        params={
+            "requests": n,
+            "clients": c,
+            "seed": seed,
+            "chaos_interval_s": interval,
+            "pool_size": POOL_SIZE,
+            "spares": SPARES,
+            "sessions": len(SESSIONS),
+            "heartbeat": f"{HEARTBEAT_S:g} s x {HEARTBEAT_MISSES}",
+            "exec_timeout_s": EXEC_TIMEOUT_S,
+            "short_timeout_s": SHORT_TIMEOUT_S,
+            "max_output_bytes": MAX_OUTPUT_BYTES,
+            "memory_limit_mb": MEMORY_LIMIT_MB,
+            "session_idle_timeout_s": SESSION_IDLE_S,
+            "hang_s": HANG_S,
+            "deadline_s": deadline_s,
+            "kinds": {k.name: k.weight for k in KINDS},
+            "chaos_actions": CHAOS_ACTIONS,
+        },
+    )
     plan = make_plan(n, seed)
     with runtime_dir("c") as tmp:
         cfg_path, rt = write_config(tmp)
@@ -588,13 +685,16 @@ async def run(mode: str, *, requests: int | None = None, seed: int = 0,
         ledger.touch()
         log_path = tmp / "run.log"
         try:
-            facts = await _soak(cfg_path, rt, ledger, log_path, plan, c, seed, interval,
-                                deadline_s)
+            facts = await _soak(cfg_path, rt, ledger, log_path, plan, c, seed, interval, deadline_s)
         except BaseException:
             _keep(tmp, "failed")
             raise
-        facts["audit"] = audit(facts["sent"], facts["outcomes"], facts["extra_outcomes"],
-                               parse_ledger(ledger.read_text()))
+        facts["audit"] = audit(
+            facts["sent"],
+            facts["outcomes"],
+            facts["extra_outcomes"],
+            parse_ledger(ledger.read_text()),
+        )
         _fill(rep, facts)
         if rep.extra["violations"]:
             rep.notes.append(f"files kept for analysis: {_keep(tmp, 'violations')}")
@@ -609,19 +709,41 @@ def _keep(tmp: Path, why: str) -> str:
     return str(dest)
 
 
-async def _soak(cfg_path: Path, rt: Path, ledger: Path, log_path: Path,
-                plan: list[Planned], n_clients: int, seed: int, interval: float,
-                deadline_s: float) -> dict[str, Any]:
-    facts: dict[str, Any] = {"warmup_requests": 0, "warmup_leaked": [], "leaked": [],
-                             "fds_start": None, "rss_start": None, "fds_end": None,
-                             "rss_end": None, "deadline_hit": False, "main_s": 0.0,
-                             "pending": [], "server_stats": {}, "kernels_end": [],
-                             "stacks": "", "rss_launch": None, "main_window": None}
+async def _soak(
+    cfg_path: Path,
+    rt: Path,
+    ledger: Path,
+    log_path: Path,
+    plan: list[Planned],
+    n_clients: int,
+    seed: int,
+    interval: float,
+    deadline_s: float,
+) -> dict[str, Any]:
+    facts: dict[str, Any] = {
+        "warmup_requests": 0,
+        "warmup_leaked": [],
+        "leaked": [],
+        "fds_start": None,
+        "rss_start": None,
+        "fds_end": None,
+        "rss_end": None,
+        "deadline_hit": False,
+        "main_s": 0.0,
+        "pending": [],
+        "server_stats": {},
+        "kernels_end": [],
+        "stacks": "",
+        "rss_launch": None,
+        "main_window": None,
+    }
     async with serve(cfg_path, rt, log_path) as served:
         async with contextlib.AsyncExitStack() as stack:
             control = await stack.enter_async_context(kernelsup.connect(cfg_path))
-            clients = [await stack.enter_async_context(kernelsup.connect(cfg_path))
-                       for _ in range(n_clients)]
+            clients = [
+                await stack.enter_async_context(kernelsup.connect(cfg_path))
+                for _ in range(n_clients)
+            ]
             soak = Soak(clients, control, ledger, rt, served.pid)
             async with trio.open_nursery() as observers:
                 await observers.start(soak.watch)
@@ -636,16 +758,31 @@ async def _soak(cfg_path: Path, rt: Path, ledger: Path, log_path: Path,
         if not soak.broken:
             log("chaos: SIGTERM to kernelsup run")
             await served.terminate(rt)
-    facts.update(sent=soak.sent, outcomes=soak.outcomes, extra_outcomes=soak.extra_outcomes,
-                 actions=dict(soak.actions), exits=dict(soak.exits), events=dict(soak.events),
-                 restarts=dict(soak.restarts),
-                 events_dropped=soak.events_dropped, samples=soak.samples,
-                 exit_code=served.exit_code, left=served.left_after_stop, broken=soak.broken)
+    facts.update(
+        sent=soak.sent,
+        outcomes=soak.outcomes,
+        extra_outcomes=soak.extra_outcomes,
+        actions=dict(soak.actions),
+        exits=dict(soak.exits),
+        events=dict(soak.events),
+        restarts=dict(soak.restarts),
+        events_dropped=soak.events_dropped,
+        samples=soak.samples,
+        exit_code=served.exit_code,
+        left=served.left_after_stop,
+        broken=soak.broken,
+    )
     return facts
 
 
-async def _phases(soak: Soak, plan: list[Planned], seed: int, interval: float,
-                  deadline_s: float, facts: dict[str, Any]) -> None:
+async def _phases(
+    soak: Soak,
+    plan: list[Planned],
+    seed: int,
+    interval: float,
+    deadline_s: float,
+    facts: dict[str, Any],
+) -> None:
     """Warm up, take the first footprint, run the plan, take the last one. Stops early
     (leaving the facts not measured at None) if the supervisor stops answering."""
     facts["rss_launch"] = soak.footprint()[1]
@@ -685,8 +822,9 @@ async def _dump_stacks(pid: int, log_path: Path) -> str:
     return text[at:] if at >= 0 else "(no stack dump in the log)"
 
 
-async def _main_phase(soak: Soak, plan: list[Planned], seed: int, interval: float,
-                      deadline_s: float) -> bool:
+async def _main_phase(
+    soak: Soak, plan: list[Planned], seed: int, interval: float, deadline_s: float
+) -> bool:
     """Send the plan from every client while the chaos runs; True if the deadline hit."""
     shared = iter(plan)
     stop = trio.Event()
@@ -709,8 +847,10 @@ async def _progress(soak: Soak, total: int) -> None:
     while True:
         await trio.sleep(30)
         done = len(soak.outcomes) - base
-        log(f"chaos: {done}/{total} requests done in {time.monotonic() - t0:.0f} s; "
-            f"{sum(soak.actions.values())} chaos actions; exits {dict(soak.exits)}")
+        log(
+            f"chaos: {done}/{total} requests done in {time.monotonic() - t0:.0f} s; "
+            f"{sum(soak.actions.values())} chaos actions; exits {dict(soak.exits)}"
+        )
 
 
 # --------------------------------------------------------------------------- the report
@@ -719,48 +859,90 @@ def _fill(rep: Report, f: dict[str, Any]) -> None:
     outcomes: dict[str, Outcome] = f["outcomes"]
     violations = a.violations()
 
-    def check(name: str, value: float | None, target: str, met: bool, unit: str = "count",
-              listed: bool = False) -> None:
+    def check(
+        name: str,
+        value: float | None,
+        target: str,
+        met: bool,
+        unit: str = "count",
+        listed: bool = False,
+    ) -> None:
         """A row; None means it could not be measured (the supervisor stopped answering).
         ``listed``: the audit already named this violation, with the request ids."""
         met = met and value is not None
-        rep.row(name, unit, [] if value is None else [float(value)], target=target, met=met,
-                anchor_note="" if value is not None else "not measured")
+        rep.row(
+            name,
+            unit,
+            [] if value is None else [float(value)],
+            target=target,
+            met=met,
+            anchor_note="" if value is not None else "not measured",
+        )
         if not met and not listed:
             shown = "not measured" if value is None else f"{value:g}"
             violations.append(f"{name}: {shown} (target {target or 'a value'})")
 
-    check("supervisor answered throughout", 0 if f["broken"] else 1, "1",
-          not f["broken"])
-    check("requests sent (plan + warm-up + chaos)", a.submitted, "every one has an outcome",
-          a.with_outcome == a.submitted, listed=True)
+    check("supervisor answered throughout", 0 if f["broken"] else 1, "1", not f["broken"])
+    check(
+        "requests sent (plan + warm-up + chaos)",
+        a.submitted,
+        "every one has an outcome",
+        a.with_outcome == a.submitted,
+        listed=True,
+    )
     check("requests without an outcome (lost)", len(a.lost), "0", not a.lost, listed=True)
-    check("requests run twice (ledger)", len(a.ran_twice), "0", not a.ran_twice,
-          listed=True)
-    check("ok/error requests missing from the ledger", len(a.ran_not_in_ledger), "0",
-          not a.ran_not_in_ledger, listed=True)
-    check("rejected requests that ran, or ledger ids never sent",
-          len(a.rejected_but_ran) + len(a.phantom), "0",
-          not (a.rejected_but_ran or a.phantom), listed=True)
-    check("ok results not the request's own", len(a.wrong_result), "0", not a.wrong_result,
-          listed=True)
+    check("requests run twice (ledger)", len(a.ran_twice), "0", not a.ran_twice, listed=True)
+    check(
+        "ok/error requests missing from the ledger",
+        len(a.ran_not_in_ledger),
+        "0",
+        not a.ran_not_in_ledger,
+        listed=True,
+    )
+    check(
+        "rejected requests that ran, or ledger ids never sent",
+        len(a.rejected_but_ran) + len(a.phantom),
+        "0",
+        not (a.rejected_but_ran or a.phantom),
+        listed=True,
+    )
+    check(
+        "ok results not the request's own",
+        len(a.wrong_result),
+        "0",
+        not a.wrong_result,
+        listed=True,
+    )
     chaos_raised = {k: v for k, v in f["actions"].items() if " raised " in k}
-    check("client calls that raised", len(a.raised) + sum(chaos_raised.values()), "0",
-          not (a.raised or chaos_raised), listed=True)
+    check(
+        "client calls that raised",
+        len(a.raised) + sum(chaos_raised.values()),
+        "0",
+        not (a.raised or chaos_raised),
+        listed=True,
+    )
     if chaos_raised:
         violations.append(f"chaos control calls that raised: {chaos_raised}")
     hogs = a.by_kind.get("memory", {})
-    check(f"memory hogs not stopped by memory_limit_mb ({MEMORY_LIMIT_MB})",
-          hogs.get("ok", 0), "0", not hogs.get("ok", 0))
+    check(
+        f"memory hogs not stopped by memory_limit_mb ({MEMORY_LIMIT_MB})",
+        hogs.get("ok", 0),
+        "0",
+        not hogs.get("ok", 0),
+    )
     by_status: dict[str, list[float]] = collections.defaultdict(list)
     for o in outcomes.values():
         by_status[o.status].append(ms(o.seconds))
     for status in sorted(by_status):
         rep.row(f"latency, status {status}", "ms", by_status[status])
     slowest = max(outcomes.values(), key=lambda o: o.seconds, default=None)
-    check("slowest request", ms(slowest.seconds) if slowest else 0.0,
-          f"< {HANG_S:g} s (no hang)", not f["deadline_hit"]
-          and (slowest is None or slowest.seconds < HANG_S), unit="ms")
+    check(
+        "slowest request",
+        ms(slowest.seconds) if slowest else 0.0,
+        f"< {HANG_S:g} s (no hang)",
+        not f["deadline_hit"] and (slowest is None or slowest.seconds < HANG_S),
+        unit="ms",
+    )
     exits = sum(f["exits"].values())
     rep.row("kernel exits (every cause)", "count", [float(exits)])
     rep.row("restarts scheduled", "count", [float(f["events"].get(ev.RESTART_SCHEDULED, 0))])
@@ -769,82 +951,121 @@ def _fill(rep: Report, f: dict[str, Any]) -> None:
     fds0, fds1, rss0, rss1 = f["fds_start"], f["fds_end"], f["rss_start"], f["rss_end"]
     both = None not in (fds0, fds1, rss0, rss1)
     check("supervisor open fds, after warm-up", fds0, "", True)
-    check("supervisor open fds, at the end", fds1, "<= after warm-up",
-          both and fds1 <= fds0)
+    check("supervisor open fds, at the end", fds1, "<= after warm-up", both and fds1 <= fds0)
     check("supervisor RSS, at launch (ready)", f["rss_launch"], "", True, unit="MB")
     check("supervisor RSS, after warm-up", rss0, "", True, unit="MB")
     change = _percent(rss0, rss1) if both else 0.0
-    check("supervisor RSS, at the end", rss1, "within 10 % of after warm-up",
-          both and abs(change) <= 100 * RSS_TOLERANCE, unit="MB")
+    check(
+        "supervisor RSS, at the end",
+        rss1,
+        "within 10 % of after warm-up",
+        both and abs(change) <= 100 * RSS_TOLERANCE,
+        unit="MB",
+    )
     halves = None if f["broken"] else _rss_halves(f["samples"], f["main_window"])
     if halves is not None:
-        rep.row("supervisor RSS growth, second half of the run", "MB",
-                [halves[1] - halves[0]])
+        rep.row("supervisor RSS growth, second half of the run", "MB", [halves[1] - halves[0]])
     internal = int(f["server_stats"].get("internal_errors", 0))
     check("control server internal errors", internal, "0", internal == 0)
-    check("`kernelsup run` exit status after SIGTERM",
-          f["exit_code"] if f["exit_code"] is not None else -1, "0", f["exit_code"] == 0)
-    check("processes tethered to the runtime dir after it", len(f["left"]), "0",
-          not f["left"])
+    check(
+        "`kernelsup run` exit status after SIGTERM",
+        f["exit_code"] if f["exit_code"] is not None else -1,
+        "0",
+        f["exit_code"] == 0,
+    )
+    check("processes tethered to the runtime dir after it", len(f["left"]), "0", not f["left"])
     if f["deadline_hit"]:
-        violations.append(f"the run hit its deadline; {len(f['pending'])} requests pending: "
-                          f"{f['pending'][:10]}")
+        violations.append(
+            f"the run hit its deadline; {len(f['pending'])} requests pending: {f['pending'][:10]}"
+        )
     peak_rss = max((s[1] for s in f["samples"]), default=0.0)
     peak_fds = max((s[2] for s in f["samples"]), default=0)
-    rep.extra.update({
-        "violations": violations,
-        "outcomes": a.by_status, "outcomes_by_kind": a.by_kind, "outcomes_by_code": a.by_code,
-        "state_lost_results": sum(1 for o in outcomes.values() if o.state_lost),
-        "truncated_results": sum(1 for o in outcomes.values() if o.truncated_bytes),
-        "ledger_lines": a.ledger_lines, "warmup_requests": f["warmup_requests"],
-        "chaos_actions": f["actions"], "kernel_exits_by_cause": f["exits"],
-        "restarts_by_cause": f["restarts"],
-        "events": f["events"], "events_dropped": f["events_dropped"],
-        "fds": {"start": fds0, "end": fds1, "peak": peak_fds},
-        "rss_mb": {"start": _round(rss0), "end": _round(rss1), "peak": peak_rss,
-                   "change_pct": round(change, 2)},
-        "unresponsive": f["broken"], "stacks": f["stacks"],
-        "slowest": attrs.asdict(slowest) if slowest else None,
-        "main_phase_s": round(f["main_s"], 1),
-        "server_stats": f["server_stats"], "kernels_end": f["kernels_end"],
-        "leaked_session_kernels": f["leaked"], "warmup_leaked": f["warmup_leaked"],
-        "exit_code": f["exit_code"], "left_after_sigterm": f["left"],
-        "samples": f["samples"][:: max(1, len(f["samples"]) // 600)],
-        "failures": [attrs.asdict(o) for o in outcomes.values()
-                     if o.status in ("raised",) or o.own_result is False][:50],
-    })
+    rep.extra.update(
+        {
+            "violations": violations,
+            "outcomes": a.by_status,
+            "outcomes_by_kind": a.by_kind,
+            "outcomes_by_code": a.by_code,
+            "state_lost_results": sum(1 for o in outcomes.values() if o.state_lost),
+            "truncated_results": sum(1 for o in outcomes.values() if o.truncated_bytes),
+            "ledger_lines": a.ledger_lines,
+            "warmup_requests": f["warmup_requests"],
+            "chaos_actions": f["actions"],
+            "kernel_exits_by_cause": f["exits"],
+            "restarts_by_cause": f["restarts"],
+            "events": f["events"],
+            "events_dropped": f["events_dropped"],
+            "fds": {"start": fds0, "end": fds1, "peak": peak_fds},
+            "rss_mb": {
+                "start": _round(rss0),
+                "end": _round(rss1),
+                "peak": peak_rss,
+                "change_pct": round(change, 2),
+            },
+            "unresponsive": f["broken"],
+            "stacks": f["stacks"],
+            "slowest": attrs.asdict(slowest) if slowest else None,
+            "main_phase_s": round(f["main_s"], 1),
+            "server_stats": f["server_stats"],
+            "kernels_end": f["kernels_end"],
+            "leaked_session_kernels": f["leaked"],
+            "warmup_leaked": f["warmup_leaked"],
+            "exit_code": f["exit_code"],
+            "left_after_sigterm": f["left"],
+            "samples": f["samples"][:: max(1, len(f["samples"]) // 600)],
+            "failures": [
+                attrs.asdict(o)
+                for o in outcomes.values()
+                if o.status in ("raised",) or o.own_result is False
+            ][:50],
+        }
+    )
     count = collections.Counter(p.rid[0] for p in f["sent"])
-    rep.notes.append(f"{count['r']} planned requests in {f['main_s']:.0f} s "
-                     f"({count['r'] / max(f['main_s'], 1e-9):.1f}/s) from "
-                     f"{rep.params['clients']} clients, seed {rep.params['seed']}; before "
-                     f"them {count['k'] + count['w']} warm-up requests (every kind once, "
-                     f"then {count['w']} of the mix), and {count['x']} chaos requests "
-                     "(os._exit into a session)")
+    rep.notes.append(
+        f"{count['r']} planned requests in {f['main_s']:.0f} s "
+        f"({count['r'] / max(f['main_s'], 1e-9):.1f}/s) from "
+        f"{rep.params['clients']} clients, seed {rep.params['seed']}; before "
+        f"them {count['k'] + count['w']} warm-up requests (every kind once, "
+        f"then {count['w']} of the mix), and {count['x']} chaos requests "
+        "(os._exit into a session)"
+    )
     rep.notes.append(f"outcomes: {a.by_status}")
-    rep.notes.append("outcomes by kind: " + "; ".join(
-        f"{k} {v}" for k, v in a.by_kind.items()))
+    rep.notes.append("outcomes by kind: " + "; ".join(f"{k} {v}" for k, v in a.by_kind.items()))
     rep.notes.append(f"outcomes by code (all but ok): {a.by_code}")
-    rep.notes.append(f"chaos actions: {f['actions']}; kernel exits by cause: "
-                     f"{dict(sorted(f['exits'].items()))}; restarts by cause: "
-                     f"{dict(sorted(f['restarts'].items()))} (session kernels are replaced, "
-                     "not restarted; signal(15) and exit(0) are closed sessions)"
-                     + (f"; {f['events_dropped']} events missed (lagged)"
-                        if f["events_dropped"] else ""))
-    rep.notes.append(f"supervisor fds {fds0} -> {fds1} (peak {peak_fds}); RSS at launch "
-                     f"{_round(f['rss_launch'], 1)} MB, after warm-up {_round(rss0, 1)} -> "
-                     f"end {_round(rss1, 1)} MB ({change:+.1f} %, peak {peak_rss:.1f} MB)"
-                     + (f"; median RSS over the run's 2nd quarter {halves[0]:.1f} MB, "
-                        f"last quarter {halves[1]:.1f} MB" if halves else ""))
+    rep.notes.append(
+        f"chaos actions: {f['actions']}; kernel exits by cause: "
+        f"{dict(sorted(f['exits'].items()))}; restarts by cause: "
+        f"{dict(sorted(f['restarts'].items()))} (session kernels are replaced, "
+        "not restarted; signal(15) and exit(0) are closed sessions)"
+        + (f"; {f['events_dropped']} events missed (lagged)" if f["events_dropped"] else "")
+    )
+    rep.notes.append(
+        f"supervisor fds {fds0} -> {fds1} (peak {peak_fds}); RSS at launch "
+        f"{_round(f['rss_launch'], 1)} MB, after warm-up {_round(rss0, 1)} -> "
+        f"end {_round(rss1, 1)} MB ({change:+.1f} %, peak {peak_rss:.1f} MB)"
+        + (
+            f"; median RSS over the run's 2nd quarter {halves[0]:.1f} MB, "
+            f"last quarter {halves[1]:.1f} MB"
+            if halves
+            else ""
+        )
+    )
     if leaked:
-        rep.notes.append("kernels still bound to a session after every session was closed "
-                         "(killed before the footprint was taken): " + ", ".join(
-                             f"{k['id']} (session {k['session']})" for k in leaked))
+        rep.notes.append(
+            "kernels still bound to a session after every session was closed "
+            "(killed before the footprint was taken): "
+            + ", ".join(f"{k['id']} (session {k['session']})" for k in leaked)
+        )
     if f["broken"]:
-        rep.notes.append(f"the supervisor stopped answering: {f['broken']}; its stacks "
-                         f"(SIGABRT + faulthandler):\n{f['stacks']}")
+        rep.notes.append(
+            f"the supervisor stopped answering: {f['broken']}; its stacks "
+            f"(SIGABRT + faulthandler):\n{f['stacks']}"
+        )
     if slowest is not None:
-        rep.notes.append(f"slowest request: {slowest.rid} ({slowest.kind}) {slowest.status} "
-                         f"in {slowest.seconds:.2f} s")
+        rep.notes.append(
+            f"slowest request: {slowest.rid} ({slowest.kind}) {slowest.status} "
+            f"in {slowest.seconds:.2f} s"
+        )
     if violations:
         rep.notes.append("INVARIANTS FAILED: " + "; ".join(violations))
     else:

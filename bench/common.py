@@ -60,9 +60,15 @@ class Stats:
 
     @classmethod
     def of(cls, values: Sequence[float]) -> Stats:
-        return cls(n=len(values), p50=percentile(values, 50), p95=percentile(values, 95),
-                   p99=percentile(values, 99), mean=sum(values) / len(values),
-                   min=min(values), max=max(values))
+        return cls(
+            n=len(values),
+            p50=percentile(values, 50),
+            p95=percentile(values, 95),
+            p99=percentile(values, 99),
+            mean=sum(values) / len(values),
+            min=min(values),
+            max=max(values),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -117,14 +123,18 @@ class Row:
     def to_dict(self) -> dict[str, Any]:
         ks, an = self.ks_stats, self.anchor_stats
         return {
-            "name": self.name, "unit": self.unit, "better": self.better,
+            "name": self.name,
+            "unit": self.unit,
+            "better": self.better,
             "kernelsup": ks.to_dict() if ks else None,
             "anchor_name": self.anchor_name,
             "anchor": an.to_dict() if an else None,
             "anchor_note": self.anchor_note,
             "ratio": self.ratio,
             "ratio_below": self.ratio_bound,
-            "target": self.target, "met": self.met, "detail": self.detail,
+            "target": self.target,
+            "met": self.met,
+            "detail": self.detail,
             "samples": {"kernelsup": self.kernelsup, "anchor": self.anchor},
         }
 
@@ -146,9 +156,16 @@ class Report:
         return r
 
     def to_dict(self) -> dict[str, Any]:
-        return {"benchmark": self.benchmark, "mode": self.mode, "params": self.params,
-                "rows": [r.to_dict() for r in self.rows], "notes": self.notes,
-                "extra": self.extra, "skipped": self.skipped, "wall_s": round(self.wall_s, 2)}
+        return {
+            "benchmark": self.benchmark,
+            "mode": self.mode,
+            "params": self.params,
+            "rows": [r.to_dict() for r in self.rows],
+            "notes": self.notes,
+            "extra": self.extra,
+            "skipped": self.skipped,
+            "wall_s": round(self.wall_s, 2),
+        }
 
 
 # --------------------------------------------------------------------------- machine
@@ -183,11 +200,12 @@ def machine() -> dict[str, Any]:
 
 def machine_line(m: Mapping[str, Any]) -> str:
     load = m.get("loadavg_at_start") or []
-    return (f"machine: {m['cores']} cores, {m['platform']}, Python {m['python']}, "
-            f"ipykernel {m['ipykernel']}, jupyter_client {m['jupyter_client']}, "
-            f"trio {m['trio']}, pyzmq {m['pyzmq']} (libzmq {m['libzmq']}), "
-            f"kernelsup {m['kernelsup']}; load average at start "
-            + "/".join(f"{x:.2f}" for x in load))
+    return (
+        f"machine: {m['cores']} cores, {m['platform']}, Python {m['python']}, "
+        f"ipykernel {m['ipykernel']}, jupyter_client {m['jupyter_client']}, "
+        f"trio {m['trio']}, pyzmq {m['pyzmq']} (libzmq {m['libzmq']}), "
+        f"kernelsup {m['kernelsup']}; load average at start " + "/".join(f"{x:.2f}" for x in load)
+    )
 
 
 # --------------------------------------------------------------------------- table
@@ -212,20 +230,41 @@ def _stat_cells(s: Stats | None, unit: str) -> list[str]:
 def table(report: Report) -> str:
     """The report's rows as a Markdown table (it reads in a terminal and pastes into the
     README as it is)."""
-    head = ["measure", "unit", "kernelsup p50", "p95", "p99", "n", "anchor", "p50", "p95",
-            "p99", "n", "ratio", "target"]
+    head = [
+        "measure",
+        "unit",
+        "kernelsup p50",
+        "p95",
+        "p99",
+        "n",
+        "anchor",
+        "p50",
+        "p95",
+        "p99",
+        "n",
+        "ratio",
+        "target",
+    ]
     lines = [head]
     for r in report.rows:
         ratio, bound = r.ratio, r.ratio_bound
-        ratio_text = (f"{ratio:.3g}x" if ratio is not None
-                      else f"<{bound:.2g}x" if bound is not None else "-")
+        ratio_text = (
+            f"{ratio:.3g}x" if ratio is not None else f"<{bound:.2g}x" if bound is not None else "-"
+        )
         target = r.target
         if r.target and r.met is not None:
             target = ("met: " if r.met else "MISSED: ") + r.target
-        lines.append([r.name, r.unit, *_stat_cells(r.ks_stats, r.unit),
-                      r.anchor_name + (f" ({r.anchor_note})" if r.anchor_note else ""),
-                      *_stat_cells(r.anchor_stats, r.unit),
-                      ratio_text, target])
+        lines.append(
+            [
+                r.name,
+                r.unit,
+                *_stat_cells(r.ks_stats, r.unit),
+                r.anchor_name + (f" ({r.anchor_note})" if r.anchor_note else ""),
+                *_stat_cells(r.anchor_stats, r.unit),
+                ratio_text,
+                target,
+            ]
+        )
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
 
     def fmt(cells: list[str]) -> str:
@@ -247,11 +286,18 @@ def render(report: Report) -> str:
 
 
 # --------------------------------------------------------------------------- JSON, plot
-def write_json(path: str | os.PathLike[str], machine_info: Mapping[str, Any],
-               reports: Sequence[Report], argv: Sequence[str]) -> None:
-    data = {"machine": dict(machine_info), "command": " ".join(["python -m bench", *argv]),
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "reports": {r.benchmark: r.to_dict() for r in reports}}
+def write_json(
+    path: str | os.PathLike[str],
+    machine_info: Mapping[str, Any],
+    reports: Sequence[Report],
+    argv: Sequence[str],
+) -> None:
+    data = {
+        "machine": dict(machine_info),
+        "command": " ".join(["python -m bench", *argv]),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "reports": {r.benchmark: r.to_dict() for r in reports},
+    }
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(p.name + ".tmp")
@@ -269,8 +315,9 @@ class PlotUnavailable(RuntimeError):
     pass
 
 
-def plot(path: str | os.PathLike[str], machine_info: Mapping[str, Any],
-         reports: Sequence[Report]) -> None:
+def plot(
+    path: str | os.PathLike[str], machine_info: Mapping[str, Any], reports: Sequence[Report]
+) -> None:
     """Draw every latency row's distribution (kernelsup beside its anchor, log scale) and
     every other row as bars, one panel per benchmark. Raises PlotUnavailable when the
     ``plot`` extra (matplotlib) is not installed."""
@@ -280,13 +327,11 @@ def plot(path: str | os.PathLike[str], machine_info: Mapping[str, Any],
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise PlotUnavailable(
-            "--plot needs matplotlib: pip install -e '.[plot]'") from None
+        raise PlotUnavailable("--plot needs matplotlib: pip install -e '.[plot]'") from None
     panels: list[tuple[str, list[Row], bool]] = []
     for rep in reports:
         lat = [r for r in rep.rows if r.unit == "ms" and (r.kernelsup or r.anchor)]
-        other = [r for r in rep.rows
-                 if r.unit not in ("ms", "count") and (r.kernelsup or r.anchor)]
+        other = [r for r in rep.rows if r.unit not in ("ms", "count") and (r.kernelsup or r.anchor)]
         if lat:
             panels.append((rep.benchmark, lat, True))
         if other:
@@ -294,8 +339,13 @@ def plot(path: str | os.PathLike[str], machine_info: Mapping[str, Any],
     if not panels:
         panels.append(("nothing measured", [], True))
     heights = [max(1.6, 0.7 * len(rows) + 1.0) for _, rows, _ in panels]
-    fig, axes = plt.subplots(len(panels), 1, figsize=(12, sum(heights) + 0.6),
-                             gridspec_kw={"height_ratios": heights}, squeeze=False)
+    fig, axes = plt.subplots(
+        len(panels),
+        1,
+        figsize=(12, sum(heights) + 0.6),
+        gridspec_kw={"height_ratios": heights},
+        squeeze=False,
+    )
     for ax, (name, rows, is_latency) in zip(axes[:, 0], panels, strict=True):
         if is_latency:
             _latency_panel(ax, name, rows)
@@ -323,15 +373,22 @@ def _latency_panel(ax: Any, name: str, rows: list[Row]) -> None:
         labels.append("\n".join(textwrap.wrap(label, 44)))
         if not r.anchor and r.anchor_note:
             censored.append((base + 1.0, r.anchor_note))
-        for offset, values, color in ((0.0, r.kernelsup, _KS_COLOR),
-                                      (1.0, r.anchor, _ANCHOR_COLOR)):
+        for offset, values, color in (
+            (0.0, r.kernelsup, _KS_COLOR),
+            (1.0, r.anchor, _ANCHOR_COLOR),
+        ):
             if values:
                 data.append(values)
                 positions.append(base + offset)
                 colors.append(color)
     if data:
-        style = {"positions": positions, "widths": 0.8, "patch_artist": True,
-                 "showfliers": True, "whis": (1, 99)}
+        style = {
+            "positions": positions,
+            "widths": 0.8,
+            "patch_artist": True,
+            "showfliers": True,
+            "whis": (1, 99),
+        }
         try:
             parts = ax.boxplot(data, orientation="horizontal", **style)
         except TypeError:  # matplotlib < 3.10
@@ -343,14 +400,20 @@ def _latency_panel(ax: Any, name: str, rows: list[Row]) -> None:
             ax.plot(values, [y] * len(values), "|", color=color, alpha=0.6, markersize=6)
         ax.set_xscale("log")
         for y, note in censored:
-            ax.annotate(f"anchor: {note}", xy=(0.99, y), xycoords=("axes fraction", "data"),
-                        ha="right", va="center", fontsize=6, color=_ANCHOR_COLOR,
-                        bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8})
+            ax.annotate(
+                f"anchor: {note}",
+                xy=(0.99, y),
+                xycoords=("axes fraction", "data"),
+                ha="right",
+                va="center",
+                fontsize=6,
+                color=_ANCHOR_COLOR,
+                bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8},
+            )
     ax.set_yticks(ticks)
     ax.set_yticklabels(labels, fontsize=6)
     ax.invert_yaxis()
-    ax.set_xlabel("ms (log scale); blue = kernelsup, red = anchor; whiskers p1..p99",
-                  fontsize=7)
+    ax.set_xlabel("ms (log scale); blue = kernelsup, red = anchor; whiskers p1..p99", fontsize=7)
     ax.set_title(f"{name}: latency distributions", fontsize=9)
     ax.grid(axis="x", which="both", alpha=0.3)
 
@@ -365,15 +428,17 @@ def _bar_panel(ax: Any, name: str, rows: list[Row]) -> None:
         for offset, s, color in ((-0.2, ks, _KS_COLOR), (0.2, an, _ANCHOR_COLOR)):
             if s is not None:
                 ax.barh(i + offset, s.p50 / vmax, height=0.38, color=color, alpha=0.6)
-                ax.text(s.p50 / vmax, i + offset, f" {_num(s.p50, r.unit)}", va="center",
-                        fontsize=6)
+                ax.text(
+                    s.p50 / vmax, i + offset, f" {_num(s.p50, r.unit)}", va="center", fontsize=6
+                )
     ax.set_yticks(ticks)
     ax.set_yticklabels(labels, fontsize=7)
     ax.invert_yaxis()
     ax.set_xlim(0, 1.35)
     ax.set_xticks([])
-    ax.set_title(f"{name}: p50, relative within each row (blue = kernelsup, red = anchor)",
-                 fontsize=9)
+    ax.set_title(
+        f"{name}: p50, relative within each row (blue = kernelsup, red = anchor)", fontsize=9
+    )
 
 
 # --------------------------------------------------------------------------- helpers
@@ -388,13 +453,25 @@ def runtime_dir(tag: str) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def pool_config(name: str = "default", *, size: int = 1, spares: int = 0,
-                heartbeat: float = 1.0, misses: int = 3, **extra: Any) -> dict[str, Any]:
+def pool_config(
+    name: str = "default",
+    *,
+    size: int = 1,
+    spares: int = 0,
+    heartbeat: float = 1.0,
+    misses: int = 3,
+    **extra: Any,
+) -> dict[str, Any]:
     """A pool that restarts at once and forever: the benchmarks kill kernels on purpose
     and measure the restart itself, not the back-off."""
-    return {"name": name, "size": size, "spares": spares,
-            "restart": {"min_delay": 0.0, "jitter": "none", "max_retries": -1},
-            "heartbeat": {"interval": heartbeat, "misses": misses}, **extra}
+    return {
+        "name": name,
+        "size": size,
+        "spares": spares,
+        "restart": {"min_delay": 0.0, "jitter": "none", "max_retries": -1},
+        "heartbeat": {"interval": heartbeat, "misses": misses},
+        **extra,
+    }
 
 
 def config_dict(*pools: dict[str, Any], runtime_dir: Path | None = None) -> dict[str, Any]:
@@ -407,6 +484,7 @@ def config_dict(*pools: dict[str, Any], runtime_dir: Path | None = None) -> dict
 def to_toml(config: Mapping[str, Any]) -> str:
     """The TOML text of a config made by :func:`config_dict` (for ``kernelsup run``):
     top-level tables, ``[[pool]]`` entries and their sub-tables; scalars only."""
+
     def value(v: Any) -> str:
         if isinstance(v, bool):
             return "true" if v else "false"
@@ -438,15 +516,15 @@ def to_toml(config: Mapping[str, Any]) -> str:
 def connection_file(runtime_dir: Path, kernel_id: str) -> Path:
     """The connection file kernelsup wrote for ``kernel_id`` in ``runtime_dir`` (its
     current incarnation): how the anchors reach the very same kernel process."""
-    found = sorted(runtime_dir.glob(f"kernel-{kernel_id}-*.json"),
-                   key=lambda p: p.stat().st_mtime)
+    found = sorted(runtime_dir.glob(f"kernel-{kernel_id}-*.json"), key=lambda p: p.stat().st_mtime)
     if not found:
         raise FileNotFoundError(f"no connection file for kernel {kernel_id} in {runtime_dir}")
     return found[-1]
 
 
-async def wait_for_output(proc: trio.Process, marker: bytes, timeout: float,
-                          exited: Callable[[], str]) -> None:
+async def wait_for_output(
+    proc: trio.Process, marker: bytes, timeout: float, exited: Callable[[], str]
+) -> None:
     """Read ``proc``'s stdout until ``marker`` appears (its ready line). Raises
     ``RuntimeError(exited())`` (say, the tail of its log) if it exits first, and
     ``trio.TooSlowError`` after ``timeout`` seconds."""

@@ -79,8 +79,9 @@ def _prepare_endpoint(rd: Path) -> tuple[Path, BinaryIO]:
     """Write the endpoint supervisor's config; open its log (the caller closes it)."""
     rd.mkdir(mode=0o700, exist_ok=True)
     cfg_path = rd / "ep.toml"
-    cfg_path.write_text(to_toml(config_dict(pool_config("default", size=1, spares=0),
-                                              runtime_dir=rd / "rt")))
+    cfg_path.write_text(
+        to_toml(config_dict(pool_config("default", size=1, spares=0), runtime_dir=rd / "rt"))
+    )
     return cfg_path, open(rd / "run.log", "wb")
 
 
@@ -93,14 +94,32 @@ async def endpoint_supervisor(rd: Path) -> AsyncIterator[Path]:
     group is SIGKILLed (its kernels are tethered to it)."""
     cfg_path, log = _prepare_endpoint(rd)
     proc = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "bench.tether", sys.executable, "-m", "kernelsup", "run",
-         str(cfg_path), "-q"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, cwd=ROOT,
-        start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "bench.tether",
+            sys.executable,
+            "-m",
+            "kernelsup",
+            "run",
+            str(cfg_path),
+            "-q",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=log,
+        cwd=ROOT,
+        start_new_session=True,
+    )
     try:
-        await wait_for_output(proc, b"kernelsup ready", SERVER_START_TIMEOUT_S, lambda: (
-            "kernelsup run exited before it was ready: "
-            + (rd / "run.log").read_text()[-1500:]))
+        await wait_for_output(
+            proc,
+            b"kernelsup ready",
+            SERVER_START_TIMEOUT_S,
+            lambda: (
+                "kernelsup run exited before it was ready: " + (rd / "run.log").read_text()[-1500:]
+            ),
+        )
         yield cfg_path
     finally:
         with trio.CancelScope(shield=True):
@@ -110,8 +129,12 @@ async def endpoint_supervisor(rd: Path) -> AsyncIterator[Path]:
             log.close()
 
 
-async def _throughput(sup: Any, pool: str, callers: int, seconds: float,
-                      ) -> tuple[float, list[float]]:
+async def _throughput(
+    sup: Any,
+    pool: str,
+    callers: int,
+    seconds: float,
+) -> tuple[float, list[float]]:
     latencies: list[float] = []
     end = time.perf_counter() + seconds
 
@@ -130,24 +153,33 @@ async def run(mode: str) -> Report:
     rounds, warmup = ROUNDS[mode], WARMUP[mode]
     callers = CALLERS[mode]
     connect = getattr(kernelsup, "connect", None)
-    rep = Report("execute", mode, params={
-        "rounds": rounds, "warmup": warmup, "callers": list(callers),
-        "throughput_seconds": TPUT_SECONDS[mode], "throughput_rounds": TPUT_ROUNDS[mode],
-        "endpoint": connect is not None})
-    lat: dict[str, list[float]] = {k: [] for k in (
-        "ks", "raw", "blocking", "async", "ep", "ep_raw", "ep_blocking")}
+    rep = Report(
+        "execute",
+        mode,
+        params={
+            "rounds": rounds,
+            "warmup": warmup,
+            "callers": list(callers),
+            "throughput_seconds": TPUT_SECONDS[mode],
+            "throughput_rounds": TPUT_ROUNDS[mode],
+            "endpoint": connect is not None,
+        },
+    )
+    lat: dict[str, list[float]] = {
+        k: [] for k in ("ks", "raw", "blocking", "async", "ep", "ep_raw", "ep_blocking")
+    }
     tput: dict[str, list[float]] = {}
     tput_lat: dict[str, list[float]] = {}
     endpoint_error = ""
     with runtime_dir("e") as rd:
-        cfg = config_dict(pool_config("lat", size=1),
-                          pool_config("tput", size=max(callers)))
+        cfg = config_dict(pool_config("lat", size=1), pool_config("tput", size=max(callers)))
         async with Worker(rd / "w") as worker, K.supervisor(cfg, rd / "k") as (sup, _bus):
             await worker.call("jc_start", name="tput", count=max(callers), autorestart=False)
             await worker.call("attach_group", name="tput")
             await K.settle(sup)
-            await worker.call("attach", name="lat",
-                              connection_file=str(connection_file(rd / "k", "lat-0")))
+            await worker.call(
+                "attach", name="lat", connection_file=str(connection_file(rd / "k", "lat-0"))
+            )
             ops: dict[str, Any] = {
                 "ks": lambda: _ks_exec(sup, "lat"),
                 "raw": lambda: worker.call("exec", name="lat", kind="raw"),
@@ -159,20 +191,23 @@ async def run(mode: str) -> Report:
                     endpoint_error = ENDPOINT_MISSING
                 else:
                     try:
-                        cfg_path = await stack.enter_async_context(
-                            endpoint_supervisor(rd / "ep"))
+                        cfg_path = await stack.enter_async_context(endpoint_supervisor(rd / "ep"))
                         client = await stack.enter_async_context(connect(str(cfg_path)))
-                        await worker.call("attach", name="ep", connection_file=str(
-                            connection_file(rd / "ep" / "rt", "default-0")))
+                        await worker.call(
+                            "attach",
+                            name="ep",
+                            connection_file=str(connection_file(rd / "ep" / "rt", "default-0")),
+                        )
                     except Exception as exc:  # the other rows are still worth having
                         await stack.aclose()
-                        endpoint_error = (f"endpoint not available: it failed to start: "
-                                          f"{type(exc).__name__}: {exc}")
+                        endpoint_error = (
+                            f"endpoint not available: it failed to start: "
+                            f"{type(exc).__name__}: {exc}"
+                        )
                     else:
                         ops["ep"] = lambda: _ks_exec(client)
                         ops["ep_raw"] = lambda: worker.call("exec", name="ep", kind="raw")
-                        ops["ep_blocking"] = lambda: worker.call("exec", name="ep",
-                                                                 kind="blocking")
+                        ops["ep_blocking"] = lambda: worker.call("exec", name="ep", kind="blocking")
                 names = list(ops)
                 for _ in range(warmup):
                     for name in names:
@@ -186,45 +221,94 @@ async def run(mode: str) -> Report:
                     rate, ls = await _throughput(sup, "tput", k, TPUT_SECONDS[mode])
                     tput.setdefault(f"ks{k}", []).append(rate)
                     tput_lat.setdefault(f"ks{k}", []).extend(ms(x) for x in ls)
-                    r = await worker.call("throughput", names=[f"tput/{j}" for j in range(k)],
-                                          seconds=TPUT_SECONDS[mode])
+                    r = await worker.call(
+                        "throughput",
+                        names=[f"tput/{j}" for j in range(k)],
+                        seconds=TPUT_SECONDS[mode],
+                    )
                     tput.setdefault(f"jc{k}", []).append(r["count"] / r["elapsed_s"])
                     tput_lat.setdefault(f"jc{k}", []).extend(ms(x) for x in r["latencies_s"])
     _rows(rep, lat, tput, tput_lat, callers, endpoint_error)
     return rep
 
 
-def _rows(rep: Report, lat: dict[str, list[float]], tput: dict[str, list[float]],
-          tput_lat: dict[str, list[float]], callers: tuple[int, ...],
-          endpoint_error: str) -> None:
+def _rows(
+    rep: Report,
+    lat: dict[str, list[float]],
+    tput: dict[str, list[float]],
+    tput_lat: dict[str, list[float]],
+    callers: tuple[int, ...],
+    endpoint_error: str,
+) -> None:
     name = 'execute("1") round trip'
-    row = rep.row(f"{name}, in-process", "ms", lat["ks"], "raw pyzmq, same kernel",
-                  lat["raw"], target="<= 1.05x raw pyzmq")
+    row = rep.row(
+        f"{name}, in-process",
+        "ms",
+        lat["ks"],
+        "raw pyzmq, same kernel",
+        lat["raw"],
+        target="<= 1.05x raw pyzmq",
+    )
     row.met = row.ratio <= 1.05 if row.ratio is not None else None
-    row = rep.row(f"{name}, in-process", "ms", lat["ks"],
-                  "jupyter_client BlockingKernelClient", lat["blocking"],
-                  target="faster than the blocking client")
+    row = rep.row(
+        f"{name}, in-process",
+        "ms",
+        lat["ks"],
+        "jupyter_client BlockingKernelClient",
+        lat["blocking"],
+        target="faster than the blocking client",
+    )
     row.met = row.ratio < 1.0 if row.ratio is not None else None
-    rep.row(f"{name}, in-process", "ms", lat["ks"], "jupyter_client AsyncKernelClient",
-            lat["async"])
+    rep.row(
+        f"{name}, in-process", "ms", lat["ks"], "jupyter_client AsyncKernelClient", lat["async"]
+    )
     note = endpoint_error
-    row = rep.row(f"{name}, endpoint", "ms", lat["ep"], "raw pyzmq, same kernel",
-                  lat["ep_raw"], anchor_note=note, target="<= 1.15x raw pyzmq")
+    row = rep.row(
+        f"{name}, endpoint",
+        "ms",
+        lat["ep"],
+        "raw pyzmq, same kernel",
+        lat["ep_raw"],
+        anchor_note=note,
+        target="<= 1.15x raw pyzmq",
+    )
     row.met = row.ratio <= 1.15 if row.ratio is not None else None
-    row = rep.row(f"{name}, endpoint", "ms", lat["ep"], "jupyter_client BlockingKernelClient",
-                  lat["ep_blocking"], anchor_note=note, target="faster than the blocking client")
+    row = rep.row(
+        f"{name}, endpoint",
+        "ms",
+        lat["ep"],
+        "jupyter_client BlockingKernelClient",
+        lat["ep_blocking"],
+        anchor_note=note,
+        target="faster than the blocking client",
+    )
     row.met = row.ratio < 1.0 if row.ratio is not None else None
     for k in callers:
-        rep.row(f"executes/s, {k} caller(s) on {k} kernel(s)", "exec/s", tput[f"ks{k}"],
-                "jupyter_client AsyncKernelClient", tput[f"jc{k}"], better="higher")
+        rep.row(
+            f"executes/s, {k} caller(s) on {k} kernel(s)",
+            "exec/s",
+            tput[f"ks{k}"],
+            "jupyter_client AsyncKernelClient",
+            tput[f"jc{k}"],
+            better="higher",
+        )
     for k in callers:
-        rep.row(f"latency under load, {k} caller(s)", "ms", tput_lat[f"ks{k}"],
-                "jupyter_client AsyncKernelClient", tput_lat[f"jc{k}"])
+        rep.row(
+            f"latency under load, {k} caller(s)",
+            "ms",
+            tput_lat[f"ks{k}"],
+            "jupyter_client AsyncKernelClient",
+            tput_lat[f"jc{k}"],
+        )
     if endpoint_error:
         rep.notes.append(endpoint_error)
     for a in ("blocking", "async"):
         if lat[a] and lat["raw"]:
-            rep.notes.append(f"jupyter_client {a} client / raw pyzmq p50: "
-                             f"{percentile(lat[a], 50) / percentile(lat['raw'], 50):.3f}x")
-    rep.notes.append("throughput: kernelsup routes k callers over a pool of "
-                     f"{max(callers)} kernels; jupyter_client runs k callers on k kernels")
+            rep.notes.append(
+                f"jupyter_client {a} client / raw pyzmq p50: "
+                f"{percentile(lat[a], 50) / percentile(lat['raw'], 50):.3f}x"
+            )
+    rep.notes.append(
+        "throughput: kernelsup routes k callers over a pool of "
+        f"{max(callers)} kernels; jupyter_client runs k callers on k kernels"
+    )

@@ -40,31 +40,51 @@ async def _kernelsup_once(sup: Any, bus: Any, pool: str) -> dict[str, Any]:
             await done.wait()
             nursery.cancel_scope.cancel()
     await K.settle(sup, pool, exclude={victim["pid"]})
-    return {"detected": trace.exited[victim["id"]], "ready": trace.started[victim["id"]],
-            "cause": trace.causes[victim["id"]]}
+    return {
+        "detected": trace.exited[victim["id"]],
+        "ready": trace.started[victim["id"]],
+        "cause": trace.causes[victim["id"]],
+    }
 
 
 async def run(mode: str) -> Report:
     n_default, n_fast = ROUNDS[mode]
-    rep = Report("hang", mode, params={"rounds_default": n_default, "rounds_fast": n_fast,
-                                       "heartbeat": {k: {"interval": v[0], "misses": v[1]}
-                                                     for k, v in SETTINGS.items()}})
-    samples: dict[str, list[float]] = {f"{s}_{m}": [] for s in SETTINGS
-                                       for m in ("detected", "ready")}
+    rep = Report(
+        "hang",
+        mode,
+        params={
+            "rounds_default": n_default,
+            "rounds_fast": n_fast,
+            "heartbeat": {k: {"interval": v[0], "misses": v[1]} for k, v in SETTINGS.items()},
+        },
+    )
+    samples: dict[str, list[float]] = {
+        f"{s}_{m}": [] for s in SETTINGS for m in ("detected", "ready")
+    }
     causes: dict[str, list[str]] = {s: [] for s in SETTINGS}
     anchor: dict[str, Any] = {}
     with runtime_dir("h") as rd:
-        cfg = config_dict(*(pool_config(name, size=1, spares=0, heartbeat=iv, misses=m)
-                            for name, (iv, m) in SETTINGS.items()))
+        cfg = config_dict(
+            *(
+                pool_config(name, size=1, spares=0, heartbeat=iv, misses=m)
+                for name, (iv, m) in SETTINGS.items()
+            )
+        )
         stop_file = rd / "w" / "stop-hang"
         async with Worker(rd / "w") as worker, K.supervisor(cfg, rd / "k") as (sup, bus):
             await worker.call("jc_start", name="h")
             await K.settle(sup)
 
             async def watch_anchor() -> None:
-                anchor.update(await worker.call(
-                    "jc_hang", name="h", min_seconds=ANCHOR_MIN_S[mode],
-                    max_seconds=ANCHOR_MAX_S, stop_file=str(stop_file)))
+                anchor.update(
+                    await worker.call(
+                        "jc_hang",
+                        name="h",
+                        min_seconds=ANCHOR_MIN_S[mode],
+                        max_seconds=ANCHOR_MAX_S,
+                        stop_file=str(stop_file),
+                    )
+                )
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(watch_anchor)
@@ -81,22 +101,38 @@ async def run(mode: str) -> Report:
     for setting, (interval, misses) in SETTINGS.items():
         bound = interval * (misses + 0.5)
         label = f"interval {interval:g} s x {misses}"
-        row = rep.row(f"SIGSTOP -> detected ({label})", "ms", samples[f"{setting}_detected"],
-                      jc + ": SIGSTOP -> detected", jc_detected, anchor_note=note,
-                      anchor_censored_at=ms(waited) if note else None,
-                      target=f"p99 <= {bound:g} s = interval x (misses + 0.5)")
+        row = rep.row(
+            f"SIGSTOP -> detected ({label})",
+            "ms",
+            samples[f"{setting}_detected"],
+            jc + ": SIGSTOP -> detected",
+            jc_detected,
+            anchor_note=note,
+            anchor_censored_at=ms(waited) if note else None,
+            target=f"p99 <= {bound:g} s = interval x (misses + 0.5)",
+        )
         st = row.ks_stats
         row.met = st.p99 <= bound * 1000 if st else None
         if st:
-            row.detail = (f"p50 is {st.p50 / 1000 / interval:.2f} intervals; the design "
-                          f"bound is interval x (misses + 1) = {interval * (misses + 1):g} s")
-        rep.row(f"SIGSTOP -> replacement ready ({label})", "ms", samples[f"{setting}_ready"],
-                jc + ": SIGSTOP -> replacement ready", [], anchor_note=note or "not measured",
-                anchor_censored_at=ms(waited) if note else None)
+            row.detail = (
+                f"p50 is {st.p50 / 1000 / interval:.2f} intervals; the design "
+                f"bound is interval x (misses + 1) = {interval * (misses + 1):g} s"
+            )
+        rep.row(
+            f"SIGSTOP -> replacement ready ({label})",
+            "ms",
+            samples[f"{setting}_ready"],
+            jc + ": SIGSTOP -> replacement ready",
+            [],
+            anchor_note=note or "not measured",
+            anchor_censored_at=ms(waited) if note else None,
+        )
     rep.extra["causes"] = causes
     rep.extra["anchor"] = anchor
-    rep.notes.append(f"jupyter_client: {note or 'detected'} (its restarter only polls "
-                     "whether the process exists, and a stopped process exists)")
+    rep.notes.append(
+        f"jupyter_client: {note or 'detected'} (its restarter only polls "
+        "whether the process exists, and a stopped process exists)"
+    )
     for row in rep.rows:
         if row.detail:
             rep.notes.append(f"{row.name}: {row.detail}")

@@ -68,8 +68,11 @@ def _prepare_child(k: int, rd: Path) -> tuple[Path, BinaryIO]:
     """Write the child's config; open its log (the caller closes it)."""
     rd.mkdir(mode=0o700, exist_ok=True)
     cfg_path = rd / "idle.json"
-    cfg_path.write_text(json.dumps({"config": config_dict(pool_config("idle", size=k)),
-                                    "runtime_dir": str(rd / "rt")}))
+    cfg_path.write_text(
+        json.dumps(
+            {"config": config_dict(pool_config("idle", size=k)), "runtime_dir": str(rd / "rt")}
+        )
+    )
     return cfg_path, open(rd / "child.log", "wb")
 
 
@@ -82,11 +85,20 @@ async def supervisor_process(k: int, rd: Path) -> AsyncIterator[int]:
     SIGTERM, then SIGKILL (its kernels are tethered to it)."""
     cfg_path, log = _prepare_child(k, rd)
     proc = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "bench.idle", str(cfg_path)], stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE, stderr=log, cwd=ROOT, start_new_session=True)
+        [sys.executable, "-m", "bench.idle", str(cfg_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=log,
+        cwd=ROOT,
+        start_new_session=True,
+    )
     try:
-        await wait_for_output(proc, b"ready", CHILD_START_TIMEOUT_S, lambda: (
-            "the supervisor subprocess exited: " + (rd / "child.log").read_text()[-1500:]))
+        await wait_for_output(
+            proc,
+            b"ready",
+            CHILD_START_TIMEOUT_S,
+            lambda: "the supervisor subprocess exited: " + (rd / "child.log").read_text()[-1500:],
+        )
         yield proc.pid
     finally:
         with trio.CancelScope(shield=True):
@@ -140,15 +152,22 @@ async def run(mode: str) -> Report:
     import psutil
 
     sizes, window, windows = SIZES[mode], WINDOW_S[mode], WINDOWS[mode]
-    rep = Report("idle", mode, params={"sizes": list(sizes), "window_s": window,
-                                       "windows": windows, "heartbeat_interval_s": 1.0})
+    rep = Report(
+        "idle",
+        mode,
+        params={
+            "sizes": list(sizes),
+            "window_s": window,
+            "windows": windows,
+            "heartbeat_interval_s": 1.0,
+        },
+    )
     cpu: dict[str, list[float]] = {}
     rss: dict[str, list[float]] = {}
     uss: dict[str, float] = {}
     with runtime_dir("i") as rd:
         for k in sizes:
-            async with Worker(rd / f"w{k}") as worker, \
-                    supervisor_process(k, rd / f"k{k}") as spid:
+            async with Worker(rd / f"w{k}") as worker, supervisor_process(k, rd / f"k{k}") as spid:
                 await worker.call("jc_start", name="idle", count=k)
                 wpid = await worker.call("pid")
                 ks, jc = psutil.Process(spid), psutil.Process(wpid)
@@ -167,37 +186,53 @@ async def run(mode: str) -> Report:
                 uss[f"jc{k}"] = jc.memory_full_info().uss / MB
     jc_name = "jupyter_client managers + restarters"
     for k in sizes:
-        rep.row(f"supervisor CPU, {k} idle kernel(s)", "%", cpu[f"ks{k}"], jc_name,
-                cpu[f"jc{k}"])
+        rep.row(f"supervisor CPU, {k} idle kernel(s)", "%", cpu[f"ks{k}"], jc_name, cpu[f"jc{k}"])
     for k in sizes:
-        row = rep.row(f"supervisor CPU per kernel, {k} kernel(s)", "%",
-                      [x / k for x in cpu[f"ks{k}"]], jc_name, [x / k for x in cpu[f"jc{k}"]],
-                      target="< 2 % of one core per kernel")
+        row = rep.row(
+            f"supervisor CPU per kernel, {k} kernel(s)",
+            "%",
+            [x / k for x in cpu[f"ks{k}"]],
+            jc_name,
+            [x / k for x in cpu[f"jc{k}"]],
+            target="< 2 % of one core per kernel",
+        )
         st = row.ks_stats
         row.met = st.p50 < 2.0 if st else None
     for k in sizes:
-        rep.row(f"supervisor RSS, {k} idle kernel(s)", "MB", rss[f"ks{k}"], jc_name,
-                rss[f"jc{k}"])
+        rep.row(f"supervisor RSS, {k} idle kernel(s)", "MB", rss[f"ks{k}"], jc_name, rss[f"jc{k}"])
     lo, hi = sizes[0], sizes[-1]
     if hi > lo:
+
         def slope(tag: str) -> list[float]:
-            return [(b - a) / (hi - lo)
-                    for a, b in zip(rss[f"{tag}{lo}"], rss[f"{tag}{hi}"], strict=True)]
-        name, ks_per, jc_per = (f"supervisor RSS per added kernel ({lo} -> {hi})",
-                                slope("ks"), slope("jc"))
+            return [
+                (b - a) / (hi - lo)
+                for a, b in zip(rss[f"{tag}{lo}"], rss[f"{tag}{hi}"], strict=True)
+            ]
+
+        name, ks_per, jc_per = (
+            f"supervisor RSS per added kernel ({lo} -> {hi})",
+            slope("ks"),
+            slope("jc"),
+        )
     else:
-        name, ks_per, jc_per = (f"supervisor RSS / kernels ({hi})",
-                                [x / hi for x in rss[f"ks{hi}"]],
-                                [x / hi for x in rss[f"jc{hi}"]])
+        name, ks_per, jc_per = (
+            f"supervisor RSS / kernels ({hi})",
+            [x / hi for x in rss[f"ks{hi}"]],
+            [x / hi for x in rss[f"jc{hi}"]],
+        )
     row = rep.row(name, "MB", ks_per, jc_name, jc_per, target="< 1 MB per kernel")
     row.met = row.ks_stats.p50 < 1.0 if row.ks_stats else None
     rep.extra["uss_mb"] = {key: round(v, 2) for key, v in uss.items()}
-    rep.notes.append("CPU in % of one core, user + system time of the supervising process "
-                     "only (the kernels' own CPU is not counted); heartbeat interval 1 s")
+    rep.notes.append(
+        "CPU in % of one core, user + system time of the supervising process "
+        "only (the kernels' own CPU is not counted); heartbeat interval 1 s"
+    )
     rep.notes.append(f"USS (MB, memory unique to the process): {rep.extra['uss_mb']}")
     if hi == lo:
-        rep.notes.append("one pool size only: memory per kernel is RSS / k, which counts "
-                         "the interpreter's fixed cost; quick and full modes give the slope")
+        rep.notes.append(
+            "one pool size only: memory per kernel is RSS / k, which counts "
+            "the interpreter's fixed cost; quick and full modes give the slope"
+        )
     return rep
 
 

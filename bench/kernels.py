@@ -31,8 +31,10 @@ SETTLE_PAUSE_S = 0.2
 
 
 @asynccontextmanager
-async def supervisor(config: dict[str, Any], runtime_dir: Path,
-                     ) -> AsyncIterator[tuple[kernelsup.Supervisor, EventBus]]:
+async def supervisor(
+    config: dict[str, Any],
+    runtime_dir: Path,
+) -> AsyncIterator[tuple[kernelsup.Supervisor, EventBus]]:
     """An in-process tree on its own bus; stopped (kernels killed if need be) on exit."""
     bus = EventBus()
     cfg = kernelsup.Config.from_dict(config)
@@ -57,8 +59,9 @@ async def kernels(sup: Any, pool: str | None = None) -> list[dict[str, Any]]:
     return [k for k in data["kernels"] if pool is None or k["pool"] == pool]
 
 
-async def settle(sup: Any, pool: str | None = None, *, pause: float = SETTLE_PAUSE_S,
-                 exclude: Iterable[int] = ()) -> list[dict[str, Any]]:
+async def settle(
+    sup: Any, pool: str | None = None, *, pause: float = SETTLE_PAUSE_S, exclude: Iterable[int] = ()
+) -> list[dict[str, Any]]:
     """Wait until every kernel (of ``pool``) is idle with a pid not in ``exclude``."""
     gone = set(exclude)
     with trio.fail_after(SETTLE_TIMEOUT_S):
@@ -81,8 +84,7 @@ class KillTrace:
     causes: dict[str, str] = attrs.field(factory=dict)
 
 
-async def watch(sub: Subscription, trace: KillTrace, ids: set[str],
-                done: trio.Event) -> None:
+async def watch(sub: Subscription, trace: KillTrace, ids: set[str], done: trio.Event) -> None:
     """Record the first exit and the next start of each kernel in ``ids``; set ``done``
     when every one of them has started again."""
     async for e in sub:

@@ -56,29 +56,51 @@ async def _kernelsup_once(sup: Any, bus: Any, pool: str) -> dict[str, Any]:
             await done.wait()
             nursery.cancel_scope.cancel()
     await K.settle(sup, pool, exclude={victim["pid"]})
-    return {"death": trace.exited[victim["id"]], "ready": trace.started[victim["id"]],
-            "exec_ok": exec_ok, "statuses": statuses, "cause": trace.causes[victim["id"]]}
+    return {
+        "death": trace.exited[victim["id"]],
+        "ready": trace.started[victim["id"]],
+        "exec_ok": exec_ok,
+        "statuses": statuses,
+        "cause": trace.causes[victim["id"]],
+    }
 
 
 async def run(mode: str) -> Report:
     rounds = ROUNDS[mode]
-    rep = Report("restart", mode, params={"rounds": rounds,
-                                          "kernelsup_kills_per_case_per_round":
-                                          KS_PER_ROUND[mode]})
-    samples: dict[str, list[float]] = {k: [] for k in (
-        "nospare_death", "nospare_ready", "nospare_exec", "spare_death", "spare_ready",
-        "spare_exec", "jc_detect", "jc_ready", "cold", "kill_floor", "first_exec",
-        "second_exec", "spare_floor")}
+    rep = Report(
+        "restart",
+        mode,
+        params={"rounds": rounds, "kernelsup_kills_per_case_per_round": KS_PER_ROUND[mode]},
+    )
+    samples: dict[str, list[float]] = {
+        k: []
+        for k in (
+            "nospare_death",
+            "nospare_ready",
+            "nospare_exec",
+            "spare_death",
+            "spare_ready",
+            "spare_exec",
+            "jc_detect",
+            "jc_ready",
+            "cold",
+            "kill_floor",
+            "first_exec",
+            "second_exec",
+            "spare_floor",
+        )
+    }
     statuses: dict[str, dict[str, int]] = {p: {} for p in POOLS}
     with runtime_dir("r") as rd:
-        cfg = config_dict(pool_config("nospare", size=1, spares=0),
-                          pool_config("spare", size=1, spares=1))
+        cfg = config_dict(
+            pool_config("nospare", size=1, spares=0), pool_config("spare", size=1, spares=1)
+        )
         async with Worker(rd / "w") as worker, K.supervisor(cfg, rd / "k") as (sup, bus):
             await worker.call("jc_start", name="r")
             await K.settle(sup)
             steps = ["nospare", "spare", "jc", "cold"]
             for i in range(rounds):
-                for step in steps[i % 4:] + steps[:i % 4]:
+                for step in steps[i % 4 :] + steps[: i % 4]:
                     if step in POOLS:
                         for _ in range(KS_PER_ROUND[mode]):
                             r = await _kernelsup_once(sup, bus, step)
@@ -98,42 +120,86 @@ async def run(mode: str) -> Report:
                         samples["kill_floor"].append(ms(r["kill_seen_s"]))
                         samples["first_exec"].append(ms(r["first_exec_s"]))
                         samples["second_exec"].append(ms(r["second_exec_s"]))
-                        samples["spare_floor"].append(
-                            ms(r["kill_seen_s"] + r["first_exec_s"]))
+                        samples["spare_floor"].append(ms(r["kill_seen_s"] + r["first_exec_s"]))
     jc = "jupyter_client autorestart"
     s = samples
     death = s["nospare_death"] + s["spare_death"]
-    row = rep.row("kill -> death seen (kernel_exited)", "ms", death, jc + ": death noticed",
-                  s["jc_detect"], target="p50 < 5 ms")
+    row = rep.row(
+        "kill -> death seen (kernel_exited)",
+        "ms",
+        death,
+        jc + ": death noticed",
+        s["jc_detect"],
+        target="p50 < 5 ms",
+    )
     row.met = row.ks_stats.p50 < 5.0 if row.ks_stats else None
-    rep.row("kill -> death seen (kernel_exited)", "ms", death,
-            "floor: plain ipykernel SIGKILL -> pidfd readable", s["kill_floor"])
-    rep.row("kill -> replacement ready, no spare", "ms", s["nospare_ready"],
-            jc + ": new kernel answers kernel_info", s["jc_ready"])
-    row = rep.row("kill -> replacement ready, no spare", "ms", s["nospare_ready"],
-                  "plain ipykernel cold start", s["cold"], target="<= 1.15x cold start")
+    rep.row(
+        "kill -> death seen (kernel_exited)",
+        "ms",
+        death,
+        "floor: plain ipykernel SIGKILL -> pidfd readable",
+        s["kill_floor"],
+    )
+    rep.row(
+        "kill -> replacement ready, no spare",
+        "ms",
+        s["nospare_ready"],
+        jc + ": new kernel answers kernel_info",
+        s["jc_ready"],
+    )
+    row = rep.row(
+        "kill -> replacement ready, no spare",
+        "ms",
+        s["nospare_ready"],
+        "plain ipykernel cold start",
+        s["cold"],
+        target="<= 1.15x cold start",
+    )
     row.met = row.ratio <= 1.15 if row.ratio is not None else None
-    rep.row("kill -> next execute ok, no spare", "ms", s["nospare_exec"],
-            jc + ": new kernel answers kernel_info", s["jc_ready"])
-    row = rep.row("kill -> next execute ok, spare ready", "ms", s["spare_exec"],
-                  jc + ": new kernel answers kernel_info", s["jc_ready"],
-                  target="p50 < 30 ms")
+    rep.row(
+        "kill -> next execute ok, no spare",
+        "ms",
+        s["nospare_exec"],
+        jc + ": new kernel answers kernel_info",
+        s["jc_ready"],
+    )
+    row = rep.row(
+        "kill -> next execute ok, spare ready",
+        "ms",
+        s["spare_exec"],
+        jc + ": new kernel answers kernel_info",
+        s["jc_ready"],
+        target="p50 < 30 ms",
+    )
     row.met = row.ks_stats.p50 < 30.0 if row.ks_stats else None
-    rep.row("kill -> next execute ok, spare ready", "ms", s["spare_exec"],
-            "floor: SIGKILL -> pidfd + a fresh kernel's first execute", s["spare_floor"])
-    rep.row("kill -> killed kernel ready again as spare", "ms", s["spare_ready"],
-            "plain ipykernel cold start", s["cold"])
+    rep.row(
+        "kill -> next execute ok, spare ready",
+        "ms",
+        s["spare_exec"],
+        "floor: SIGKILL -> pidfd + a fresh kernel's first execute",
+        s["spare_floor"],
+    )
+    rep.row(
+        "kill -> killed kernel ready again as spare",
+        "ms",
+        s["spare_ready"],
+        "plain ipykernel cold start",
+        s["cold"],
+    )
     rep.extra["execute_statuses"] = statuses
     if s["first_exec"]:
         rep.notes.append(
-            f"a fresh plain ipykernel's first execute(\"1\") took "
+            f'a fresh plain ipykernel\'s first execute("1") took '
             f"{percentile(s['first_exec'], 50):.1f} ms p50, its second "
             f"{percentile(s['second_exec'], 50):.1f} ms: a spare that never ran anything "
-            "pays that on its first request")
+            "pays that on its first request"
+        )
     rep.notes.append(
         "kernelsup kernels and the anchors use IPC sockets; jupyter_client's restarter "
-        "polls every 3 s (time_to_dead), so its detection is spread over 0..3 s.")
+        "polls every 3 s (time_to_dead), so its detection is spread over 0..3 s."
+    )
     rep.notes.append(
         "the first execute after a kill reaches the dying kernel and returns 'died'; "
-        f"statuses seen: {statuses}")
+        f"statuses seen: {statuses}"
+    )
     return rep

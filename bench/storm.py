@@ -28,8 +28,8 @@ from bench.worker import Worker
 SIZE = {"smoke": 2, "quick": 4, "full": 16}
 ROUNDS = {"smoke": 1, "quick": 3, "full": 3}
 RATE = {"smoke": 20.0, "quick": 40.0, "full": 60.0}  # requests per second, open loop
-LOAD_BEFORE_S = 0.5   # load before the kill
-LOAD_AFTER_S = 0.5    # load after the last kernel is ready again
+LOAD_BEFORE_S = 0.5  # load before the kill
+LOAD_AFTER_S = 0.5  # load after the last kernel is ready again
 REQUEST_TIMEOUT_S = 60.0
 DRAIN_TIMEOUT_S = 120.0  # every request must have ended by then
 
@@ -74,8 +74,10 @@ async def _kernelsup_round(sup: Any, bus: Any, pool: str, rate: float) -> dict[s
     trace = K.KillTrace(t_signal=0.0)
     done = trio.Event()
     load = Load(sup, pool, rate)
-    with bus.subscribe(buffer=4096, name="bench-storm") as sub, \
-            trio.fail_after(DRAIN_TIMEOUT_S + K.SETTLE_TIMEOUT_S):
+    with (
+        bus.subscribe(buffer=4096, name="bench-storm") as sub,
+        trio.fail_after(DRAIN_TIMEOUT_S + K.SETTLE_TIMEOUT_S),
+    ):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(load.run)
             await trio.sleep(LOAD_BEFORE_S)
@@ -86,30 +88,50 @@ async def _kernelsup_round(sup: Any, bus: Any, pool: str, rate: float) -> dict[s
             load.stop.set()
     await K.settle(sup, pool, exclude={k["pid"] for k in victims})
     ended = sum(load.outcomes.values())
-    during = [dt for t0, dt, _ in load.latencies
-              if trace.t_signal <= t0 <= trace.t_signal + max(trace.started.values())]
-    return {"all_dead": max(trace.exited.values()), "all_ready": max(trace.started.values()),
-            "ready": list(trace.started.values()), "submitted": load.submitted,
-            "ended": ended, "outcomes": load.outcomes, "during": during}
+    during = [
+        dt
+        for t0, dt, _ in load.latencies
+        if trace.t_signal <= t0 <= trace.t_signal + max(trace.started.values())
+    ]
+    return {
+        "all_dead": max(trace.exited.values()),
+        "all_ready": max(trace.started.values()),
+        "ready": list(trace.started.values()),
+        "submitted": load.submitted,
+        "ended": ended,
+        "outcomes": load.outcomes,
+        "during": during,
+    }
 
 
 async def run(mode: str) -> Report:
     size, rounds, rate = SIZE[mode], ROUNDS[mode], RATE[mode]
-    rep = Report("storm", mode, params={"kernels": size, "rounds": rounds,
-                                        "rate_per_s": rate})
-    s: dict[str, list[float]] = {k: [] for k in (
-        "ks_all_dead", "ks_all_ready", "ks_ready", "ks_during", "jc_all_dead",
-        "jc_all_ready", "jc_ready")}
+    rep = Report("storm", mode, params={"kernels": size, "rounds": rounds, "rate_per_s": rate})
+    s: dict[str, list[float]] = {
+        k: []
+        for k in (
+            "ks_all_dead",
+            "ks_all_ready",
+            "ks_ready",
+            "ks_during",
+            "jc_all_dead",
+            "jc_all_ready",
+            "jc_ready",
+        )
+    }
     outcomes: dict[str, int] = {}
     submitted = ended = 0
     with runtime_dir("s") as rd:
-        cfg = config_dict(pool_config("storm", size=size, spares=0, queue_limit=100_000,
-                                      queue_timeout=REQUEST_TIMEOUT_S))
+        cfg = config_dict(
+            pool_config(
+                "storm", size=size, spares=0, queue_limit=100_000, queue_timeout=REQUEST_TIMEOUT_S
+            )
+        )
         async with Worker(rd / "w") as worker, K.supervisor(cfg, rd / "k") as (sup, bus):
             await worker.call("jc_start", name="storm", count=size)
             await K.settle(sup)
             for i in range(rounds):
-                for step in (("ks", "jc") if i % 2 == 0 else ("jc", "ks")):
+                for step in ("ks", "jc") if i % 2 == 0 else ("jc", "ks"):
                     if step == "ks":
                         r = await _kernelsup_round(sup, bus, "storm", rate)
                         s["ks_all_dead"].append(ms(r["all_dead"]))
@@ -127,21 +149,47 @@ async def run(mode: str) -> Report:
                         s["jc_ready"].extend(ms(x) for x in r["ready_s"])
                         await trio.sleep(K.SETTLE_PAUSE_S)
     jc = "jupyter_client autorestart"
-    rep.row(f"kill {size} -> every death seen", "ms", s["ks_all_dead"],
-            jc + ": every death noticed", s["jc_all_dead"])
-    rep.row(f"kill {size} -> all {size} ready", "ms", s["ks_all_ready"],
-            jc + ": all answer kernel_info", s["jc_all_ready"])
+    rep.row(
+        f"kill {size} -> every death seen",
+        "ms",
+        s["ks_all_dead"],
+        jc + ": every death noticed",
+        s["jc_all_dead"],
+    )
+    rep.row(
+        f"kill {size} -> all {size} ready",
+        "ms",
+        s["ks_all_ready"],
+        jc + ": all answer kernel_info",
+        s["jc_all_ready"],
+    )
     rep.row("kill -> each kernel ready", "ms", s["ks_ready"], jc, s["jc_ready"])
-    rep.row("request latency, submitted during the storm", "ms", s["ks_during"],
-            jc, [], anchor_note="no router: no requests")
+    rep.row(
+        "request latency, submitted during the storm",
+        "ms",
+        s["ks_during"],
+        jc,
+        [],
+        anchor_note="no router: no requests",
+    )
     lost = submitted - ended
-    row = rep.row("requests without an outcome", "count", [float(lost)], jc, [],
-                  anchor_note="no router", target="0 (every request has an outcome)")
+    row = rep.row(
+        "requests without an outcome",
+        "count",
+        [float(lost)],
+        jc,
+        [],
+        anchor_note="no router",
+        target="0 (every request has an outcome)",
+    )
     row.met = lost == 0
-    rep.extra.update({"submitted": submitted, "ended": ended, "lost": lost,
-                      "outcomes": outcomes})
-    rep.notes.append(f"requests: {submitted} submitted, {ended} ended, {lost} without an "
-                     f"outcome; outcomes {dict(sorted(outcomes.items()))}")
-    rep.notes.append(f"open-loop load of {rate:g} executes/s across the storm; 'died' = "
-                     "running on a kernel when it was killed (never re-run)")
+    rep.extra.update({"submitted": submitted, "ended": ended, "lost": lost, "outcomes": outcomes})
+    rep.notes.append(
+        f"requests: {submitted} submitted, {ended} ended, {lost} without an "
+        f"outcome; outcomes {dict(sorted(outcomes.items()))}"
+    )
+    rep.notes.append(
+        f"open-loop load of {rate:g} executes/s across the storm; 'died' = "
+        "running on a kernel when it was killed (never re-run)"
+    )
     return rep

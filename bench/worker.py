@@ -61,9 +61,11 @@ class RawClient:
         from jupyter_client.session import Session
 
         self.zmq = zmq
-        self.session = Session(key=conn["key"].encode(),
-                               signature_scheme=conn.get("signature_scheme", "hmac-sha256"),
-                               username="bench-raw")
+        self.session = Session(
+            key=conn["key"].encode(),
+            signature_scheme=conn.get("signature_scheme", "hmac-sha256"),
+            username="bench-raw",
+        )
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.shell = ctx.socket(zmq.DEALER)
         self.iopub = ctx.socket(zmq.SUB)
@@ -85,9 +87,18 @@ class RawClient:
         """One execute round trip: reply AND iopub idle for it. Returns seconds."""
         zmq = self.zmq
         t0 = time.perf_counter()
-        msg = self.session.send(self.shell, "execute_request", {
-            "code": code, "silent": False, "store_history": True, "user_expressions": {},
-            "allow_stdin": False, "stop_on_error": True})
+        msg = self.session.send(
+            self.shell,
+            "execute_request",
+            {
+                "code": code,
+                "silent": False,
+                "store_history": True,
+                "user_expressions": {},
+                "allow_stdin": False,
+                "stop_on_error": True,
+            },
+        )
         assert msg is not None
         msg_id = msg["header"]["msg_id"]
         got_reply = got_idle = False
@@ -104,8 +115,10 @@ class RawClient:
                     continue
                 if sock is self.shell:
                     got_reply = True
-                elif (m["header"]["msg_type"] == "status"
-                      and m["content"].get("execution_state") == "idle"):
+                elif (
+                    m["header"]["msg_type"] == "status"
+                    and m["content"].get("execution_state") == "idle"
+                ):
                     got_idle = True
         return time.perf_counter() - t0
 
@@ -152,7 +165,7 @@ class Anchors:
 
         self.scratch = Path(scratch)
         self.loop = ensure_event_loop()
-        self.groups: dict[str, list[Any]] = {}       # name -> AsyncIOLoopKernelManagers
+        self.groups: dict[str, list[Any]] = {}  # name -> AsyncIOLoopKernelManagers
         self.clients: dict[str, dict[str, Any]] = {}  # name -> raw/blocking/async clients
         self.cold: list[subprocess.Popen[bytes]] = []
         self.cold_count = 0
@@ -182,9 +195,14 @@ class Anchors:
         argv = [sys.executable, "-m", "ipykernel_launcher", "-f", str(conn_file)]
         t0 = time.perf_counter()
         # JPY_PARENT_PID: ipykernel exits within a second if this worker dies.
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True,
-                                env={**os.environ, "JPY_PARENT_PID": str(os.getpid())})
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            env={**os.environ, "JPY_PARENT_PID": str(os.getpid())},
+        )
         self.cold.append(proc)
         client = RawClient(conn)
         try:
@@ -209,8 +227,12 @@ class Anchors:
             client.close()
             _kill_group(proc)
             self.cold.remove(proc)
-        return {"ready_s": ready, "kill_seen_s": kill_seen, "first_exec_s": first_exec,
-                "second_exec_s": second_exec}
+        return {
+            "ready_s": ready,
+            "kill_seen_s": kill_seen,
+            "first_exec_s": first_exec,
+            "second_exec_s": second_exec,
+        }
 
     # ----------------------------------------------------------------- jupyter_client
     def op_jc_start(self, name: str, count: int = 1, autorestart: bool = True) -> list[int]:
@@ -229,8 +251,13 @@ class Anchors:
         for i in range(count):
             d = self.scratch / f"{name}{len(group) + i}"
             d.mkdir(mode=0o700)
-            km = AsyncIOLoopKernelManager(config=cfg, kernel_name="python3", transport="ipc",
-                                          ip=str(d / "s"), autorestart=autorestart)
+            km = AsyncIOLoopKernelManager(
+                config=cfg,
+                kernel_name="python3",
+                transport="ipc",
+                ip=str(d / "s"),
+                autorestart=autorestart,
+            )
             km.connection_file = str(d / "k.json")
             kms.append(km)
             group.append(km)
@@ -258,8 +285,10 @@ class Anchors:
         detected: dict[int, float] = {}
         callbacks = []
         for i, km in enumerate(kms):
+
             def on_restart(i: int = i) -> None:
                 detected.setdefault(i, time.time())
+
             km.add_restart_callback(on_restart, "restart")
             callbacks.append(on_restart)
         old = [km.provisioner.pid for km in kms]
@@ -282,24 +311,33 @@ class Anchors:
         try:
             ready = await asyncio.wait_for(
                 asyncio.gather(*(wait_one(km, pid) for km, pid in zip(kms, old, strict=True))),
-                ANCHOR_START_TIMEOUT_S * 2)
+                ANCHOR_START_TIMEOUT_S * 2,
+            )
         finally:
             for km, cb in zip(kms, callbacks, strict=True):
                 km.remove_restart_callback(cb, "restart")
-        return {"detected_s": [detected[i] - t_kill for i in range(len(kms))],
-                "ready_s": list(ready), "all_ready_s": max(ready)}
+        return {
+            "detected_s": [detected[i] - t_kill for i in range(len(kms))],
+            "ready_s": list(ready),
+            "all_ready_s": max(ready),
+        }
 
-    def op_jc_hang(self, name: str, min_seconds: float, max_seconds: float,
-                   stop_file: str) -> dict[str, Any]:
+    def op_jc_hang(
+        self, name: str, min_seconds: float, max_seconds: float, stop_file: str
+    ) -> dict[str, Any]:
         """SIGSTOP the group's first kernel and let jupyter_client run: does its restarter
         notice? Watches for at least ``min_seconds``, then until ``stop_file`` exists (the
         benchmark is done with its own measurements) or ``max_seconds`` passed. The
         kernel is resumed (SIGCONT) afterwards."""
-        return self.run(self._jc_hang(  # type: ignore[no-any-return]
-            self.groups[name][0], min_seconds, max_seconds, Path(stop_file)))
+        return self.run(
+            self._jc_hang(  # type: ignore[no-any-return]
+                self.groups[name][0], min_seconds, max_seconds, Path(stop_file)
+            )
+        )
 
-    async def _jc_hang(self, km: Any, min_seconds: float, max_seconds: float,
-                       stop_file: Path) -> dict[str, Any]:
+    async def _jc_hang(
+        self, km: Any, min_seconds: float, max_seconds: float, stop_file: Path
+    ) -> dict[str, Any]:
         detected: list[float] = []
 
         def on_restart() -> None:
@@ -322,9 +360,11 @@ class Anchors:
                 os.kill(pid, signal.SIGCONT)
             except ProcessLookupError:
                 pass
-        return {"detected": bool(detected),
-                "detected_s": detected[0] - t_stop if detected else None,
-                "waited_s": time.time() - t_stop}
+        return {
+            "detected": bool(detected),
+            "detected_s": detected[0] - t_stop if detected else None,
+            "waited_s": time.time() - t_stop,
+        }
 
     # ----------------------------------------------------------------- clients
     def op_attach(self, name: str, connection_file: str) -> None:
@@ -382,13 +422,13 @@ class Anchors:
             return float(c.execute(code))
         if kind == "blocking":
             t0 = time.perf_counter()
-            reply = c.execute_interactive(code, timeout=30, output_hook=_quiet,
-                                          allow_stdin=False)
+            reply = c.execute_interactive(code, timeout=30, output_hook=_quiet, allow_stdin=False)
             dt = time.perf_counter() - t0
         else:
             t0 = time.perf_counter()
-            reply = self.run(c.execute_interactive(code, timeout=30, output_hook=_quiet,
-                                                   allow_stdin=False))
+            reply = self.run(
+                c.execute_interactive(code, timeout=30, output_hook=_quiet, allow_stdin=False)
+            )
             dt = time.perf_counter() - t0
         if reply["content"]["status"] != "ok":
             raise RuntimeError(f"{kind} execute failed: {reply['content']}")
@@ -409,8 +449,9 @@ class Anchors:
         async def caller(akc: Any) -> None:
             while time.perf_counter() < end:
                 s = time.perf_counter()
-                reply = await akc.execute_interactive(code, timeout=30, output_hook=_quiet,
-                                                      allow_stdin=False)
+                reply = await akc.execute_interactive(
+                    code, timeout=30, output_hook=_quiet, allow_stdin=False
+                )
                 if reply["content"]["status"] != "ok":
                     raise RuntimeError(f"execute failed: {reply['content']}")
                 latencies.append(time.perf_counter() - s)
@@ -440,9 +481,12 @@ class Anchors:
         kms = [km for group in self.groups.values() for km in group]
         self.groups.clear()
         if kms:
+
             async def stop_all() -> None:
-                await asyncio.gather(*(km.shutdown_kernel(now=True) for km in kms),
-                                     return_exceptions=True)
+                await asyncio.gather(
+                    *(km.shutdown_kernel(now=True) for km in kms), return_exceptions=True
+                )
+
             try:
                 self.run(asyncio.wait_for(stop_all(), 30))
             finally:
@@ -496,8 +540,11 @@ def main() -> int:
                 op: Callable[..., Any] = getattr(anchors, "op_" + req["op"])
                 reply = {"ok": True, "result": op(**req.get("args", {}))}
             except Exception as exc:
-                reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}",
-                         "traceback": traceback.format_exc()}
+                reply = {
+                    "ok": False,
+                    "error": f"{type(exc).__name__}: {exc}",
+                    "traceback": traceback.format_exc(),
+                }
             out.write(json.dumps(reply) + "\n")
     finally:
         anchors.close()
@@ -535,16 +582,24 @@ class Worker:
         self._stderr = self._open_log()
         self._proc = await trio.lowlevel.open_process(
             [sys.executable, "-m", "bench.worker", str(self.scratch)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, cwd=ROOT,
-            start_new_session=True)
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            cwd=ROOT,
+            start_new_session=True,
+        )
         return self
 
     def _open_log(self) -> BinaryIO:
         self.scratch.mkdir(mode=0o700, exist_ok=True)
         return open(self._stderr_path, "wb")
 
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         import trio
 
         proc = self._proc
@@ -572,15 +627,17 @@ class Worker:
             while b"\n" not in self._buf:
                 chunk = await self._proc.stdout.receive_some(65536)
                 if not chunk:
-                    raise WorkerError(f"the anchor worker exited during {op!r}: "
-                                      f"{self.stderr_tail()}")
+                    raise WorkerError(
+                        f"the anchor worker exited during {op!r}: {self.stderr_tail()}"
+                    )
                 self._buf += chunk
             raw, self._buf = self._buf.split(b"\n", 1)
             self._busy = False
         reply = json.loads(raw)
         if not reply["ok"]:
-            raise WorkerError(f"anchor op {op!r} failed: {reply['error']}\n"
-                              f"{reply.get('traceback', '')}")
+            raise WorkerError(
+                f"anchor op {op!r} failed: {reply['error']}\n{reply.get('traceback', '')}"
+            )
         return reply["result"]
 
     def stderr_tail(self, limit: int = 2000) -> str:

@@ -47,8 +47,9 @@ class Supervisor:
     """The running tree. ``execute``, ``stream``, ``session``, ``status``, ``interrupt``
     and ``restart`` are the same on this and on a remote :class:`kernelsup.Client`."""
 
-    def __init__(self, config: Config, bus: EventBus, runtime_dir: Path,
-                 rng: random.Random | None = None) -> None:
+    def __init__(
+        self, config: Config, bus: EventBus, runtime_dir: Path, rng: random.Random | None = None
+    ) -> None:
         self.config = config
         self.bus = bus
         self.runtime_dir = runtime_dir
@@ -76,8 +77,7 @@ class Supervisor:
                 await self._stop.wait()
                 for pool in reversed(list(self.pools.values())):
                     pool.stop()
-                    while pool.sup.children and not all(c.done.is_set()
-                                                        for c in pool.sup.children):
+                    while pool.sup.children and not all(c.done.is_set() for c in pool.sup.children):
                         await pool.sup.wait_changed()
                 nursery.cancel_scope.cancel()
         finally:
@@ -103,19 +103,30 @@ class Supervisor:
         if home is not None:
             live = session in home.sessions
             if live and pool is not None and pool != home.name:
-                return rejected("session_pool_mismatch", f"session {session!r} lives in "
-                                f"pool {home.name!r}, not {pool!r}")
+                return rejected(
+                    "session_pool_mismatch",
+                    f"session {session!r} lives in pool {home.name!r}, not {pool!r}",
+                )
             if live or pool is None:
                 # An expired session comes back where it lived, so it hears its state is gone.
                 name = home.name
         if name not in self.pools:
-            return rejected("unknown_pool", f"no pool named {name!r} "
-                            f"(pools: {', '.join(self.pools)})", session=session)
+            return rejected(
+                "unknown_pool",
+                f"no pool named {name!r} (pools: {', '.join(self.pools)})",
+                session=session,
+            )
         return self.pools[name]
 
-    async def execute(self, code: str, *, pool: str | None = None, session: str | None = None,
-                      timeout: float | None = None,
-                      on_output: Callable[[Output], None] | None = None) -> ExecuteResult:
+    async def execute(
+        self,
+        code: str,
+        *,
+        pool: str | None = None,
+        session: str | None = None,
+        timeout: float | None = None,
+        on_output: Callable[[Output], None] | None = None,
+    ) -> ExecuteResult:
         """Run ``code`` and return its one outcome (never raises for kernel trouble: the
         result's ``status`` says ``error``, ``timeout``, ``died`` or ``rejected``).
 
@@ -129,11 +140,16 @@ class Supervisor:
             return target
         if session is None:
             return await target.execute(code, timeout=timeout, on_output=on_output)
-        return await target.session_execute(session, code, timeout=timeout,
-                                            on_output=on_output)
+        return await target.session_execute(session, code, timeout=timeout, on_output=on_output)
 
-    async def stream(self, code: str, *, pool: str | None = None, session: str | None = None,
-                     timeout: float | None = None) -> AsyncIterator[StreamItem]:
+    async def stream(
+        self,
+        code: str,
+        *,
+        pool: str | None = None,
+        session: str | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[StreamItem]:
         """Yield outputs as they arrive, then the final :class:`ExecuteResult`.
 
         A consumer more than ``STREAM_BUFFER`` outputs behind skips outputs (it gets a
@@ -157,14 +173,20 @@ class Supervisor:
         async def runner() -> None:
             async with send:
                 with scope:
-                    result = await self.execute(code, pool=pool, session=session,
-                                                timeout=timeout, on_output=on_output)
+                    result = await self.execute(
+                        code, pool=pool, session=session, timeout=timeout, on_output=on_output
+                    )
                     try:
                         if skipped:
-                            await send.send(Output("notice", name="lagged",
-                                                   text=f"{skipped} outputs were not streamed "
-                                                   "(the reader fell behind); the final "
-                                                   "result has them"))
+                            await send.send(
+                                Output(
+                                    "notice",
+                                    name="lagged",
+                                    text=f"{skipped} outputs were not streamed "
+                                    "(the reader fell behind); the final "
+                                    "result has them",
+                                )
+                            )
                         await send.send(result)
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
                         pass
@@ -178,8 +200,12 @@ class Supervisor:
             scope.cancel()
 
     @asynccontextmanager
-    async def session(self, name: str, *, pool: str | None = None,
-                      ) -> AsyncIterator[SessionHandle]:
+    async def session(
+        self,
+        name: str,
+        *,
+        pool: str | None = None,
+    ) -> AsyncIterator[SessionHandle]:
         """A named session for the block's duration; closed (its kernel shut down and
         never reused) when the block ends."""
         try:
@@ -216,15 +242,17 @@ class Supervisor:
         now = trio.current_time()
         return StatusReport(
             kernels=tuple(k for p in self.pools.values() for k in p.kernel_status(now)),
-            pools=tuple(p.pool_status() for p in self.pools.values()))
+            pools=tuple(p.pool_status() for p in self.pools.values()),
+        )
 
     def _child(self, kernel_id: str) -> tuple[Pool, Any]:
         for pool in self.pools.values():
             child = pool.sup.child(kernel_id)
             if child is not None:
                 return pool, child
-        raise Rejected(f"no kernel with id {kernel_id!r}", code="unknown_kernel",
-                       kernel_id=kernel_id)
+        raise Rejected(
+            f"no kernel with id {kernel_id!r}", code="unknown_kernel", kernel_id=kernel_id
+        )
 
     async def watch(self) -> AsyncIterator[ev.Event]:
         """Follow the supervisor's events (a slow reader gets ``lagged`` events)."""
@@ -236,8 +264,11 @@ class Supervisor:
         """Interrupt whatever the kernel is running. Raises Rejected(unknown_kernel)."""
         _, child = self._child(kernel_id)
         if child.handle is None:
-            raise Rejected(f"kernel {kernel_id} is not running ({child.state})",
-                           code="kernel_unavailable", kernel_id=kernel_id)
+            raise Rejected(
+                f"kernel {kernel_id} is not running ({child.state})",
+                code="kernel_unavailable",
+                kernel_id=kernel_id,
+            )
         await child.handle.interrupt()
 
     async def restart(self, kernel_id: str) -> None:
@@ -262,10 +293,13 @@ class SessionHandle:
 
 
 @asynccontextmanager
-async def open_supervisor(config: Config | str | os.PathLike[str] | None = None, *,
-                          runtime_dir: str | os.PathLike[str] | None = None,
-                          bus: EventBus | None = None,
-                          rng: random.Random | None = None) -> AsyncIterator[Supervisor]:
+async def open_supervisor(
+    config: Config | str | os.PathLike[str] | None = None,
+    *,
+    runtime_dir: str | os.PathLike[str] | None = None,
+    bus: EventBus | None = None,
+    rng: random.Random | None = None,
+) -> AsyncIterator[Supervisor]:
     """Run the supervision tree in this trio program for the duration of the block.
 
     Returns once every pool's kernels are ready (or dead). Leaving the block stops the

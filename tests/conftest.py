@@ -20,8 +20,14 @@ from kernelsup.tree.kernel import run_kernel
 from kernelsup.tree.kernel_handle import KernelHandle, KernelOptions
 
 # Fast failure detection for tests; real timing is measured in bench/, not here.
-FAST = KernelOptions(heartbeat_interval=0.2, heartbeat_misses=3, start_timeout=30.0,
-                     interrupt_grace=3.0, shutdown_grace=2.0, term_timeout=1.0)
+FAST = KernelOptions(
+    heartbeat_interval=0.2,
+    heartbeat_misses=3,
+    start_timeout=30.0,
+    interrupt_grace=3.0,
+    shutdown_grace=2.0,
+    term_timeout=1.0,
+)
 
 
 @pytest.fixture
@@ -57,15 +63,17 @@ class RunningKernel:
         return self.cause
 
 
-async def start_kernel(nursery: trio.Nursery, runtime_dir: Path, options: KernelOptions = FAST,
-                       kernel_id: str = "k0") -> RunningKernel:
+async def start_kernel(
+    nursery: trio.Nursery, runtime_dir: Path, options: KernelOptions = FAST, kernel_id: str = "k0"
+) -> RunningKernel:
     done = trio.Event()
     box: dict[str, Any] = {}
 
     async def runner(task_status: trio.TaskStatus[KernelHandle]) -> None:
         try:
-            box["cause"] = await run_kernel(kernel_id, options, runtime_dir,
-                                            task_status=task_status)
+            box["cause"] = await run_kernel(
+                kernel_id, options, runtime_dir, task_status=task_status
+            )
         finally:
             done.set()
             if "rk" in box:

@@ -41,8 +41,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-MODES = ("ok", "never_ready", "exit_at_once", "ignore_sigterm", "bad_iopub", "no_heartbeat",
-         "slow_idle")
+MODES = (
+    "ok",
+    "never_ready",
+    "exit_at_once",
+    "ignore_sigterm",
+    "bad_iopub",
+    "no_heartbeat",
+    "slow_idle",
+)
 FAKE_PATH = pathlib.Path(__file__).resolve()
 
 
@@ -64,8 +71,15 @@ def install_kernelspec(
     spec_dir = pathlib.Path(root) / "kernels" / name
     spec_dir.mkdir(parents=True, exist_ok=True)
     spec = {
-        "argv": [sys.executable, str(FAKE_PATH), "-f", "{connection_file}", "--mode", mode,
-                 *(extra_args or [])],
+        "argv": [
+            sys.executable,
+            str(FAKE_PATH),
+            "-f",
+            "{connection_file}",
+            "--mode",
+            mode,
+            *(extra_args or []),
+        ],
         "display_name": f"Fake kernel ({mode})",
         "language": "python",
         "interrupt_mode": interrupt_mode,
@@ -84,6 +98,7 @@ def endpoint(info: dict[str, Any], channel: str) -> str:
 
 def garbage_frames(rng: random.Random, i: int) -> list[bytes]:
     """Multipart junk that no Session can parse, in a few different shapes."""
+
     def junk() -> bytes:
         return rng.randbytes(rng.randint(0, 64))
 
@@ -104,16 +119,20 @@ class FakeKernel:
 
         self.zmq, self.mode, self.args = zmq, args.mode, args
         scheme = info.get("signature_scheme", "hmac-sha256")
-        self.session = Session(key=info["key"].encode(), signature_scheme=scheme,
-                               username="fake")
+        self.session = Session(key=info["key"].encode(), signature_scheme=scheme, username="fake")
         # Same session id, wrong key: messages that look right but fail verification.
-        self.forger = Session(key=b"not-the-key", signature_scheme=scheme, username="fake",
-                              session=self.session.session)
+        self.forger = Session(
+            key=b"not-the-key",
+            signature_scheme=scheme,
+            username="fake",
+            session=self.session.session,
+        )
         self.rng = random.Random(1234)
         self.execution_count = 0
         self.ctx = zmq.Context()
         self.shell, self.control, self.stdin, self.hb = (
-            self._bind(zmq.ROUTER, info, ch) for ch in ("shell", "control", "stdin", "hb"))
+            self._bind(zmq.ROUTER, info, ch) for ch in ("shell", "control", "stdin", "hb")
+        )
         self.iopub = self._bind(zmq.PUB, info, "iopub")
 
     def _bind(self, kind: int, info: dict[str, Any], channel: str) -> Any:
@@ -156,8 +175,9 @@ class FakeKernel:
         if msg_type == "shutdown_request":
             if self.mode == "ignore_sigterm":
                 return
-            reply("shutdown_reply", {"status": "ok",
-                                     "restart": bool(msg["content"].get("restart"))})
+            reply(
+                "shutdown_reply", {"status": "ok", "restart": bool(msg["content"].get("restart"))}
+            )
             self.ctx.destroy(linger=1000)  # flush the reply, then go
             sys.exit(0)
         if msg_type == "interrupt_request":
@@ -165,38 +185,67 @@ class FakeKernel:
             return
         self.status("busy", msg)
         if msg_type == "kernel_info_request":
-            reply("kernel_info_reply", {
-                "status": "ok", "protocol_version": "5.3", "implementation": "fake",
-                "implementation_version": "0.1", "banner": "fake kernel",
-                "language_info": {"name": "python", "version": sys.version.split()[0],
-                                  "mimetype": "text/x-python", "file_extension": ".py"},
-            })
+            reply(
+                "kernel_info_reply",
+                {
+                    "status": "ok",
+                    "protocol_version": "5.3",
+                    "implementation": "fake",
+                    "implementation_version": "0.1",
+                    "banner": "fake kernel",
+                    "language_info": {
+                        "name": "python",
+                        "version": sys.version.split()[0],
+                        "mimetype": "text/x-python",
+                        "file_extension": ".py",
+                    },
+                },
+            )
         elif msg_type == "execute_request":
             self.execute(msg, reply)
             if self.mode == "slow_idle":
                 return
         else:
-            reply(msg_type.replace("_request", "_reply"), {
-                "status": "error", "ename": "NotImplementedError",
-                "evalue": f"fake kernel does not do {msg_type}", "traceback": []})
+            reply(
+                msg_type.replace("_request", "_reply"),
+                {
+                    "status": "error",
+                    "ename": "NotImplementedError",
+                    "evalue": f"fake kernel does not do {msg_type}",
+                    "traceback": [],
+                },
+            )
         self.status("idle", msg)
 
     def execute(self, msg: dict[str, Any], reply: Callable[[str, dict[str, Any]], None]) -> None:
         code = msg["content"].get("code", "")
         if self.mode == "bad_iopub":
             for _ in range(self.args.count):
-                self.forger.send(self.iopub, "stream",
-                                 {"name": "stdout", "text": "BAD-SIGNATURE\n"}, parent=msg)
+                self.forger.send(
+                    self.iopub, "stream", {"name": "stdout", "text": "BAD-SIGNATURE\n"}, parent=msg
+                )
             for i in range(self.args.count):
                 self.iopub.send_multipart(garbage_frames(self.rng, i))
             time.sleep(self.args.delay)
         self.execution_count += 1
-        self.session.send(self.iopub, "execute_input",
-                          {"code": code, "execution_count": self.execution_count}, parent=msg)
-        self.session.send(self.iopub, "stream", {"name": "stdout", "text": "fake:" + code},
-                          parent=msg)
-        reply("execute_reply", {"status": "ok", "execution_count": self.execution_count,
-                                "user_expressions": {}, "payload": []})
+        self.session.send(
+            self.iopub,
+            "execute_input",
+            {"code": code, "execution_count": self.execution_count},
+            parent=msg,
+        )
+        self.session.send(
+            self.iopub, "stream", {"name": "stdout", "text": "fake:" + code}, parent=msg
+        )
+        reply(
+            "execute_reply",
+            {
+                "status": "ok",
+                "execution_count": self.execution_count,
+                "user_expressions": {},
+                "payload": [],
+            },
+        )
 
 
 def main(argv: list[str] | None = None) -> None:

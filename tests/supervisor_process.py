@@ -28,9 +28,17 @@ START_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 30.0
 
 
-def write_config(directory: Path, runtime_dir: Path, *, size: int = 2, spares: int = 1,
-                 pool: str = "", restart: str = "", server: str = "",
-                 name: str = "supervisor.toml") -> Path:
+def write_config(
+    directory: Path,
+    runtime_dir: Path,
+    *,
+    size: int = 2,
+    spares: int = 1,
+    pool: str = "",
+    restart: str = "",
+    server: str = "",
+    name: str = "supervisor.toml",
+) -> Path:
     """A small, fast config: short heartbeat and shutdown, private short runtime dir."""
     path = directory / name
     path.write_text(f"""
@@ -86,8 +94,9 @@ def processes_of(runtime_dir: Path) -> list[psutil.Process]:
     return found
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str,
-             interval: float = 0.05) -> Any:
+def wait_for(
+    predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05
+) -> Any:
     """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
@@ -113,19 +122,23 @@ class SupervisorProcess:
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "kernelsup", "run", str(self.config)],
-                stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL, text=True,
-                cwd=self.config.parent)
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                stdin=subprocess.DEVNULL,
+                text=True,
+                cwd=self.config.parent,
+            )
         finally:
             stderr.close()
         threading.Thread(target=self._read_stdout, daemon=True).start()
         try:
             line = self._lines.get(timeout=timeout)
         except queue.Empty:
-            raise AssertionError(f"no ready line within {timeout} s; stderr:\n"
-                                 f"{self.stderr()}") from None
+            raise AssertionError(
+                f"no ready line within {timeout} s; stderr:\n{self.stderr()}"
+            ) from None
         if line is None or not line.startswith(READY):
-            raise AssertionError(f"expected the ready line, got {line!r}; stderr:\n"
-                                 f"{self.stderr()}")
+            raise AssertionError(f"expected the ready line, got {line!r}; stderr:\n{self.stderr()}")
         self.endpoint = line.rsplit("endpoint ", 1)[1].strip()
         return self
 
@@ -156,8 +169,9 @@ class SupervisorProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-            raise AssertionError("the supervisor did not stop within "
-                                 f"{STOP_TIMEOUT_S} s of SIGTERM") from None
+            raise AssertionError(
+                f"the supervisor did not stop within {STOP_TIMEOUT_S} s of SIGTERM"
+            ) from None
 
     def leftovers(self, within: float = 5.0) -> list[psutil.Process]:
         deadline = time.monotonic() + within
@@ -207,4 +221,3 @@ def supervisor(tmp: Path | None = None, **config: Any) -> Iterator[SupervisorPro
         sup.cleanup()
         if tmp is None:
             shutil.rmtree(directory, ignore_errors=True)
-

@@ -31,7 +31,12 @@ def _run_bench(name: str, tmp: Path, *extra: str) -> tuple[dict[str, Any], str]:
     env = {**os.environ, "KERNELSUP_BENCH_TMP": str(tmp)}
     proc = subprocess.run(
         [sys.executable, "-m", "bench", name, "--smoke", "--json", str(out), *extra],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert proc.stdout.startswith("machine: "), proc.stdout[:500]
     data: dict[str, Any] = json.loads(out.read_text())
@@ -48,8 +53,18 @@ def _check_common(data: dict[str, Any], name: str) -> dict[str, Any]:
     assert rep["skipped"] == "", rep["skipped"] + "\n" + "\n".join(rep["notes"])
     assert rep["rows"]
     for row in rep["rows"]:
-        assert {"name", "unit", "kernelsup", "anchor", "anchor_name", "ratio", "ratio_below",
-                "target", "met", "samples"} <= set(row)
+        assert {
+            "name",
+            "unit",
+            "kernelsup",
+            "anchor",
+            "anchor_name",
+            "ratio",
+            "ratio_below",
+            "target",
+            "met",
+            "samples",
+        } <= set(row)
         ks = row["kernelsup"]
         if ks is None:  # only a measure that cannot be taken yet, and it says why
             assert row["anchor_note"], row
@@ -89,8 +104,10 @@ def test_benchmark_smoke(name: str, bench_tmp: Path) -> None:
             assert r["ratio"] is not None or (r["ratio_below"] or 0) > 0, r
     elif name == "execute":
         inproc = [r for r in rep["rows"] if r["name"].endswith("in-process")]
-        assert {r["anchor_name"] for r in inproc} >= {"raw pyzmq, same kernel",
-                                                     "jupyter_client BlockingKernelClient"}
+        assert {r["anchor_name"] for r in inproc} >= {
+            "raw pyzmq, same kernel",
+            "jupyter_client BlockingKernelClient",
+        }
         for r in (r for r in rep["rows"] if r["name"].endswith("endpoint")):
             assert r["kernelsup"] is not None or "endpoint not available" in r["anchor_note"]
         assert any(r["unit"] == "exec/s" for r in rep["rows"])
@@ -116,10 +133,18 @@ def test_percentiles_interpolate() -> None:
 
 def test_rows_ratio_and_table() -> None:
     rep = Report("demo", "smoke")
-    rep.row("fast thing", "ms", [1.0, 2.0, 3.0], "anchor", [4.0, 4.0], target="p50 < 5 ms",
-            met=True)
-    rep.row("unseen", "ms", [2.0], "anchor", [], anchor_note="not detected within 10 s",
-            anchor_censored_at=10_000.0)
+    rep.row(
+        "fast thing", "ms", [1.0, 2.0, 3.0], "anchor", [4.0, 4.0], target="p50 < 5 ms", met=True
+    )
+    rep.row(
+        "unseen",
+        "ms",
+        [2.0],
+        "anchor",
+        [],
+        anchor_note="not detected within 10 s",
+        anchor_censored_at=10_000.0,
+    )
     first, second = rep.rows
     assert first.ratio == 0.5 and second.ratio is None and second.ratio_bound == 0.0002
     text = table(rep)
@@ -136,21 +161,28 @@ def test_toml_round_trips_through_kernelsup_config() -> None:
 
     import kernelsup
 
-    data = config_dict(pool_config("p", size=3, spares=1, heartbeat=0.2),
-                       runtime_dir=Path("/tmp/x"))
+    data = config_dict(
+        pool_config("p", size=3, spares=1, heartbeat=0.2), runtime_dir=Path("/tmp/x")
+    )
     cfg = kernelsup.Config.from_dict(tomllib.loads(to_toml(data)))
     pool = cfg.pool("p")
     assert (pool.size, pool.spares, pool.heartbeat.interval) == (3, 1, 0.2)
     assert cfg.supervisor.runtime_dir == "/tmp/x"
 
 
-def test_plot_writes_png_or_says_what_is_missing(tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_plot_writes_png_or_says_what_is_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from bench.common import PlotUnavailable, machine, plot
 
-    rep = Report("demo", "smoke", rows=[
-        Row("lat", "ms", [1.0, 2.0, 5.0], "anchor", [3.0, 4.0]),
-        Row("rate", "exec/s", [100.0], "anchor", [80.0], better="higher")])
+    rep = Report(
+        "demo",
+        "smoke",
+        rows=[
+            Row("lat", "ms", [1.0, 2.0, 5.0], "anchor", [3.0, 4.0]),
+            Row("rate", "exec/s", [100.0], "anchor", [80.0], better="higher"),
+        ],
+    )
     info = machine()
     try:
         import matplotlib  # noqa: F401
@@ -172,8 +204,14 @@ def test_execute_without_endpoint_says_so() -> None:
     lat = {k: [5.0, 6.0] for k in ("ks", "raw", "blocking", "async")}
     lat.update({"ep": [], "ep_raw": [], "ep_blocking": []})
     rep = Report("execute", "smoke")
-    _rows(rep, lat, {"ks1": [190.0], "jc1": [200.0]}, {"ks1": [5.0], "jc1": [5.0]}, (1,),
-          ENDPOINT_MISSING)
+    _rows(
+        rep,
+        lat,
+        {"ks1": [190.0], "jc1": [200.0]},
+        {"ks1": [5.0], "jc1": [5.0]},
+        (1,),
+        ENDPOINT_MISSING,
+    )
     endpoint = [r for r in rep.rows if r.name.endswith("endpoint")]
     assert endpoint and all(not r.kernelsup and r.met is None for r in endpoint)
     assert all("endpoint not available" in r.anchor_note for r in endpoint)

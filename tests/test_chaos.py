@@ -71,8 +71,11 @@ SENT = [Planned(f"r{i}", "plain") for i in range(4)]
 CLEAN = {p.rid: _out(p.rid) for p in SENT}
 
 
-def _audit(outcomes: dict[str, Outcome] | None = None, extra: tuple[str, ...] = (),
-           ledger: tuple[str, ...] = ("r0", "r1", "r2", "r3")) -> Audit:
+def _audit(
+    outcomes: dict[str, Outcome] | None = None,
+    extra: tuple[str, ...] = (),
+    ledger: tuple[str, ...] = ("r0", "r1", "r2", "r3"),
+) -> Audit:
     return audit(SENT, CLEAN if outcomes is None else outcomes, list(extra), list(ledger))
 
 
@@ -82,21 +85,31 @@ def test_audit_of_a_clean_run_finds_nothing() -> None:
     assert (a.submitted, a.with_outcome, a.by_status) == (4, 4, {"ok": 4})
 
 
-@pytest.mark.parametrize(("case", "expected"), [
-    ({"outcomes": {k: v for k, v in CLEAN.items() if k != "r2"}},
-     ("requests without an outcome: 1 (r2)",)),
-    ({"extra": ("r1",)}, ("requests with more than one outcome: 1 (r1)",)),
-    ({"ledger": ("r0", "r1", "r2", "r3", "r1")}, ("requests run twice (ledger): 1 (r1)",)),
-    ({"ledger": ("r0", "r1", "r2", "r3", "zz")}, ("ledger ids never submitted: 1 (zz)",)),
-    ({"ledger": ("r0", "r1", "r3")},
-     ("ok/error requests missing from the ledger: 1 (r2)",)),
-    ({"outcomes": {**CLEAN, "r3": _out("r3", "rejected")}},
-     ("rejected requests that ran (ledger): 1 (r3)",)),
-    ({"outcomes": {**CLEAN, "r0": _out("r0", own=False)}},
-     ("ok results that are not the request's own: 1 (r0)",)),
-    ({"outcomes": {**CLEAN, "r0": _out("r0", "raised")}},
-     ("client calls that raised: 1 (r0)",)),
-])
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        (
+            {"outcomes": {k: v for k, v in CLEAN.items() if k != "r2"}},
+            ("requests without an outcome: 1 (r2)",),
+        ),
+        ({"extra": ("r1",)}, ("requests with more than one outcome: 1 (r1)",)),
+        ({"ledger": ("r0", "r1", "r2", "r3", "r1")}, ("requests run twice (ledger): 1 (r1)",)),
+        ({"ledger": ("r0", "r1", "r2", "r3", "zz")}, ("ledger ids never submitted: 1 (zz)",)),
+        ({"ledger": ("r0", "r1", "r3")}, ("ok/error requests missing from the ledger: 1 (r2)",)),
+        (
+            {"outcomes": {**CLEAN, "r3": _out("r3", "rejected")}},
+            ("rejected requests that ran (ledger): 1 (r3)",),
+        ),
+        (
+            {"outcomes": {**CLEAN, "r0": _out("r0", own=False)}},
+            ("ok results that are not the request's own: 1 (r0)",),
+        ),
+        (
+            {"outcomes": {**CLEAN, "r0": _out("r0", "raised")}},
+            ("client calls that raised: 1 (r0)",),
+        ),
+    ],
+)
 def test_audit_names_each_violation(case: dict[str, Any], expected: tuple[str, ...]) -> None:
     assert tuple(_audit(**case).violations()) == expected
 
@@ -104,20 +117,28 @@ def test_audit_names_each_violation(case: dict[str, Any], expected: tuple[str, .
 def test_audit_accepts_what_chaos_legitimately_causes() -> None:
     """A request that died may or may not have reached the ledger; a rejected one that
     never ran is not in it; a timeout is counted, not judged."""
-    outcomes = {**CLEAN, "r1": _out("r1", "died"), "r2": _out("r2", "died"),
-                "r3": _out("r3", "rejected")}
+    outcomes = {
+        **CLEAN,
+        "r1": _out("r1", "died"),
+        "r2": _out("r2", "died"),
+        "r3": _out("r3", "rejected"),
+    }
     a = _audit(outcomes, ledger=("r0", "r1"))
     assert a.violations() == []
     assert a.by_status == {"died": 2, "ok": 1, "rejected": 1}
 
 
 def test_audit_counts_the_codes_of_what_did_not_succeed() -> None:
-    outcomes = {**CLEAN,
-                "r1": attrs.evolve(_out("r1", "died"), code="kernel_died"),
-                "r2": attrs.evolve(_out("r2", "rejected"), code="session_closed"),
-                "r3": attrs.evolve(_out("r3", "died"), code="kernel_died")}
+    outcomes = {
+        **CLEAN,
+        "r1": attrs.evolve(_out("r1", "died"), code="kernel_died"),
+        "r2": attrs.evolve(_out("r2", "rejected"), code="session_closed"),
+        "r3": attrs.evolve(_out("r3", "died"), code="kernel_died"),
+    }
     assert _audit(outcomes, ledger=("r0",)).by_code == {
-        "died: kernel_died": 2, "rejected: session_closed": 1}
+        "died: kernel_died": 2,
+        "rejected: session_closed": 1,
+    }
 
 
 # --------------------------------------------------------------------------- a real run
@@ -142,9 +163,27 @@ def test_short_seeded_soak_keeps_every_invariant(bench_tmp: Path) -> None:
     out = bench_tmp / "chaos.json"
     env = {**os.environ, "KERNELSUP_BENCH_TMP": str(bench_tmp)}
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "chaos", "--smoke", "--requests", "150",
-         "--clients", "2", "--seed", "7", "--json", str(out)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "chaos",
+            "--smoke",
+            "--requests",
+            "150",
+            "--clients",
+            "2",
+            "--seed",
+            "7",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+    )
     report = proc.stdout[-6000:] + proc.stderr[-3000:]
     assert proc.returncode in (0, 1) and out.exists(), report  # 1: an invariant failed
     assert "## chaos (smoke" in proc.stdout, report

@@ -35,19 +35,25 @@ def sup() -> Iterator[SupervisorProcess]:
     yield from supervisor(size=2, spares=1)
 
 
-def cli(*args: str, stdin: str | None = None, timeout: float = 60,
-        cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*KERNELSUP, *args], input=stdin, capture_output=True, text=True,
-                          timeout=timeout, cwd=cwd)
+def cli(
+    *args: str, stdin: str | None = None, timeout: float = 60, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*KERNELSUP, *args], input=stdin, capture_output=True, text=True, timeout=timeout, cwd=cwd
+    )
 
 
 class Background:
     """A CLI command left running; its output lines are read as they come."""
 
     def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen([*KERNELSUP, *args], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                                     text=True)
+        self.proc = subprocess.Popen(
+            [*KERNELSUP, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
         self.out: queue.Queue[str | None] = queue.Queue()
         self.err: queue.Queue[str | None] = queue.Queue()
         for stream, lines in ((self.proc.stdout, self.out), (self.proc.stderr, self.err)):
@@ -109,8 +115,13 @@ def test_exec_prints_output_and_exits_0(sup: SupervisorProcess) -> None:
 
 
 def test_exec_shows_the_value_and_reads_stdin(sup: SupervisorProcess) -> None:
-    proc = cli("exec", "-c", str(sup.config), "-", stdin="import sys\n"
-               "print('to out'); print('to err', file=sys.stderr)\n40 + 2\n")
+    proc = cli(
+        "exec",
+        "-c",
+        str(sup.config),
+        "-",
+        stdin="import sys\nprint('to out'); print('to err', file=sys.stderr)\n40 + 2\n",
+    )
     assert proc.returncode == 0
     assert proc.stdout == "to out\n42\n" and proc.stderr == "to err\n"
 
@@ -156,7 +167,7 @@ def test_exec_json_prints_the_result(sup: SupervisorProcess) -> None:
 
 
 def test_exec_usage_errors_exit_2(sup: SupervisorProcess, tmp_path: Path) -> None:
-    assert cli("exec", "-c", str(sup.config)).returncode == 2            # no code
+    assert cli("exec", "-c", str(sup.config)).returncode == 2  # no code
     assert cli("exec", "-c", str(sup.config), "--timeout", "-1", "1").returncode == 2
     proc = cli("exec", "-c", str(tmp_path / "missing.toml"), "1")
     assert proc.returncode == 2
@@ -181,8 +192,9 @@ def test_exec_without_a_supervisor_exits_3_naming_the_endpoint() -> None:
 
 
 def test_ctrl_c_cancels_the_request(sup: SupervisorProcess) -> None:
-    run = Background("exec", "-c", str(sup.config), "import time\nprint('start', flush=True)\n"
-                     "time.sleep(60)")
+    run = Background(
+        "exec", "-c", str(sup.config), "import time\nprint('start', flush=True)\ntime.sleep(60)"
+    )
     try:
         assert run.line(run.out) == "start\n"
         assert run.finish(signal.SIGINT) == 130
@@ -208,24 +220,38 @@ def test_status_table_and_json(sup: SupervisorProcess) -> None:
     data = json.loads(proc.stdout)
     assert set(data) == {"kernels", "pools"}
     for k in data["kernels"]:
-        assert {"id", "pool", "role", "state", "pid", "restarts", "session", "uptime_s",
-                "last_exit"} <= set(k)
+        assert {
+            "id",
+            "pool",
+            "role",
+            "state",
+            "pid",
+            "restarts",
+            "session",
+            "uptime_s",
+            "last_exit",
+        } <= set(k)
     assert data["pools"][0]["name"] == "default"
 
 
 @pytest.fixture(scope="module")
 def slow_restarts() -> Iterator[SupervisorProcess]:
     """A supervisor whose kernels wait 30 s before restarting."""
-    yield from supervisor(size=1, spares=1, restart="min_delay = 30.0\nmax_delay = 30.0\n"
-                          "jitter = \"none\"")
+    yield from supervisor(
+        size=1, spares=1, restart='min_delay = 30.0\nmax_delay = 30.0\njitter = "none"'
+    )
 
 
-def test_status_exits_3_while_a_kernel_is_in_backoff(slow_restarts: SupervisorProcess,
-                                                     ) -> None:
+def test_status_exits_3_while_a_kernel_is_in_backoff(
+    slow_restarts: SupervisorProcess,
+) -> None:
     victim = next(k for k in status_of(slow_restarts) if k["role"] == "pool")
     os.kill(victim["pid"], signal.SIGKILL)
-    wait_for(lambda: any(k["state"] == "backoff" for k in status_of(slow_restarts)), 30,
-             "a kernel in backoff")
+    wait_for(
+        lambda: any(k["state"] == "backoff" for k in status_of(slow_restarts)),
+        30,
+        "a kernel in backoff",
+    )
     table = cli("status", "-c", str(slow_restarts.config))
     assert table.returncode == 3
     line = next(r for r in table.stdout.splitlines() if r.startswith(victim["id"]))
@@ -281,12 +307,14 @@ def test_interrupt_and_restart(sup: SupervisorProcess) -> None:
         proc = cli(action, "-c", str(sup.config), "nope")
         assert proc.returncode == 3
         assert proc.stderr.startswith("unknown_kernel Rejected: no kernel with id 'nope'")
-    run = Background("exec", "-c", str(sup.config),
-                     "import time\nprint('go', flush=True)\ntime.sleep(60)")
+    run = Background(
+        "exec", "-c", str(sup.config), "import time\nprint('go', flush=True)\ntime.sleep(60)"
+    )
     try:
         assert run.line(run.out) == "go\n"
-        busy = wait_for(lambda: [k for k in status_of(sup) if k["state"] == "busy"], 15,
-                        "the kernel busy")
+        busy = wait_for(
+            lambda: [k for k in status_of(sup) if k["state"] == "busy"], 15, "the kernel busy"
+        )
         proc = cli("interrupt", "-c", str(sup.config), busy[0]["id"])
         assert (proc.returncode, proc.stdout) == (0, f"interrupted {busy[0]['id']}\n")
         assert run.proc.wait(timeout=30) == 1

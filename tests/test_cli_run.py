@@ -45,9 +45,13 @@ def config_file(tmp_path: Path, runtime_dir: Path) -> Path:
 
 class Running:
     def __init__(self, config: Path, *extra: str) -> None:
-        self.proc = subprocess.Popen([*KERNELSUP, "run", str(config), *extra],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, cwd=config.parent)
+        self.proc = subprocess.Popen(
+            [*KERNELSUP, "run", str(config), *extra],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=config.parent,
+        )
 
     def ready_line(self) -> str:
         assert self.proc.stdout is not None
@@ -72,18 +76,23 @@ def running(config_file: Path) -> Iterator[Running]:
 
 
 def kernel_pids(runtime_dir: Path) -> list[int]:
-    return [p for p in tethered_pids(runtime_dir)
-            if "ipykernel" in " ".join(psutil.Process(p).cmdline())]
+    return [
+        p
+        for p in tethered_pids(runtime_dir)
+        if "ipykernel" in " ".join(psutil.Process(p).cmdline())
+    ]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_run_stops_cleanly(running: Running, runtime_dir: Path, sig: int,
-                           config_file: Path) -> None:
+def test_run_stops_cleanly(
+    running: Running, runtime_dir: Path, sig: int, config_file: Path
+) -> None:
     line = running.ready_line()
     assert line.startswith("kernelsup ready: 2 kernels in 1 pool(s); endpoint ipc://"), line
     kernels = kernel_pids(runtime_dir)
     assert len(kernels) == 2
     from kernelsup import SyncClient  # leave something behind to clean up
+
     with SyncClient(str(config_file)) as c:
         r = c.execute(LEAVE_BEHIND)
     assert r.status == "ok", r
@@ -111,16 +120,16 @@ startup_code = "import os; os._exit(3)"
 [pool.restart]
 max_retries = -1
 """)
-    proc = subprocess.run([*KERNELSUP, "run", str(cfg), "--quiet"], capture_output=True,
-                          text=True, timeout=90)
+    proc = subprocess.run(
+        [*KERNELSUP, "run", str(cfg), "--quiet"], capture_output=True, text=True, timeout=90
+    )
     assert proc.returncode == 1, proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("supervisor_gave_up SupervisorGaveUp: pool default escalated")
     assert kernel_pids(runtime_dir) == []
 
 
-def test_run_logs_events_as_json(running: Running, config_file: Path,
-                                 runtime_dir: Path) -> None:
+def test_run_logs_events_as_json(running: Running, config_file: Path, runtime_dir: Path) -> None:
     running.stop()
     r = Running(config_file, "--log-json")
     try:
@@ -134,7 +143,8 @@ def test_run_logs_events_as_json(running: Running, config_file: Path,
             line = r.proc.stderr.readline()
             seen.append(line)
             if '"event": "kernel_started"' in line and any(
-                    '"event": "kernel_exited"' in s for s in seen):
+                '"event": "kernel_exited"' in s for s in seen
+            ):
                 break
         events = [json.loads(s) for s in seen if s.startswith("{")]
         exited = [e for e in events if e["event"] == "kernel_exited"]
@@ -145,18 +155,22 @@ def test_run_logs_events_as_json(running: Running, config_file: Path,
         r.stop()
 
 
-@pytest.mark.parametrize(("text", "needle"), [
-    ("[[pool]]\nsise = 2\n", "$.pool[0].sise: unknown key"),
-    ("[[pool]]\nsize = 'two'\n", "$.pool[0].size"),
-    ("[supervisor]\nstrategy = 'one_for_some'\n", "$.supervisor.strategy"),
-    ("[[pool]\nsize = 2\n", "line 1"),
-])
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("[[pool]]\nsise = 2\n", "$.pool[0].sise: unknown key"),
+        ("[[pool]]\nsize = 'two'\n", "$.pool[0].size"),
+        ("[supervisor]\nstrategy = 'one_for_some'\n", "$.supervisor.strategy"),
+        ("[[pool]\nsize = 2\n", "line 1"),
+    ],
+)
 def test_check_rejects_bad_files(tmp_path: Path, text: str, needle: str) -> None:
     cfg = tmp_path / "bad.toml"
     cfg.write_text(text)
     for command in ("check", "run"):
-        proc = subprocess.run([*KERNELSUP, command, str(cfg)], capture_output=True,
-                              text=True, timeout=60)
+        proc = subprocess.run(
+            [*KERNELSUP, command, str(cfg)], capture_output=True, text=True, timeout=60
+        )
         assert proc.returncode == 2
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and needle in lines[0], proc.stderr
@@ -165,7 +179,12 @@ def test_check_rejects_bad_files(tmp_path: Path, text: str, needle: str) -> None
 
 def test_check_accepts_the_shipped_config() -> None:
     root = Path(__file__).parent.parent
-    proc = subprocess.run([*KERNELSUP, "check", "supervisor.toml"], capture_output=True,
-                          text=True, timeout=60, cwd=root)
+    proc = subprocess.run(
+        [*KERNELSUP, "check", "supervisor.toml"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=root,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "valid" in proc.stdout

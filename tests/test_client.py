@@ -102,7 +102,8 @@ def test_stream_from_asyncio_and_sync(sup: SupervisorProcess) -> None:
 
 
 async def test_a_reader_that_falls_behind_gets_lagged_and_a_complete_result(
-        sup: SupervisorProcess) -> None:
+    sup: SupervisorProcess,
+) -> None:
     """A stream nobody reads while the kernel floods output, and a concurrent execute on
     the same connection: the execute is complete; the stream reports ``lagged`` when read,
     and its final result has every line."""
@@ -137,7 +138,8 @@ async def poll(client: kernelsup.Client, done: Callable[[dict[str, Any]], bool])
 
 
 async def test_two_clients_in_different_sessions_see_only_their_own_state(
-        sup: SupervisorProcess) -> None:
+    sup: SupervisorProcess,
+) -> None:
     seen: dict[str, list[Any]] = {}
 
     async def agent(name: str, value: int) -> None:
@@ -149,9 +151,12 @@ async def test_two_clients_in_different_sessions_see_only_their_own_state(
                     assert r.session == f"agent-{name}"
                 other = "b" if name == "a" else "a"
                 missing = await session.execute(f"only_{other}")
-                seen[name] = [(await session.execute("x")).result, missing.status,
-                              missing.error.ename if missing.error else None,
-                              (await session.execute(f"only_{name}")).result]
+                seen[name] = [
+                    (await session.execute("x")).result,
+                    missing.status,
+                    missing.error.ename if missing.error else None,
+                    (await session.execute(f"only_{name}")).result,
+                ]
 
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
@@ -159,7 +164,7 @@ async def test_two_clients_in_different_sessions_see_only_their_own_state(
             nursery.start_soon(agent, "b", 200)
     assert seen["a"] == ["105", "error", "NameError", "True"]
     assert seen["b"] == ["205", "error", "NameError", "True"]
-    with kernelsup.SyncClient(sup.config) as client:   # both sessions were closed
+    with kernelsup.SyncClient(sup.config) as client:  # both sessions were closed
         assert client.status().to_dict()["pools"][0]["sessions"] == []
         assert client.close_session("agent-a") is False
 
@@ -181,8 +186,17 @@ async def test_status_has_the_contract_shape(sup: SupervisorProcess) -> None:
     data = report.to_dict()
     assert set(data) >= {"kernels", "pools"}
     for k in data["kernels"]:
-        assert {"id", "pool", "role", "state", "pid", "restarts", "session", "uptime_s",
-                "last_exit"} <= set(k)
+        assert {
+            "id",
+            "pool",
+            "role",
+            "state",
+            "pid",
+            "restarts",
+            "session",
+            "uptime_s",
+            "last_exit",
+        } <= set(k)
         assert k["state"] in ("starting", "idle", "busy", "backoff", "dead", "stopping")
         assert k["role"] in ("pool", "spare", "session")
     assert sorted(k["role"] for k in data["kernels"]) == ["pool", "pool", "spare"]
@@ -230,7 +244,7 @@ def test_sync_watch_and_interrupt(sup: SupervisorProcess) -> None:
     with kernelsup.SyncClient(sup.config) as client:
         with client.subscribe() as events:
             kid = client.status().kernels[0]["id"]
-            client.interrupt(kid)          # an idle kernel: nothing to interrupt, no error
+            client.interrupt(kid)  # an idle kernel: nothing to interrupt, no error
             client.restart(kid)
             first = next(iter(events))
         assert first.kind == "kernel_exited" and first.kernel_id == kid
@@ -250,8 +264,9 @@ async def test_wrong_key_is_refused_and_others_are_served(sup: SupervisorProcess
         assert (await client.server_stats())["bad_signature"] >= 1
 
 
-async def test_an_old_client_is_told_to_upgrade(sup: SupervisorProcess,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_an_old_client_is_told_to_upgrade(
+    sup: SupervisorProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(proto, "PROTOCOL_VERSION", 0)
     with trio.fail_after(10), pytest.raises(ProtocolError) as info:
         async with kernelsup.connect(sup.config):
@@ -306,7 +321,7 @@ async def test_stale_socket_file_is_unreachable(no_supervisor: Path) -> None:
     _assert_unreachable(info.value, str(rt / "control.sock"))
     assert "nothing listens" in info.value.message
     with pytest.raises(kernelsup.Unreachable):
-        kernelsup.SyncClient(f"ipc://{rt}/control.sock")     # key beside the socket
+        kernelsup.SyncClient(f"ipc://{rt}/control.sock")  # key beside the socket
     with pytest.raises(ClientError) as missing:
         kernelsup.SyncClient("tcp://127.0.0.1:1")
     assert missing.value.code == "key_missing"
@@ -329,7 +344,8 @@ async def test_a_silent_endpoint_is_unreachable_within_the_timeout() -> None:
 
 
 async def test_a_supervisor_that_dies_mid_request_is_unreachable(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A server that answers hello, then nothing: the request ends, it does not hang."""
     monkeypatch.setattr(connection, "SILENCE_MIN_S", 0.5)
     key = b"silent-server-key"
@@ -342,9 +358,11 @@ async def test_a_supervisor_that_dies_mid_request_is_unreachable(
     async def fake_server() -> None:
         ident, *frames = await router.recv_multipart()
         hello = codec.decode_request(frames, max_bytes=1 << 20)
-        await router.send_multipart(codec.encode_reply(
-            proto.Result({"ping_interval_s": 0.05}), request_id=hello.request_id,
-            identity=ident))
+        await router.send_multipart(
+            codec.encode_reply(
+                proto.Result({"ping_interval_s": 0.05}), request_id=hello.request_id, identity=ident
+            )
+        )
         await trio.sleep_forever()
 
     with router, trio.fail_after(20):

@@ -38,8 +38,16 @@ def error_of(text: str, source: str = "supervisor.toml") -> ConfigError:
 # --- defaults --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text", ["", "[supervisor]\n", "[server]\n[supervisor]\n",
-                                  "[[pool]]\n", '[[pool]]\nname = "default"\n'])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "[supervisor]\n",
+        "[server]\n[supervisor]\n",
+        "[[pool]]\n",
+        '[[pool]]\nname = "default"\n',
+    ],
+)
 def test_empty_files_give_the_default_config(text: str) -> None:
     assert parse_config(text) == Config.default()
 
@@ -62,8 +70,10 @@ def test_empty_files_give_the_default_config(text: str) -> None:
         (lambda c: c.pools[0].exec_timeout, 600.0),
         (lambda c: c.pools[0].max_output_bytes, 1048576),
         (lambda c: c.pools[0].startup_code, ""),
-        (lambda c: (c.pools[0].strategy, c.pools[0].intensity, c.pools[0].period),
-         (None, None, None)),
+        (
+            lambda c: (c.pools[0].strategy, c.pools[0].intensity, c.pools[0].period),
+            (None, None, None),
+        ),
         (lambda c: c.pools[0].queue_limit, 100),
         (lambda c: c.pools[0].queue_timeout, 300.0),
         (lambda c: c.pools[0].session_idle_timeout, 0.0),
@@ -73,9 +83,18 @@ def test_empty_files_give_the_default_config(text: str) -> None:
         (lambda c: c.pools[0].transport, "ipc"),
         (lambda c: c.pools[0].memory_limit_mb, 0),
         (lambda c: dict(c.pools[0].env), {}),
-        (lambda c: c.pools[0].restart, RestartConfig(
-            type="permanent", min_delay=0.0, max_delay=30.0, multiplier=2.0, jitter="full",
-            reset_after=60.0, max_retries=10)),
+        (
+            lambda c: c.pools[0].restart,
+            RestartConfig(
+                type="permanent",
+                min_delay=0.0,
+                max_delay=30.0,
+                multiplier=2.0,
+                jitter="full",
+                reset_after=60.0,
+                max_retries=10,
+            ),
+        ),
         (lambda c: c.pools[0].heartbeat, HeartbeatConfig(interval=1.0, misses=3)),
         (lambda c: c.pools[0].shutdown, ShutdownConfig(grace=2.0, term_timeout=2.0)),
         (lambda c: c.source, None),
@@ -107,14 +126,15 @@ def test_config_is_frozen_and_hashable() -> None:
         ("[supervisor]\nstrategyy = 'one_for_one'\n", "$.supervisor.strategyy: unknown key"),
         ("[server]\nport = 1\n", "$.server.port: unknown key"),
         ("[[pool]]\nsise = 2\n", "$.pool[0].sise: unknown key"),
-        ("[[pool]]\nname = 'a'\n[[pool]]\nname = 'b'\nsise = 2\n",
-         "$.pool[1].sise: unknown key"),
+        ("[[pool]]\nname = 'a'\n[[pool]]\nname = 'b'\nsise = 2\n", "$.pool[1].sise: unknown key"),
         ("[[pool]]\n[pool.restart]\nmax_dealy = 1.0\n", "$.pool[0].restart.max_dealy: unknown key"),
         ("[[pool]]\n[pool.heartbeat]\nmiss = 1\n", "$.pool[0].heartbeat.miss: unknown key"),
         ("[[pool]]\n[pool.shutdown]\nkill = 1\n", "$.pool[0].shutdown.kill: unknown key"),
         ("[[pool]]\n[pool.restart.deep]\nx = 1\n", "$.pool[0].restart.deep: unknown key"),
-        ("[[pool]]\n[pool.restart]\nb = 1\na = 2\n",
-         "$.pool[0].restart.a: unknown key; $.pool[0].restart.b: unknown key"),
+        (
+            "[[pool]]\n[pool.restart]\nb = 1\na = 2\n",
+            "$.pool[0].restart.a: unknown key; $.pool[0].restart.b: unknown key",
+        ),
         # wrong types
         ("[[pool]]\nsize = 'two'\n", "$.pool[0].size: expected int, got 'two'"),
         ("[[pool]]\nsize = true\n", "$.pool[0].size: expected int, got True"),
@@ -122,8 +142,10 @@ def test_config_is_frozen_and_hashable() -> None:
         ("[[pool]]\nintensity = false\n", "$.pool[0].intensity: expected int, got False"),
         ("[[pool]]\nperiod = '60'\n", "$.pool[0].period: expected float, got '60'"),
         ("[[pool]]\nexec_timeout = true\n", "$.pool[0].exec_timeout: expected float, got True"),
-        ("[[pool]]\nexec_timeout = inf\n",
-         "$.pool[0].exec_timeout: expected a finite number, got inf"),
+        (
+            "[[pool]]\nexec_timeout = inf\n",
+            "$.pool[0].exec_timeout: expected a finite number, got inf",
+        ),
         ("[supervisor]\nperiod = nan\n", "$.supervisor.period: expected a finite number, got nan"),
         ("[supervisor]\nlog_file = 3\n", "$.supervisor.log_file: expected str, got 3"),
         ("[server]\nallow_remote = 1\n", "$.server.allow_remote: expected bool, got 1"),
@@ -138,21 +160,35 @@ def test_config_is_frozen_and_hashable() -> None:
         ("[pool]\nname = 'x'\n", "$.pool: expected an array of tables ([[pool]]), got a table"),
         ("pool = [1]\n", "$.pool[0]: expected a table, got 1"),
         # bad enums
-        ("[supervisor]\nstrategy = 'one_for_some'\n",
-         f"$.supervisor.strategy: must be one of {STRATEGIES} (got 'one_for_some')"),
-        ("[[pool]]\nstrategy = 'all'\n",
-         f"$.pool[0].strategy: must be one of {STRATEGIES} (got 'all')"),
-        ("[supervisor]\nstrategy = 1\n",
-         f"$.supervisor.strategy: must be one of {STRATEGIES} (got 1)"),
-        ("[[pool]]\n[pool.restart]\ntype = 'forever'\n",
-         "$.pool[0].restart.type: must be one of permanent, transient, temporary "
-         "(got 'forever')"),
-        ("[[pool]]\n[pool.restart]\njitter = 'half'\n",
-         "$.pool[0].restart.jitter: must be one of full, equal, none (got 'half')"),
-        ("[[pool]]\ntransport = 'udp'\n",
-         "$.pool[0].transport: must be one of ipc, tcp (got 'udp')"),
-        ("[[pool]]\ninterrupt_mode = 'kill'\n",
-         "$.pool[0].interrupt_mode: must be one of \"\", signal, message (got 'kill')"),
+        (
+            "[supervisor]\nstrategy = 'one_for_some'\n",
+            f"$.supervisor.strategy: must be one of {STRATEGIES} (got 'one_for_some')",
+        ),
+        (
+            "[[pool]]\nstrategy = 'all'\n",
+            f"$.pool[0].strategy: must be one of {STRATEGIES} (got 'all')",
+        ),
+        (
+            "[supervisor]\nstrategy = 1\n",
+            f"$.supervisor.strategy: must be one of {STRATEGIES} (got 1)",
+        ),
+        (
+            "[[pool]]\n[pool.restart]\ntype = 'forever'\n",
+            "$.pool[0].restart.type: must be one of permanent, transient, temporary "
+            "(got 'forever')",
+        ),
+        (
+            "[[pool]]\n[pool.restart]\njitter = 'half'\n",
+            "$.pool[0].restart.jitter: must be one of full, equal, none (got 'half')",
+        ),
+        (
+            "[[pool]]\ntransport = 'udp'\n",
+            "$.pool[0].transport: must be one of ipc, tcp (got 'udp')",
+        ),
+        (
+            "[[pool]]\ninterrupt_mode = 'kill'\n",
+            "$.pool[0].interrupt_mode: must be one of \"\", signal, message (got 'kill')",
+        ),
         # bounds
         ("[supervisor]\nintensity = -1\n", "$.supervisor.intensity: must be >= 0 (got -1)"),
         ("[supervisor]\nperiod = 0\n", "$.supervisor.period: must be > 0 (got 0.0)"),
@@ -160,67 +196,109 @@ def test_config_is_frozen_and_hashable() -> None:
         ("[[pool]]\nsize = 0\n", "$.pool[0].size: must be >= 1 (got 0)"),
         ("[[pool]]\nspares = -1\n", "$.pool[0].spares: must be >= 0 (got -1)"),
         ("[[pool]]\nexec_timeout = 0\n", "$.pool[0].exec_timeout: must be > 0 (got 0.0)"),
-        ("[[pool]]\nmax_output_bytes = 1023\n",
-         "$.pool[0].max_output_bytes: must be >= 1024 (got 1023)"),
+        (
+            "[[pool]]\nmax_output_bytes = 1023\n",
+            "$.pool[0].max_output_bytes: must be >= 1024 (got 1023)",
+        ),
         ("[[pool]]\nintensity = -1\n", "$.pool[0].intensity: must be >= 0 (got -1)"),
         ("[[pool]]\nperiod = -5\n", "$.pool[0].period: must be > 0 (got -5.0)"),
         ("[[pool]]\nqueue_limit = -1\n", "$.pool[0].queue_limit: must be >= 0 (got -1)"),
-        ("[[pool]]\nqueue_timeout = -0.5\n",
-         "$.pool[0].queue_timeout: must be >= 0 (got -0.5)"),
-        ("[[pool]]\nsession_idle_timeout = -1\n",
-         "$.pool[0].session_idle_timeout: must be >= 0 (got -1.0)"),
+        ("[[pool]]\nqueue_timeout = -0.5\n", "$.pool[0].queue_timeout: must be >= 0 (got -0.5)"),
+        (
+            "[[pool]]\nsession_idle_timeout = -1\n",
+            "$.pool[0].session_idle_timeout: must be >= 0 (got -1.0)",
+        ),
         ("[[pool]]\nstart_timeout = 0\n", "$.pool[0].start_timeout: must be > 0 (got 0.0)"),
-        ("[[pool]]\ninterrupt_grace = -1\n",
-         "$.pool[0].interrupt_grace: must be >= 0 (got -1.0)"),
+        ("[[pool]]\ninterrupt_grace = -1\n", "$.pool[0].interrupt_grace: must be >= 0 (got -1.0)"),
         ("[[pool]]\nmemory_limit_mb = -1\n", "$.pool[0].memory_limit_mb: must be >= 0 (got -1)"),
-        ("[[pool]]\n[pool.restart]\nmin_delay = -1\n",
-         "$.pool[0].restart.min_delay: must be >= 0 (got -1.0)"),
-        ("[[pool]]\n[pool.restart]\nmultiplier = 0.5\n",
-         "$.pool[0].restart.multiplier: must be >= 1 (got 0.5)"),
-        ("[[pool]]\n[pool.restart]\nreset_after = -1\n",
-         "$.pool[0].restart.reset_after: must be >= 0 (got -1.0)"),
-        ("[[pool]]\n[pool.restart]\nmax_retries = -2\n",
-         "$.pool[0].restart.max_retries: must be >= -1 (got -2)"),
-        ("[[pool]]\n[pool.heartbeat]\ninterval = 0\n",
-         "$.pool[0].heartbeat.interval: must be > 0 (got 0.0)"),
-        ("[[pool]]\n[pool.heartbeat]\nmisses = 0\n",
-         "$.pool[0].heartbeat.misses: must be >= 1 (got 0)"),
-        ("[[pool]]\n[pool.shutdown]\ngrace = -1\n",
-         "$.pool[0].shutdown.grace: must be >= 0 (got -1.0)"),
-        ("[[pool]]\n[pool.shutdown]\nterm_timeout = -1\n",
-         "$.pool[0].shutdown.term_timeout: must be >= 0 (got -1.0)"),
+        (
+            "[[pool]]\n[pool.restart]\nmin_delay = -1\n",
+            "$.pool[0].restart.min_delay: must be >= 0 (got -1.0)",
+        ),
+        (
+            "[[pool]]\n[pool.restart]\nmultiplier = 0.5\n",
+            "$.pool[0].restart.multiplier: must be >= 1 (got 0.5)",
+        ),
+        (
+            "[[pool]]\n[pool.restart]\nreset_after = -1\n",
+            "$.pool[0].restart.reset_after: must be >= 0 (got -1.0)",
+        ),
+        (
+            "[[pool]]\n[pool.restart]\nmax_retries = -2\n",
+            "$.pool[0].restart.max_retries: must be >= -1 (got -2)",
+        ),
+        (
+            "[[pool]]\n[pool.heartbeat]\ninterval = 0\n",
+            "$.pool[0].heartbeat.interval: must be > 0 (got 0.0)",
+        ),
+        (
+            "[[pool]]\n[pool.heartbeat]\nmisses = 0\n",
+            "$.pool[0].heartbeat.misses: must be >= 1 (got 0)",
+        ),
+        (
+            "[[pool]]\n[pool.shutdown]\ngrace = -1\n",
+            "$.pool[0].shutdown.grace: must be >= 0 (got -1.0)",
+        ),
+        (
+            "[[pool]]\n[pool.shutdown]\nterm_timeout = -1\n",
+            "$.pool[0].shutdown.term_timeout: must be >= 0 (got -1.0)",
+        ),
         # other values and cross-field checks
-        ("[[pool]]\n[pool.restart]\nmin_delay = 2.0\nmax_delay = 1.0\n",
-         "$.pool[0].restart.max_delay: must be >= min_delay (1.0 < 2.0)"),
-        ("[[pool]]\nname = 'a'\n[[pool]]\nname = 'b'\n[pool.restart]\nmin_delay = 45\n",
-         "$.pool[1].restart.max_delay: must be >= min_delay (30.0 < 45.0)"),
+        (
+            "[[pool]]\n[pool.restart]\nmin_delay = 2.0\nmax_delay = 1.0\n",
+            "$.pool[0].restart.max_delay: must be >= min_delay (1.0 < 2.0)",
+        ),
+        (
+            "[[pool]]\nname = 'a'\n[[pool]]\nname = 'b'\n[pool.restart]\nmin_delay = 45\n",
+            "$.pool[1].restart.max_delay: must be >= min_delay (30.0 < 45.0)",
+        ),
         ("[[pool]]\nname = 'a b'\n", "$.pool[0].name: must match [A-Za-z0-9_.-]+ (got 'a b')"),
         ("[[pool]]\nname = ''\n", "$.pool[0].name: must match [A-Za-z0-9_.-]+ (got '')"),
         ("[[pool]]\nkernel = ''\n", "$.pool[0].kernel: must not be empty"),
-        ("[[pool]]\nname = 'a'\n[[pool]]\nname = 'b'\n[[pool]]\nname = 'a'\n",
-         "$.pool[2].name: duplicate pool name 'a' (also $.pool[0].name)"),
-        ("[[pool]]\n[[pool]]\n", "$.pool[1].name: duplicate pool name 'default' "
-         "(also $.pool[0].name)"),
+        (
+            "[[pool]]\nname = 'a'\n[[pool]]\nname = 'b'\n[[pool]]\nname = 'a'\n",
+            "$.pool[2].name: duplicate pool name 'a' (also $.pool[0].name)",
+        ),
+        (
+            "[[pool]]\n[[pool]]\n",
+            "$.pool[1].name: duplicate pool name 'default' (also $.pool[0].name)",
+        ),
         ("pool = []\n", "$.pool: at least one [[pool]] is required"),
-        ("[server]\nendpoint = 'http://127.0.0.1:80'\n",
-         "$.server.endpoint: must be \"\", tcp://HOST:PORT or ipc://PATH "
-         "(got 'http://127.0.0.1:80')"),
-        ("[server]\nendpoint = '127.0.0.1:5599'\n",
-         "$.server.endpoint: must be \"\", tcp://HOST:PORT or ipc://PATH "
-         "(got '127.0.0.1:5599')"),
-        ("[server]\nendpoint = 'tcp://127.0.0.1'\n",
-         "$.server.endpoint: expected tcp://HOST:PORT (got 'tcp://127.0.0.1')"),
-        ("[server]\nendpoint = 'tcp://127.0.0.1:0'\n",
-         "$.server.endpoint: port must be 1-65535 or * (got '0')"),
-        ("[server]\nendpoint = 'tcp://127.0.0.1:65536'\n",
-         "$.server.endpoint: port must be 1-65535 or * (got '65536')"),
-        ("[server]\nendpoint = 'ipc://'\n", "$.server.endpoint: ipc:// needs a path (got 'ipc://')"),
-        ("[server]\nendpoint = 'tcp://0.0.0.0:5599'\n",
-         "$.server.endpoint: host '0.0.0.0' is not loopback "
-         "(set allow_remote = true to listen on it)"),
+        (
+            "[server]\nendpoint = 'http://127.0.0.1:80'\n",
+            '$.server.endpoint: must be "", tcp://HOST:PORT or ipc://PATH '
+            "(got 'http://127.0.0.1:80')",
+        ),
+        (
+            "[server]\nendpoint = '127.0.0.1:5599'\n",
+            "$.server.endpoint: must be \"\", tcp://HOST:PORT or ipc://PATH (got '127.0.0.1:5599')",
+        ),
+        (
+            "[server]\nendpoint = 'tcp://127.0.0.1'\n",
+            "$.server.endpoint: expected tcp://HOST:PORT (got 'tcp://127.0.0.1')",
+        ),
+        (
+            "[server]\nendpoint = 'tcp://127.0.0.1:0'\n",
+            "$.server.endpoint: port must be 1-65535 or * (got '0')",
+        ),
+        (
+            "[server]\nendpoint = 'tcp://127.0.0.1:65536'\n",
+            "$.server.endpoint: port must be 1-65535 or * (got '65536')",
+        ),
+        (
+            "[server]\nendpoint = 'ipc://'\n",
+            "$.server.endpoint: ipc:// needs a path (got 'ipc://')",
+        ),
+        (
+            "[server]\nendpoint = 'tcp://0.0.0.0:5599'\n",
+            "$.server.endpoint: host '0.0.0.0' is not loopback "
+            "(set allow_remote = true to listen on it)",
+        ),
         # several problems: all of them, on one line, in file order
-        ("[supervisor]\nintensity = 'x'\n[server]\nbogus = 1\n",
-         "$.supervisor.intensity: expected int, got 'x'; $.server.bogus: unknown key"),
+        (
+            "[supervisor]\nintensity = 'x'\n[server]\nbogus = 1\n",
+            "$.supervisor.intensity: expected int, got 'x'; $.server.bogus: unknown key",
+        ),
     ],
 )
 def test_errors_name_the_file_and_key_path(text: str, message: str) -> None:
@@ -242,7 +320,7 @@ def test_errors_name_the_file_and_key_path(text: str, message: str) -> None:
         ("[supervisor]\nintensity = 1\nintensity = 2\n", 3, 14),
         ("[[pool]]\nname = 'a'\n\nsize = 2 3\n", 4, 10),
         ("[supervisor", 1, 12),  # tomllib: "at end of document"
-        ("[server]\nendpoint = \"x", 2, 14),
+        ('[server]\nendpoint = "x', 2, 14),
     ],
 )
 def test_broken_toml_names_line_and_column(text: str, line: int, column: int) -> None:
@@ -308,7 +386,8 @@ def test_load_config_sets_source_and_names_the_file(tmp_path: Path) -> None:
 
 
 def test_load_config_relative_path_becomes_absolute_source(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (tmp_path / "s.toml").write_text("")
     monkeypatch.chdir(tmp_path)
     assert load_config("s.toml").source == str(tmp_path / "s.toml")
@@ -323,7 +402,8 @@ def test_load_config_relative_path_becomes_absolute_source(
     ],
 )
 def test_load_config_io_problems_are_config_errors(
-        tmp_path: Path, content: bytes | None, pattern: str) -> None:
+    tmp_path: Path, content: bytes | None, pattern: str
+) -> None:
     path = tmp_path / "missing.toml"
     if content is not None:
         path.write_bytes(content)
@@ -351,8 +431,18 @@ def test_example_supervisor_toml_documents_every_key() -> None:
             above = lines[i - 1]
             assert above.startswith("# ") and not key_line.match(above), line
             documented.add(m[1])
-    expected = {f.name for cls in (SupervisorConfig, ServerConfig, PoolConfig, RestartConfig,
-                                   HeartbeatConfig, ShutdownConfig) for f in attrs.fields(cls)}
+    expected = {
+        f.name
+        for cls in (
+            SupervisorConfig,
+            ServerConfig,
+            PoolConfig,
+            RestartConfig,
+            HeartbeatConfig,
+            ShutdownConfig,
+        )
+        for f in attrs.fields(cls)
+    }
     assert documented == expected - {"restart", "heartbeat", "shutdown"}
 
 
@@ -468,11 +558,24 @@ def test_full_file_round_trip() -> None:
         server=ServerConfig("tcp://0.0.0.0:5599", True, 1000),
         pools=(
             PoolConfig(
-                name="py", kernel="python3", size=4, spares=0, exec_timeout=30.0,
-                max_output_bytes=2048, startup_code="import os", strategy="rest_for_one",
-                intensity=2, period=1.5, queue_limit=0, queue_timeout=0.0,
-                session_idle_timeout=900.0, start_timeout=10.0, interrupt_grace=0.0,
-                interrupt_mode="message", transport="tcp", memory_limit_mb=512,
+                name="py",
+                kernel="python3",
+                size=4,
+                spares=0,
+                exec_timeout=30.0,
+                max_output_bytes=2048,
+                startup_code="import os",
+                strategy="rest_for_one",
+                intensity=2,
+                period=1.5,
+                queue_limit=0,
+                queue_timeout=0.0,
+                session_idle_timeout=900.0,
+                start_timeout=10.0,
+                interrupt_grace=0.0,
+                interrupt_mode="message",
+                transport="tcp",
+                memory_limit_mb=512,
                 env={"PYTHONHASHSEED": "0", "odd key": "x"},
                 restart=RestartConfig("transient", 0.5, 0.5, 1.0, "equal", 0.0, -1),
                 heartbeat=HeartbeatConfig(0.25, 1),

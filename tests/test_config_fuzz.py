@@ -16,33 +16,79 @@ from hypothesis import strategies as st
 import kernelsup
 from kernelsup.core.config import Config, parse_config
 
-settings.register_profile("bounded", max_examples=300, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("long", max_examples=10_000, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile(
+    "bounded", max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile(
+    "long", max_examples=10_000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "bounded"))
 
 KNOWN = {
     "supervisor": ["strategy", "intensity", "period", "runtime_dir", "log_file"],
     "server": ["endpoint", "allow_remote", "max_message_bytes"],
-    "pool": ["name", "kernel", "size", "spares", "exec_timeout", "max_output_bytes",
-             "startup_code", "strategy", "intensity", "period", "queue_limit",
-             "queue_timeout", "session_idle_timeout", "start_timeout", "interrupt_grace",
-             "interrupt_mode", "transport", "memory_limit_mb", "env"],
-    "restart": ["type", "min_delay", "max_delay", "multiplier", "jitter", "reset_after",
-                "max_retries"],
+    "pool": [
+        "name",
+        "kernel",
+        "size",
+        "spares",
+        "exec_timeout",
+        "max_output_bytes",
+        "startup_code",
+        "strategy",
+        "intensity",
+        "period",
+        "queue_limit",
+        "queue_timeout",
+        "session_idle_timeout",
+        "start_timeout",
+        "interrupt_grace",
+        "interrupt_mode",
+        "transport",
+        "memory_limit_mb",
+        "env",
+    ],
+    "restart": [
+        "type",
+        "min_delay",
+        "max_delay",
+        "multiplier",
+        "jitter",
+        "reset_after",
+        "max_retries",
+    ],
     "heartbeat": ["interval", "misses"],
     "shutdown": ["grace", "term_timeout"],
 }
 
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**70), 2**70),
-    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=20),
-    st.sampled_from(["one_for_one", "rest_for_one", "permanent", "full", "ipc", "tcp",
-                     "tcp://127.0.0.1:5599", "tcp://0.0.0.0:1", "ipc:///tmp/x", "signal"]))
-values = st.recursive(scalars, lambda inner: st.one_of(
-    st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)),
-    max_leaves=6)
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=20),
+    st.sampled_from(
+        [
+            "one_for_one",
+            "rest_for_one",
+            "permanent",
+            "full",
+            "ipc",
+            "tcp",
+            "tcp://127.0.0.1:5599",
+            "tcp://0.0.0.0:1",
+            "ipc:///tmp/x",
+            "signal",
+        ]
+    ),
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
 
 
 def table(section: str) -> st.SearchStrategy[dict[str, Any]]:
@@ -50,15 +96,30 @@ def table(section: str) -> st.SearchStrategy[dict[str, Any]]:
     return st.dictionaries(keys, values, max_size=6)
 
 
-pools = st.lists(st.builds(
-    lambda base, restart, hb, sd: {**base, **({"restart": restart} if restart else {}),
-                                   **({"heartbeat": hb} if hb else {}),
-                                   **({"shutdown": sd} if sd else {})},
-    table("pool"), table("restart"), table("heartbeat"), table("shutdown")), max_size=3)
+pools = st.lists(
+    st.builds(
+        lambda base, restart, hb, sd: {
+            **base,
+            **({"restart": restart} if restart else {}),
+            **({"heartbeat": hb} if hb else {}),
+            **({"shutdown": sd} if sd else {}),
+        },
+        table("pool"),
+        table("restart"),
+        table("heartbeat"),
+        table("shutdown"),
+    ),
+    max_size=3,
+)
 
-documents = st.fixed_dictionaries({}, optional={
-    "supervisor": table("supervisor"), "server": table("server"),
-    "pool": st.one_of(pools, values)})
+documents = st.fixed_dictionaries(
+    {},
+    optional={
+        "supervisor": table("supervisor"),
+        "server": table("server"),
+        "pool": st.one_of(pools, values),
+    },
+)
 
 
 @given(documents)

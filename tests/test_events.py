@@ -42,8 +42,10 @@ async def test_fan_out_to_several_subscribers_in_order() -> None:
     with trio.fail_after(5):
         bus = EventBus()
         subs = [bus.subscribe(name=f"s{i}") for i in range(3)]
-        published = [bus.publish(ev.STATE_CHANGED, pool="default", kernel_id="default-0",
-                                 state="busy", n=i) for i in range(50)]
+        published = [
+            bus.publish(ev.STATE_CHANGED, pool="default", kernel_id="default-0", state="busy", n=i)
+            for i in range(50)
+        ]
         bus.close()
         assert [e.seq for e in published] == list(range(1, 51))
         for sub in subs:
@@ -116,7 +118,10 @@ async def test_lag_is_reported_after_a_burst_followed_by_silence() -> None:
             bus.publish(ev.KERNEL_STARTING, kernel_id="k")
         first = [await sub.receive() for _ in range(3)]
         assert [(e.kind, e.seq) for e in first] == [
-            (ev.KERNEL_STARTING, 1), (ev.KERNEL_STARTING, 2), (ev.LAGGED, 5)]
+            (ev.KERNEL_STARTING, 1),
+            (ev.KERNEL_STARTING, 2),
+            (ev.LAGGED, 5),
+        ]
         assert first[2].data == {"dropped": 3}
         with trio.move_on_after(0.05) as scope:
             await sub.receive()
@@ -214,8 +219,11 @@ def test_stats_names_and_totals() -> None:
     assert stats.published == 3
     assert stats.subscribers == {"cli-1": 2, "subscriber-2": 2}
     assert stats.dropped == 6  # a's misses stay counted after it left
-    assert stats.to_dict() == {"published": 3, "dropped": 6,
-                               "subscribers": {"cli-1": 2, "subscriber-2": 2}}
+    assert stats.to_dict() == {
+        "published": 3,
+        "dropped": 6,
+        "subscribers": {"cli-1": 2, "subscriber-2": 2},
+    }
 
 
 @pytest.mark.parametrize("buffer", [0, -1, ev.MAX_SUBSCRIBER_BUFFER + 1])
@@ -241,36 +249,72 @@ CAUSE = ExitCause.from_returncode(-9)
 # kind -> (pool, kernel_id, data, what describe() must say after the clock)
 EXAMPLES: dict[str, tuple[str | None, str | None, dict[str, Any], str]] = {
     ev.KERNEL_STARTING: ("default", "default-0", {}, "default-0 starting"),
-    ev.KERNEL_STARTED: ("default", "default-0", {"pid": 4242, "start_s": 0.8213},
-                        "default-0 started pid 4242 in 0.82 s"),
-    ev.KERNEL_EXITED: ("default", "default-0", {"cause": CAUSE.to_dict(),
-                                                "text": CAUSE.describe(), "restarts": 1},
-                       "default-0 exited signal(9) (restarts 1)"),
-    ev.KERNEL_START_FAILED: ("default", "default-1",
-                             {"cause": ExitCause("start_timeout").to_dict(),
-                              "message": "no kernel_info_reply within 30 s"},
-                             "default-1 start failed: start_timeout: "
-                             "no kernel_info_reply within 30 s"),
-    ev.RESTART_SCHEDULED: ("default", "default-0",
-                           {"delay": 0.5, "attempt": 2, "next_try": T0 + 0.5},
-                           "default-0 restart scheduled in 0.50 s (attempt 2)"),
-    ev.GAVE_UP: ("default", "default-0", {"reason": "5 consecutive failures"},
-                 "default-0 gave up: 5 consecutive failures"),
-    ev.POOL_ESCALATED: ("default", None, {"reason": "11 restarts in 60 s"},
-                        "pool default escalated: 11 restarts in 60 s"),
+    ev.KERNEL_STARTED: (
+        "default",
+        "default-0",
+        {"pid": 4242, "start_s": 0.8213},
+        "default-0 started pid 4242 in 0.82 s",
+    ),
+    ev.KERNEL_EXITED: (
+        "default",
+        "default-0",
+        {"cause": CAUSE.to_dict(), "text": CAUSE.describe(), "restarts": 1},
+        "default-0 exited signal(9) (restarts 1)",
+    ),
+    ev.KERNEL_START_FAILED: (
+        "default",
+        "default-1",
+        {
+            "cause": ExitCause("start_timeout").to_dict(),
+            "message": "no kernel_info_reply within 30 s",
+        },
+        "default-1 start failed: start_timeout: no kernel_info_reply within 30 s",
+    ),
+    ev.RESTART_SCHEDULED: (
+        "default",
+        "default-0",
+        {"delay": 0.5, "attempt": 2, "next_try": T0 + 0.5},
+        "default-0 restart scheduled in 0.50 s (attempt 2)",
+    ),
+    ev.GAVE_UP: (
+        "default",
+        "default-0",
+        {"reason": "5 consecutive failures"},
+        "default-0 gave up: 5 consecutive failures",
+    ),
+    ev.POOL_ESCALATED: (
+        "default",
+        None,
+        {"reason": "11 restarts in 60 s"},
+        "pool default escalated: 11 restarts in 60 s",
+    ),
     ev.POOL_RESTARTED: ("default", None, {}, "pool default restarted"),
-    ev.SUPERVISOR_READY: (None, None, {"kernels": 3, "endpoint": "ipc:///tmp/ks/control"},
-                          "supervisor ready: 3 kernels, endpoint ipc:///tmp/ks/control"),
-    ev.SUPERVISOR_STOPPING: (None, None, {"reason": "SIGINT"},
-                             "supervisor stopping: SIGINT"),
-    ev.SUPERVISOR_GAVE_UP: (None, None, {"reason": "pool default escalated 4 times in 60 s"},
-                            "supervisor gave up: pool default escalated 4 times in 60 s"),
-    ev.STATE_CHANGED: ("default", "default-2", {"state": "backoff"},
-                       "default-2 state backoff"),
-    ev.SESSION_OPENED: ("default", "default-1", {"session": "agent-1"},
-                        "default-1 session agent-1 opened"),
-    ev.SESSION_CLOSED: ("default", "default-1", {"session": "agent-1"},
-                        "default-1 session agent-1 closed"),
+    ev.SUPERVISOR_READY: (
+        None,
+        None,
+        {"kernels": 3, "endpoint": "ipc:///tmp/ks/control"},
+        "supervisor ready: 3 kernels, endpoint ipc:///tmp/ks/control",
+    ),
+    ev.SUPERVISOR_STOPPING: (None, None, {"reason": "SIGINT"}, "supervisor stopping: SIGINT"),
+    ev.SUPERVISOR_GAVE_UP: (
+        None,
+        None,
+        {"reason": "pool default escalated 4 times in 60 s"},
+        "supervisor gave up: pool default escalated 4 times in 60 s",
+    ),
+    ev.STATE_CHANGED: ("default", "default-2", {"state": "backoff"}, "default-2 state backoff"),
+    ev.SESSION_OPENED: (
+        "default",
+        "default-1",
+        {"session": "agent-1"},
+        "default-1 session agent-1 opened",
+    ),
+    ev.SESSION_CLOSED: (
+        "default",
+        "default-1",
+        {"session": "agent-1"},
+        "default-1 session agent-1 closed",
+    ),
     ev.LAGGED: (None, None, {"dropped": 9984}, "lagged: 9984 events dropped"),
 }
 
@@ -294,25 +338,31 @@ def test_describe_is_one_readable_line(kind: str) -> None:
     assert len(line.splitlines()) == 1
 
 
-@pytest.mark.parametrize(("kind", "data", "text"), [
-    (ev.KERNEL_STARTING, {"restarts": 2}, "default-0 starting (restarts 2)"),
-    (ev.POOL_RESTARTED, {"reason": "escalated"}, "default-0 restarted: escalated"),
-    (ev.SESSION_CLOSED, {"session": "a", "reason": "idle"}, "default-0 session a closed: idle"),
-    (ev.SUPERVISOR_READY, {"kernels": ["a", "b"]}, "default-0 supervisor ready: 2 kernels"),
-])
+@pytest.mark.parametrize(
+    ("kind", "data", "text"),
+    [
+        (ev.KERNEL_STARTING, {"restarts": 2}, "default-0 starting (restarts 2)"),
+        (ev.POOL_RESTARTED, {"reason": "escalated"}, "default-0 restarted: escalated"),
+        (ev.SESSION_CLOSED, {"session": "a", "reason": "idle"}, "default-0 session a closed: idle"),
+        (ev.SUPERVISOR_READY, {"kernels": ["a", "b"]}, "default-0 supervisor ready: 2 kernels"),
+    ],
+)
 def test_describe_shows_optional_data(kind: str, data: dict[str, Any], text: str) -> None:
     assert Event(kind, T0, None, "default-0", data).describe().endswith(" " + text)
 
 
 def test_describe_escapes_line_breaks_and_survives_missing_or_unknown_data() -> None:
-    line = Event(ev.GAVE_UP, T0, "p", "p-0", {"reason": "boom\nTraceback:\r\n  x\u2028y"}
-                 ).describe()
+    line = Event(
+        ev.GAVE_UP, T0, "p", "p-0", {"reason": "boom\nTraceback:\r\n  x\u2028y"}
+    ).describe()
     assert line.splitlines() == [line]
     assert line.endswith(r"p-0 gave up: boom\nTraceback:\r\n  x\u2028y")
-    assert Event(ev.KERNEL_EXITED, T0, kernel_id="k").describe().endswith(
-        "k exited ? (restarts ?)")
-    assert Event("from_the_future", T0, kernel_id="k", data={"a": [1]}).describe().endswith(
-        'k from_the_future a=[1]')
+    assert Event(ev.KERNEL_EXITED, T0, kernel_id="k").describe().endswith("k exited ? (restarts ?)")
+    assert (
+        Event("from_the_future", T0, kernel_id="k", data={"a": [1]})
+        .describe()
+        .endswith("k from_the_future a=[1]")
+    )
 
 
 @pytest.mark.parametrize("kind", sorted(ev.ALL_KINDS - {ev.LAGGED}))
@@ -321,8 +371,7 @@ def test_to_dict_from_dict_round_trip(kind: str) -> None:
     bus = EventBus(clock=fixed_clock)
     event = bus.publish(kind, pool=pool, kernel_id=kernel_id, **data)
     d = event.to_dict()
-    assert d == {"event": kind, "time": T0, "seq": 1, "pool": pool, "kernel_id": kernel_id,
-                 **data}
+    assert d == {"event": kind, "time": T0, "seq": 1, "pool": pool, "kernel_id": kernel_id, **data}
     assert Event.from_dict(json.loads(json.dumps(d))) == event
 
 
@@ -336,36 +385,42 @@ def test_data_is_a_private_read_only_copy() -> None:
     assert hash(event) == hash(Event.from_dict(event.to_dict()))
 
 
-@pytest.mark.parametrize(("kind", "data", "error", "match"), [
-    ("kernel_exploded", {}, ValueError, "kernel_exploded"),
-    (ev.LAGGED, {"dropped": 1}, ValueError, "lagged"),
-    (ev.GAVE_UP, {"seq": 1}, ValueError, "reserved"),
-    (ev.GAVE_UP, {"event": "x"}, ValueError, "reserved"),
-    (ev.GAVE_UP, {"reason": ("a", "b")}, TypeError, r"data\.reason: tuple"),
-    (ev.GAVE_UP, {"reason": {1: "a"}}, TypeError, "key 1"),
-    (ev.RESTART_SCHEDULED, {"delay": float("inf")}, ValueError, r"data\.delay"),
-    (ev.GAVE_UP, {"reason": object()}, TypeError, "not JSON-ready"),
-])
-def test_publish_rejects_misuse(kind: str, data: dict[str, Any], error: type[Exception],
-                                match: str) -> None:
+@pytest.mark.parametrize(
+    ("kind", "data", "error", "match"),
+    [
+        ("kernel_exploded", {}, ValueError, "kernel_exploded"),
+        (ev.LAGGED, {"dropped": 1}, ValueError, "lagged"),
+        (ev.GAVE_UP, {"seq": 1}, ValueError, "reserved"),
+        (ev.GAVE_UP, {"event": "x"}, ValueError, "reserved"),
+        (ev.GAVE_UP, {"reason": ("a", "b")}, TypeError, r"data\.reason: tuple"),
+        (ev.GAVE_UP, {"reason": {1: "a"}}, TypeError, "key 1"),
+        (ev.RESTART_SCHEDULED, {"delay": float("inf")}, ValueError, r"data\.delay"),
+        (ev.GAVE_UP, {"reason": object()}, TypeError, "not JSON-ready"),
+    ],
+)
+def test_publish_rejects_misuse(
+    kind: str, data: dict[str, Any], error: type[Exception], match: str
+) -> None:
     bus = EventBus()
     with pytest.raises(error, match=match):
         bus.publish(kind, **data)
     assert bus.stats.published == 0  # no seq was used up
 
 
-GOOD = {"event": "gave_up", "time": T0, "seq": 3, "pool": "p", "kernel_id": "p-0",
-        "reason": "r"}
+GOOD = {"event": "gave_up", "time": T0, "seq": 3, "pool": "p", "kernel_id": "p-0", "reason": "r"}
 
 
-@pytest.mark.parametrize(("change", "match"), [
-    ({"event": None}, "event"),
-    ({"time": "noon"}, "time"),
-    ({"time": True}, "time"),
-    ({"seq": 1.5}, "seq"),
-    ({"pool": 3}, "pool"),
-    ({"reason": float("nan")}, "reason"),
-])
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"event": None}, "event"),
+        ({"time": "noon"}, "time"),
+        ({"time": True}, "time"),
+        ({"seq": 1.5}, "seq"),
+        ({"pool": 3}, "pool"),
+        ({"reason": float("nan")}, "reason"),
+    ],
+)
 def test_from_dict_rejects_malformed_events(change: dict[str, Any], match: str) -> None:
     with pytest.raises(ProtocolError, match=match):
         Event.from_dict({**GOOD, **change})
@@ -381,13 +436,15 @@ def test_from_dict_rejects_missing_keys_and_non_objects() -> None:
 # --- the log ----------------------------------------------------------------------------
 
 
-async def run_log(log: EventLog, bus: EventBus, stream: io.StringIO, *, json_lines: bool,
-                  kinds: list[str]) -> list[Event]:
+async def run_log(
+    log: EventLog, bus: EventBus, stream: io.StringIO, *, json_lines: bool, kinds: list[str]
+) -> list[Event]:
     """Start the log, publish one example of each kind, close the bus, wait for the log."""
     published: list[Event] = []
     async with trio.open_nursery() as nursery:
-        await nursery.start(lambda task_status: log.run(bus, stream, json_lines=json_lines,
-                                                        task_status=task_status))
+        await nursery.start(
+            lambda task_status: log.run(bus, stream, json_lines=json_lines, task_status=task_status)
+        )
         for kind in kinds:
             pool, kernel_id, data, _ = EXAMPLES[kind]
             published.append(bus.publish(kind, pool=pool, kernel_id=kernel_id, **data))
@@ -413,8 +470,9 @@ async def test_event_log_json_lines_parse_back_and_append_to_the_file(tmp_path: 
         stream = io.StringIO()
         log = EventLog(path)
         published = await run_log(log, EventBus(), stream, json_lines=True, kinds=KINDS)
-        assert [Event.from_dict(json.loads(line))
-                for line in stream.getvalue().splitlines()] == published
+        assert [
+            Event.from_dict(json.loads(line)) for line in stream.getvalue().splitlines()
+        ] == published
         lines = path.read_text().splitlines()
         assert lines[0] == '{"earlier": "run"}'
         assert [Event.from_dict(json.loads(line)) for line in lines[1:]] == published
@@ -425,11 +483,17 @@ async def test_event_log_file_gets_json_while_the_stream_gets_lines(tmp_path: Pa
     with trio.fail_after(5):
         path = tmp_path / "events.jsonl"
         stream = io.StringIO()
-        published = await run_log(EventLog(str(path)), EventBus(), stream, json_lines=False,
-                                  kinds=[ev.KERNEL_STARTING, ev.KERNEL_EXITED])
+        published = await run_log(
+            EventLog(str(path)),
+            EventBus(),
+            stream,
+            json_lines=False,
+            kinds=[ev.KERNEL_STARTING, ev.KERNEL_EXITED],
+        )
         assert stream.getvalue().splitlines() == [e.describe() for e in published]
         assert [json.loads(line) for line in path.read_text().splitlines()] == [
-            e.to_dict() for e in published]
+            e.to_dict() for e in published
+        ]
 
 
 async def test_event_log_survives_a_broken_stream(tmp_path: Path) -> None:
@@ -438,8 +502,9 @@ async def test_event_log_survives_a_broken_stream(tmp_path: Path) -> None:
         stream = io.StringIO()
         stream.close()  # writes now raise ValueError
         log = EventLog(path)
-        published = await run_log(log, EventBus(), stream, json_lines=False,
-                                  kinds=[ev.KERNEL_STARTING, ev.KERNEL_EXITED])
+        published = await run_log(
+            log, EventBus(), stream, json_lines=False, kinds=[ev.KERNEL_STARTING, ev.KERNEL_EXITED]
+        )
         assert log.errors == 1
         assert len(path.read_text().splitlines()) == len(published)
 

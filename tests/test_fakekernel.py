@@ -32,11 +32,11 @@ START_TIMEOUT = 10.0  # cold start is mostly importing jupyter_client, well unde
 class Fake:
     """A fake kernel process started by the test, plus a raw pyzmq client for it."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], info: dict[str, Any],
-                 stderr_path: pathlib.Path) -> None:
+    def __init__(
+        self, proc: subprocess.Popen[bytes], info: dict[str, Any], stderr_path: pathlib.Path
+    ) -> None:
         self.proc, self.info, self.stderr_path = proc, info, stderr_path
-        self.session = Session(key=info["key"].encode(),
-                               signature_scheme=info["signature_scheme"])
+        self.session = Session(key=info["key"].encode(), signature_scheme=info["signature_scheme"])
         self.ctx = zmq.Context()
         self.shell = self._connect(zmq.DEALER, "shell")
         self.control = self._connect(zmq.DEALER, "control")
@@ -56,8 +56,9 @@ class Fake:
     def stderr(self) -> str:
         return self.stderr_path.read_text()
 
-    def send(self, sock: zmq.Socket[bytes], msg_type: str,
-             content: dict[str, Any] | None = None) -> str:
+    def send(
+        self, sock: zmq.Socket[bytes], msg_type: str, content: dict[str, Any] | None = None
+    ) -> str:
         msg = self.session.send(sock, msg_type, content or {})
         assert msg is not None
         return str(msg["header"]["msg_id"])
@@ -76,8 +77,9 @@ class Fake:
                 self.bad_iopub_frames += 1
         return None
 
-    def reply_to(self, sock: zmq.Socket[bytes], msg_id: str,
-                 timeout: float = 5.0) -> dict[str, Any] | None:
+    def reply_to(
+        self, sock: zmq.Socket[bytes], msg_id: str, timeout: float = 5.0
+    ) -> dict[str, Any] | None:
         deadline = time.monotonic() + timeout
         while (msg := self.recv(sock, deadline - time.monotonic())) is not None:
             if msg["parent_header"].get("msg_id") == msg_id:
@@ -132,13 +134,19 @@ def spawn(tmp_path: pathlib.Path) -> Iterator[Spawn]:
             ipc_dirs.append(tempfile.mkdtemp(prefix="fk-", dir="/tmp"))
             ip = os.path.join(ipc_dirs[-1], "k")
         fname, info = write_connection_file(
-            str(tmp_path / f"conn-{n}.json"), ip=ip, key=os.urandom(16).hex().encode(),
-            transport=transport)
+            str(tmp_path / f"conn-{n}.json"),
+            ip=ip,
+            key=os.urandom(16).hex().encode(),
+            transport=transport,
+        )
         stderr_path = tmp_path / f"stderr-{n}.txt"
         with stderr_path.open("wb") as err:
             proc = subprocess.Popen(
                 [sys.executable, str(FAKE_PATH), "-f", fname, "--mode", mode, *extra],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+            )
         fake = Fake(proc, dict(info), stderr_path)
         fakes.append(fake)
         return fake
@@ -163,8 +171,16 @@ def test_install_kernelspec_and_ok_through_kernel_manager(
     name = install_kernelspec(tmp_path / "jp", "ok", extra_args=["--count", "2"])
     assert name == "fake-ok"
     spec = KernelSpecManager().get_kernel_spec(name)
-    assert spec.argv == [sys.executable, str(FAKE_PATH), "-f", "{connection_file}",
-                         "--mode", "ok", "--count", "2"]
+    assert spec.argv == [
+        sys.executable,
+        str(FAKE_PATH),
+        "-f",
+        "{connection_file}",
+        "--mode",
+        "ok",
+        "--count",
+        "2",
+    ]
     assert (spec.language, spec.interrupt_mode) == ("python", "signal")
 
     km = KernelManager(kernel_name=name)
@@ -213,10 +229,20 @@ def test_ok_mode_speaks_the_protocol(spawn: Spawn, transport: str) -> None:
     assert reply["msg_type"] == "execute_reply"
     assert (reply["content"]["status"], reply["content"]["execution_count"]) == ("ok", 1)
     iopub = fake.iopub_for(msg_id)
-    assert [(m["msg_type"], m["content"].get("execution_state") or m["content"].get("text")
-             or m["content"].get("code")) for m in iopub] == [
-        ("status", "busy"), ("execute_input", "x = 1"), ("stream", "fake:x = 1"),
-        ("status", "idle")]
+    assert [
+        (
+            m["msg_type"],
+            m["content"].get("execution_state")
+            or m["content"].get("text")
+            or m["content"].get("code"),
+        )
+        for m in iopub
+    ] == [
+        ("status", "busy"),
+        ("execute_input", "x = 1"),
+        ("stream", "fake:x = 1"),
+        ("status", "idle"),
+    ]
 
     assert fake.ping()
     os.kill(fake.proc.pid, signal.SIGINT)  # nothing to interrupt: ignored

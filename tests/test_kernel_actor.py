@@ -78,12 +78,15 @@ async def test_png_display(kernel: RunningKernel) -> None:
     assert images[0].data is not None and images[0].data["image/png"].startswith("iVBOR")
 
 
-@pytest.mark.parametrize("text", [
-    "héllo wörld ✓ 日本語",
-    "emoji 🐍🚀 and zero-width \u200b joiner",
-    "escapes \\n \\t \x1b[31mred\x1b[0m \r carriage",
-    "x" * 100_000,
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "héllo wörld ✓ 日本語",
+        "emoji 🐍🚀 and zero-width \u200b joiner",
+        "escapes \\n \\t \x1b[31mred\x1b[0m \r carriage",
+        "x" * 100_000,
+    ],
+)
 async def test_text_round_trips(kernel: RunningKernel, text: str) -> None:
     r = await kernel.handle.execute(f"import sys; sys.stdout.write({text!r}); {text!r}")
     assert r.status == "ok", r
@@ -127,10 +130,13 @@ async def test_sigstop_is_heartbeat(kernel: RunningKernel) -> None:
     assert kernel.handle.stats.heartbeat_misses >= FAST.heartbeat_misses
 
 
-@pytest.mark.parametrize("code", [
-    "import time; time.sleep(5); 'done'",
-    "n = 0\nfor i in range(60_000_000): n += i\n'done'",
-])
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import time; time.sleep(5); 'done'",
+        "n = 0\nfor i in range(60_000_000): n += i\n'done'",
+    ],
+)
 async def test_busy_kernel_is_not_frozen(kernel: RunningKernel, code: str) -> None:
     r = await kernel.handle.execute(code)
     assert r.status == "ok", r
@@ -153,8 +159,8 @@ async def test_timeout_interrupts_and_keeps_state(kernel: RunningKernel) -> None
 
 async def test_timeout_kills_kernel_that_ignores_sigint(kernel: RunningKernel) -> None:
     r = await kernel.handle.execute(
-        "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True: pass",
-        timeout=1.0)
+        "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True: pass", timeout=1.0
+    )
     assert r.status == "timeout"
     assert r.interrupted and r.state_lost and r.kernel_restarted
     cause = await kernel.wait_exit()
@@ -194,7 +200,8 @@ def _children_of_kernel(kernel_pid: int) -> list[int]:
 @pytest.mark.parametrize("how", ["shutdown", "kill"])
 async def test_background_children_are_reaped(kernel: RunningKernel, how: str) -> None:
     r = await kernel.handle.execute(
-        "import subprocess; p = subprocess.Popen(['sleep', '1000']); p.pid")
+        "import subprocess; p = subprocess.Popen(['sleep', '1000']); p.pid"
+    )
     assert r.status == "ok"
     child = int(r.result or "0")
     pid = kernel.handle.pid
@@ -235,8 +242,10 @@ async def test_an_ended_actor_is_freed_at_once(runtime_dir: Path, end: str) -> N
             elif end == "shutdown":
                 rk.handle.shutdown()
             else:
-                r = await rk.handle.execute("import signal; signal.signal(signal.SIGINT, "
-                                            "signal.SIG_IGN)\nwhile True: pass", timeout=0.5)
+                r = await rk.handle.execute(
+                    "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True: pass",
+                    timeout=0.5,
+                )
                 assert r.status == "timeout" and r.kernel_restarted
                 del r
             await rk.wait_exit()
@@ -248,6 +257,7 @@ async def test_an_ended_actor_is_freed_at_once(runtime_dir: Path, end: str) -> N
 
 
 # ----------------------------------------------------------------------- fake kernels
+
 
 async def test_never_ready_is_start_timeout(fake_kernels: Path, runtime_dir: Path) -> None:
     name = install_kernelspec(fake_kernels, "never_ready")
@@ -283,8 +293,9 @@ async def test_unknown_kernelspec_is_start_failure(runtime_dir: Path) -> None:
     assert "no-such-kernel-xyz" in str(info.value)
 
 
-async def test_ignore_sigterm_is_killed(nursery: trio.Nursery, fake_kernels: Path,
-                                        runtime_dir: Path) -> None:
+async def test_ignore_sigterm_is_killed(
+    nursery: trio.Nursery, fake_kernels: Path, runtime_dir: Path
+) -> None:
     name = install_kernelspec(fake_kernels, "ignore_sigterm")
     opts = attrs.evolve(FAST, kernel_name=name, shutdown_grace=0.5, term_timeout=0.5)
     rk = await start_kernel(nursery, runtime_dir, opts)
@@ -297,8 +308,9 @@ async def test_ignore_sigterm_is_killed(nursery: trio.Nursery, fake_kernels: Pat
     assert await _descendants_alive([pid]) == []
 
 
-async def test_bad_iopub_frames_are_counted(nursery: trio.Nursery, fake_kernels: Path,
-                                            runtime_dir: Path) -> None:
+async def test_bad_iopub_frames_are_counted(
+    nursery: trio.Nursery, fake_kernels: Path, runtime_dir: Path
+) -> None:
     name = install_kernelspec(fake_kernels, "bad_iopub", extra_args=["--count", "25"])
     rk = await start_kernel(nursery, runtime_dir, attrs.evolve(FAST, kernel_name=name))
     before = rk.handle.stats.iopub_dropped  # the silent warm-up execute got junk too
@@ -313,8 +325,9 @@ async def test_bad_iopub_frames_are_counted(nursery: trio.Nursery, fake_kernels:
     rk.handle.kill("done")
 
 
-async def test_missing_idle_is_bounded(nursery: trio.Nursery, fake_kernels: Path,
-                                       runtime_dir: Path) -> None:
+async def test_missing_idle_is_bounded(
+    nursery: trio.Nursery, fake_kernels: Path, runtime_dir: Path
+) -> None:
     name = install_kernelspec(fake_kernels, "slow_idle")
     rk = await start_kernel(nursery, runtime_dir, attrs.evolve(FAST, kernel_name=name))
     before = rk.handle.stats.idle_missing  # the warm-up execute missed its idle too
@@ -326,8 +339,9 @@ async def test_missing_idle_is_bounded(nursery: trio.Nursery, fake_kernels: Path
     rk.handle.kill("done")
 
 
-async def test_no_heartbeat_fake_is_heartbeat(nursery: trio.Nursery, fake_kernels: Path,
-                                              runtime_dir: Path) -> None:
+async def test_no_heartbeat_fake_is_heartbeat(
+    nursery: trio.Nursery, fake_kernels: Path, runtime_dir: Path
+) -> None:
     name = install_kernelspec(fake_kernels, "no_heartbeat")
     rk = await start_kernel(nursery, runtime_dir, attrs.evolve(FAST, kernel_name=name))
     cause = await rk.wait_exit()

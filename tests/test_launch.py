@@ -47,12 +47,18 @@ def ok_kernel(fake_kernels: Path) -> str:
 
 # --- private_dir ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("case", "existing_mode"), [
-    ("new", None), ("existing 0755", 0o755), ("existing 0777", 0o777),
-    ("existing 0700", 0o700), ("existing 0500", 0o500),
-])
-def test_private_dir_is_mode_0700(runtime_dir: Path, case: str,
-                                  existing_mode: int | None) -> None:
+
+@pytest.mark.parametrize(
+    ("case", "existing_mode"),
+    [
+        ("new", None),
+        ("existing 0755", 0o755),
+        ("existing 0777", 0o777),
+        ("existing 0700", 0o700),
+        ("existing 0500", 0o500),
+    ],
+)
+def test_private_dir_is_mode_0700(runtime_dir: Path, case: str, existing_mode: int | None) -> None:
     path = runtime_dir / "d"
     if existing_mode is not None:
         path.mkdir()
@@ -78,8 +84,10 @@ def test_private_dir_keeps_contents(runtime_dir: Path) -> None:
 
 # --- IPC and TCP plans ---------------------------------------------------------------------
 
-def test_ipc_plan_keeps_everything_in_the_private_runtime_dir(runtime_dir: Path,
-                                                               ok_kernel: str) -> None:
+
+def test_ipc_plan_keeps_everything_in_the_private_runtime_dir(
+    runtime_dir: Path, ok_kernel: str
+) -> None:
     rd = runtime_dir / "run"  # not there yet: plan_launch creates it
     plan = plan_launch("k7", ok_kernel, rd)
     conn = plan.connection
@@ -137,9 +145,11 @@ def test_tcp_plan_uses_loopback(runtime_dir: Path, ok_kernel: str) -> None:
 
 # --- failures --------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", ["no-such-kernel", "ok", "fake-ok-2", "python4"])
-def test_unknown_kernelspec_is_a_start_failure_naming_it(runtime_dir: Path, ok_kernel: str,
-                                                         name: str) -> None:
+def test_unknown_kernelspec_is_a_start_failure_naming_it(
+    runtime_dir: Path, ok_kernel: str, name: str
+) -> None:
     with pytest.raises(KernelStartError) as info:
         plan_launch("k0", name, runtime_dir)
     err = info.value
@@ -150,17 +160,21 @@ def test_unknown_kernelspec_is_a_start_failure_naming_it(runtime_dir: Path, ok_k
     assert leftovers(runtime_dir) == []  # nothing written
 
 
-@pytest.mark.parametrize(("transport", "interrupt_mode", "words"), [
-    ("udp", "", "transport 'udp'"),
-    ("IPC", "", "transport 'IPC'"),
-    ("ipc", "sigint", "interrupt_mode 'sigint'"),
-])
+@pytest.mark.parametrize(
+    ("transport", "interrupt_mode", "words"),
+    [
+        ("udp", "", "transport 'udp'"),
+        ("IPC", "", "transport 'IPC'"),
+        ("ipc", "sigint", "interrupt_mode 'sigint'"),
+    ],
+)
 def test_bad_transport_or_interrupt_mode_is_a_start_failure(
     runtime_dir: Path, ok_kernel: str, transport: str, interrupt_mode: str, words: str
 ) -> None:
     with pytest.raises(KernelStartError) as info:
-        plan_launch("k0", ok_kernel, runtime_dir, transport=transport,
-                    interrupt_mode=interrupt_mode)
+        plan_launch(
+            "k0", ok_kernel, runtime_dir, transport=transport, interrupt_mode=interrupt_mode
+        )
     assert info.value.code == "start_failure"
     assert words in info.value.message
 
@@ -177,11 +191,18 @@ def dir_of_length(base: Path, n: int, char: str = "d") -> Path:
 LONGEST_OK = 100 - 3 - len("/k0-") - 8
 
 
-@pytest.mark.parametrize(("length", "too_long"), [
-    (LONGEST_OK - 10, False), (LONGEST_OK, False), (LONGEST_OK + 1, True), (200, True),
-])
-def test_runtime_dir_too_long_for_ipc(runtime_dir: Path, ok_kernel: str, length: int,
-                                      too_long: bool) -> None:
+@pytest.mark.parametrize(
+    ("length", "too_long"),
+    [
+        (LONGEST_OK - 10, False),
+        (LONGEST_OK, False),
+        (LONGEST_OK + 1, True),
+        (200, True),
+    ],
+)
+def test_runtime_dir_too_long_for_ipc(
+    runtime_dir: Path, ok_kernel: str, length: int, too_long: bool
+) -> None:
     rd = dir_of_length(runtime_dir, length)
     if not too_long:
         plan = plan_launch("k0", ok_kernel, rd)
@@ -211,22 +232,33 @@ def test_runtime_dir_too_long_in_bytes_for_ipc(runtime_dir: Path, ok_kernel: str
 
 # --- argv, env, interrupt mode, cwd ------------------------------------------------------------
 
-def test_argv_is_formatted_with_the_connection_file(runtime_dir: Path,
-                                                    fake_kernels: Path) -> None:
-    name = install_kernelspec(fake_kernels, "ok", extra_args=[
-        "--res={resource_dir}", "--prefix={prefix}", "--twice={connection_file}"])
+
+def test_argv_is_formatted_with_the_connection_file(runtime_dir: Path, fake_kernels: Path) -> None:
+    name = install_kernelspec(
+        fake_kernels,
+        "ok",
+        extra_args=["--res={resource_dir}", "--prefix={prefix}", "--twice={connection_file}"],
+    )
     plan = plan_launch("k0", name, runtime_dir)
     conn_file = str(plan.connection_file)
     assert plan.argv == (
-        sys.executable, str(FAKE_PATH), "-f", conn_file, "--mode", "ok",
-        f"--res={fake_kernels / 'kernels' / name}", f"--prefix={sys.prefix}",
-        f"--twice={conn_file}")
+        sys.executable,
+        str(FAKE_PATH),
+        "-f",
+        conn_file,
+        "--mode",
+        "ok",
+        f"--res={fake_kernels / 'kernels' / name}",
+        f"--prefix={sys.prefix}",
+        f"--twice={conn_file}",
+    )
     assert plan.language == "python"
 
 
 @pytest.mark.parametrize("arg", ['--config={"a": 1}', "--x={unknown}", "--empty={}"])
-def test_argv_with_other_braces_is_left_alone(runtime_dir: Path, fake_kernels: Path,
-                                              arg: str) -> None:
+def test_argv_with_other_braces_is_left_alone(
+    runtime_dir: Path, fake_kernels: Path, arg: str
+) -> None:
     name = install_kernelspec(fake_kernels, "ok", extra_args=[arg])
     plan = plan_launch("k0", name, runtime_dir)
     assert plan.argv[-1] == arg
@@ -236,22 +268,39 @@ ENV_CASES: list[tuple[str, dict[str, str], dict[str, str], dict[str, str], dict[
     # (case, process env, kernelspec env, pool env, expected subset)
     ("process env passes through", {"KS_A": "proc"}, {}, {}, {"KS_A": "proc"}),
     ("pool overrides process", {"KS_A": "proc"}, {}, {"KS_A": "pool"}, {"KS_A": "pool"}),
-    ("kernelspec overrides process", {"KS_A": "proc"}, {"KS_A": "spec"}, {},
-     {"KS_A": "spec"}),
-    ("pool overrides kernelspec", {"KS_A": "proc"}, {"KS_A": "spec"}, {"KS_A": "pool"},
-     {"KS_A": "pool"}),
+    ("kernelspec overrides process", {"KS_A": "proc"}, {"KS_A": "spec"}, {}, {"KS_A": "spec"}),
+    (
+        "pool overrides kernelspec",
+        {"KS_A": "proc"},
+        {"KS_A": "spec"},
+        {"KS_A": "pool"},
+        {"KS_A": "pool"},
+    ),
     ("pool adds", {}, {}, {"KS_NEW": "v"}, {"KS_NEW": "v"}),
     ("pool empty string still overrides", {"KS_A": "proc"}, {}, {"KS_A": ""}, {"KS_A": ""}),
-    ("independent keys merge", {"KS_A": "proc"}, {"KS_B": "spec"}, {"KS_C": "pool"},
-     {"KS_A": "proc", "KS_B": "spec", "KS_C": "pool"}),
+    (
+        "independent keys merge",
+        {"KS_A": "proc"},
+        {"KS_B": "spec"},
+        {"KS_C": "pool"},
+        {"KS_A": "proc", "KS_B": "spec", "KS_C": "pool"},
+    ),
 ]
 
 
-@pytest.mark.parametrize(("case", "process", "spec_env", "pool", "expected"), ENV_CASES,
-                         ids=[c[0] for c in ENV_CASES])
-def test_env_layers(runtime_dir: Path, fake_kernels: Path, monkeypatch: pytest.MonkeyPatch,
-                    case: str, process: dict[str, str], spec_env: dict[str, str],
-                    pool: dict[str, str], expected: dict[str, str]) -> None:
+@pytest.mark.parametrize(
+    ("case", "process", "spec_env", "pool", "expected"), ENV_CASES, ids=[c[0] for c in ENV_CASES]
+)
+def test_env_layers(
+    runtime_dir: Path,
+    fake_kernels: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    case: str,
+    process: dict[str, str],
+    spec_env: dict[str, str],
+    pool: dict[str, str],
+    expected: dict[str, str],
+) -> None:
     for key in ("KS_A", "KS_B", "KS_C", "KS_NEW"):
         monkeypatch.delenv(key, raising=False)
     for key, value in process.items():
@@ -274,21 +323,26 @@ def test_kernelspec_env_is_formatted_with_the_connection_file(
     assert plan.env["KS_PLAIN"] == "x"
 
 
-def test_kernelspec_env_with_other_braces_is_left_alone(runtime_dir: Path,
-                                                       fake_kernels: Path) -> None:
+def test_kernelspec_env_with_other_braces_is_left_alone(
+    runtime_dir: Path, fake_kernels: Path
+) -> None:
     name = install_kernelspec(fake_kernels, "ok")
     edit_spec(fake_kernels, name, env={"KS_JSON": '{"a": 1}'})
     assert plan_launch("k0", name, runtime_dir).env["KS_JSON"] == '{"a": 1}'
 
 
-@pytest.mark.parametrize(("spec_mode", "given", "expected"), [
-    ("message", "", "message"),
-    ("signal", "", "signal"),
-    ("message", "signal", "signal"),
-    ("signal", "message", "message"),
-])
-def test_interrupt_mode(runtime_dir: Path, fake_kernels: Path, spec_mode: str, given: str,
-                        expected: str) -> None:
+@pytest.mark.parametrize(
+    ("spec_mode", "given", "expected"),
+    [
+        ("message", "", "message"),
+        ("signal", "", "signal"),
+        ("message", "signal", "signal"),
+        ("signal", "message", "message"),
+    ],
+)
+def test_interrupt_mode(
+    runtime_dir: Path, fake_kernels: Path, spec_mode: str, given: str, expected: str
+) -> None:
     name = install_kernelspec(fake_kernels, "ok", interrupt_mode=spec_mode)
     plan = plan_launch("k0", name, runtime_dir, interrupt_mode=given)
     assert plan.interrupt_mode == expected
@@ -312,8 +366,10 @@ def test_cwd_is_passed_through(runtime_dir: Path, ok_kernel: str, cwd: str | Non
 
 # --- one cheap spawn: the plan actually works ------------------------------------------------
 
-async def test_fake_kernel_binds_its_sockets_in_the_runtime_dir(runtime_dir: Path,
-                                                                ok_kernel: str) -> None:
+
+async def test_fake_kernel_binds_its_sockets_in_the_runtime_dir(
+    runtime_dir: Path, ok_kernel: str
+) -> None:
     plan: LaunchPlan = plan_launch("k0", ok_kernel, runtime_dir)
     proc, output = await spawn(plan)
     try:

@@ -43,8 +43,10 @@ TOOLS = {"execute", "status", "interrupt", "restart", "reset_session"}
 GRACEFUL_EXIT_S = 20.0
 STOPPED_LINE = "kernelsup mcp: stopped (the client closed stdin)"
 # A 1x1 PNG.
-PNG = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJ"
-       "RU5ErkJggg==")
+PNG = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJ"
+    "RU5ErkJggg=="
+)
 
 
 # --- fixtures and helpers --------------------------------------------------------------
@@ -127,20 +129,27 @@ class Mcp:
         self.work = work
         self.process = mcp_server_process()
 
-    async def call(self, name: str, arguments: dict[str, Any] | None = None, *,
-                   progress_callback: ProgressFnT | None = None) -> types.CallToolResult:
-        return await self.session.call_tool(name, arguments or {},
-                                            progress_callback=progress_callback)
+    async def call(
+        self,
+        name: str,
+        arguments: dict[str, Any] | None = None,
+        *,
+        progress_callback: ProgressFnT | None = None,
+    ) -> types.CallToolResult:
+        return await self.session.call_tool(
+            name, arguments or {}, progress_callback=progress_callback
+        )
 
-    async def execute(self, code: str, *, progress_callback: ProgressFnT | None = None,
-                      **arguments: Any) -> types.CallToolResult:
-        return await self.call("execute", {"code": code, **arguments},
-                               progress_callback=progress_callback)
+    async def execute(
+        self, code: str, *, progress_callback: ProgressFnT | None = None, **arguments: Any
+    ) -> types.CallToolResult:
+        return await self.call(
+            "execute", {"code": code, **arguments}, progress_callback=progress_callback
+        )
 
 
 def text_of(result: types.CallToolResult) -> str:
-    return "".join(block.text for block in result.content
-                   if isinstance(block, types.TextContent))
+    return "".join(block.text for block in result.content if isinstance(block, types.TextContent))
 
 
 def summary_of(result: types.CallToolResult) -> dict[str, Any]:
@@ -167,8 +176,10 @@ async def open_mcp(work: Workdir, *args: str) -> AsyncIterator[Mcp]:
     """`kernelsup mcp -c CONFIG ARGS` with an initialized session. On a clean exit from the
     block the client closes the server's stdin; the server must stop by itself."""
     params = StdioServerParameters(
-        command=sys.executable, args=["-m", "kernelsup", "mcp", "-c", str(work.config), *args],
-        cwd=str(work.path))
+        command=sys.executable,
+        args=["-m", "kernelsup", "mcp", "-c", str(work.config), *args],
+        cwd=str(work.path),
+    )
     with work.stderr_path.open("w") as errlog:
         async with stdio_client(params, errlog=errlog) as (read, write):
             async with ClientSession(read, write) as session:
@@ -233,8 +244,10 @@ async def test_embedded_tools_results_and_clean_exit(work: Workdir) -> None:
 
 
 async def test_embedded_images(work: Workdir) -> None:
-    code = ("from IPython.display import Image, display\nimport base64\n"
-            f"display(Image(base64.b64decode({PNG!r})))")
+    code = (
+        "from IPython.display import Image, display\nimport base64\n"
+        f"display(Image(base64.b64decode({PNG!r})))"
+    )
     with trio.fail_after(90):
         async with embedded(work) as client:
             result = await client.execute(code)
@@ -245,8 +258,8 @@ async def test_embedded_images(work: Workdir) -> None:
             assert "[image 1: image/png" in text
             if importlib.util.find_spec("matplotlib") is not None:
                 result = await client.execute(
-                    "import matplotlib.pyplot as plt\nplt.plot([1, 3, 2])\nplt.show()",
-                    timeout=60)
+                    "import matplotlib.pyplot as plt\nplt.plot([1, 3, 2])\nplt.show()", timeout=60
+                )
                 check_ok(result)
                 [image] = images_of(result)
                 assert base64.b64decode(image.data).startswith(b"\x89PNG")
@@ -256,13 +269,15 @@ async def test_kernel_writes_to_fd_1_do_not_corrupt_the_protocol(work: Workdir) 
     """A kernel writing to its own fd 1 and children writing to theirs (one of them after
     the call returned) never reach the MCP stream: the client keeps working."""
     junk = '{"jsonrpc": "2.0", "id": 2, "result": {}}\\nnot json at all\\n'
-    code = ("import os, subprocess, sys\n"
-            f"os.write(1, b'{junk}')\n"
-            "subprocess.run(['echo', 'junk from a child'])\n"
-            "subprocess.Popen(['sh', '-c', 'sleep 0.3; echo late junk; echo more >&2'])\n"
-            "os.write(2, b'junk on fd 2\\n')\n"
-            "sys.__stdout__.write('junk via sys.__stdout__\\n'); sys.__stdout__.flush()\n"
-            "print('after the junk')")
+    code = (
+        "import os, subprocess, sys\n"
+        f"os.write(1, b'{junk}')\n"
+        "subprocess.run(['echo', 'junk from a child'])\n"
+        "subprocess.Popen(['sh', '-c', 'sleep 0.3; echo late junk; echo more >&2'])\n"
+        "os.write(2, b'junk on fd 2\\n')\n"
+        "sys.__stdout__.write('junk via sys.__stdout__\\n'); sys.__stdout__.flush()\n"
+        "print('after the junk')"
+    )
     with trio.fail_after(90):
         async with embedded(work) as client:
             # The kernels hold no end of the server's stdin or stdout pipes (whose other
@@ -293,8 +308,7 @@ async def test_progress_sessions_and_kernel_tools(work: Workdir) -> None:
     with trio.fail_after(90):
         async with embedded(work) as client:
             code = "import time\nfor i in range(4):\n    print('step', i); time.sleep(0.6)"
-            text = check_ok(await client.execute(code, timeout=30,
-                                                 progress_callback=on_progress))
+            text = check_ok(await client.execute(code, timeout=30, progress_callback=on_progress))
             assert "step 3" in text
             assert len(seen) >= 3, seen
             values = [value for value, _, _ in seen]
@@ -328,8 +342,7 @@ async def test_progress_sessions_and_kernel_tools(work: Workdir) -> None:
 async def test_sigterm_stops_the_embedded_tree_mid_call(work: Workdir) -> None:
     with trio.fail_after(90):
         async with open_mcp(work, "--embedded") as client:
-            pids = [k["pid"] for k in
-                    status_of(await client.call("status"))["kernels"]]
+            pids = [k["pid"] for k in status_of(await client.call("status"))["kernels"]]
 
             async def forever() -> None:
                 with pytest.raises(MCPError, match="Connection closed"):
@@ -383,9 +396,13 @@ async def test_unreachable_supervisor_is_a_tool_error(work: Workdir) -> None:
 
 def test_bad_config_exits_2(work: Workdir) -> None:
     work.config.write_text("[pool]\nnope = 1\n")
-    proc = subprocess.run([sys.executable, "-m", "kernelsup", "mcp", "--embedded", "-c",
-                           str(work.config)], capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "kernelsup", "mcp", "--embedded", "-c", str(work.config)],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+    )
     assert proc.returncode == 2, proc
     assert proc.stdout == ""
     assert proc.stderr.startswith("config_invalid ConfigError:"), proc.stderr
@@ -396,47 +413,69 @@ def test_bad_config_exits_2(work: Workdir) -> None:
 
 def test_render_orders_outputs_and_reports_the_kernel() -> None:
     result = ExecuteResult(
-        "ok", kernel_id="default-0", session="s", execution_count=3, run_s=0.25,
+        "ok",
+        kernel_id="default-0",
+        session="s",
+        execution_count=3,
+        run_s=0.25,
         result="42",
-        outputs=(Output("stream", name="stdout", text="a"),
-                 Output("display_data", data={"text/plain": "<table>"}),
-                 Output("stream", name="stderr", text="warn\n"),
-                 Output("execute_result", data={"text/plain": "42"})))
+        outputs=(
+            Output("stream", name="stdout", text="a"),
+            Output("display_data", data={"text/plain": "<table>"}),
+            Output("stream", name="stderr", text="warn\n"),
+            Output("execute_result", data={"text/plain": "42"}),
+        ),
+    )
     r = render.render_result(result)
-    assert r.text == ("a\n<table>\nwarn\nOut[3]: 42\n"
-                      "[kernelsup: ok, kernel default-0, session s, 0.25 s]\n")
+    assert r.text == (
+        "a\n<table>\nwarn\nOut[3]: 42\n[kernelsup: ok, kernel default-0, session s, 0.25 s]\n"
+    )
     assert not r.is_error and r.images == ()
     assert r.summary["status"] == "ok" and r.summary["execution_count"] == 3
 
 
 def test_render_problems_say_what_happened() -> None:
     died = ExecuteResult(
-        "died", kernel_id="default-1", code="kernel_died", message="the kernel died",
-        cause=ExitCause("failure", signal=9), kernel_restarted=True, state_lost=True,
+        "died",
+        kernel_id="default-1",
+        code="kernel_died",
+        message="the kernel died",
+        cause=ExitCause("failure", signal=9),
+        kernel_restarted=True,
+        state_lost=True,
         truncated_bytes=10,
-        outputs=(Output("notice", name="state_lost", text="[kernelsup: state gone]"),
-                 Output("stream", name="stdout", text="x\n[kernelsup: output truncated]\n"),
-                 Output("notice", name="truncated", text="[kernelsup: output truncated]")))
+        outputs=(
+            Output("notice", name="state_lost", text="[kernelsup: state gone]"),
+            Output("stream", name="stdout", text="x\n[kernelsup: output truncated]\n"),
+            Output("notice", name="truncated", text="[kernelsup: output truncated]"),
+        ),
+    )
     text = render.render_result(died).text
     assert text.count("output truncated]") == 1  # the marker in place, not the notice too
     assert "[kernelsup: state gone]\n" in text
     assert "kernel_died KernelDied: the kernel died (cause: signal(9))\n" in text
     assert "kernel restarted, state lost" in text and "10 bytes dropped" in text
-    error = ExecuteResult("error", code="execution_error",
-                          error=ErrorInfo("ZeroDivisionError", "division by zero"))
+    error = ExecuteResult(
+        "error", code="execution_error", error=ErrorInfo("ZeroDivisionError", "division by zero")
+    )
     r = render.render_result(error)
     assert r.is_error and "ZeroDivisionError: division by zero\n" in r.text
-    rejected = render.render_result(ExecuteResult("rejected", code="queue_full",
-                                                  message="the queue is full"))
+    rejected = render.render_result(
+        ExecuteResult("rejected", code="queue_full", message="the queue is full")
+    )
     assert "queue_full Rejected: the queue is full" in rejected.text
 
 
 def test_render_images_within_the_cap() -> None:
     big = base64.b64encode(b"\x89PNG" + b"\0" * 3000).decode()
-    result = ExecuteResult("ok", outputs=(
-        Output("display_data", data={"image/png": PNG + "\n", "text/plain": "<Image>"}),
-        Output("display_data", data={"image/png": big}),
-        Output("display_data", data={"image/jpeg": PNG})))
+    result = ExecuteResult(
+        "ok",
+        outputs=(
+            Output("display_data", data={"image/png": PNG + "\n", "text/plain": "<Image>"}),
+            Output("display_data", data={"image/png": big}),
+            Output("display_data", data={"image/jpeg": PNG}),
+        ),
+    )
     r = render.render_result(result, max_image_bytes=len(PNG) * 2 + 10)
     assert [i.mime_type for i in r.images] == ["image/png", "image/jpeg"]
     assert r.images[0].data == PNG  # whitespace removed
@@ -451,8 +490,8 @@ def test_progress_message_is_one_short_line() -> None:
     assert render.progress_message(Output("stream", name="stdout", text="\n")) is None
     long = render.progress_message(Output("stream", name="stdout", text="x" * 1000))
     assert long is not None and len(long) == render.PROGRESS_MESSAGE_CHARS
-    assert render.progress_message(
-        Output("display_data", data={"image/png": PNG})) == "<image/png>"
-    assert render.progress_message(
-        Output("error", text="Traceback\nValueError: bad")) == "ValueError: bad"
-
+    assert render.progress_message(Output("display_data", data={"image/png": PNG})) == "<image/png>"
+    assert (
+        render.progress_message(Output("error", text="Traceback\nValueError: bad"))
+        == "ValueError: bad"
+    )

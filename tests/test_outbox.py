@@ -36,8 +36,12 @@ def test_outbox_drops_counts_and_reports_lag_before_the_final() -> None:
     assert results == [True, True, False, False, False]
     box.put_final("a", proto.Result({"x": 1}))
     assert box.finals == 1
-    assert drain(box) == [("a", out(0)), ("a", out(1)), ("a", proto.Lagged(3)),
-                          ("a", proto.Result({"x": 1}))]
+    assert drain(box) == [
+        ("a", out(0)),
+        ("a", out(1)),
+        ("a", proto.Lagged(3)),
+        ("a", proto.Result({"x": 1})),
+    ]
     assert box.dropped == 3 and box.finals == 0
 
 
@@ -46,15 +50,15 @@ def test_outbox_reports_lag_as_soon_as_there_is_room() -> None:
     box.put("w", out(0))
     assert not box.put("w", out(1))
     assert not box.put("w", out(2))
-    assert box.pop().reply == out(0)       # room again: the lag is queued at once...
-    assert box.put("w", out(3))            # ...ahead of what comes next
+    assert box.pop().reply == out(0)  # room again: the lag is queued at once...
+    assert box.put("w", out(3))  # ...ahead of what comes next
     assert drain(box) == [("w", proto.Lagged(2)), ("w", out(3))]
 
 
 def test_outbox_lag_is_per_request_and_finals_are_never_dropped() -> None:
     box = Outbox(limit=1)
     box.put("a", out(0))
-    box.put("b", out(1))                   # dropped: b lagged 1
+    box.put("b", out(1))  # dropped: b lagged 1
     for _ in range(10):
         box.put_final("c", proto.Result({}))
     box.put_final("b", proto.Result({}))

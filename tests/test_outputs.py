@@ -37,8 +37,7 @@ def merge(items: list[Output]) -> list[Output]:
     """Join adjacent stream outputs of the same name (the collector's documented rule)."""
     out: list[Output] = []
     for item in items:
-        if (item.type == "stream" and out and out[-1].type == "stream"
-                and out[-1].name == item.name):
+        if item.type == "stream" and out and out[-1].type == "stream" and out[-1].name == item.name:
             text = (out[-1].text or "") + (item.text or "")
             out[-1] = Output("stream", name=item.name, text=text)
         else:
@@ -78,49 +77,90 @@ def alternate(n: int) -> list[Chunk]:
 # --- under budget: everything kept, in order --------------------------------------------
 
 UNDER_BUDGET: list[tuple[str, list[tuple[str, dict[str, Any]]], list[Output]]] = [
-    ("one stdout chunk",
-     [("stream", {"name": "stdout", "text": "hello\n"})],
-     [Output("stream", name="stdout", text="hello\n")]),
-    ("adjacent stdout chunks merge",
-     [("stream", {"name": "stdout", "text": "a"}), ("stream", {"name": "stdout", "text": "b"}),
-      ("stream", {"name": "stdout", "text": "c\n"})],
-     [Output("stream", name="stdout", text="abc\n")]),
-    ("interleaved stdout/stderr kept in order, runs merged",
-     [("stream", {"name": "stdout", "text": "o1"}), ("stream", {"name": "stdout", "text": "o2"}),
-      ("stream", {"name": "stderr", "text": "e1"}), ("stream", {"name": "stdout", "text": "o3"}),
-      ("stream", {"name": "stderr", "text": "e2"}), ("stream", {"name": "stderr", "text": "e3"})],
-     [Output("stream", name="stdout", text="o1o2"), Output("stream", name="stderr", text="e1"),
-      Output("stream", name="stdout", text="o3"), Output("stream", name="stderr", text="e2e3")]),
-    ("a display between two prints splits the run",
-     [("stream", {"name": "stdout", "text": "before\n"}),
-      ("display_data", {"data": {"text/plain": "<Figure>"}, "metadata": {"m": 1}}),
-      ("stream", {"name": "stdout", "text": "after\n"})],
-     [Output("stream", name="stdout", text="before\n"),
-      Output("display_data", data={"text/plain": "<Figure>"}, metadata={"m": 1}),
-      Output("stream", name="stdout", text="after\n")]),
-    ("update_display_data is reported as display_data",
-     [("update_display_data", {"data": {"text/plain": "v2"}})],
-     [Output("display_data", data={"text/plain": "v2"}, metadata={})]),
-    ("unicode text kept exactly",
-     [("stream", {"name": "stdout", "text": "héllo 世界 🎉\n"})],
-     [Output("stream", name="stdout", text="héllo 世界 🎉\n")]),
-    ("unknown and bookkeeping message types are ignored",
-     [("status", {"execution_state": "busy"}), ("execute_input", {"code": "1"}),
-      ("comm_open", {"comm_id": "x"}), ("clear_output", {"wait": False}),
-      ("stream", {"name": "stdout", "text": "x"})],
-     [Output("stream", name="stdout", text="x")]),
-    ("display_data with a non-dict data is ignored",
-     [("display_data", {"data": ["not", "a", "dict"]}),
-      ("stream", {"name": "stdout", "text": "x"})],
-     [Output("stream", name="stdout", text="x")]),
-    ("exactly at the budget (64 bytes, four 16-byte chunks)",
-     [("stream", {"name": "stdout", "text": "0123456789abcde\n"})] * 4,
-     [Output("stream", name="stdout", text="0123456789abcde\n" * 4)]),
+    (
+        "one stdout chunk",
+        [("stream", {"name": "stdout", "text": "hello\n"})],
+        [Output("stream", name="stdout", text="hello\n")],
+    ),
+    (
+        "adjacent stdout chunks merge",
+        [
+            ("stream", {"name": "stdout", "text": "a"}),
+            ("stream", {"name": "stdout", "text": "b"}),
+            ("stream", {"name": "stdout", "text": "c\n"}),
+        ],
+        [Output("stream", name="stdout", text="abc\n")],
+    ),
+    (
+        "interleaved stdout/stderr kept in order, runs merged",
+        [
+            ("stream", {"name": "stdout", "text": "o1"}),
+            ("stream", {"name": "stdout", "text": "o2"}),
+            ("stream", {"name": "stderr", "text": "e1"}),
+            ("stream", {"name": "stdout", "text": "o3"}),
+            ("stream", {"name": "stderr", "text": "e2"}),
+            ("stream", {"name": "stderr", "text": "e3"}),
+        ],
+        [
+            Output("stream", name="stdout", text="o1o2"),
+            Output("stream", name="stderr", text="e1"),
+            Output("stream", name="stdout", text="o3"),
+            Output("stream", name="stderr", text="e2e3"),
+        ],
+    ),
+    (
+        "a display between two prints splits the run",
+        [
+            ("stream", {"name": "stdout", "text": "before\n"}),
+            ("display_data", {"data": {"text/plain": "<Figure>"}, "metadata": {"m": 1}}),
+            ("stream", {"name": "stdout", "text": "after\n"}),
+        ],
+        [
+            Output("stream", name="stdout", text="before\n"),
+            Output("display_data", data={"text/plain": "<Figure>"}, metadata={"m": 1}),
+            Output("stream", name="stdout", text="after\n"),
+        ],
+    ),
+    (
+        "update_display_data is reported as display_data",
+        [("update_display_data", {"data": {"text/plain": "v2"}})],
+        [Output("display_data", data={"text/plain": "v2"}, metadata={})],
+    ),
+    (
+        "unicode text kept exactly",
+        [("stream", {"name": "stdout", "text": "héllo 世界 🎉\n"})],
+        [Output("stream", name="stdout", text="héllo 世界 🎉\n")],
+    ),
+    (
+        "unknown and bookkeeping message types are ignored",
+        [
+            ("status", {"execution_state": "busy"}),
+            ("execute_input", {"code": "1"}),
+            ("comm_open", {"comm_id": "x"}),
+            ("clear_output", {"wait": False}),
+            ("stream", {"name": "stdout", "text": "x"}),
+        ],
+        [Output("stream", name="stdout", text="x")],
+    ),
+    (
+        "display_data with a non-dict data is ignored",
+        [
+            ("display_data", {"data": ["not", "a", "dict"]}),
+            ("stream", {"name": "stdout", "text": "x"}),
+        ],
+        [Output("stream", name="stdout", text="x")],
+    ),
+    (
+        "exactly at the budget (64 bytes, four 16-byte chunks)",
+        [("stream", {"name": "stdout", "text": "0123456789abcde\n"})] * 4,
+        [Output("stream", name="stdout", text="0123456789abcde\n" * 4)],
+    ),
 ]
 
 
-@pytest.mark.parametrize(("case", "messages", "expected"), UNDER_BUDGET,
-                         ids=[c[0] for c in UNDER_BUDGET])
+@pytest.mark.parametrize(
+    ("case", "messages", "expected"), UNDER_BUDGET, ids=[c[0] for c in UNDER_BUDGET]
+)
 def test_under_budget_output_is_kept_exactly_and_in_order(
     case: str, messages: list[tuple[str, dict[str, Any]]], expected: list[Output]
 ) -> None:
@@ -132,11 +172,14 @@ def test_under_budget_output_is_kept_exactly_and_in_order(
     assert not any(o.type == "notice" for o in c.outputs())
 
 
-@pytest.mark.parametrize("chunks", [
-    pytest.param([("stdout", "x" * 1000)], id="one-chunk"),
-    pytest.param(lines("stdout", 50, width=20), id="50-lines"),
-    pytest.param(alternate(100), id="interleaved"),
-])
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        pytest.param([("stdout", "x" * 1000)], id="one-chunk"),
+        pytest.param(lines("stdout", 50, width=20), id="50-lines"),
+        pytest.param(alternate(100), id="interleaved"),
+    ],
+)
 def test_under_budget_matches_reference_model(chunks: list[Chunk]) -> None:
     total = sum(nbytes(t) for _, t in chunks)
     c = collect(total, chunks)  # budget exactly the size printed
@@ -154,19 +197,27 @@ OVER_BUDGET: list[tuple[str, int, list[Chunk]]] = [
     ("chunk sizes that do not divide the budget", 97, [("stdout", "abcdefg")] * 60),
     ("head ends exactly on a chunk boundary", 40, [("stdout", "0123456789")] * 10),
     ("interleaved stdout/stderr, both cut", 40, alternate(40)),
-    ("only stdout loses bytes", 40,
-     [("stderr", "E" * 10), ("stdout", "o" * 100), ("stderr", "F" * 5)]),
-    ("only stderr loses bytes", 40,
-     [("stdout", "o" * 25), ("stderr", "e" * 100), ("stdout", "p" * 25)]),
+    (
+        "only stdout loses bytes",
+        40,
+        [("stderr", "E" * 10), ("stdout", "o" * 100), ("stderr", "F" * 5)],
+    ),
+    (
+        "only stderr loses bytes",
+        40,
+        [("stdout", "o" * 25), ("stderr", "e" * 100), ("stdout", "p" * 25)],
+    ),
     ("stderr only", 50, lines("stderr", 30)),
     ("the tail starts in the middle of a chunk", 30, [("stdout", "abcdefghijklm")] * 9),
 ]
 
 
-@pytest.mark.parametrize(("case", "max_bytes", "chunks"), OVER_BUDGET,
-                         ids=[c[0] for c in OVER_BUDGET])
-def test_over_budget_matches_reference_model(case: str, max_bytes: int,
-                                             chunks: list[Chunk]) -> None:
+@pytest.mark.parametrize(
+    ("case", "max_bytes", "chunks"), OVER_BUDGET, ids=[c[0] for c in OVER_BUDGET]
+)
+def test_over_budget_matches_reference_model(
+    case: str, max_bytes: int, chunks: list[Chunk]
+) -> None:
     c = collect(max_bytes, chunks)
     expected, dropped = expected_outputs(max_bytes, chunks)
     assert dropped > 0, "table case is not over budget"
@@ -174,10 +225,12 @@ def test_over_budget_matches_reference_model(case: str, max_bytes: int,
     assert c.truncated_bytes == dropped
 
 
-@pytest.mark.parametrize(("case", "max_bytes", "chunks"), OVER_BUDGET,
-                         ids=[c[0] for c in OVER_BUDGET])
-def test_truncated_bytes_is_exactly_what_was_dropped(case: str, max_bytes: int,
-                                                     chunks: list[Chunk]) -> None:
+@pytest.mark.parametrize(
+    ("case", "max_bytes", "chunks"), OVER_BUDGET, ids=[c[0] for c in OVER_BUDGET]
+)
+def test_truncated_bytes_is_exactly_what_was_dropped(
+    case: str, max_bytes: int, chunks: list[Chunk]
+) -> None:
     c = collect(max_bytes, chunks)
     outs = c.outputs()
     marker = truncation_marker(c.truncated_bytes)
@@ -190,8 +243,9 @@ def test_truncated_bytes_is_exactly_what_was_dropped(case: str, max_bytes: int,
     assert kept == max_bytes
 
 
-@pytest.mark.parametrize(("case", "max_bytes", "chunks"), OVER_BUDGET,
-                         ids=[c[0] for c in OVER_BUDGET])
+@pytest.mark.parametrize(
+    ("case", "max_bytes", "chunks"), OVER_BUDGET, ids=[c[0] for c in OVER_BUDGET]
+)
 def test_marker_goes_into_each_stream_that_lost_bytes_and_a_notice(
     case: str, max_bytes: int, chunks: list[Chunk]
 ) -> None:
@@ -204,26 +258,30 @@ def test_marker_goes_into_each_stream_that_lost_bytes_and_a_notice(
     # which streams lost bytes, from the model's middle section
     labelled = [name for name, text in chunks for _ in text]
     head_n = max_bytes // 2
-    lost = set(labelled[head_n:len(labelled) - (max_bytes - head_n)])
+    lost = set(labelled[head_n : len(labelled) - (max_bytes - head_n)])
     for name in ("stdout", "stderr"):
         text = OutputCollector.stream_text(outs, name)
         assert (marker in text) == (name in lost), name
         assert text.count(marker) <= 1
 
 
-@pytest.mark.parametrize(("max_bytes", "text"), [
-    (100, "".join(chr(0x41 + i % 26) for i in range(500))),
-    (101, "".join(chr(0x61 + i % 26) for i in range(333))),
-    (64, "0123456789" * 7),
-])
+@pytest.mark.parametrize(
+    ("max_bytes", "text"),
+    [
+        (100, "".join(chr(0x41 + i % 26) for i in range(500))),
+        (101, "".join(chr(0x61 + i % 26) for i in range(333))),
+        (64, "0123456789" * 7),
+    ],
+)
 def test_single_stream_is_head_marker_tail(max_bytes: int, text: str) -> None:
     for chunking in (1, 7, len(text)):
-        c = collect(max_bytes, [("stdout", text[i:i + chunking])
-                                for i in range(0, len(text), chunking)])
+        c = collect(
+            max_bytes, [("stdout", text[i : i + chunking]) for i in range(0, len(text), chunking)]
+        )
         got = OutputCollector.stream_text(c.outputs(), "stdout")
         head, tail = got.split(truncation_marker(c.truncated_bytes))
-        assert head == text[:max_bytes // 2]
-        assert tail == text[len(text) - len(tail):]
+        assert head == text[: max_bytes // 2]
+        assert tail == text[len(text) - len(tail) :]
         assert len(tail) == max_bytes - max_bytes // 2
         assert len(head) + len(tail) + c.truncated_bytes == len(text)
 
@@ -235,7 +293,7 @@ MULTIBYTE_CHARS = ["é", "中", "😀", "é中😀"]
 
 def check_multibyte(chars: str, max_bytes: int, chunk_chars: int) -> None:
     text = (chars * 200)[:200]
-    chunks = [("stdout", text[i:i + chunk_chars]) for i in range(0, len(text), chunk_chars)]
+    chunks = [("stdout", text[i : i + chunk_chars]) for i in range(0, len(text), chunk_chars)]
     c = collect(max_bytes, chunks)
     outs = c.outputs()
     for o in outs:
@@ -264,9 +322,16 @@ def test_mixed_ascii_and_multibyte_in_one_chunk_is_never_split(chars: str) -> No
     check_multibyte(chars, 101, 10_000)
 
 
-@pytest.mark.parametrize(("chars", "max_bytes", "chunk_chars"), [
-    ("xé", 100, 7), ("xé", 101, 1), ("a中", 101, 5), ("a中", 102, 3), ("ab😀", 103, 1),
-])
+@pytest.mark.parametrize(
+    ("chars", "max_bytes", "chunk_chars"),
+    [
+        ("xé", 100, 7),
+        ("xé", 101, 1),
+        ("a中", 101, 5),
+        ("a中", 102, 3),
+        ("ab😀", 103, 1),
+    ],
+)
 def test_mixed_ascii_and_multibyte_in_many_chunks_head_is_a_prefix(
     chars: str, max_bytes: int, chunk_chars: int
 ) -> None:
@@ -294,6 +359,7 @@ def test_lone_surrogate_in_the_head_split_is_not_duplicated() -> None:
 
 # --- rich outputs --------------------------------------------------------------------------
 
+
 def test_display_bigger_than_the_budget_is_dropped_and_counted() -> None:
     big = Output("display_data", data={"image/png": "A" * 5000}, metadata={})
     c = OutputCollector(1000)
@@ -304,7 +370,8 @@ def test_display_bigger_than_the_budget_is_dropped_and_counted() -> None:
     assert not any(o.type == "display_data" for o in outs)
     assert c.truncated_bytes == big.size()
     assert OutputCollector.stream_text(outs, "stdout") == (
-        "h" * 500 + truncation_marker(big.size()) + "t" * 10)
+        "h" * 500 + truncation_marker(big.size()) + "t" * 10
+    )
     assert [o.type for o in outs] == ["stream", "notice", "stream"]
 
 
@@ -333,23 +400,26 @@ def test_rich_output_under_the_total_budget_is_kept() -> None:
     c = OutputCollector(1000)
     c.add_message("display_data", {"data": {"text/plain": "x" * 600}})  # 610 <= 1000
     assert c.truncated_bytes == 0
-    assert c.outputs() == [Output("display_data", data={"text/plain": "x" * 600},
-                                  metadata={})]
+    assert c.outputs() == [Output("display_data", data={"text/plain": "x" * 600}, metadata={})]
 
 
 EXECUTE_RESULTS: list[tuple[str, dict[str, Any], str | None, int | None]] = [
-    ("text/plain and count",
-     {"data": {"text/plain": "42", "text/html": "<b>42</b>"}, "execution_count": 7}, "42", 7),
+    (
+        "text/plain and count",
+        {"data": {"text/plain": "42", "text/html": "<b>42</b>"}, "execution_count": 7},
+        "42",
+        7,
+    ),
     ("no text/plain", {"data": {"text/html": "<i>x</i>"}, "execution_count": 3}, None, 3),
     ("no count", {"data": {"text/plain": "'s'"}}, "'s'", None),
     ("count not an int", {"data": {"text/plain": "1"}, "execution_count": "9"}, "1", None),
-    ("unicode", {"data": {"text/plain": "'héllo 世界'"}, "execution_count": 1},
-     "'héllo 世界'", 1),
+    ("unicode", {"data": {"text/plain": "'héllo 世界'"}, "execution_count": 1}, "'héllo 世界'", 1),
 ]
 
 
-@pytest.mark.parametrize(("case", "content", "result", "count"), EXECUTE_RESULTS,
-                         ids=[c[0] for c in EXECUTE_RESULTS])
+@pytest.mark.parametrize(
+    ("case", "content", "result", "count"), EXECUTE_RESULTS, ids=[c[0] for c in EXECUTE_RESULTS]
+)
 def test_execute_result_sets_result_and_execution_count(
     case: str, content: dict[str, Any], result: str | None, count: int | None
 ) -> None:
@@ -395,17 +465,30 @@ def test_strip_ansi_osc8_hyperlink_with_st_terminator() -> None:
 
 
 ERRORS: list[tuple[str, dict[str, Any], ErrorInfo]] = [
-    ("IPython colours",
-     {"ename": "ZeroDivisionError", "evalue": "division by zero",
-      "traceback": ["\x1b[31m---------\x1b[39m",
-                    "\x1b[31mZeroDivisionError\x1b[39m: division by zero"]},
-     ErrorInfo("ZeroDivisionError", "division by zero",
-               ("---------", "ZeroDivisionError: division by zero"))),
+    (
+        "IPython colours",
+        {
+            "ename": "ZeroDivisionError",
+            "evalue": "division by zero",
+            "traceback": [
+                "\x1b[31m---------\x1b[39m",
+                "\x1b[31mZeroDivisionError\x1b[39m: division by zero",
+            ],
+        },
+        ErrorInfo(
+            "ZeroDivisionError",
+            "division by zero",
+            ("---------", "ZeroDivisionError: division by zero"),
+        ),
+    ),
     ("no traceback", {"ename": "KeyError", "evalue": "'k'"}, ErrorInfo("KeyError", "'k'", ())),
     ("traceback None", {"ename": "E", "evalue": "v", "traceback": None}, ErrorInfo("E", "v", ())),
     ("missing names", {"traceback": ["\x1b[1mline\x1b[0m"]}, ErrorInfo("", "", ("line",))),
-    ("non-str lines", {"ename": "E", "evalue": 3, "traceback": [1, None]},
-     ErrorInfo("E", "3", ("1", "None"))),
+    (
+        "non-str lines",
+        {"ename": "E", "evalue": 3, "traceback": [1, None]},
+        ErrorInfo("E", "3", ("1", "None")),
+    ),
 ]
 
 
@@ -417,20 +500,30 @@ def test_error_message_gives_error_info_without_ansi(
     c.add_message("stream", {"name": "stdout", "text": "before\n"})
     c.add_message("error", content)
     assert c.error == expected
-    assert c.outputs() == [Output("stream", name="stdout", text="before\n"),
-                           Output("error", text="\n".join(expected.traceback))]
+    assert c.outputs() == [
+        Output("stream", name="stdout", text="before\n"),
+        Output("error", text="\n".join(expected.traceback)),
+    ]
 
 
 def test_set_error_from_an_execute_reply() -> None:
     c = OutputCollector(10_000)
-    c.set_error({"status": "error", "ename": "NameError", "evalue": "name 'x' is not defined",
-                 "traceback": ["\x1b[31mNameError\x1b[39m: name 'x' is not defined"]})
-    assert c.error == ErrorInfo("NameError", "name 'x' is not defined",
-                                ("NameError: name 'x' is not defined",))
+    c.set_error(
+        {
+            "status": "error",
+            "ename": "NameError",
+            "evalue": "name 'x' is not defined",
+            "traceback": ["\x1b[31mNameError\x1b[39m: name 'x' is not defined"],
+        }
+    )
+    assert c.error == ErrorInfo(
+        "NameError", "name 'x' is not defined", ("NameError: name 'x' is not defined",)
+    )
     assert c.outputs() == []  # the reply's error is data, not an output
 
 
 # --- floods: memory stays bounded ----------------------------------------------------------
+
 
 def retained_bytes(c: OutputCollector) -> int:
     return sum(o.size() for o in c.head) + sum(o.size() for o, _ in c.tail)

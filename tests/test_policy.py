@@ -93,8 +93,9 @@ def expected_delays(jitter: str) -> list[float]:
 
 @pytest.mark.parametrize("jitter", ["full", "equal", "none"])
 def test_backoff_sequence_per_jitter_mode(jitter: str) -> None:
-    cfg = RestartConfig(min_delay=1.0, max_delay=30.0, multiplier=2.0,
-                        jitter=jitter, max_retries=-1)  # type: ignore[arg-type]
+    cfg = RestartConfig(
+        min_delay=1.0, max_delay=30.0, multiplier=2.0, jitter=jitter, max_retries=-1
+    )  # type: ignore[arg-type]
     rng = random.Random(42)
     delays = [backoff_delay(n, cfg, rng) for n in range(10)]
     assert delays == expected_delays(jitter)
@@ -132,9 +133,19 @@ def test_no_jitter_draws_nothing() -> None:
 )
 def test_base_delay(cfg: RestartConfig, n: int, expected: float) -> None:
     assert base_delay(n, cfg) == expected
-    assert backoff_delay(n, RestartConfig(min_delay=cfg.min_delay, max_delay=cfg.max_delay,
-                                          multiplier=cfg.multiplier, jitter="none"),
-                         random.Random(0)) == expected
+    assert (
+        backoff_delay(
+            n,
+            RestartConfig(
+                min_delay=cfg.min_delay,
+                max_delay=cfg.max_delay,
+                multiplier=cfg.multiplier,
+                jitter="none",
+            ),
+            random.Random(0),
+        )
+        == expected
+    )
 
 
 def test_base_delay_rejects_negative_n() -> None:
@@ -149,8 +160,7 @@ def fail_n(policy: RestartPolicy, n: int, now: float = 0.0) -> list[Decision]:
     return [policy.on_exit(now + i, NO_START) for i in range(n)]
 
 
-NONE = RestartConfig(min_delay=1.0, max_delay=30.0, jitter="none", reset_after=60.0,
-                     max_retries=5)
+NONE = RestartConfig(min_delay=1.0, max_delay=30.0, jitter="none", reset_after=60.0, max_retries=5)
 
 
 @pytest.mark.parametrize(
@@ -199,7 +209,8 @@ def test_give_up_after_max_retries(max_retries: int) -> None:
     decisions = fail_n(policy, max_retries + 1)
     assert [type(d) for d in decisions] == [Restart] * max_retries + [GiveUp]
     assert [d.attempt for d in decisions if isinstance(d, Restart)] == list(
-        range(1, max_retries + 1))
+        range(1, max_retries + 1)
+    )
     last = decisions[-1]
     assert isinstance(last, GiveUp) and f"max_retries = {max_retries}" in last.reason
     assert policy.given_up
@@ -232,8 +243,9 @@ def test_max_retries_minus_one_never_gives_up() -> None:
 
 
 def test_no_restart_leaves_the_count_alone() -> None:
-    policy = RestartPolicy(RestartConfig(type="transient", min_delay=1.0, jitter="none"),
-                           random.Random(42))
+    policy = RestartPolicy(
+        RestartConfig(type="transient", min_delay=1.0, jitter="none"), random.Random(42)
+    )
     fail_n(policy, 2)
     assert isinstance(policy.on_exit(3.0, ExitCause("normal", code=0)), NoRestart)
     assert policy.on_exit(4.0, FAIL) == Restart(4.0, 3)
@@ -297,8 +309,9 @@ def test_window_from_supervision_and_validation() -> None:
 # --- backoff x intensity ---------------------------------------------------------------
 
 
-def simulate_crash_loop(cfg: RestartConfig, intensity: int, period: float,
-                        start_time: float) -> float | None:
+def simulate_crash_loop(
+    cfg: RestartConfig, intensity: int, period: float, start_time: float
+) -> float | None:
     """A kernel that dies ``start_time`` after every start; the policy's delays drive the
     clock. Returns when the window tripped, or None if it never did (gave up, or 2000
     restarts went by)."""
@@ -316,10 +329,16 @@ def simulate_crash_loop(cfg: RestartConfig, intensity: int, period: float,
     return None
 
 
-def cfg_(min_delay: float, max_delay: float, max_retries: int = -1,
-         multiplier: float = 2.0) -> RestartConfig:
-    return RestartConfig(min_delay=min_delay, max_delay=max_delay, multiplier=multiplier,
-                         jitter="none", max_retries=max_retries)
+def cfg_(
+    min_delay: float, max_delay: float, max_retries: int = -1, multiplier: float = 2.0
+) -> RestartConfig:
+    return RestartConfig(
+        min_delay=min_delay,
+        max_delay=max_delay,
+        multiplier=multiplier,
+        jitter="none",
+        max_retries=max_retries,
+    )
 
 
 # Each case states the docstring's condition by hand:
@@ -346,8 +365,9 @@ def cfg_(min_delay: float, max_delay: float, max_retries: int = -1,
         (cfg_(0.0, 30.0), 10, 60.0, 0.7, 7.0),
     ],
 )
-def test_backoff_and_intensity_interaction(cfg: RestartConfig, intensity: int, period: float,
-                                           s: float, trips_at: float | None) -> None:
+def test_backoff_and_intensity_interaction(
+    cfg: RestartConfig, intensity: int, period: float, s: float, trips_at: float | None
+) -> None:
     tripped = simulate_crash_loop(cfg, intensity, period, s)
     if trips_at is None:
         assert tripped is None
@@ -359,7 +379,8 @@ def test_backoff_and_intensity_interaction(cfg: RestartConfig, intensity: int, p
 @pytest.mark.parametrize("intensity", [1, 2, 3, 5, 8, 13])
 @pytest.mark.parametrize("max_delay", [2.0, 7.0, 12.5, 30.0])
 def test_saturated_delay_at_least_period_over_intensity_never_trips(
-        intensity: int, max_delay: float) -> None:
+    intensity: int, max_delay: float
+) -> None:
     period = 60.0
     cfg = cfg_(max_delay, max_delay)
     tripped = simulate_crash_loop(cfg, intensity, period, 0.0)

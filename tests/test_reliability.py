@@ -54,8 +54,9 @@ def wait_all_gone(pids: list[int], within: float = 5.0) -> list[int]:
 
 
 async def test_memory_limit_kills_only_the_hog(runtime_dir: Path) -> None:
-    cfg = kernelsup.Config.from_dict({"pool": [{
-        **FAST_POOL, "size": 2, "spares": 0, "memory_limit_mb": 512}]})
+    cfg = kernelsup.Config.from_dict(
+        {"pool": [{**FAST_POOL, "size": 2, "spares": 0, "memory_limit_mb": 512}]}
+    )
     async with kernelsup.open_supervisor(cfg, runtime_dir=runtime_dir) as sup:
         await sup.execute("x = 'still here'", session="other")
         r = await sup.execute("a = bytearray(4 * 2**30)", session="hog")
@@ -78,8 +79,9 @@ async def test_children_and_daemons_die_with_their_kernel(runtime_dir: Path) -> 
         assert alive(child) and alive(daemon)
         pid = kernels(sup)[0]["pid"]
         os.kill(pid, signal.SIGKILL)
-        await wait_until(sup, lambda: kernels(sup)[0]["restarts"] == 1
-                         and kernels(sup)[0]["state"] == "idle")
+        await wait_until(
+            sup, lambda: kernels(sup)[0]["restarts"] == 1 and kernels(sup)[0]["state"] == "idle"
+        )
         # the plain child died with the kernel's process group
         assert wait_all_gone([child]) == []
     # the daemon escaped the group, but not the supervisor's exit sweep
@@ -103,9 +105,12 @@ SUPERVISOR = textwrap.dedent("""
 
 @pytest.mark.timeout(60)
 def test_sigkilled_supervisor_leaves_nothing(runtime_dir: Path) -> None:
-    proc = subprocess.Popen([sys.executable, "-c", SUPERVISOR, str(runtime_dir)],
-                            stdout=subprocess.PIPE, text=True,
-                            cwd=Path(__file__).parent.parent)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SUPERVISOR, str(runtime_dir)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parent.parent,
+    )
     pids: list[int] = []
     try:
         assert proc.stdout is not None

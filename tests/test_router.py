@@ -50,8 +50,9 @@ def kernels(sup: Supervisor) -> list[dict[str, Any]]:
 
 @pytest.fixture
 async def sup2(runtime_dir: Path) -> AsyncIterator[Supervisor]:
-    async with kernelsup.open_supervisor(config(size=2, spares=1, queue_limit=1),
-                                         runtime_dir=runtime_dir) as sup:
+    async with kernelsup.open_supervisor(
+        config(size=2, spares=1, queue_limit=1), runtime_dir=runtime_dir
+    ) as sup:
         yield sup
 
 
@@ -79,8 +80,9 @@ async def test_pool_runs_in_parallel_and_queues(sup2: Supervisor) -> None:
 
 
 async def test_queue_timeout_rejects(runtime_dir: Path) -> None:
-    async with kernelsup.open_supervisor(config(size=1, spares=0, queue_timeout=0.5),
-                                         runtime_dir=runtime_dir) as sup:
+    async with kernelsup.open_supervisor(
+        config(size=1, spares=0, queue_timeout=0.5), runtime_dir=runtime_dir
+    ) as sup:
         async with trio.open_nursery() as n:
             n.start_soon(sup.execute, "import time; time.sleep(3)")
             await poll_until(lambda: kernels(sup)[0]["state"] == "busy")
@@ -108,15 +110,16 @@ async def test_sessions_are_isolated_and_closed(sup2: Supervisor) -> None:
             await sup2.close_session(session)
 
 
-async def test_session_kernel_death_uses_spare_and_reports_state_lost(
-        sup2: Supervisor) -> None:
+async def test_session_kernel_death_uses_spare_and_reports_state_lost(sup2: Supervisor) -> None:
     await wait_until(sup2, lambda: all(k["state"] == "idle" for k in kernels(sup2)))
     assert (await sup2.execute("x = 1", session="a")).status == "ok"
     # the session took the spare; wait for the refilled spare to be ready
-    await wait_until(sup2, lambda: any(k["role"] == "spare" and k["state"] == "idle"
-                                       for k in kernels(sup2)))
-    ready_spares = {k["id"]: k["pid"] for k in kernels(sup2)
-                    if k["role"] == "spare" and k["state"] == "idle"}
+    await wait_until(
+        sup2, lambda: any(k["role"] == "spare" and k["state"] == "idle" for k in kernels(sup2))
+    )
+    ready_spares = {
+        k["id"]: k["pid"] for k in kernels(sup2) if k["role"] == "spare" and k["state"] == "idle"
+    }
     died = await sup2.execute("import os; os._exit(1)", session="a")
     assert died.status == "died" and died.state_lost
     r = await sup2.execute("x", session="a")
@@ -138,9 +141,13 @@ async def test_rotation_kernel_death_promotes_spare(sup2: Supervisor) -> None:
     victim = next(k for k in before.values() if k["role"] == "pool")
     spare = next(k for k in before.values() if k["role"] == "spare")
     os.kill(victim["pid"], signal.SIGKILL)
-    await wait_until(sup2, lambda: next(k for k in kernels(sup2)
-                                        if k["id"] == victim["id"])["restarts"] == 1
-                     and all(k["state"] == "idle" for k in kernels(sup2)))
+    await wait_until(
+        sup2,
+        lambda: (
+            next(k for k in kernels(sup2) if k["id"] == victim["id"])["restarts"] == 1
+            and all(k["state"] == "idle" for k in kernels(sup2))
+        ),
+    )
     after = {k["id"]: k for k in kernels(sup2)}
     assert after[spare["id"]]["role"] == "pool"  # the spare took its place at once
     assert after[victim["id"]]["role"] == "spare"  # and the victim came back as a spare
@@ -149,8 +156,7 @@ async def test_rotation_kernel_death_promotes_spare(sup2: Supervisor) -> None:
 
 
 async def test_caller_cancellation_frees_the_kernel(runtime_dir: Path) -> None:
-    async with kernelsup.open_supervisor(config(size=1, spares=0),
-                                         runtime_dir=runtime_dir) as sup:
+    async with kernelsup.open_supervisor(config(size=1, spares=0), runtime_dir=runtime_dir) as sup:
         with trio.move_on_after(1.0) as scope:
             await sup.execute("while True: pass")
         assert scope.cancelled_caught
@@ -165,8 +171,17 @@ async def test_status_shape(sup2: Supervisor) -> None:
     assert set(st) == {"kernels", "pools"}
     assert len(st["kernels"]) == 3
     for k in st["kernels"]:
-        assert {"id", "pool", "role", "state", "pid", "restarts", "session", "uptime_s",
-                "last_exit"} <= set(k)
+        assert {
+            "id",
+            "pool",
+            "role",
+            "state",
+            "pid",
+            "restarts",
+            "session",
+            "uptime_s",
+            "last_exit",
+        } <= set(k)
         assert k["state"] in ("starting", "idle", "busy", "backoff", "dead", "stopping")
     assert Counter(k["role"] for k in st["kernels"]) == {"pool": 2, "spare": 1}
     assert all(isinstance(k["pid"], int) and k["uptime_s"] >= 0 for k in st["kernels"])
@@ -174,8 +189,7 @@ async def test_status_shape(sup2: Supervisor) -> None:
 
 
 async def test_unknown_pool_and_shutdown_rejections(runtime_dir: Path) -> None:
-    async with kernelsup.open_supervisor(config(size=1, spares=0),
-                                         runtime_dir=runtime_dir) as sup:
+    async with kernelsup.open_supervisor(config(size=1, spares=0), runtime_dir=runtime_dir) as sup:
         r = await sup.execute("1", pool="nope")
         assert r.status == "rejected" and r.code == "unknown_pool"
         with pytest.raises(kernelsup.Rejected) as info:
@@ -186,12 +200,17 @@ async def test_unknown_pool_and_shutdown_rejections(runtime_dir: Path) -> None:
 
 
 async def test_stream_yields_outputs_then_result(sup2: Supervisor) -> None:
-    items = [item async for item in sup2.stream(
-        "import time\nfor i in range(3):\n    print(i, flush=True); time.sleep(0.1)\n'end'")]
+    items = [
+        item
+        async for item in sup2.stream(
+            "import time\nfor i in range(3):\n    print(i, flush=True); time.sleep(0.1)\n'end'"
+        )
+    ]
     assert isinstance(items[-1], kernelsup.ExecuteResult)
     assert items[-1].stdout == "0\n1\n2\n" and items[-1].result == "'end'"
-    streamed = "".join(o.text or "" for o in items[:-1]
-                       if isinstance(o, kernelsup.Output) and o.type == "stream")
+    streamed = "".join(
+        o.text or "" for o in items[:-1] if isinstance(o, kernelsup.Output) and o.type == "stream"
+    )
     assert streamed == "0\n1\n2\n"
 
 
@@ -205,6 +224,7 @@ async def test_chaos_every_request_has_one_outcome(runtime_dir: Path, tmp_path: 
     outcomes: dict[int, kernelsup.ExecuteResult] = {}
     cfg = config(size=3, spares=1, queue_limit=1000, queue_timeout=120.0)
     async with kernelsup.open_supervisor(cfg, runtime_dir=runtime_dir) as sup:
+
         async def request(i: int) -> None:
             assert i not in outcomes
             code = f"open({str(ledger)!r}, 'a').write('{i}\\n')\n"
@@ -259,8 +279,7 @@ async def test_idle_session_expires_and_says_so(runtime_dir: Path) -> None:
 
 async def test_concurrent_floods_lose_nothing(runtime_dir: Path) -> None:
     """Two kernels printing line by line at once: every line of both arrives, in order."""
-    async with kernelsup.open_supervisor(config(size=2, spares=0),
-                                         runtime_dir=runtime_dir) as sup:
+    async with kernelsup.open_supervisor(config(size=2, spares=0), runtime_dir=runtime_dir) as sup:
         results: list[kernelsup.ExecuteResult] = []
 
         async def flood() -> None:
@@ -282,17 +301,18 @@ async def test_concurrent_floods_lose_nothing(runtime_dir: Path) -> None:
             assert notices == []
 
 
-async def test_session_closed_while_waiting_for_a_kernel_leaks_nothing(
-        runtime_dir: Path) -> None:
+async def test_session_closed_while_waiting_for_a_kernel_leaks_nothing(runtime_dir: Path) -> None:
     """Found by the chaos soak: a request waiting for its session's new kernel while the
     session is closed must not leave a kernel bound to a session nobody has."""
-    async with kernelsup.open_supervisor(config(size=1, spares=0, queue_timeout=60.0),
-                                         runtime_dir=runtime_dir) as sup:
+    async with kernelsup.open_supervisor(
+        config(size=1, spares=0, queue_timeout=60.0), runtime_dir=runtime_dir
+    ) as sup:
         assert (await sup.execute("x = 1", session="a")).status == "ok"
         died = await sup.execute("import os; os._exit(1)", session="a")
         assert died.status == "died"
-        await wait_until(sup, lambda: any(k["role"] == "pool" and k["state"] == "idle"
-                                          for k in kernels(sup)))
+        await wait_until(
+            sup, lambda: any(k["role"] == "pool" and k["state"] == "idle" for k in kernels(sup))
+        )
         results: dict[str, kernelsup.ExecuteResult] = {}
 
         async def run(key: str, code: str, session: str | None) -> None:
@@ -302,8 +322,12 @@ async def test_session_closed_while_waiting_for_a_kernel_leaks_nothing(
             n.start_soon(run, "busy", "import time; time.sleep(1.5)", None)
             await poll_until(lambda: any(k["state"] == "busy" for k in kernels(sup)))
             n.start_soon(run, "waiting", "y = 2", "a")  # no kernel free: it waits
-            await poll_until(lambda: "a" in sup.pools["default"].sessions
-                             and sup.pools["default"].sessions["a"].lock.locked())
+            await poll_until(
+                lambda: (
+                    "a" in sup.pools["default"].sessions
+                    and sup.pools["default"].sessions["a"].lock.locked()
+                )
+            )
             assert await sup.close_session("a")
         assert results["busy"].status == "ok"
         assert results["waiting"].status == "rejected"
@@ -338,9 +362,15 @@ async def test_session_names_follow_live_sessions_across_pools(runtime_dir: Path
     """A live session belongs to one pool; once closed or expired its name is free for
     any pool, and an expired one asked for without a pool returns home to say its state
     is gone."""
-    cfg = kernelsup.Config.from_dict({"supervisor": {"intensity": 1000}, "pool": [
-        {**FAST_POOL, "name": "a", "size": 1, "spares": 0},
-        {**FAST_POOL, "name": "b", "size": 1, "spares": 0, "session_idle_timeout": 0.5}]})
+    cfg = kernelsup.Config.from_dict(
+        {
+            "supervisor": {"intensity": 1000},
+            "pool": [
+                {**FAST_POOL, "name": "a", "size": 1, "spares": 0},
+                {**FAST_POOL, "name": "b", "size": 1, "spares": 0, "session_idle_timeout": 0.5},
+            ],
+        }
+    )
     async with kernelsup.open_supervisor(cfg, runtime_dir=runtime_dir) as sup:
         r = await sup.execute("x = 1", pool="b", session="s")
         assert r.status == "ok"

@@ -42,13 +42,15 @@ FAST_POOL: dict[str, Any] = {
 MAX_MESSAGE = 65536
 
 
-def make_config(runtime_dir: Path, *, size: int = 1, spares: int = 0,
-                **server: Any) -> Config:
-    return Config.from_dict({
-        "supervisor": {"runtime_dir": str(runtime_dir)},
-        "server": {"max_message_bytes": MAX_MESSAGE, **server},
-        "pool": [{**FAST_POOL, "size": size, "spares": spares}],
-    }, source=str(runtime_dir / "supervisor.toml"))
+def make_config(runtime_dir: Path, *, size: int = 1, spares: int = 0, **server: Any) -> Config:
+    return Config.from_dict(
+        {
+            "supervisor": {"runtime_dir": str(runtime_dir)},
+            "server": {"max_message_bytes": MAX_MESSAGE, **server},
+            "pool": [{**FAST_POOL, "size": size, "spares": spares}],
+        },
+        source=str(runtime_dir / "supervisor.toml"),
+    )
 
 
 @attrs.define
@@ -130,16 +132,25 @@ async def stats(endpoint: str) -> dict[str, Any]:
 
 def test_counters_sort_refusals() -> None:
     c = srv.Counters()
-    for exc in (AuthenticationError("", reason="unsigned"),
-                AuthenticationError("", reason="bad_signature"),
-                AuthenticationError("", reason="replayed"),
-                kernelsup.ProtocolError("", code="oversized"),
-                kernelsup.ProtocolError("", code="unknown_type"),
-                kernelsup.ProtocolError("", code="protocol_version"),
-                kernelsup.ProtocolError("", code="malformed")):
+    for exc in (
+        AuthenticationError("", reason="unsigned"),
+        AuthenticationError("", reason="bad_signature"),
+        AuthenticationError("", reason="replayed"),
+        kernelsup.ProtocolError("", code="oversized"),
+        kernelsup.ProtocolError("", code="unknown_type"),
+        kernelsup.ProtocolError("", code="protocol_version"),
+        kernelsup.ProtocolError("", code="malformed"),
+    ):
         c.count_refusal(exc)
-    assert (c.unsigned, c.bad_signature, c.replayed, c.oversized, c.unknown_type,
-            c.protocol_version, c.malformed) == (1, 1, 1, 1, 1, 1, 1)
+    assert (
+        c.unsigned,
+        c.bad_signature,
+        c.replayed,
+        c.oversized,
+        c.unknown_type,
+        c.protocol_version,
+        c.malformed,
+    ) == (1, 1, 1, 1, 1, 1, 1)
 
 
 # --- endpoint, key and files -------------------------------------------------------------
@@ -172,7 +183,7 @@ async def test_tcp_loopback_with_any_port(nursery: trio.Nursery, runtime_dir: Pa
     cfg = make_config(runtime_dir, endpoint="tcp://127.0.0.1:*")
     s = await start_served(nursery, cfg)
     assert s.endpoint.startswith("tcp://127.0.0.1:") and not s.endpoint.endswith("*")
-    async with kernelsup.connect(cfg) as client:      # finds the port and the key
+    async with kernelsup.connect(cfg) as client:  # finds the port and the key
         assert client.endpoint == s.endpoint
         assert (await client.execute("1 + 1")).result == "2"
     with pytest.raises(KernelsupError) as info:
@@ -200,12 +211,13 @@ async def test_a_second_server_does_not_steal_the_endpoint(served: Served) -> No
     with pytest.raises(KernelsupError) as info:
         await serve(served.sup, served.config)
     assert info.value.code == "endpoint_in_use"
-    async with kernelsup.connect(served.config) as client:   # the first one still serves
+    async with kernelsup.connect(served.config) as client:  # the first one still serves
         assert (await client.execute("'still'")).result == "'still'"
 
 
-async def test_ipc_path_too_long_is_a_config_error(nursery: trio.Nursery,
-                                                   runtime_dir: Path) -> None:
+async def test_ipc_path_too_long_is_a_config_error(
+    nursery: trio.Nursery, runtime_dir: Path
+) -> None:
     cfg = make_config(runtime_dir, endpoint="ipc://" + str(runtime_dir / ("x" * 120)))
     async with kernelsup.open_supervisor(cfg) as sup:
         with pytest.raises(ConfigError) as info:
@@ -216,8 +228,9 @@ async def test_ipc_path_too_long_is_a_config_error(nursery: trio.Nursery,
 # --- refusals ---------------------------------------------------------------------------
 
 
-async def test_wrong_key_gets_auth_failed_and_the_server_keeps_serving(served: Served,
-                                                                       ) -> None:
+async def test_wrong_key_gets_auth_failed_and_the_server_keeps_serving(
+    served: Served,
+) -> None:
     with trio.fail_after(10):
         with pytest.raises(AuthenticationError) as info:
             async with kernelsup.connect(served.endpoint, key=b"0" * 64):
@@ -253,8 +266,11 @@ async def test_signed_bad_requests_get_error_replies_by_id(served: Served) -> No
             if received.reply.code == "protocol_version":
                 assert "upgrade kernelsup on the client" in received.reply.message
     counters = await stats(served.endpoint)
-    assert (counters["protocol_version"], counters["unknown_type"],
-            counters["malformed"]) == (1, 1, 1)
+    assert (counters["protocol_version"], counters["unknown_type"], counters["malformed"]) == (
+        1,
+        1,
+        1,
+    )
 
 
 async def test_unsigned_message_gets_an_auth_failed_notice(served: Served) -> None:
@@ -277,23 +293,26 @@ async def test_garbage_flood_does_not_break_the_server(served: Served) -> None:
     wire = good._wire
     batches: list[list[bytes]] = []
     for _ in range(1000):
-        batches.append([rng.randbytes(rng.randrange(0, 64))
-                        for _ in range(rng.randrange(1, 8))])
+        batches.append([rng.randbytes(rng.randrange(0, 64)) for _ in range(rng.randrange(1, 8))])
     for _ in range(500):
         frames = good.encode_request(proto.Status())[1]
-        batches.append([frames[0], b"", *frames[2:]])                   # unsigned
+        batches.append([frames[0], b"", *frames[2:]])  # unsigned
     for _ in range(500):
-        batches.append(bad.encode_request(proto.Execute("1"))[1])       # wrong key
+        batches.append(bad.encode_request(proto.Execute("1"))[1])  # wrong key
     for _ in range(300):
-        batches.append(good.encode_request(proto.Status())[1][:3])      # half
+        batches.append(good.encode_request(proto.Status())[1][:3])  # half
     for _ in range(300):
-        batches.append([*good.encode_request(proto.Status())[1],
-                        *[b"x" * 30000] * 3])                            # oversized total
+        batches.append(
+            [*good.encode_request(proto.Status())[1], *[b"x" * 30000] * 3]
+        )  # oversized total
     for i in range(300):
-        batches.append(wire.build("frobnicate" if i % 2 else "status",
-                                  {"v": proto.PROTOCOL_VERSION if i % 2 else 99})[1])
+        batches.append(
+            wire.build(
+                "frobnicate" if i % 2 else "status", {"v": proto.PROTOCOL_VERSION if i % 2 else 99}
+            )[1]
+        )
     rng.shuffle(batches)
-    batches += [[b"z" * (MAX_MESSAGE + 1)]] * 3   # one frame over MAXMSGSIZE: zmq drops us
+    batches += [[b"z" * (MAX_MESSAGE + 1)]] * 3  # one frame over MAXMSGSIZE: zmq drops us
     with raw_dealer(served.endpoint, RCVHWM=10) as sock, trio.fail_after(30):
         for frames in batches:
             await sock.send_multipart(frames)
@@ -303,17 +322,21 @@ async def test_garbage_flood_does_not_break_the_server(served: Served) -> None:
             # Not "received >= 2900": each stats() call is received too, so under load the
             # polls could make up the count before the flood was all taken off the socket.
             counters.update(await stats(served.endpoint))
-            return all(counters[k] > 0 for k in (
-                "malformed", "unknown_type", "protocol_version")) and (
-                counters["unsigned"] >= 500 and counters["bad_signature"] >= 500
-                and counters["oversized"] >= 300)
+            return all(
+                counters[k] > 0 for k in ("malformed", "unknown_type", "protocol_version")
+            ) and (
+                counters["unsigned"] >= 500
+                and counters["bad_signature"] >= 500
+                and counters["oversized"] >= 300
+            )
+
         await poll(settled, 30)
         async with kernelsup.connect(served.endpoint) as client:
             result = await client.execute("print('alive'); 1 + 1")
     assert result.status == "ok" and result.stdout == "alive\n" and result.result == "2"
     assert counters["unsigned"] >= 500 and counters["bad_signature"] >= 500
     assert counters["oversized"] >= 300 and counters["internal_errors"] == 0
-    assert counters["notices_dropped"] > 0        # the flooder never read its notices
+    assert counters["notices_dropped"] > 0  # the flooder never read its notices
 
 
 # --- slow and vanishing clients ----------------------------------------------------------
@@ -325,8 +348,9 @@ async def test_slow_client_gets_lagged_and_a_complete_final(served: Served) -> N
     concurrent execute from another client is complete meanwhile."""
     n = 1500
     codec = proto.Codec(served.key)
-    rid, frames = codec.encode_request(proto.Execute(
-        f"for i in range({n}): print(i, flush=True)", stream=True))
+    rid, frames = codec.encode_request(
+        proto.Execute(f"for i in range({n}): print(i, flush=True)", stream=True)
+    )
     with raw_dealer(served.endpoint, RCVHWM=1) as sock, trio.fail_after(90):
         await sock.send_multipart(frames)
         async with kernelsup.connect(served.endpoint) as client:
@@ -337,6 +361,7 @@ async def test_slow_client_gets_lagged_and_a_complete_final(served: Served) -> N
             async def finished() -> bool:
                 counters.update(await client.server_stats())
                 return bool(counters["in_flight"] == 1 and counters["dropped"] > 0)
+
             await poll(finished, 60)
         texts, lagged, final = [], [], None
         while final is None:
@@ -390,8 +415,9 @@ async def test_cancelling_a_call_interrupts_the_kernel(served: Served) -> None:
         assert (await client.server_stats())["cancelled"] == 2
 
 
-async def test_stopping_the_server_answers_what_is_pending(served: Served,
-                                                            runtime_dir: Path) -> None:
+async def test_stopping_the_server_answers_what_is_pending(
+    served: Served, runtime_dir: Path
+) -> None:
     async with kernelsup.connect(served.endpoint) as client:
         async with client.subscribe() as events:
             served.scope.cancel()
@@ -403,9 +429,10 @@ async def test_stopping_the_server_answers_what_is_pending(served: Served,
     assert not (runtime_dir / "control.sock").exists()
 
 
-async def test_too_many_requests_are_refused_not_queued(served: Served,
-                                                        monkeypatch: pytest.MonkeyPatch,
-                                                        ) -> None:
+async def test_too_many_requests_are_refused_not_queued(
+    served: Served,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(srv, "MAX_REQUESTS_PER_CLIENT", 2)
     async with kernelsup.connect(served.endpoint) as client:
         results: list[Any] = []
@@ -420,7 +447,7 @@ async def test_too_many_requests_are_refused_not_queued(served: Served,
         assert sorted(results) == ["ok", "ok", "rejected:server_busy", "rejected:server_busy"]
         assert (await client.server_stats())["busy"] == 2
         refused: list[Rejected] = []
-        async with trio.open_nursery() as nursery:   # other requests raise it
+        async with trio.open_nursery() as nursery:  # other requests raise it
             for _ in range(2):
                 nursery.start_soon(client.execute, "import time; time.sleep(1)")
             await poll(lambda: served.kernel_states() == ["busy", "busy"])
@@ -466,7 +493,6 @@ async def test_an_oversized_request_is_refused_before_it_is_sent(served: Served)
     with pytest.raises(kernelsup.ClientError) as closed:
         await client.execute("1")
     assert closed.value.code == "client_closed"
-
 
     def sync_client() -> None:  # in a thread: the server runs in this trio loop
         with kernelsup.SyncClient(served.endpoint) as sync:

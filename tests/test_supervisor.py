@@ -61,14 +61,22 @@ class Factory:
     live: dict[str, ScriptedKernel] = attrs.field(factory=dict)
     failing_starts: set[str] = attrs.field(factory=set)
 
-    async def start(self, kernel_id: str, *, on_exit: Any = None,
-                    task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> ExitCause:
+    async def start(
+        self,
+        kernel_id: str,
+        *,
+        on_exit: Any = None,
+        task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
+    ) -> ExitCause:
         self.log.append(("start", kernel_id))
         await trio.sleep(START_S)
         if kernel_id in self.failing_starts:
             self.log.append(("start_failed", kernel_id))
-            raise KernelStartError("scripted start failure", code="start_failure",
-                                   cause=ExitCause("start_failure", code=3))
+            raise KernelStartError(
+                "scripted start failure",
+                code="start_failure",
+                cause=ExitCause("start_failure", code=3),
+            )
         k = ScriptedKernel(kernel_id)
         self.live[kernel_id] = k
         try:
@@ -90,12 +98,22 @@ class Factory:
         return [k for what, k in self.log if what == "start"]
 
 
-def make_sup(factory: Factory, *, strategy: str = "one_for_one", intensity: int = 10,
-             period: float = 60.0, **restart: Any) -> PoolSupervisor:
+def make_sup(
+    factory: Factory,
+    *,
+    strategy: str = "one_for_one",
+    intensity: int = 10,
+    period: float = 60.0,
+    **restart: Any,
+) -> PoolSupervisor:
     return PoolSupervisor(
-        "p", factory.start, RestartConfig(**restart),
+        "p",
+        factory.start,
+        RestartConfig(**restart),
         Supervision(strategy, intensity, period),  # type: ignore[arg-type]
-        EventBus(), rng=random.Random(0))
+        EventBus(),
+        rng=random.Random(0),
+    )
 
 
 async def wait_until(sup: PoolSupervisor, predicate: Any) -> None:
@@ -130,8 +148,10 @@ async def test_one_for_one(autojump_clock: trio.testing.MockClock) -> None:
         assert f.starts() == ["p-0", "p-1", "p-2", "p-1"]
         assert f.stops() == ["p-1"]
         assert c1.handle is not None and c1.handle.pid != pids["p-1"]
-        assert [c.handle.pid for c in sup.children if c.id != "p-1" and c.handle] == \
-            [pids["p-0"], pids["p-2"]]
+        assert [c.handle.pid for c in sup.children if c.id != "p-1" and c.handle] == [
+            pids["p-0"],
+            pids["p-2"],
+        ]
         assert c1.last_exit == ExitCause("failure", signal=9)
         sup.stop()
 
@@ -159,8 +179,9 @@ async def test_rest_for_one(autojump_clock: trio.testing.MockClock) -> None:
         p0 = sup.children[0].handle
         f.log.clear()
         f.crash("p-1")
-        await wait_until(sup, lambda: all(c.ready for c in sup.children)
-                         and sup.children[3].restarts == 1)
+        await wait_until(
+            sup, lambda: all(c.ready for c in sup.children) and sup.children[3].restarts == 1
+        )
         assert f.stops() == ["p-1", "p-3", "p-2"]
         assert f.starts() == ["p-1", "p-2", "p-3"]
         assert sup.children[0].handle is p0 and sup.children[0].restarts == 0
@@ -169,8 +190,7 @@ async def test_rest_for_one(autojump_clock: trio.testing.MockClock) -> None:
 
 async def test_backoff_grows_then_gives_up(autojump_clock: trio.testing.MockClock) -> None:
     f = Factory()
-    sup = make_sup(f, min_delay=1.0, max_delay=8.0, multiplier=2.0, jitter="none",
-                   max_retries=3)
+    sup = make_sup(f, min_delay=1.0, max_delay=8.0, multiplier=2.0, jitter="none", max_retries=3)
     async with trio.open_nursery() as n:
         await n.start(sup.run, ["pool", "pool"])
         c0 = sup.children[0]
@@ -190,7 +210,8 @@ async def test_backoff_grows_then_gives_up(autojump_clock: trio.testing.MockCloc
 
 
 async def test_restart_escalation_when_starts_keep_failing(
-        autojump_clock: trio.testing.MockClock) -> None:
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     f = Factory()
     sup = make_sup(f, intensity=3, period=60.0, max_retries=-1, min_delay=0.0)
     with pytest.RaisesGroup(PoolEscalated) as info:
@@ -206,7 +227,8 @@ async def test_restart_escalation_when_starts_keep_failing(
 
 
 async def test_pending_backoff_cancelled_by_shutdown(
-        autojump_clock: trio.testing.MockClock) -> None:
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     f = Factory()
     sup = make_sup(f, min_delay=1000.0, max_delay=1000.0, jitter="none")
     async with trio.open_nursery() as n:
@@ -233,8 +255,7 @@ async def test_temporary_child_is_removed(autojump_clock: trio.testing.MockClock
         sup.stop()
 
 
-async def test_operator_restart_revives_dead_child(
-        autojump_clock: trio.testing.MockClock) -> None:
+async def test_operator_restart_revives_dead_child(autojump_clock: trio.testing.MockClock) -> None:
     f = Factory()
     sup = make_sup(f, max_retries=0)
     async with trio.open_nursery() as n:
@@ -253,8 +274,16 @@ async def test_backoff_and_window_interaction(autojump_clock: trio.testing.MockC
     in 60 s, a crash loop never trips the window; with intensity 3 the burst does."""
     for intensity, trips in [(10, False), (3, True)]:
         f = Factory()
-        sup = make_sup(f, intensity=intensity, period=60.0, min_delay=1.0, max_delay=30.0,
-                       multiplier=2.0, jitter="none", max_retries=12)
+        sup = make_sup(
+            f,
+            intensity=intensity,
+            period=60.0,
+            min_delay=1.0,
+            max_delay=30.0,
+            multiplier=2.0,
+            jitter="none",
+            max_retries=12,
+        )
         escalated = False
         try:
             async with trio.open_nursery() as n:

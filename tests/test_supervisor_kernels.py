@@ -17,23 +17,32 @@ from tests.test_router import FAST_POOL, kernels, wait_until
 
 
 def cfg(root: dict[str, Any] | None = None, **pool: Any) -> kernelsup.Config:
-    return kernelsup.Config.from_dict({
-        "supervisor": root or {"intensity": 100},
-        "pool": [{**FAST_POOL, "name": "default", "spares": 0, **pool}]})
+    return kernelsup.Config.from_dict(
+        {
+            "supervisor": root or {"intensity": 100},
+            "pool": [{**FAST_POOL, "name": "default", "spares": 0, **pool}],
+        }
+    )
 
 
 @pytest.mark.parametrize("strategy", ["one_for_one", "one_for_all"])
 async def test_sigkill_one_kernel(runtime_dir: Path, strategy: str) -> None:
-    async with kernelsup.open_supervisor(cfg(size=3, strategy=strategy),
-                                         runtime_dir=runtime_dir) as sup:
+    async with kernelsup.open_supervisor(
+        cfg(size=3, strategy=strategy), runtime_dir=runtime_dir
+    ) as sup:
         for i in range(len(kernels(sup))):
             r = await sup.execute(f"mark = {i}")  # state, to see who lost it
             assert r.status == "ok"
         before = {k["id"]: k for k in kernels(sup)}
         victim = "default-1"
         os.kill(before[victim]["pid"], signal.SIGKILL)
-        await wait_until(sup, lambda: all(k["state"] == "idle" for k in kernels(sup))
-                         and next(k for k in kernels(sup) if k["id"] == victim)["restarts"] == 1)
+        await wait_until(
+            sup,
+            lambda: (
+                all(k["state"] == "idle" for k in kernels(sup))
+                and next(k for k in kernels(sup) if k["id"] == victim)["restarts"] == 1
+            ),
+        )
         after = {k["id"]: k for k in kernels(sup)}
         assert after[victim]["pid"] != before[victim]["pid"]
         assert after[victim]["last_exit"]["text"] == "signal(9)"
@@ -48,9 +57,17 @@ async def test_sigkill_one_kernel(runtime_dir: Path, strategy: str) -> None:
 
 async def test_crash_looping_startup_code_backs_off_then_dies(runtime_dir: Path) -> None:
     bus = EventBus()
-    config = cfg(size=1, startup_code="import os; os._exit(3)",
-                 restart={"min_delay": 0.05, "max_delay": 0.4, "multiplier": 2.0,
-                          "jitter": "none", "max_retries": 3})
+    config = cfg(
+        size=1,
+        startup_code="import os; os._exit(3)",
+        restart={
+            "min_delay": 0.05,
+            "max_delay": 0.4,
+            "multiplier": 2.0,
+            "jitter": "none",
+            "max_retries": 3,
+        },
+    )
     async with kernelsup.open_supervisor(config, runtime_dir=runtime_dir, bus=bus) as sup:
         st = kernels(sup)
         assert st[0]["state"] == "dead"
@@ -66,9 +83,14 @@ async def test_crash_looping_startup_code_backs_off_then_dies(runtime_dir: Path)
 
 
 async def test_root_gives_up_when_pool_keeps_escalating(runtime_dir: Path) -> None:
-    config = cfg(root={"intensity": 1, "period": 60.0}, size=1, intensity=1, period=60.0,
-                 startup_code="import os; os._exit(3)",
-                 restart={"min_delay": 0.0, "max_retries": -1})
+    config = cfg(
+        root={"intensity": 1, "period": 60.0},
+        size=1,
+        intensity=1,
+        period=60.0,
+        startup_code="import os; os._exit(3)",
+        restart={"min_delay": 0.0, "max_retries": -1},
+    )
     with pytest.raises(kernelsup.SupervisorGaveUp) as info:
         async with kernelsup.open_supervisor(config, runtime_dir=runtime_dir):
             await trio.sleep_forever()

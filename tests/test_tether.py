@@ -54,9 +54,13 @@ def _wait_gone(pid: int, within: float) -> bool:
 
 @pytest.mark.timeout(150)
 def test_kernel_lives_a_minute_and_dies_with_a_sigkilled_supervisor(runtime_dir: Path) -> None:
-    proc = subprocess.Popen([sys.executable, "-c", SUPERVISOR, str(runtime_dir)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                            cwd=Path(__file__).parent.parent)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SUPERVISOR, str(runtime_dir)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parent.parent,
+    )
     kernel_pid = 0
     try:
         assert proc.stdout is not None and proc.stdin is not None

@@ -50,8 +50,10 @@ class Echo:
 @asynccontextmanager
 async def heartbeat_pair() -> AsyncIterator[tuple[Socket, Socket]]:
     address = f"inproc://watchdog-{uuid.uuid4().hex}"
-    with Socket(context().socket(zmq.ROUTER)) as router, \
-            Socket(context().socket(zmq.DEALER)) as dealer:
+    with (
+        Socket(context().socket(zmq.ROUTER)) as router,
+        Socket(context().socket(zmq.DEALER)) as dealer,
+    ):
         router.zmq.bind(address)
         dealer.zmq.connect(address)
         yield dealer, router
@@ -104,9 +106,11 @@ async def test_replies_to_older_pings_do_not_count() -> None:
 
 async def test_memory_over_the_limit_counts_children_too() -> None:
     """The parent is small; its child holds 80 MB. A 50 MB limit catches the tree."""
-    code = ("import subprocess, sys\n"
-            "subprocess.run([sys.executable, '-c', "
-            "'b = bytearray(80 * 2**20); import time; time.sleep(60)'])\n")
+    code = (
+        "import subprocess, sys\n"
+        "subprocess.run([sys.executable, '-c', "
+        "'b = bytearray(80 * 2**20); import time; time.sleep(60)'])\n"
+    )
     proc = await trio.lowlevel.open_process([sys.executable, "-c", code])
     try:
         with trio.fail_after(30):
@@ -149,8 +153,10 @@ async def test_a_stalled_supervisor_does_not_blame_the_kernel() -> None:
     echo = Echo(stale=False)
     verdicts: list[object] = []
     address = f"inproc://watchdog-{uuid.uuid4().hex}"
-    with Socket(context().socket(zmq.ROUTER)) as router, \
-            StallingSocket(context().socket(zmq.DEALER)) as dealer:
+    with (
+        Socket(context().socket(zmq.ROUTER)) as router,
+        StallingSocket(context().socket(zmq.DEALER)) as dealer,
+    ):
         router.zmq.bind(address)
         dealer.zmq.connect(address)
 

@@ -18,17 +18,33 @@ from kernelsup.core.wire import Message, Wire, WireError
 
 KEY = b"0123456789abcdef-test-key"
 DELIM = b"<IDS|MSG>"
-GOOD_HEADER = {"msg_id": "m-1", "msg_type": "stream", "session": "s", "username": "u",
-               "version": "5.3"}
+GOOD_HEADER = {
+    "msg_id": "m-1",
+    "msg_type": "stream",
+    "session": "s",
+    "username": "u",
+    "version": "5.3",
+}
 
 
-def signed(header: Any, parent: Any = None, metadata: Any = None, content: Any = None, *,
-           raw: tuple[bytes | None, ...] = (None, None, None, None),
-           idents: tuple[bytes, ...] = (), buffers: tuple[bytes, ...] = (),
-           key: bytes = KEY) -> list[bytes]:
+def signed(
+    header: Any,
+    parent: Any = None,
+    metadata: Any = None,
+    content: Any = None,
+    *,
+    raw: tuple[bytes | None, ...] = (None, None, None, None),
+    idents: tuple[bytes, ...] = (),
+    buffers: tuple[bytes, ...] = (),
+    key: bytes = KEY,
+) -> list[bytes]:
     """Frames for the given parts (JSON-encoded unless a raw frame is given), validly signed."""
-    parts = [header, {} if parent is None else parent, {} if metadata is None else metadata,
-             {} if content is None else content]
+    parts = [
+        header,
+        {} if parent is None else parent,
+        {} if metadata is None else metadata,
+        {} if content is None else content,
+    ]
     body = [r if r is not None else json.dumps(p).encode() for p, r in zip(parts, raw, strict=True)]
     sig = Session(key=key).sign(body)
     return [*idents, DELIM, sig, *body, *buffers]
@@ -37,8 +53,15 @@ def signed(header: Any, parent: Any = None, metadata: Any = None, content: Any =
 # --- round trips ---------------------------------------------------------------------------
 
 ROUND_TRIPS: list[tuple[str, dict[str, Any] | None]] = [
-    ("execute_request", {"code": "print('héllo 世界 🎉')", "silent": False,
-                         "user_expressions": {}, "allow_stdin": False}),
+    (
+        "execute_request",
+        {
+            "code": "print('héllo 世界 🎉')",
+            "silent": False,
+            "user_expressions": {},
+            "allow_stdin": False,
+        },
+    ),
     ("kernel_info_request", None),
     ("kernel_info_request", {}),
     ("comm_msg", {"data": {"nested": [1, 2.5, None, True, {"k": "ü"}]}, "comm_id": "c"}),
@@ -66,8 +89,9 @@ def test_parent_id_links_a_reply_to_its_request() -> None:
     client, kernel = Wire(KEY), Wire(KEY)
     req_id, frames = client.build("execute_request", {"code": "1"})
     request = kernel.parse(frames)
-    reply_id, reply_frames = kernel.build("execute_reply", {"status": "ok", "text": "ok ✓"},
-                                          parent=request)
+    reply_id, reply_frames = kernel.build(
+        "execute_reply", {"status": "ok", "text": "ok ✓"}, parent=request
+    )
     reply = client.parse(reply_frames)
     assert reply.parent_id == req_id
     assert reply.msg_id == reply_id != req_id
@@ -85,12 +109,18 @@ def test_session_ids_differ_and_msg_ids_are_unique() -> None:
     assert len(ids) == 100
 
 
-@pytest.mark.parametrize("identities", [
-    (), (b"client-1",), (b"\x00\x01\xff", b"routing"), (b"a", b"b", b"c"),
-])
+@pytest.mark.parametrize(
+    "identities",
+    [
+        (),
+        (b"client-1",),
+        (b"\x00\x01\xff", b"routing"),
+        (b"a", b"b", b"c"),
+    ],
+)
 def test_identities_are_preserved(identities: tuple[bytes, ...]) -> None:
     _, frames = Wire(KEY).build("kernel_info_request", identities=identities)
-    assert frames[:len(identities)] == list(identities)
+    assert frames[: len(identities)] == list(identities)
     assert Wire(KEY).parse(frames).identities == identities
 
 
@@ -107,12 +137,16 @@ def test_signature_schemes_round_trip(scheme: str) -> None:
 
 # --- signatures ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("sender", "receiver"), [
-    (Wire(b"right-key"), Wire(b"wrong-key")),
-    (Wire(KEY), Wire(KEY + b"x")),
-    (Wire(KEY, "hmac-sha256"), Wire(KEY, "hmac-sha512")),
-    (Wire(b""), Wire(KEY)),  # an unsigned message to a signing receiver
-])
+
+@pytest.mark.parametrize(
+    ("sender", "receiver"),
+    [
+        (Wire(b"right-key"), Wire(b"wrong-key")),
+        (Wire(KEY), Wire(KEY + b"x")),
+        (Wire(KEY, "hmac-sha256"), Wire(KEY, "hmac-sha512")),
+        (Wire(b""), Wire(KEY)),  # an unsigned message to a signing receiver
+    ],
+)
 def test_wrong_key_or_scheme_is_a_wire_error(sender: Wire, receiver: Wire) -> None:
     _, frames = sender.build("execute_request", {"code": "1"})
     with pytest.raises(WireError):
@@ -123,16 +157,22 @@ def tamper(frame: bytes) -> bytes:
     return frame.replace(b"1", b"2") if b"1" in frame else frame + b" "
 
 
-@pytest.mark.parametrize(("part", "offset"), [
-    ("signature", 1), ("header", 2), ("parent_header", 3), ("metadata", 4), ("content", 5),
-])
+@pytest.mark.parametrize(
+    ("part", "offset"),
+    [
+        ("signature", 1),
+        ("header", 2),
+        ("parent_header", 3),
+        ("metadata", 4),
+        ("content", 5),
+    ],
+)
 def test_tampered_frame_is_a_wire_error(part: str, offset: int) -> None:
     client = Wire(KEY)
     parent = Wire(KEY).parse(client.build("execute_request", {"code": "0"})[1])
-    _, frames = client.build("execute_request", {"code": "1"}, parent=parent,
-                             identities=[b"id"])
+    _, frames = client.build("execute_request", {"code": "1"}, parent=parent, identities=[b"id"])
     i = frames.index(DELIM) + offset
-    bad = [*frames[:i], tamper(frames[i]), *frames[i + 1:]]
+    bad = [*frames[:i], tamper(frames[i]), *frames[i + 1 :]]
     assert bad != frames
     with pytest.raises(WireError):
         Wire(KEY).parse(bad)
@@ -186,8 +226,10 @@ GARBAGE: list[tuple[str, list[bytes]]] = [
     ("no delimiter", [b"sig", b"{}", b"{}", b"{}", b"{}"]),
     ("delimiter only", [DELIM]),
     ("delimiter and signature only", [DELIM, b"sig"]),
-    ("too few frames, validly signed", [DELIM, Session(key=KEY).sign([b"{}", b"{}"]),
-                                        b"{}", b"{}"]),
+    (
+        "too few frames, validly signed",
+        [DELIM, Session(key=KEY).sign([b"{}", b"{}"]), b"{}", b"{}"],
+    ),
     ("empty signature", [DELIM, b"", b"{}", b"{}", b"{}", b"{}"]),
     ("non-JSON header", signed(None, raw=(b"{not json", None, None, None))),
     ("non-UTF-8 header", signed(None, raw=(b"\xff\xfe\x00", None, None, None))),
@@ -203,8 +245,10 @@ GARBAGE: list[tuple[str, list[bytes]]] = [
     ("content is not JSON", signed(GOOD_HEADER, raw=(None, None, None, b"\x00\x01"))),
     ("parent header not JSON", signed(GOOD_HEADER, raw=(None, b"[", None, None))),
     ("metadata not JSON", signed(GOOD_HEADER, raw=(None, None, b"}", None))),
-    ("deeply nested JSON", signed(GOOD_HEADER, raw=(None, None, None,
-                                                    b"[" * 100_000 + b"]" * 100_000))),
+    (
+        "deeply nested JSON",
+        signed(GOOD_HEADER, raw=(None, None, None, b"[" * 100_000 + b"]" * 100_000)),
+    ),
 ]
 
 
@@ -216,8 +260,9 @@ def test_garbage_is_a_wire_error(case: str, frames: list[bytes]) -> None:
 
 def test_signed_helper_makes_valid_messages() -> None:
     """The garbage table above fails for the named reason, not because of ``signed``."""
-    msg = Wire(KEY).parse(signed(GOOD_HEADER, parent={"msg_id": "p-1"}, content={"a": "ü"},
-                                 idents=(b"i",)))
+    msg = Wire(KEY).parse(
+        signed(GOOD_HEADER, parent={"msg_id": "p-1"}, content={"a": "ü"}, idents=(b"i",))
+    )
     assert (msg.msg_type, msg.msg_id, msg.parent_id) == ("stream", "m-1", "p-1")
     assert msg.content == {"a": "ü"}
     assert msg.identities == (b"i",)
@@ -231,23 +276,28 @@ def with_delimiter(frames: list[bytes], where: int | None) -> list[bytes]:
 
 
 @settings(max_examples=200, deadline=None, database=None)
-@given(frames=st.lists(st.binary(max_size=64), max_size=10),
-       where=st.none() | st.integers(min_value=0, max_value=20))
-def test_random_frames_only_ever_raise_wire_error(frames: list[bytes],
-                                                  where: int | None) -> None:
+@given(
+    frames=st.lists(st.binary(max_size=64), max_size=10),
+    where=st.none() | st.integers(min_value=0, max_value=20),
+)
+def test_random_frames_only_ever_raise_wire_error(frames: list[bytes], where: int | None) -> None:
     with pytest.raises(WireError):
         Wire(KEY).parse(with_delimiter(frames, where))
 
 
 JSONISH = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
-                                                                max_size=4),
-    max_leaves=12)
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
 FRAME = st.binary(max_size=32) | JSONISH.map(lambda v: json.dumps(v).encode())
 # Mostly well-formed parts, so that many examples get past decoding and some parse.
-PART = st.dictionaries(st.text(max_size=8), JSONISH, max_size=4).map(
-    lambda v: json.dumps(v).encode()) | FRAME
+PART = (
+    st.dictionaries(st.text(max_size=8), JSONISH, max_size=4).map(lambda v: json.dumps(v).encode())
+    | FRAME
+)
 HEADERISH = FRAME | st.fixed_dictionaries(
     {"msg_id": st.text(max_size=8), "msg_type": st.text(max_size=8)},
     optional={"version": JSONISH, "date": st.text(max_size=30)},
@@ -255,15 +305,25 @@ HEADERISH = FRAME | st.fixed_dictionaries(
 
 
 @settings(max_examples=200, deadline=None, database=None)
-@given(header=HEADERISH, parent=PART, metadata=PART, content=PART,
-       idents=st.lists(st.binary(max_size=8).filter(lambda b: b != DELIM), max_size=3),
-       buffers=st.lists(st.binary(max_size=8), max_size=2))
+@given(
+    header=HEADERISH,
+    parent=PART,
+    metadata=PART,
+    content=PART,
+    idents=st.lists(st.binary(max_size=8).filter(lambda b: b != DELIM), max_size=3),
+    buffers=st.lists(st.binary(max_size=8), max_size=2),
+)
 def test_validly_signed_junk_gives_a_message_or_wire_error(
-    header: bytes, parent: bytes, metadata: bytes, content: bytes,
-    idents: list[bytes], buffers: list[bytes],
+    header: bytes,
+    parent: bytes,
+    metadata: bytes,
+    content: bytes,
+    idents: list[bytes],
+    buffers: list[bytes],
 ) -> None:
-    frames = signed(None, raw=(header, parent, metadata, content), idents=tuple(idents),
-                    buffers=tuple(buffers))
+    frames = signed(
+        None, raw=(header, parent, metadata, content), idents=tuple(idents), buffers=tuple(buffers)
+    )
     try:
         msg = Wire(KEY).parse(frames)
     except WireError:

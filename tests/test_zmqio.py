@@ -361,8 +361,10 @@ async def test_try_send_never_waits_and_names_a_full_or_gone_peer() -> None:
     """On a ROUTER_MANDATORY socket: a full peer's pipe gives False at once (others are
     not held up), an unknown peer raises EHOSTUNREACH, and the socket keeps working."""
     address = _inproc()
-    with _socket(zmq.ROUTER, ROUTER_MANDATORY=1, SNDHWM=2) as router, \
-            _socket(zmq.DEALER, RCVHWM=2) as dealer:
+    with (
+        _socket(zmq.ROUTER, ROUTER_MANDATORY=1, SNDHWM=2) as router,
+        _socket(zmq.DEALER, RCVHWM=2) as dealer,
+    ):
         router.zmq.bind(address)
         dealer.zmq.connect(address)
         await dealer.send_multipart([b"hello"])

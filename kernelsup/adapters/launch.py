@@ -75,8 +75,10 @@ class ConnectionInfo:
     def socket_files(self) -> list[Path]:
         if self.transport != "ipc":
             return []
-        return [Path(f"{self.ip}-{getattr(self, c + '_port')}")
-                for c in ("shell", "iopub", "stdin", "control", "hb")]
+        return [
+            Path(f"{self.ip}-{getattr(self, c + '_port')}")
+            for c in ("shell", "iopub", "stdin", "control", "hb")
+        ]
 
 
 @attrs.frozen
@@ -101,18 +103,28 @@ def private_dir(path: str | os.PathLike[str]) -> Path:
     return p
 
 
-def plan_launch(kernel_id: str, kernel_name: str, runtime_dir: Path, *,
-                transport: str = "ipc", extra_env: Mapping[str, str] | None = None,
-                interrupt_mode: str = "", cwd: str | None = None,
-                spec_manager: KernelSpecManager | None = None) -> LaunchPlan:
+def plan_launch(
+    kernel_id: str,
+    kernel_name: str,
+    runtime_dir: Path,
+    *,
+    transport: str = "ipc",
+    extra_env: Mapping[str, str] | None = None,
+    interrupt_mode: str = "",
+    cwd: str | None = None,
+    spec_manager: KernelSpecManager | None = None,
+) -> LaunchPlan:
     """Resolve the kernelspec and write the connection file. Raises KernelStartError."""
     ksm = spec_manager or KernelSpecManager()
     try:
         spec = ksm.get_kernel_spec(kernel_name)
     except NoSuchKernel:
         known = ", ".join(sorted(ksm.find_kernel_specs())) or "none"
-        raise KernelStartError(f"no kernelspec named {kernel_name!r} (known: {known})",
-                               code="start_failure", kernel=kernel_name) from None
+        raise KernelStartError(
+            f"no kernelspec named {kernel_name!r} (known: {known})",
+            code="start_failure",
+            kernel=kernel_name,
+        ) from None
     runtime_dir = private_dir(runtime_dir)
     nonce = secrets.token_hex(4)
     conn_file = runtime_dir / f"kernel-{kernel_id}-{nonce}.json"
@@ -123,23 +135,33 @@ def plan_launch(kernel_id: str, kernel_name: str, runtime_dir: Path, *,
             raise KernelStartError(
                 f"runtime directory {str(runtime_dir)!r} is too long for IPC socket paths "
                 f"({length} > {_MAX_IPC_PATH} bytes); choose a shorter runtime_dir",
-                code="start_failure")
+                code="start_failure",
+            )
     elif transport == "tcp":
         ip = "127.0.0.1"
     else:
         raise KernelStartError(f"unknown transport {transport!r}", code="start_failure")
     key = secrets.token_hex(32).encode()
-    _, info = write_connection_file(str(conn_file), ip=ip, key=key, transport=transport,
-                                    kernel_name=kernel_name)
+    _, info = write_connection_file(
+        str(conn_file), ip=ip, key=key, transport=transport, kernel_name=kernel_name
+    )
     conn_file.chmod(0o600)
     conn = ConnectionInfo(
-        transport=transport, ip=ip, key=key,
-        shell_port=int(info["shell_port"]), iopub_port=int(info["iopub_port"]),
-        stdin_port=int(info["stdin_port"]), control_port=int(info["control_port"]),
+        transport=transport,
+        ip=ip,
+        key=key,
+        shell_port=int(info["shell_port"]),
+        iopub_port=int(info["iopub_port"]),
+        stdin_port=int(info["stdin_port"]),
+        control_port=int(info["control_port"]),
         hb_port=int(info["hb_port"]),
-        signature_scheme=str(info.get("signature_scheme", "hmac-sha256")))
-    subs = {"connection_file": str(conn_file), "resource_dir": spec.resource_dir,
-            "prefix": sys.prefix}
+        signature_scheme=str(info.get("signature_scheme", "hmac-sha256")),
+    )
+    subs = {
+        "connection_file": str(conn_file),
+        "resource_dir": spec.resource_dir,
+        "prefix": sys.prefix,
+    }
     argv = tuple(_substitute(arg, subs) for arg in spec.argv)
     if argv and argv[0] in ("python", "python3") and kernel_name == "python3":
         argv = (sys.executable, *argv[1:])
@@ -150,8 +172,15 @@ def plan_launch(kernel_id: str, kernel_name: str, runtime_dir: Path, *,
     mode = interrupt_mode or spec.interrupt_mode or "signal"
     if mode not in ("signal", "message"):
         raise KernelStartError(f"unknown interrupt_mode {mode!r}", code="start_failure")
-    return LaunchPlan(argv=argv, env=env, cwd=cwd, interrupt_mode=mode,  # type: ignore[arg-type]
-                      connection=conn, connection_file=conn_file, language=spec.language)
+    return LaunchPlan(
+        argv=argv,
+        env=env,
+        cwd=cwd,
+        interrupt_mode=mode,  # type: ignore[arg-type]
+        connection=conn,
+        connection_file=conn_file,
+        language=spec.language,
+    )
 
 
 _FIELD = re.compile(r"\{(connection_file|resource_dir|prefix)\}")
@@ -189,8 +218,9 @@ class _SpawnerThread:
     def submit(self, job: Callable[[], None]) -> None:
         with self._lock:
             if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name="kernelsup-spawner",
-                                                daemon=True)
+                self._thread = threading.Thread(
+                    target=self._loop, name="kernelsup-spawner", daemon=True
+                )
                 self._thread.start()
         self._jobs.put(job)
 
@@ -300,9 +330,16 @@ async def spawn(plan: LaunchPlan) -> tuple[KernelProcess, trio.abc.ReceiveStream
     def job() -> None:
         try:
             box["popen"] = subprocess.Popen(
-                plan.argv, env=dict(plan.env), cwd=plan.cwd, stdin=subprocess.DEVNULL,
-                stdout=write_fd, stderr=write_fd, start_new_session=True,
-                close_fds=True, preexec_fn=_tether(parent_pid))
+                plan.argv,
+                env=dict(plan.env),
+                cwd=plan.cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=write_fd,
+                stderr=write_fd,
+                start_new_session=True,
+                close_fds=True,
+                preexec_fn=_tether(parent_pid),
+            )
         except BaseException as exc:  # delivered to the trio side below
             box["error"] = exc
         finally:
@@ -314,6 +351,7 @@ async def spawn(plan: LaunchPlan) -> tuple[KernelProcess, trio.abc.ReceiveStream
         await done.wait()
     if "error" in box:
         os.close(read_fd)
-        raise KernelStartError(f"could not execute {plan.argv[0]!r}: {box['error']}",
-                               code="start_failure")
+        raise KernelStartError(
+            f"could not execute {plan.argv[0]!r}: {box['error']}", code="start_failure"
+        )
     return KernelProcess(box["popen"], plan), trio.lowlevel.FdStream(read_fd)

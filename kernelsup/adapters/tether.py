@@ -97,7 +97,8 @@ class Tether:
             raise RuntimeDirBusy(
                 f"another supervisor (pid {holder}) is running with runtime directory "
                 f"{self.runtime_dir}; stop it or use another config file",
-                runtime_dir=str(self.runtime_dir)) from None
+                runtime_dir=str(self.runtime_dir),
+            ) from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._lock_fd = fd
@@ -106,8 +107,12 @@ class Tether:
         try:
             self._reaper = subprocess.Popen(
                 [sys.executable, "-m", "kernelsup.adapters.tether", str(self.runtime_dir)],
-                stdin=read_end, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                start_new_session=True, close_fds=True)
+                stdin=read_end,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+                close_fds=True,
+            )
         finally:
             os.close(read_end)
         os.set_inheritable(write_end, False)

@@ -27,61 +27,97 @@ from kernelsup.core.errors import (
 from kernelsup.core.results import ExecuteResult, Output, format_status
 
 EXIT_OK = 0
-EXIT_ERROR = 1          # exec: the code raised; status: the supervisor is unreachable
+EXIT_ERROR = 1  # exec: the code raised; status: the supervisor is unreachable
 EXIT_USAGE = 2
-EXIT_REJECTED = 3       # rejected, unreachable, unknown kernel, some kernel not running
+EXIT_REJECTED = 3  # rejected, unreachable, unknown kernel, some kernel not running
 EXIT_DIED = 4
 EXIT_TIMEOUT = 124
 EXIT_INTERRUPTED = 130  # Ctrl-C during exec (the request is cancelled on the server)
 
-EXEC_EXIT = {"ok": EXIT_OK, "error": EXIT_ERROR, "rejected": EXIT_REJECTED,
-             "died": EXIT_DIED, "timeout": EXIT_TIMEOUT, "cancelled": EXIT_INTERRUPTED}
+EXEC_EXIT = {
+    "ok": EXIT_OK,
+    "error": EXIT_ERROR,
+    "rejected": EXIT_REJECTED,
+    "died": EXIT_DIED,
+    "timeout": EXIT_TIMEOUT,
+    "cancelled": EXIT_INTERRUPTED,
+}
 _STATUS_ERRORS: dict[str, type[KernelsupError]] = {
-    "timeout": ExecTimeout, "died": KernelDied, "rejected": Rejected,
-    "cancelled": RequestError}
+    "timeout": ExecTimeout,
+    "died": KernelDied,
+    "rejected": Rejected,
+    "cancelled": RequestError,
+}
 
-EPILOG = ("exit codes: exec 0 ok, 1 error in the code, 2 usage, 3 rejected or unreachable, "
-          "4 kernel died, 124 timeout, 130 interrupted; status 0 all running, 3 some not "
-          "running, 1 unreachable; interrupt/restart 0 done, 3 unknown kernel or "
-          "unreachable; close-session 0 closed, 3 no such session or unreachable; "
-          "watch 0 on Ctrl-C")
+EPILOG = (
+    "exit codes: exec 0 ok, 1 error in the code, 2 usage, 3 rejected or unreachable, "
+    "4 kernel died, 124 timeout, 130 interrupted; status 0 all running, 3 some not "
+    "running, 1 unreachable; interrupt/restart 0 done, 3 unknown kernel or "
+    "unreachable; close-session 0 closed, 3 no such session or unreachable; "
+    "watch 0 on Ctrl-C"
+)
 
 
 def register(sub: Any) -> None:
     """Add the client commands to ``sub`` (argparse subparsers)."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-c", "--config", default="supervisor.toml",
-                        help="the supervisor's config file (default ./supervisor.toml)")
+    common.add_argument(
+        "-c",
+        "--config",
+        default="supervisor.toml",
+        help="the supervisor's config file (default ./supervisor.toml)",
+    )
 
-    p = sub.add_parser("exec", parents=[common], epilog=EPILOG,
-                       help="run code on a running supervisor and print its output")
+    p = sub.add_parser(
+        "exec",
+        parents=[common],
+        epilog=EPILOG,
+        help="run code on a running supervisor and print its output",
+    )
     p.add_argument("--pool", help="pool to run in (default: the first pool)")
     p.add_argument("--session", help="run in this named session (state persists)")
-    p.add_argument("--timeout", type=_positive_float,
-                   help="seconds the code may run (default: the pool's exec_timeout)")
-    p.add_argument("--json", action="store_true",
-                   help="print the result as one JSON object instead of streaming output")
+    p.add_argument(
+        "--timeout",
+        type=_positive_float,
+        help="seconds the code may run (default: the pool's exec_timeout)",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the result as one JSON object instead of streaming output",
+    )
     p.add_argument("code", help="the code to run; - reads it from stdin")
     p.set_defaults(func=cmd_exec)
 
-    p = sub.add_parser("status", parents=[common], epilog=EPILOG,
-                       help="show every kernel's state, pid, restarts and last exit")
+    p = sub.add_parser(
+        "status",
+        parents=[common],
+        epilog=EPILOG,
+        help="show every kernel's state, pid, restarts and last exit",
+    )
     p.add_argument("--json", action="store_true", help="print the status JSON")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("watch", parents=[common], epilog=EPILOG,
-                       help="follow the supervisor's events until Ctrl-C")
+    p = sub.add_parser(
+        "watch", parents=[common], epilog=EPILOG, help="follow the supervisor's events until Ctrl-C"
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=cmd_watch)
 
-    for name, verb in (("interrupt", "interrupt what a kernel is running"),
-                       ("restart", "restart a kernel now")):
+    for name, verb in (
+        ("interrupt", "interrupt what a kernel is running"),
+        ("restart", "restart a kernel now"),
+    ):
         p = sub.add_parser(name, parents=[common], epilog=EPILOG, help=verb)
         p.add_argument("kernel", help="kernel id, as shown by `kernelsup status`")
         p.set_defaults(func=cmd_kernel_action, action=name)
 
-    p = sub.add_parser("close-session", parents=[common], epilog=EPILOG,
-                       help="close a session: its kernel shuts down, its state is gone")
+    p = sub.add_parser(
+        "close-session",
+        parents=[common],
+        epilog=EPILOG,
+        help="close a session: its kernel shuts down, its state is gone",
+    )
     p.add_argument("session", help="session name, as given to `kernelsup exec --session`")
     p.set_defaults(func=cmd_close_session)
 
@@ -105,8 +141,9 @@ def _connect(args: argparse.Namespace) -> SyncClient:
     return SyncClient(args.config)
 
 
-def _run(args: argparse.Namespace, body: Callable[[SyncClient], int], *,
-         unreachable: int = EXIT_REJECTED) -> int:
+def _run(
+    args: argparse.Namespace, body: Callable[[SyncClient], int], *, unreachable: int = EXIT_REJECTED
+) -> int:
     """Connect, run ``body``; map config and connection errors to exit codes."""
     try:
         client = _connect(args)
@@ -130,8 +167,11 @@ def cmd_exec(args: argparse.Namespace) -> int:
     code = sys.stdin.read() if args.code == "-" else args.code
 
     def body(client: SyncClient) -> int:
-        kwargs: dict[str, Any] = {"pool": args.pool, "session": args.session,
-                                  "timeout": args.timeout}
+        kwargs: dict[str, Any] = {
+            "pool": args.pool,
+            "session": args.session,
+            "timeout": args.timeout,
+        }
         try:
             if args.json:
                 result = client.execute(code, **kwargs)
@@ -183,8 +223,9 @@ def _finish(result: ExecuteResult, printed_error: bool) -> int:
         message = result.message or result.status
         if result.cause is not None and result.cause.describe() not in message:
             message += f" (cause: {result.cause.describe()})"
-        print(cls(message, code=result.code or result.status).describe(), file=sys.stderr,
-              flush=True)
+        print(
+            cls(message, code=result.code or result.status).describe(), file=sys.stderr, flush=True
+        )
     return EXEC_EXIT.get(result.status, EXIT_ERROR)
 
 
@@ -211,8 +252,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     def body(client: SyncClient) -> int:
         try:
             with client.subscribe() as events:
-                print(f"watching {client.endpoint} (Ctrl-C to stop)", file=sys.stderr,
-                      flush=True)
+                print(f"watching {client.endpoint} (Ctrl-C to stop)", file=sys.stderr, flush=True)
                 for event in events:
                     line = json.dumps(event.to_dict()) if args.json else event.describe()
                     print(line, flush=True)
@@ -249,8 +289,11 @@ def cmd_close_session(args: argparse.Namespace) -> int:
         if client.close_session(args.session):
             print(f"closed session {args.session}", flush=True)
             return EXIT_OK
-        print(Rejected(f"no open session named {args.session!r}",
-                       code="unknown_session").describe(), file=sys.stderr, flush=True)
+        print(
+            Rejected(f"no open session named {args.session!r}", code="unknown_session").describe(),
+            file=sys.stderr,
+            flush=True,
+        )
         return EXIT_REJECTED
 
     return _run(args, body)

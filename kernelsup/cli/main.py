@@ -61,8 +61,11 @@ async def _run(cfg: Config, *, log_json: bool, log_stream: TextIO | None) -> Non
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with open_supervisor(cfg, bus=bus) as sup:
                 endpoint = await nursery.start(server.serve, sup, cfg)
-                print(f"kernelsup ready: {sup.kernel_count()} kernels in "
-                      f"{len(cfg.pools)} pool(s); endpoint {endpoint}", flush=True)
+                print(
+                    f"kernelsup ready: {sup.kernel_count()} kernels in "
+                    f"{len(cfg.pools)} pool(s); endpoint {endpoint}",
+                    flush=True,
+                )
                 async for signum in signals:
                     await sup.aclose(f"received {signal.Signals(signum).name}")
                     break
@@ -79,8 +82,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _fail(err, EXIT_USAGE)
     try:
         with open(os.devnull, "w") if args.quiet else _stderr() as log_stream:
-            trio.run(functools.partial(_run, cfg, log_json=args.log_json,
-                                       log_stream=log_stream))
+            trio.run(functools.partial(_run, cfg, log_json=args.log_json, log_stream=log_stream))
     except (KernelsupError, BaseExceptionGroup) as exc:
         found = leaves(exc)
         errs: list[KernelsupError] = [e for e in found if isinstance(e, SupervisorGaveUp)]
@@ -99,12 +101,17 @@ def _stderr() -> Iterator[TextIO]:
 # --------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="kernelsup", description="Keep Jupyter kernels alive and answering.")
+        prog="kernelsup", description="Keep Jupyter kernels alive and answering."
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("run", help="run the supervision tree in the foreground")
-    p.add_argument("config", nargs="?", default="supervisor.toml",
-                   help="config file (default ./supervisor.toml)")
+    p.add_argument(
+        "config",
+        nargs="?",
+        default="supervisor.toml",
+        help="config file (default ./supervisor.toml)",
+    )
     p.add_argument("--log-json", action="store_true", help="log events as JSON lines")
     p.add_argument("-q", "--quiet", action="store_true", help="no event log on stderr")
     p.set_defaults(func=cmd_run)

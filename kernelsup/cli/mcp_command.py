@@ -25,23 +25,33 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 
-EPILOG = ("exit codes: 0 stdin closed or SIGINT/SIGTERM, 1 the embedded supervisor failed, "
-          "2 usage or config error (or the mcp package is missing). Tool errors, such as an "
-          "unreachable supervisor, are answered to the client and never end the server.")
+EPILOG = (
+    "exit codes: 0 stdin closed or SIGINT/SIGTERM, 1 the embedded supervisor failed, "
+    "2 usage or config error (or the mcp package is missing). Tool errors, such as an "
+    "unreachable supervisor, are answered to the client and never end the server."
+)
 
 
 def register(sub: Any) -> None:
     """Add ``mcp`` to ``sub`` (argparse subparsers)."""
-    p = sub.add_parser("mcp", epilog=EPILOG,
-                       help="serve the kernels to an MCP client (coding agent) over stdio")
-    p.add_argument("-c", "--config", default="supervisor.toml",
-                   help="the supervisor's config file (default ./supervisor.toml); without "
-                        "--embedded also an endpoint (ipc://...)")
-    p.add_argument("--embedded", action="store_true",
-                   help="run the supervision tree in this process instead of connecting "
-                        "to `kernelsup run`")
-    p.add_argument("-q", "--quiet", action="store_true",
-                   help="with --embedded: no event log on stderr")
+    p = sub.add_parser(
+        "mcp", epilog=EPILOG, help="serve the kernels to an MCP client (coding agent) over stdio"
+    )
+    p.add_argument(
+        "-c",
+        "--config",
+        default="supervisor.toml",
+        help="the supervisor's config file (default ./supervisor.toml); without "
+        "--embedded also an endpoint (ipc://...)",
+    )
+    p.add_argument(
+        "--embedded",
+        action="store_true",
+        help="run the supervision tree in this process instead of connecting to `kernelsup run`",
+    )
+    p.add_argument(
+        "-q", "--quiet", action="store_true", help="with --embedded: no event log on stderr"
+    )
     p.set_defaults(func=cmd_mcp)
 
 
@@ -51,8 +61,11 @@ def cmd_mcp(args: argparse.Namespace) -> int:
     except ImportError as exc:
         if exc.name is None or exc.name.split(".")[0] not in ("mcp", "mcp_types"):
             raise
-        print(f"kernelsup mcp needs the mcp package ({exc}): pip install 'kernelsup[mcp]'",
-              file=sys.stderr, flush=True)
+        print(
+            f"kernelsup mcp needs the mcp package ({exc}): pip install 'kernelsup[mcp]'",
+            file=sys.stderr,
+            flush=True,
+        )
         return EXIT_USAGE
     target: Config | str = args.config
     try:
@@ -62,8 +75,14 @@ def cmd_mcp(args: argparse.Namespace) -> int:
         print(err.describe(), file=sys.stderr, flush=True)
         return EXIT_USAGE
     try:
-        reason = trio.run(functools.partial(serve_stdio, target, embedded=args.embedded,
-                                            log_stream=None if args.quiet else sys.stderr))
+        reason = trio.run(
+            functools.partial(
+                serve_stdio,
+                target,
+                embedded=args.embedded,
+                log_stream=None if args.quiet else sys.stderr,
+            )
+        )
     except KeyboardInterrupt:
         return EXIT_OK
     except (KernelsupError, BaseExceptionGroup) as exc:

@@ -63,9 +63,11 @@ class _IO(Protocol):
     async def send(self, frames: list[bytes]) -> None: ...
     def new_waiter(self) -> tuple[Callable[[], None], Callable[[float], Awaitable[None]]]: ...
     async def shielded(self, fn: Callable[[], Awaitable[Any]], seconds: float) -> None: ...
-    def running(self, on_frames: Callable[[list[bytes]], None],
-                on_error: Callable[[KernelsupError], None],
-                ) -> contextlib.AbstractAsyncContextManager[None]: ...
+    def running(
+        self,
+        on_frames: Callable[[list[bytes]], None],
+        on_error: Callable[[KernelsupError], None],
+    ) -> contextlib.AbstractAsyncContextManager[None]: ...
 
 
 class _TrioIO:
@@ -77,7 +79,6 @@ class _TrioIO:
 
     async def send(self, frames: list[bytes]) -> None:
         await self.sock.send_multipart(frames)
-
 
     def new_waiter(self) -> tuple[Callable[[], None], Callable[[float], Awaitable[None]]]:
         event = trio.Event()
@@ -93,8 +94,9 @@ class _TrioIO:
             await fn()
 
     @asynccontextmanager
-    async def running(self, on_frames: Callable[[list[bytes]], None],
-                      on_error: Callable[[KernelsupError], None]) -> AsyncIterator[None]:
+    async def running(
+        self, on_frames: Callable[[list[bytes]], None], on_error: Callable[[KernelsupError], None]
+    ) -> AsyncIterator[None]:
         async def read() -> None:
             try:
                 while True:
@@ -130,7 +132,6 @@ class _AsyncioIO:
     async def send(self, frames: list[bytes]) -> None:
         await self.sock.send_multipart(frames)
 
-
     def new_waiter(self) -> tuple[Callable[[], None], Callable[[float], Awaitable[None]]]:
         event = asyncio.Event()
 
@@ -148,8 +149,9 @@ class _AsyncioIO:
             task.cancel()
 
     @asynccontextmanager
-    async def running(self, on_frames: Callable[[list[bytes]], None],
-                      on_error: Callable[[KernelsupError], None]) -> AsyncIterator[None]:
+    async def running(
+        self, on_frames: Callable[[list[bytes]], None], on_error: Callable[[KernelsupError], None]
+    ) -> AsyncIterator[None]:
         async def read() -> None:
             try:
                 while True:
@@ -200,8 +202,9 @@ class Client:
             raise
         return rid, inbox, self._io.now()
 
-    async def _next(self, inbox: Inbox, started: float,
-                    deadline: float | None = None) -> proto.Reply:
+    async def _next(
+        self, inbox: Inbox, started: float, deadline: float | None = None
+    ) -> proto.Reply:
         while True:
             reply = inbox.take()
             if reply is not None:
@@ -215,8 +218,7 @@ class Client:
         self._conn.inboxes.pop(rid, None)
         if not inbox.done and self._conn.broken is None:
             _, frames = self._conn.codec.encode_request(proto.Cancel(rid))
-            with contextlib.suppress(KernelsupError, trio.ClosedResourceError,
-                                     zmq.ZMQError):
+            with contextlib.suppress(KernelsupError, trio.ClosedResourceError, zmq.ZMQError):
                 await self._io.shielded(lambda: self._io.send(frames), CLEANUP_TIMEOUT_S)
 
     async def _final(self, request: proto.Request) -> proto.Reply:
@@ -243,18 +245,28 @@ class Client:
 
     # -- the Supervisor's methods --
 
-    async def execute(self, code: str, *, pool: str | None = None,
-                      session: str | None = None,
-                      timeout: float | None = None,
-                      ) -> ExecuteResult:
+    async def execute(
+        self,
+        code: str,
+        *,
+        pool: str | None = None,
+        session: str | None = None,
+        timeout: float | None = None,
+    ) -> ExecuteResult:
         """Run ``code``; the result's ``status`` says how it went (kernel trouble is never
         raised). ``timeout`` defaults to the pool's ``exec_timeout``."""
-        return execute_result(await self._final(
-            proto.Execute(code, pool, session, timeout, stream=False)), session)
+        return execute_result(
+            await self._final(proto.Execute(code, pool, session, timeout, stream=False)), session
+        )
 
-    async def stream(self, code: str, *, pool: str | None = None, session: str | None = None,
-                     timeout: float | None = None,
-                     ) -> AsyncGenerator[StreamItem, None]:
+    async def stream(
+        self,
+        code: str,
+        *,
+        pool: str | None = None,
+        session: str | None = None,
+        timeout: float | None = None,
+    ) -> AsyncGenerator[StreamItem, None]:
         """Yield each :class:`Output` as it arrives, then the final ExecuteResult.
 
         A reader that falls more than ``STREAM_BUFFER`` behind gets a ``notice`` output
@@ -263,7 +275,8 @@ class Client:
         interrupted); under trio, wrap the loop in ``contextlib.aclosing(...)`` when you
         may leave it early, so that happens at once (and trio does not warn)."""
         rid, inbox, started = await self._begin(
-            proto.Execute(code, pool, session, timeout, stream=True))
+            proto.Execute(code, pool, session, timeout, stream=True)
+        )
         try:
             while True:
                 reply = await self._next(inbox, started)
@@ -278,8 +291,12 @@ class Client:
             await self._end(rid, inbox)
 
     @asynccontextmanager
-    async def session(self, name: str, *, pool: str | None = None,
-                      ) -> AsyncIterator[ClientSession]:
+    async def session(
+        self,
+        name: str,
+        *,
+        pool: str | None = None,
+    ) -> AsyncIterator[ClientSession]:
         """A named session for the block's duration, closed when it ends."""
         try:
             yield ClientSession(self, name, pool)
@@ -363,22 +380,28 @@ class ClientSession:
     name: str
     pool: str | None = None
 
-    async def execute(self, code: str, *,
-                      timeout: float | None = None,
-                      ) -> ExecuteResult:
-        return await self.client.execute(code, pool=self.pool, session=self.name,
-                                         timeout=timeout)
+    async def execute(
+        self,
+        code: str,
+        *,
+        timeout: float | None = None,
+    ) -> ExecuteResult:
+        return await self.client.execute(code, pool=self.pool, session=self.name, timeout=timeout)
 
-    def stream(self, code: str, *,
-               timeout: float | None = None) -> AsyncGenerator[StreamItem, None]:
+    def stream(
+        self, code: str, *, timeout: float | None = None
+    ) -> AsyncGenerator[StreamItem, None]:
         return self.client.stream(code, pool=self.pool, session=self.name, timeout=timeout)
 
 
 @asynccontextmanager
-async def connect(target: Config | str | os.PathLike[str] = "supervisor.toml", *,
-                  timeout: float = CONNECT_TIMEOUT_S,
-                  key: bytes | str | None = None,
-                  key_file: str | os.PathLike[str] | None = None) -> AsyncIterator[Client]:
+async def connect(
+    target: Config | str | os.PathLike[str] = "supervisor.toml",
+    *,
+    timeout: float = CONNECT_TIMEOUT_S,
+    key: bytes | str | None = None,
+    key_file: str | os.PathLike[str] | None = None,
+) -> AsyncIterator[Client]:
     """Connect to the supervisor ``kernelsup run`` serves for ``target``.
 
     ``target`` is the config file's path (or a Config), or an endpoint (``ipc://...``
@@ -405,9 +428,22 @@ async def connect(target: Config | str | os.PathLike[str] = "supervisor.toml", *
         try:
             yield client
         finally:
-            conn.fail(ClientError(f"the connection to {address.endpoint} is closed (the "
-                                  "connect() block ended)", code="client_closed"))
+            conn.fail(
+                ClientError(
+                    f"the connection to {address.endpoint} is closed (the connect() block ended)",
+                    code="client_closed",
+                )
+            )
 
 
-__all__ = ["CONNECT_TIMEOUT_S", "Address", "Client", "ClientSession", "SyncClient",
-           "SyncSession", "connect", "probe", "resolve"]
+__all__ = [
+    "CONNECT_TIMEOUT_S",
+    "Address",
+    "Client",
+    "ClientSession",
+    "SyncClient",
+    "SyncSession",
+    "connect",
+    "probe",
+    "resolve",
+]

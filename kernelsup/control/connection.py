@@ -74,9 +74,12 @@ class Address:
     source: str = ""
 
 
-def resolve(target: Config | str | os.PathLike[str] = "supervisor.toml", *,
-            key: bytes | str | None = None,
-            key_file: str | os.PathLike[str] | None = None) -> Address:
+def resolve(
+    target: Config | str | os.PathLike[str] = "supervisor.toml",
+    *,
+    key: bytes | str | None = None,
+    key_file: str | os.PathLike[str] | None = None,
+) -> Address:
     """The endpoint and key for ``target``: a config (object or path) or an endpoint.
 
     For a config, the endpoint is the one the running server wrote beside its key (else
@@ -100,20 +103,23 @@ def resolve(target: Config | str | os.PathLike[str] = "supervisor.toml", *,
             endpoint = written
     if explicit is None:
         kfile = Path(key_file) if key_file is not None else runtime.key_file(target)
-        explicit = _read_key(kfile, endpoint,
-                             f"start one with: kernelsup run {source}")
+        explicit = _read_key(kfile, endpoint, f"start one with: kernelsup run {source}")
     return Address(endpoint, explicit, source)
 
 
-def _resolve_endpoint(endpoint: str, key: bytes | None,
-                      kfile: str | os.PathLike[str] | None) -> Address:
+def _resolve_endpoint(
+    endpoint: str, key: bytes | None, kfile: str | os.PathLike[str] | None
+) -> Address:
     if key is None:
         if kfile is None:
             if not endpoint.startswith("ipc://"):
-                raise ClientError(f"{endpoint}: a tcp endpoint needs key= or key_file= (or "
-                                  "connect with the config file's path)", code="key_missing",
-                                  endpoint=endpoint)
-            kfile = Path(endpoint[len("ipc://"):]).with_name("control.key")
+                raise ClientError(
+                    f"{endpoint}: a tcp endpoint needs key= or key_file= (or "
+                    "connect with the config file's path)",
+                    code="key_missing",
+                    endpoint=endpoint,
+                )
+            kfile = Path(endpoint[len("ipc://") :]).with_name("control.key")
         key = _read_key(Path(kfile), endpoint, "is the supervisor running?")
     return Address(endpoint, key, endpoint)
 
@@ -122,15 +128,21 @@ def _read_key(path: Path, endpoint: str, hint: str) -> bytes:
     try:
         key = path.read_bytes().strip()
     except FileNotFoundError:
-        raise Unreachable(f"no supervisor at {endpoint}: its key file {path} does not exist "
-                          f"({hint})", endpoint=endpoint, key_file=str(path)) from None
+        raise Unreachable(
+            f"no supervisor at {endpoint}: its key file {path} does not exist ({hint})",
+            endpoint=endpoint,
+            key_file=str(path),
+        ) from None
     except OSError as exc:
-        raise Unreachable(f"cannot read the key file {path} for {endpoint}: "
-                          f"{exc.strerror or exc}", endpoint=endpoint,
-                          key_file=str(path)) from None
+        raise Unreachable(
+            f"cannot read the key file {path} for {endpoint}: {exc.strerror or exc}",
+            endpoint=endpoint,
+            key_file=str(path),
+        ) from None
     if not key:
-        raise Unreachable(f"the key file {path} for {endpoint} is empty", endpoint=endpoint,
-                          key_file=str(path))
+        raise Unreachable(
+            f"the key file {path} for {endpoint} is empty", endpoint=endpoint, key_file=str(path)
+        )
     return key
 
 
@@ -139,21 +151,25 @@ def probe(endpoint: str) -> None:
     listens on it. Blocks at most PROBE_TIMEOUT_S; a no-op for TCP."""
     if not endpoint.startswith("ipc://") or endpoint.startswith("ipc://@"):
         return
-    path = endpoint[len("ipc://"):]
+    path = endpoint[len("ipc://") :]
     if not os.path.exists(path):
-        raise Unreachable(f"no supervisor at {endpoint}: the socket file does not exist",
-                          endpoint=endpoint)
+        raise Unreachable(
+            f"no supervisor at {endpoint}: the socket file does not exist", endpoint=endpoint
+        )
     sock = stdsocket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
     sock.settimeout(PROBE_TIMEOUT_S)
     try:
         sock.connect(path)
     except ConnectionRefusedError:
-        raise Unreachable(f"no supervisor at {endpoint}: nothing listens on the socket file "
-                          "(left over from a supervisor that was killed)",
-                          endpoint=endpoint) from None
+        raise Unreachable(
+            f"no supervisor at {endpoint}: nothing listens on the socket file "
+            "(left over from a supervisor that was killed)",
+            endpoint=endpoint,
+        ) from None
     except OSError as exc:
-        raise Unreachable(f"no supervisor at {endpoint}: {exc.strerror or exc}",
-                          endpoint=endpoint) from None
+        raise Unreachable(
+            f"no supervisor at {endpoint}: {exc.strerror or exc}", endpoint=endpoint
+        ) from None
     finally:
         sock.close()
 
@@ -249,9 +265,13 @@ class Connection:
         except AuthenticationError:
             # Only the server is connected to us: it signs with another key now, so it
             # was restarted. Nothing more it sends can be trusted.
-            self.fail(AuthenticationError(
-                f"the server at {self.endpoint} signs with another key: it was restarted; "
-                "connect again", endpoint=self.endpoint))
+            self.fail(
+                AuthenticationError(
+                    f"the server at {self.endpoint} signs with another key: it was restarted; "
+                    "connect again",
+                    endpoint=self.endpoint,
+                )
+            )
             return
         except ProtocolError:
             self.discarded += 1
@@ -277,10 +297,13 @@ class Connection:
         size = sum(len(f) for f in frames)
         if self.max_bytes is not None and size > self.max_bytes:
             # Sent anyway, zmq would drop the connection without a word (MAXMSGSIZE).
-            raise ProtocolError(f"the request is {size} bytes; the supervisor at "
-                                f"{self.endpoint} accepts at most {self.max_bytes} "
-                                "([server] max_message_bytes)", code="oversized",
-                                size=size)
+            raise ProtocolError(
+                f"the request is {size} bytes; the supervisor at "
+                f"{self.endpoint} accepts at most {self.max_bytes} "
+                "([server] max_message_bytes)",
+                code="oversized",
+                size=size,
+            )
         inbox = self.inboxes[rid] = Inbox()
         return rid, frames, inbox
 
@@ -289,22 +312,25 @@ class Connection:
         now = self.now()
         if deadline is not None:
             if now >= deadline:
-                raise Unreachable(f"no answer from the supervisor at {self.endpoint} "
-                                  f"within the connect timeout", endpoint=self.endpoint)
+                raise Unreachable(
+                    f"no answer from the supervisor at {self.endpoint} within the connect timeout",
+                    endpoint=self.endpoint,
+                )
             return deadline - now
         quiet_since = max(self.last_heard, started)
         left = quiet_since + self.silence_s - now
         if left <= 0:
-            raise Unreachable(f"the supervisor at {self.endpoint} stopped answering "
-                              f"(nothing heard for {self.silence_s:g} s)",
-                              endpoint=self.endpoint)
+            raise Unreachable(
+                f"the supervisor at {self.endpoint} stopped answering "
+                f"(nothing heard for {self.silence_s:g} s)",
+                endpoint=self.endpoint,
+            )
         return left
 
     def welcome(self, value: dict[str, Any]) -> None:
         """Take in the server's answer to hello."""
         interval = value.get("ping_interval_s")
-        if isinstance(interval, (int, float)) and not isinstance(interval, bool) \
-                and interval > 0:
+        if isinstance(interval, (int, float)) and not isinstance(interval, bool) and interval > 0:
             self.silence_s = max(SILENCE_MIN_S, 5 * float(interval))
         limit = value.get("max_message_bytes")
         if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
@@ -329,14 +355,24 @@ def execute_result(reply: proto.Reply, session: str | None) -> ExecuteResult:
 
 
 def lag_output(dropped: int) -> Output:
-    return Output("notice", name="lagged",
-                  text=f"{dropped} outputs were not streamed (the reader fell behind); "
-                  "the final result has them", metadata={"dropped": dropped})
+    return Output(
+        "notice",
+        name="lagged",
+        text=f"{dropped} outputs were not streamed (the reader fell behind); "
+        "the final result has them",
+        metadata={"dropped": dropped},
+    )
 
 
 def lag_event(dropped: int, last: Event | None) -> Event:
-    return Event(ev.LAGGED, time.time(), None, None, {"dropped": dropped},
-                 last.seq if last is not None else 0)
+    return Event(
+        ev.LAGGED,
+        time.time(),
+        None,
+        None,
+        {"dropped": dropped},
+        last.seq if last is not None else 0,
+    )
 
 
 def dealer(ctx: Any, endpoint: str) -> Any:
@@ -350,5 +386,14 @@ def dealer(ctx: Any, endpoint: str) -> Any:
     return sock
 
 
-__all__ = ["CONNECT_TIMEOUT_S", "SILENCE_MIN_S", "STREAM_BUFFER", "Address", "Connection",
-           "Inbox", "StreamItem", "probe", "resolve"]
+__all__ = [
+    "CONNECT_TIMEOUT_S",
+    "SILENCE_MIN_S",
+    "STREAM_BUFFER",
+    "Address",
+    "Connection",
+    "Inbox",
+    "StreamItem",
+    "probe",
+    "resolve",
+]

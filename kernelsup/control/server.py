@@ -86,9 +86,9 @@ CLOSE_LINGER_MS = 500
 class Counters:
     """What the server has seen; ``server_stats`` returns these plus gauges."""
 
-    received: int = 0            # messages taken off the socket
-    requests: int = 0            # valid requests started
-    replies: int = 0             # messages handed to zmq
+    received: int = 0  # messages taken off the socket
+    requests: int = 0  # valid requests started
+    replies: int = 0  # messages handed to zmq
     unsigned: int = 0
     bad_signature: int = 0
     replayed: int = 0
@@ -96,12 +96,12 @@ class Counters:
     oversized: int = 0
     unknown_type: int = 0
     protocol_version: int = 0
-    busy: int = 0                # refused: MAX_REQUESTS / MAX_REQUESTS_PER_CLIENT
-    dropped: int = 0             # streamed outputs/events dropped for slow clients
-    notices_dropped: int = 0     # error notices not sent: the peer did not read
-    clients_gone: int = 0        # clients that disconnected with requests in flight
-    cancelled: int = 0           # requests cancelled (by the client or its going away)
-    internal_errors: int = 0     # a handler raised: a bug, answered internal_error
+    busy: int = 0  # refused: MAX_REQUESTS / MAX_REQUESTS_PER_CLIENT
+    dropped: int = 0  # streamed outputs/events dropped for slow clients
+    notices_dropped: int = 0  # error notices not sent: the peer did not read
+    clients_gone: int = 0  # clients that disconnected with requests in flight
+    cancelled: int = 0  # requests cancelled (by the client or its going away)
+    internal_errors: int = 0  # a handler raised: a bug, answered internal_error
 
     def count_refusal(self, exc: KernelsupError) -> None:
         if exc.code == "auth_failed":
@@ -138,8 +138,9 @@ class _Gone(Exception):
 class Server:
     """The control server's state; :func:`serve` runs it."""
 
-    def __init__(self, sup: Supervisor, codec: proto.Codec, sock: zmqio.Socket,
-                 max_message_bytes: int) -> None:
+    def __init__(
+        self, sup: Supervisor, codec: proto.Codec, sock: zmqio.Socket, max_message_bytes: int
+    ) -> None:
         self.sup = sup
         self.codec = codec
         self.sock = sock
@@ -150,8 +151,10 @@ class Server:
         self._nursery: trio.Nursery | None = None
 
     # ---------------------------------------------------------------- receiving
-    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-                  ) -> None:
+    async def run(
+        self,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             task_status.started()
@@ -174,9 +177,16 @@ class Server:
             self.counters.busy += 1
             if client.outbox.finals < MAX_REQUESTS_PER_CLIENT:
                 # else the client is not reading its replies: answering would only queue
-                self._send_final(client, incoming.request_id, proto.Error(
-                    "server_busy", f"too many requests in flight ({client.load} from this "
-                    f"client, {self.in_flight} in all); retry later", "Rejected"))
+                self._send_final(
+                    client,
+                    incoming.request_id,
+                    proto.Error(
+                        "server_busy",
+                        f"too many requests in flight ({client.load} from this "
+                        f"client, {self.in_flight} in all); retry later",
+                        "Rejected",
+                    ),
+                )
             return
         if incoming.request_id in client.requests:
             self.counters.malformed += 1
@@ -206,14 +216,14 @@ class Server:
         client = self.clients.get(identity)
         if client is None:
             assert self._nursery is not None
-            client = self.clients[identity] = _Client(identity,
-                                                      last_sent=trio.current_time())
+            client = self.clients[identity] = _Client(identity, last_sent=trio.current_time())
             self._nursery.start_soon(self._writer, client)
         return client
 
     # ---------------------------------------------------------------- requests
-    async def _run_request(self, client: _Client, incoming: proto.Incoming,
-                           scope: trio.CancelScope) -> None:
+    async def _run_request(
+        self, client: _Client, incoming: proto.Incoming, scope: trio.CancelScope
+    ) -> None:
         rid = incoming.request_id
         final: proto.Reply | None = None
         try:
@@ -223,21 +233,32 @@ class Server:
             final = proto.Error.from_exception(exc)
         except Exception as exc:  # a bug in a handler must not take the server down
             self.counters.internal_errors += 1
-            final = proto.Error("internal_error", f"the server failed to handle this "
-                                f"request: {type(exc).__name__}: {exc}", "KernelsupError")
+            final = proto.Error(
+                "internal_error",
+                f"the server failed to handle this request: {type(exc).__name__}: {exc}",
+                "KernelsupError",
+            )
         finally:
             client.requests.pop(rid, None)
             self.in_flight -= 1
             if final is None and not scope.cancelled_caught and not client.gone:
                 # serve() itself is being cancelled: the supervisor is stopping
-                self._send_final(client, rid, proto.Error(
-                    "shutting_down", "the supervisor is shutting down", "Rejected"))
+                self._send_final(
+                    client,
+                    rid,
+                    proto.Error("shutting_down", "the supervisor is shutting down", "Rejected"),
+                )
         if final is None:  # cancelled by a cancel request, or the client went away
             self.counters.cancelled += 1
             if isinstance(incoming.request, proto.Execute):
-                final = proto.Result(ExecuteResult(
-                    "cancelled", code="cancelled", session=incoming.request.session,
-                    message="cancelled by the client").to_dict())
+                final = proto.Result(
+                    ExecuteResult(
+                        "cancelled",
+                        code="cancelled",
+                        session=incoming.request.session,
+                        message="cancelled by the client",
+                    ).to_dict()
+                )
             else:
                 final = proto.Result({"cancelled": True})
         self._send_final(client, rid, final)
@@ -247,10 +268,17 @@ class Server:
         if isinstance(req, proto.Execute):
             on_output = None
             if req.stream:
+
                 def on_output(out: Output) -> None:
                     self._stream(client, rid, proto.OutputMsg(out))
-            result = await sup.execute(req.code, pool=req.pool, session=req.session,
-                                       timeout=req.timeout, on_output=on_output)
+
+            result = await sup.execute(
+                req.code,
+                pool=req.pool,
+                session=req.session,
+                timeout=req.timeout,
+                on_output=on_output,
+            )
             return proto.Result(result.to_dict())
         if isinstance(req, proto.Watch):
             return await self._watch(client, rid)
@@ -270,9 +298,14 @@ class Server:
                 target[0].cancel()
             return proto.Result({"cancelled": target is not None})
         if isinstance(req, proto.Hello):
-            return proto.Result({"protocol": proto.PROTOCOL_VERSION, "server": "kernelsup",
-                                 "ping_interval_s": PING_INTERVAL_S,
-                                 "max_message_bytes": self.max_message_bytes})
+            return proto.Result(
+                {
+                    "protocol": proto.PROTOCOL_VERSION,
+                    "server": "kernelsup",
+                    "ping_interval_s": PING_INTERVAL_S,
+                    "max_message_bytes": self.max_message_bytes,
+                }
+            )
         if isinstance(req, proto.ServerStats):
             return proto.Result(self.stats())
         raise AssertionError(f"unhandled request {req!r}")
@@ -286,9 +319,12 @@ class Server:
         return proto.Result({})  # the bus closed: the supervisor stopped
 
     def stats(self) -> dict[str, Any]:
-        return {**attrs.asdict(self.counters), "clients": len(self.clients),
-                "in_flight": self.in_flight,
-                "queued": sum(len(c.outbox) for c in self.clients.values())}
+        return {
+            **attrs.asdict(self.counters),
+            "clients": len(self.clients),
+            "in_flight": self.in_flight,
+            "queued": sum(len(c.outbox) for c in self.clients.values()),
+        }
 
     # ---------------------------------------------------------------- sending
     def _stream(self, client: _Client, rid: str, reply: proto.Reply) -> None:
@@ -315,7 +351,9 @@ class Server:
                 return True  # skip it
             frames = self.codec.encode_reply(
                 proto.Error("internal_error", f"the reply could not be encoded: {exc}"),
-                request_id=item.request_id, identity=client.identity)
+                request_id=item.request_id,
+                identity=client.identity,
+            )
         try:
             sent = self.sock.try_send_multipart(frames)
         except zmq.ZMQError as exc:
@@ -329,13 +367,14 @@ class Server:
 
     def _encode(self, client: _Client, item: OutItem | None) -> list[bytes]:
         if item is None:
-            return self.codec.encode_reply(proto.Ping(), request_id=None,
-                                           identity=client.identity)
+            return self.codec.encode_reply(proto.Ping(), request_id=None, identity=client.identity)
         if isinstance(item.reply, proto.Notice):
-            return proto.encode_notice(item.reply.code, item.reply.message,
-                                       identity=client.identity)
-        return self.codec.encode_reply(item.reply, request_id=item.request_id,
-                                       identity=client.identity)
+            return proto.encode_notice(
+                item.reply.code, item.reply.message, identity=client.identity
+            )
+        return self.codec.encode_reply(
+            item.reply, request_id=item.request_id, identity=client.identity
+        )
 
     async def _writer(self, client: _Client) -> None:
         """Drain one client's outbox; ping it while it has requests; forget it when idle
@@ -351,8 +390,11 @@ class Server:
                     idle_until = client.last_sent + PING_INTERVAL_S
                     with trio.move_on_at(idle_until):
                         await client.wake.wait()
-                    if client.outbox.peek() is None and client.requests \
-                            and trio.current_time() >= idle_until:
+                    if (
+                        client.outbox.peek() is None
+                        and client.requests
+                        and trio.current_time() >= idle_until
+                    ):
                         self._try_send(client, None)  # full pipe: alive, just slow
                         client.last_sent = trio.current_time()
                     continue
@@ -387,8 +429,9 @@ class Server:
 # --- serve ----------------------------------------------------------------------------
 
 
-async def serve(sup: Supervisor, config: Config, *,
-                task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+async def serve(
+    sup: Supervisor, config: Config, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
+) -> None:
     """Serve the control endpoint until cancelled.
 
     Signals ``task_status.started(endpoint)`` with the bound endpoint (a ``tcp://...:*``
@@ -423,7 +466,7 @@ async def serve(sup: Supervisor, config: Config, *,
         bound = z.getsockopt(zmq.LAST_ENDPOINT)
         bound_endpoint = bound.decode() if isinstance(bound, bytes) else endpoint
         if bound_endpoint.startswith("ipc://") and not bound_endpoint.startswith("ipc://@"):
-            ipc_path = Path(bound_endpoint[len("ipc://"):])
+            ipc_path = Path(bound_endpoint[len("ipc://") :])
             owned.append(ipc_path)
             os.chmod(ipc_path, 0o600)
         # The key goes to disk only now: a client cannot sign for a socket not yet bound.
@@ -450,18 +493,21 @@ async def serve(sup: Supervisor, config: Config, *,
 def _check_endpoint(endpoint: str, allow_remote: bool) -> None:
     if not endpoint.startswith("tcp://"):
         return
-    host = endpoint[len("tcp://"):].rpartition(":")[0].strip("[]")
+    host = endpoint[len("tcp://") :].rpartition(":")[0].strip("[]")
     if host in ("localhost", "::1") or host.startswith("127."):
         return
     if not allow_remote:
-        raise ConfigError(f"$.server.endpoint: {endpoint} is not a loopback address; set "
-                          "allow_remote = true to serve it", path="$.server.endpoint")
+        raise ConfigError(
+            f"$.server.endpoint: {endpoint} is not a loopback address; set "
+            "allow_remote = true to serve it",
+            path="$.server.endpoint",
+        )
 
 
 def _check_not_served(endpoint: str) -> None:
     """Refuse to take over the socket of a supervisor that is still running (zmq would
     silently unlink it and bind anew)."""
-    path = endpoint[len("ipc://"):]
+    path = endpoint[len("ipc://") :]
     if path.startswith("@") or not os.path.exists(path):
         return
     probe = stdsocket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
@@ -472,20 +518,30 @@ def _check_not_served(endpoint: str) -> None:
         return  # stale: nothing listens there
     finally:
         probe.close()
-    raise KernelsupError(f"another supervisor is already serving {endpoint}",
-                         code="endpoint_in_use", endpoint=endpoint)
+    raise KernelsupError(
+        f"another supervisor is already serving {endpoint}",
+        code="endpoint_in_use",
+        endpoint=endpoint,
+    )
 
 
 def _bind_error(endpoint: str, exc: zmq.ZMQError) -> KernelsupError:
     if exc.errno == errno.ENAMETOOLONG or "too long" in str(exc).lower():
-        return ConfigError(f"$.server.endpoint: the IPC path of {endpoint} is too long for a "
-                           "socket (about 100 bytes); set a shorter [supervisor] runtime_dir "
-                           "or endpoint", path="$.server.endpoint")
+        return ConfigError(
+            f"$.server.endpoint: the IPC path of {endpoint} is too long for a "
+            "socket (about 100 bytes); set a shorter [supervisor] runtime_dir "
+            "or endpoint",
+            path="$.server.endpoint",
+        )
     if exc.errno == errno.EADDRINUSE:
-        return KernelsupError(f"cannot serve {endpoint}: the address is in use",
-                              code="endpoint_in_use", endpoint=endpoint)
-    return KernelsupError(f"cannot serve {endpoint}: {exc}", code="endpoint_unavailable",
-                          endpoint=endpoint)
+        return KernelsupError(
+            f"cannot serve {endpoint}: the address is in use",
+            code="endpoint_in_use",
+            endpoint=endpoint,
+        )
+    return KernelsupError(
+        f"cannot serve {endpoint}: {exc}", code="endpoint_unavailable", endpoint=endpoint
+    )
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -503,5 +559,11 @@ def _write_private(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-__all__ = ["MAX_REQUESTS", "MAX_REQUESTS_PER_CLIENT", "PING_INTERVAL_S", "Counters", "Server",
-           "serve"]
+__all__ = [
+    "MAX_REQUESTS",
+    "MAX_REQUESTS_PER_CLIENT",
+    "PING_INTERVAL_S",
+    "Counters",
+    "Server",
+    "serve",
+]

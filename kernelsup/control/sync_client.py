@@ -46,9 +46,14 @@ class SyncClient:
     Not thread-safe.
     """
 
-    def __init__(self, target: Config | str | os.PathLike[str] = "supervisor.toml", *,
-                 timeout: float = CONNECT_TIMEOUT_S, key: bytes | str | None = None,
-                 key_file: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self,
+        target: Config | str | os.PathLike[str] = "supervisor.toml",
+        *,
+        timeout: float = CONNECT_TIMEOUT_S,
+        key: bytes | str | None = None,
+        key_file: str | os.PathLike[str] | None = None,
+    ) -> None:
         address = resolve(target, key=key, key_file=key_file)
         probe(address.endpoint)
         self._conn = Connection(address, time.monotonic)
@@ -71,8 +76,9 @@ class SyncClient:
     def close(self) -> None:
         """Close the connection; later calls raise ClientError (``client_closed``)."""
         self._sock.close(linger=0)
-        self._conn.fail(ClientError(f"the connection to {self.endpoint} is closed",
-                                    code="client_closed"))
+        self._conn.fail(
+            ClientError(f"the connection to {self.endpoint} is closed", code="client_closed")
+        )
 
     def __enter__(self) -> SyncClient:
         return self
@@ -100,8 +106,7 @@ class SyncClient:
             raise
         return rid, inbox, started
 
-    def _next(self, inbox: Inbox, started: float,
-              deadline: float | None = None) -> proto.Reply:
+    def _next(self, inbox: Inbox, started: float, deadline: float | None = None) -> proto.Reply:
         while True:
             reply = inbox.take()
             if reply is not None:
@@ -132,15 +137,27 @@ class SyncClient:
 
     # -- the Supervisor's methods --
 
-    def execute(self, code: str, *, pool: str | None = None, session: str | None = None,
-                timeout: float | None = None) -> ExecuteResult:
-        return execute_result(self._final(
-            proto.Execute(code, pool, session, timeout, stream=False)), session)
+    def execute(
+        self,
+        code: str,
+        *,
+        pool: str | None = None,
+        session: str | None = None,
+        timeout: float | None = None,
+    ) -> ExecuteResult:
+        return execute_result(
+            self._final(proto.Execute(code, pool, session, timeout, stream=False)), session
+        )
 
-    def stream(self, code: str, *, pool: str | None = None, session: str | None = None,
-               timeout: float | None = None) -> Iterator[StreamItem]:
-        rid, inbox, started = self._begin(
-            proto.Execute(code, pool, session, timeout, stream=True))
+    def stream(
+        self,
+        code: str,
+        *,
+        pool: str | None = None,
+        session: str | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[StreamItem]:
+        rid, inbox, started = self._begin(proto.Execute(code, pool, session, timeout, stream=True))
         try:
             while True:
                 reply = self._next(inbox, started)

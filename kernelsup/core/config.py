@@ -257,15 +257,18 @@ class PoolConfig:
         )
 
 
-def _check_pools(_inst: Any, _attribute: attrs.Attribute[Any],
-                 pools: tuple[PoolConfig, ...]) -> None:
+def _check_pools(
+    _inst: Any, _attribute: attrs.Attribute[Any], pools: tuple[PoolConfig, ...]
+) -> None:
     if not pools:
         raise _invalid("pool", "at least one [[pool]] is required")
     seen: dict[str, int] = {}
     for i, pool in enumerate(pools):
         if pool.name in seen:
-            raise _invalid(f"pool[{i}].name", f"duplicate pool name {pool.name!r} "
-                           f"(also $.pool[{seen[pool.name]}].name)")
+            raise _invalid(
+                f"pool[{i}].name",
+                f"duplicate pool name {pool.name!r} (also $.pool[{seen[pool.name]}].name)",
+            )
         seen[pool.name] = i
 
 
@@ -404,8 +407,9 @@ def _make_pools_hook(converter: cattrs.Converter) -> Callable[[Any, Any], tuple[
     return structure
 
 
-def _table_hook(converter: cattrs.Converter, cls: type[Any],
-                **overrides: Any) -> Callable[[Any, Any], Any]:
+def _table_hook(
+    converter: cattrs.Converter, cls: type[Any], **overrides: Any
+) -> Callable[[Any, Any], Any]:
     """cattrs' generated structure function for ``cls``, refusing non-tables first."""
     inner = make_dict_structure_fn(cls, converter, **overrides)
 
@@ -426,8 +430,14 @@ def _make_converter() -> cattrs.Converter:
     c.register_structure_hook_func(_is_literal, _structure_literal)
     c.register_structure_hook_func(lambda t: t == Mapping[str, str], _structure_env)
     c.register_structure_hook_func(lambda t: t == tuple[PoolConfig, ...], _make_pools_hook(c))
-    for cls in (SupervisorConfig, ServerConfig, RestartConfig, HeartbeatConfig,
-                ShutdownConfig, PoolConfig):
+    for cls in (
+        SupervisorConfig,
+        ServerConfig,
+        RestartConfig,
+        HeartbeatConfig,
+        ShutdownConfig,
+        PoolConfig,
+    ):
         c.register_structure_hook(cls, _table_hook(c, cls))
     c.register_structure_hook(
         Config, _table_hook(c, Config, pools=override(rename="pool"), source=override(omit=True))
@@ -440,8 +450,9 @@ def _make_converter() -> cattrs.Converter:
     c.register_unstructure_hook_func(lambda t: t == Mapping[str, str], dict)
     c.register_unstructure_hook(
         Config,
-        make_dict_unstructure_fn(Config, c, pools=override(rename="pool"),
-                                 source=override(omit=True)),
+        make_dict_unstructure_fn(
+            Config, c, pools=override(rename="pool"), source=override(omit=True)
+        ),
     )
     return c
 
@@ -492,8 +503,9 @@ def _structure(data: Mapping[str, Any], source: str) -> Config:
     except Exception as exc:  # every structuring failure becomes one ConfigError
         problems = _problems(exc, "$")
         lines = [f"{p}: {reason}" for p, reason in problems]
-        raise ConfigError(f"{source}: " + "; ".join(lines), path=problems[0][0], file=source,
-                          errors=lines) from exc
+        raise ConfigError(
+            f"{source}: " + "; ".join(lines), path=problems[0][0], file=source, errors=lines
+        ) from exc
     return config
 
 
@@ -517,8 +529,13 @@ def parse_config(text: str, *, source: str = "<string>") -> Config:
             column = len(text) - (text.rfind("\n") + 1) + 1
         if where:
             message = message[: where.start()]
-        raise ConfigError(f"{source}: invalid TOML: line {line}, column {column}: {message}",
-                          path="$", file=source, line=line, column=column) from exc
+        raise ConfigError(
+            f"{source}: invalid TOML: line {line}, column {column}: {message}",
+            path="$",
+            file=source,
+            line=line,
+            column=column,
+        ) from exc
     return _structure(data, source)
 
 
@@ -533,12 +550,14 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         with open(name, "rb") as f:
             raw = f.read()
     except OSError as exc:
-        raise ConfigError(f"{name}: cannot read config file: {exc.strerror or exc}",
-                          path="$", file=name) from exc
+        raise ConfigError(
+            f"{name}: cannot read config file: {exc.strerror or exc}", path="$", file=name
+        ) from exc
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{name}: not valid UTF-8 (byte {exc.start})", path="$",
-                          file=name) from exc
+        raise ConfigError(
+            f"{name}: not valid UTF-8 (byte {exc.start})", path="$", file=name
+        ) from exc
     config = parse_config(text, source=name)
     return attrs.evolve(config, source=os.path.abspath(name))

@@ -52,8 +52,12 @@ class KernelsupError(Exception):
         return f"{self.code} {type(self).__name__}: {self.message}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"code": self.code, "type": type(self).__name__, "message": self.message,
-                **self.data}
+        return {
+            "code": self.code,
+            "type": type(self).__name__,
+            "message": self.message,
+            **self.data,
+        }
 
 
 class ConfigError(KernelsupError):

@@ -18,27 +18,41 @@ from kernelsup.core.errors import ProtocolError
 
 # --- event kinds (the ``event`` field of the JSON form) --------------------------------
 
-KERNEL_STARTING = "kernel_starting"          # (optional: restarts)
-KERNEL_STARTED = "kernel_started"            # pid, start_s
-KERNEL_EXITED = "kernel_exited"              # cause (ExitCause.to_dict()), text, restarts
+KERNEL_STARTING = "kernel_starting"  # (optional: restarts)
+KERNEL_STARTED = "kernel_started"  # pid, start_s
+KERNEL_EXITED = "kernel_exited"  # cause (ExitCause.to_dict()), text, restarts
 KERNEL_START_FAILED = "kernel_start_failed"  # cause, message
-RESTART_SCHEDULED = "restart_scheduled"      # delay, attempt, next_try (wall clock)
-GAVE_UP = "gave_up"                          # reason
-POOL_ESCALATED = "pool_escalated"            # reason
-POOL_RESTARTED = "pool_restarted"            # (optional: reason)
-SUPERVISOR_READY = "supervisor_ready"        # kernels, endpoint
+RESTART_SCHEDULED = "restart_scheduled"  # delay, attempt, next_try (wall clock)
+GAVE_UP = "gave_up"  # reason
+POOL_ESCALATED = "pool_escalated"  # reason
+POOL_RESTARTED = "pool_restarted"  # (optional: reason)
+SUPERVISOR_READY = "supervisor_ready"  # kernels, endpoint
 SUPERVISOR_STOPPING = "supervisor_stopping"  # reason
-SUPERVISOR_GAVE_UP = "supervisor_gave_up"    # reason
-STATE_CHANGED = "state_changed"              # state
-SESSION_OPENED = "session_opened"            # session
-SESSION_CLOSED = "session_closed"            # session (optional: reason)
-LAGGED = "lagged"                            # dropped (made by the bus, per subscriber)
+SUPERVISOR_GAVE_UP = "supervisor_gave_up"  # reason
+STATE_CHANGED = "state_changed"  # state
+SESSION_OPENED = "session_opened"  # session
+SESSION_CLOSED = "session_closed"  # session (optional: reason)
+LAGGED = "lagged"  # dropped (made by the bus, per subscriber)
 
-ALL_KINDS: frozenset[str] = frozenset({
-    KERNEL_STARTING, KERNEL_STARTED, KERNEL_EXITED, KERNEL_START_FAILED, RESTART_SCHEDULED,
-    GAVE_UP, POOL_ESCALATED, POOL_RESTARTED, SUPERVISOR_READY, SUPERVISOR_STOPPING,
-    SUPERVISOR_GAVE_UP, STATE_CHANGED, SESSION_OPENED, SESSION_CLOSED, LAGGED,
-})
+ALL_KINDS: frozenset[str] = frozenset(
+    {
+        KERNEL_STARTING,
+        KERNEL_STARTED,
+        KERNEL_EXITED,
+        KERNEL_START_FAILED,
+        RESTART_SCHEDULED,
+        GAVE_UP,
+        POOL_ESCALATED,
+        POOL_RESTARTED,
+        SUPERVISOR_READY,
+        SUPERVISOR_STOPPING,
+        SUPERVISOR_GAVE_UP,
+        STATE_CHANGED,
+        SESSION_OPENED,
+        SESSION_CLOSED,
+        LAGGED,
+    }
+)
 
 # The envelope of the JSON form; event data sits beside it, so it may not reuse these.
 RESERVED_KEYS: frozenset[str] = frozenset({"event", "time", "seq", "pool", "kernel_id"})
@@ -78,8 +92,10 @@ def _json_copy(value: object, path: str) -> Any:
                 raise TypeError(f"{path}: key {key!r} is not a string")
             copy[key] = _json_copy(item, f"{path}.{key}")
         return copy
-    raise TypeError(f"{path}: {type(value).__name__} is not JSON-ready "
-                    "(use None, bool, int, float, str, list or dict)")
+    raise TypeError(
+        f"{path}: {type(value).__name__} is not JSON-ready "
+        "(use None, bool, int, float, str, list or dict)"
+    )
 
 
 def _freeze_data(data: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -104,14 +120,21 @@ class Event:
     time: float
     pool: str | None = None
     kernel_id: str | None = None
-    data: Mapping[str, Any] = attrs.field(factory=dict, converter=_freeze_data, hash=False,
-                                          repr=lambda d: repr(dict(d)))
+    data: Mapping[str, Any] = attrs.field(
+        factory=dict, converter=_freeze_data, hash=False, repr=lambda d: repr(dict(d))
+    )
     seq: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form: ``{"event", "time", "seq", "pool", "kernel_id", **data}``."""
-        return {"event": self.kind, "time": self.time, "seq": self.seq, "pool": self.pool,
-                "kernel_id": self.kernel_id, **self.data}
+        return {
+            "event": self.kind,
+            "time": self.time,
+            "seq": self.seq,
+            "pool": self.pool,
+            "kernel_id": self.kernel_id,
+            **self.data,
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Event:
@@ -120,6 +143,7 @@ class Event:
         Unknown kinds are accepted (a newer server may send them); ``describe()`` shows
         them generically.
         """
+
         def bad(reason: str) -> ProtocolError:
             return ProtocolError(f"malformed event: {reason}", field=reason.split(":")[0])
 
@@ -160,8 +184,10 @@ class Event:
 # --- describe() -------------------------------------------------------------------------
 
 # Every character str.splitlines() breaks on, mapped to its escape.
-_ONE_LINE = {ord(c): c.encode("unicode_escape").decode("ascii")
-             for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}
+_ONE_LINE = {
+    ord(c): c.encode("unicode_escape").decode("ascii")
+    for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+}
 
 _Data = Mapping[str, Any]
 
@@ -169,8 +195,7 @@ _Data = Mapping[str, Any]
 def _clock(t: float) -> str:
     try:
         whole = math.floor(t)
-        return (time.strftime("%H:%M:%S", time.localtime(whole))
-                + f".{int((t - whole) * 1000):03d}")
+        return time.strftime("%H:%M:%S", time.localtime(whole)) + f".{int((t - whole) * 1000):03d}"
     except (OverflowError, OSError, ValueError):
         return repr(t)
 
@@ -220,8 +245,9 @@ _PREDICATES: dict[str, Callable[[_Data], str]] = {
     KERNEL_STARTED: lambda d: f"started pid {_s(d, 'pid')} in {_secs(d, 'start_s')}",
     KERNEL_EXITED: lambda d: f"exited {_cause(d)} (restarts {_s(d, 'restarts')})",
     KERNEL_START_FAILED: _start_failed,
-    RESTART_SCHEDULED: lambda d: (f"restart scheduled in {_secs(d, 'delay')}"
-                                  f" (attempt {_s(d, 'attempt')})"),
+    RESTART_SCHEDULED: lambda d: (
+        f"restart scheduled in {_secs(d, 'delay')} (attempt {_s(d, 'attempt')})"
+    ),
     GAVE_UP: lambda d: f"gave up: {_s(d, 'reason')}",
     POOL_ESCALATED: lambda d: f"escalated: {_s(d, 'reason')}",
     POOL_RESTARTED: lambda d: _with(d, "reason", "restarted", ": {}"),
@@ -233,5 +259,3 @@ _PREDICATES: dict[str, Callable[[_Data], str]] = {
     SESSION_CLOSED: lambda d: _with(d, "reason", f"session {_s(d, 'session')} closed", ": {}"),
     LAGGED: lambda d: f"lagged: {_s(d, 'dropped')} events dropped",
 }
-
-

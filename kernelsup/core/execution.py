@@ -30,8 +30,10 @@ from kernelsup.core.outputs import OutputCollector
 from kernelsup.core.results import ExecuteResult, ExitCause, Output, Status
 from kernelsup.core.wire import Message
 
-OUTPUT_INCOMPLETE = ("[kernelsup: the kernel's end-of-output message did not arrive after "
-                     "its reply; output may be incomplete]")
+OUTPUT_INCOMPLETE = (
+    "[kernelsup: the kernel's end-of-output message did not arrive after "
+    "its reply; output may be incomplete]"
+)
 
 
 class MessageNumbers:
@@ -143,10 +145,19 @@ class Execution:
         return max(0, self.idle_number - self.baseline - self.received)
 
     # -- results -----------------------------------------------------------------
-    def result(self, status: Status, *, kernel_id: str, now: float,
-               interrupted: bool = False, kernel_restarted: bool = False,
-               state_lost: bool = False, code: str | None = None, message: str = "",
-               cause: ExitCause | None = None) -> ExecuteResult:
+    def result(
+        self,
+        status: Status,
+        *,
+        kernel_id: str,
+        now: float,
+        interrupted: bool = False,
+        kernel_restarted: bool = False,
+        state_lost: bool = False,
+        code: str | None = None,
+        message: str = "",
+        cause: ExitCause | None = None,
+    ) -> ExecuteResult:
         """The request's result with ``status``; ``code`` None means ``default_code``."""
         c = self.collector
         reply = self.reply.content if self.reply is not None else {}
@@ -156,48 +167,95 @@ class Execution:
         if self.incomplete:
             outs.append(Output("notice", name="output_incomplete", text=OUTPUT_INCOMPLETE))
         elif self.lost:
-            outs.append(Output("notice", name="output_lost", text=(
-                f"[kernelsup: {self.lost} messages from the kernel were lost in transit "
-                f"(its output queue overflowed); output is incomplete]")))
+            outs.append(
+                Output(
+                    "notice",
+                    name="output_lost",
+                    text=(
+                        f"[kernelsup: {self.lost} messages from the kernel were lost in transit "
+                        f"(its output queue overflowed); output is incomplete]"
+                    ),
+                )
+            )
         count = reply.get("execution_count")
         return ExecuteResult(
             status=status,
             stdout=OutputCollector.stream_text(outs, "stdout"),
             stderr=OutputCollector.stream_text(outs, "stderr"),
-            result=c.result, outputs=tuple(outs), error=c.error,
+            result=c.result,
+            outputs=tuple(outs),
+            error=c.error,
             execution_count=count if isinstance(count, int) else c.execution_count,
-            kernel_id=kernel_id, run_s=now - self.started_at,
-            truncated_bytes=c.truncated_bytes, interrupted=interrupted,
-            kernel_restarted=kernel_restarted, state_lost=state_lost,
-            code=default_code(status) if code is None else code, message=message,
-            cause=cause)
+            kernel_id=kernel_id,
+            run_s=now - self.started_at,
+            truncated_bytes=c.truncated_bytes,
+            interrupted=interrupted,
+            kernel_restarted=kernel_restarted,
+            state_lost=state_lost,
+            code=default_code(status) if code is None else code,
+            message=message,
+            cause=cause,
+        )
 
-    def limit_result(self, status: Literal["timeout", "cancelled"], timeout: float, *,
-                     kernel_id: str, now: float,
-                     killed_after: float | None = None) -> ExecuteResult:
+    def limit_result(
+        self,
+        status: Literal["timeout", "cancelled"],
+        timeout: float,
+        *,
+        kernel_id: str,
+        now: float,
+        killed_after: float | None = None,
+    ) -> ExecuteResult:
         """The result of a request interrupted at its deadline or its caller's cancel;
         ``killed_after`` is the grace the kernel ignored before it was killed, if it was."""
         message = limit_message(status, timeout)
         if killed_after is None:
-            return self.result(status, kernel_id=kernel_id, now=now, interrupted=True,
-                               code=status, message=message)
-        return self.result(status, kernel_id=kernel_id, now=now, interrupted=True,
-                           kernel_restarted=True, state_lost=True, code=status,
-                           message=message + f"; the kernel ignored the interrupt for "
-                                             f"{killed_after:g} s and was killed")
+            return self.result(
+                status, kernel_id=kernel_id, now=now, interrupted=True, code=status, message=message
+            )
+        return self.result(
+            status,
+            kernel_id=kernel_id,
+            now=now,
+            interrupted=True,
+            kernel_restarted=True,
+            state_lost=True,
+            code=status,
+            message=message + f"; the kernel ignored the interrupt for "
+            f"{killed_after:g} s and was killed",
+        )
 
-    def died_result(self, cause: ExitCause, *, shut_down: bool, kernel_id: str,
-                    now: float) -> ExecuteResult:
+    def died_result(
+        self, cause: ExitCause, *, shut_down: bool, kernel_id: str, now: float
+    ) -> ExecuteResult:
         """The result of a request still running when its kernel stopped with ``cause``;
         ``shut_down`` means it stopped because it was asked to."""
         if shut_down:
-            return self.result("cancelled", kernel_id=kernel_id, now=now,
-                               code="shutting_down",
-                               message="the kernel was shut down while the request ran")
+            return self.result(
+                "cancelled",
+                kernel_id=kernel_id,
+                now=now,
+                code="shutting_down",
+                message="the kernel was shut down while the request ran",
+            )
         if cause.kind == "limit":
-            return self.result("died", kernel_id=kernel_id, now=now, code="memory_limit",
-                               cause=cause, kernel_restarted=True, state_lost=True,
-                               message=f"kernel {kernel_id} was killed: {cause.detail}")
-        return self.result("died", kernel_id=kernel_id, now=now, code="kernel_died",
-                           cause=cause, kernel_restarted=True, state_lost=True,
-                           message=f"kernel {kernel_id} died: {cause.describe()}")
+            return self.result(
+                "died",
+                kernel_id=kernel_id,
+                now=now,
+                code="memory_limit",
+                cause=cause,
+                kernel_restarted=True,
+                state_lost=True,
+                message=f"kernel {kernel_id} was killed: {cause.detail}",
+            )
+        return self.result(
+            "died",
+            kernel_id=kernel_id,
+            now=now,
+            code="kernel_died",
+            cause=cause,
+            kernel_restarted=True,
+            state_lost=True,
+            message=f"kernel {kernel_id} died: {cause.describe()}",
+        )

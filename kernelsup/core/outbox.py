@@ -42,9 +42,9 @@ class Outbox:
         self.limit = limit
         self._queue: collections.deque[OutItem] = collections.deque()
         self._droppable = 0
-        self.finals = 0                       # final replies queued
-        self._lag: dict[str, int] = {}        # request id -> items dropped since reported
-        self.dropped = 0                      # total droppable items dropped
+        self.finals = 0  # final replies queued
+        self._lag: dict[str, int] = {}  # request id -> items dropped since reported
+        self.dropped = 0  # total droppable items dropped
 
     def __len__(self) -> int:
         return len(self._queue)

@@ -56,7 +56,7 @@ def _split_at(text: str, nbytes: int) -> tuple[str, str]:
     while 0 < cut < len(raw) and (raw[cut] & 0xC0) == 0x80:  # inside a character
         cut -= 1
     prefix = raw[:cut].decode("utf-8", "surrogatepass")
-    return prefix, text[len(prefix):]
+    return prefix, text[len(prefix) :]
 
 
 def truncation_marker(dropped: int) -> str:
@@ -99,8 +99,11 @@ class OutputCollector:
                     self.execution_count = count
                 plain = data.get("text/plain")
                 self.result = plain if isinstance(plain, str) else None
-            out = Output(msg_type if msg_type != "update_display_data" else "display_data",
-                         data=data, metadata=content.get("metadata") or {})
+            out = Output(
+                msg_type if msg_type != "update_display_data" else "display_data",
+                data=data,
+                metadata=content.get("metadata") or {},
+            )
         elif msg_type == "error":
             self.set_error(content)
             out = Output("error", text="\n".join(self.error.traceback) if self.error else "")
@@ -115,8 +118,10 @@ class OutputCollector:
     def set_error(self, content: dict[str, Any]) -> None:
         tb = content.get("traceback") or []
         self.error = ErrorInfo(
-            ename=str(content.get("ename", "")), evalue=str(content.get("evalue", "")),
-            traceback=tuple(strip_ansi(str(line)) for line in tb))
+            ename=str(content.get("ename", "")),
+            evalue=str(content.get("evalue", "")),
+            traceback=tuple(strip_ansi(str(line)) for line in tb),
+        )
 
     def _cost(self, out: Output) -> int:
         size = out.size()
@@ -178,8 +183,7 @@ class OutputCollector:
                 dropped = size
             self.tail_used -= dropped
             self.truncated_bytes += dropped
-            self._cut_streams.add(first.name if first.type == "stream" and first.name
-                                  else "stdout")
+            self._cut_streams.add(first.name if first.type == "stream" and first.name else "stdout")
 
     # -- results -----------------------------------------------------------------
     def outputs(self) -> list[Output]:
@@ -187,15 +191,20 @@ class OutputCollector:
         items = list(self.head)
         if self.truncated_bytes:
             marker = truncation_marker(self.truncated_bytes)
-            items.extend(Output("stream", name=name, text=marker)
-                         for name in sorted(self._cut_streams))
+            items.extend(
+                Output("stream", name=name, text=marker) for name in sorted(self._cut_streams)
+            )
             items.append(Output("notice", name="truncated", text=marker.strip()))
         items.extend(out for out, _ in self.tail)
         merged: list[Output] = []
         pending: list[str] = []
         for out in items:
-            if (out.type == "stream" and merged and merged[-1].type == "stream"
-                    and merged[-1].name == out.name):
+            if (
+                out.type == "stream"
+                and merged
+                and merged[-1].type == "stream"
+                and merged[-1].name == out.name
+            ):
                 pending.append(out.text or "")
                 continue
             if pending:
@@ -215,8 +224,13 @@ class OutputCollector:
 
 def _push(pieces: list[Output], out: Output, cost: int) -> int:
     """Append to a piece list, coalescing with a small trailing piece of the same stream."""
-    if (out.type == "stream" and pieces and pieces[-1].type == "stream"
-            and pieces[-1].name == out.name and pieces[-1].size() < COALESCE_BYTES):
+    if (
+        out.type == "stream"
+        and pieces
+        and pieces[-1].type == "stream"
+        and pieces[-1].name == out.name
+        and pieces[-1].size() < COALESCE_BYTES
+    ):
         last = pieces[-1]
         pieces[-1] = Output("stream", name=out.name, text=(last.text or "") + (out.text or ""))
     else:
@@ -225,11 +239,18 @@ def _push(pieces: list[Output], out: Output, cost: int) -> int:
 
 
 def _push_tail(tail: collections.deque[tuple[Output, int]], out: Output, cost: int) -> int:
-    if (out.type == "stream" and tail and tail[-1][0].type == "stream"
-            and tail[-1][0].name == out.name and tail[-1][1] < COALESCE_BYTES):
+    if (
+        out.type == "stream"
+        and tail
+        and tail[-1][0].type == "stream"
+        and tail[-1][0].name == out.name
+        and tail[-1][1] < COALESCE_BYTES
+    ):
         last, size = tail[-1]
-        tail[-1] = (Output("stream", name=out.name, text=(last.text or "") + (out.text or "")),
-                    size + cost)
+        tail[-1] = (
+            Output("stream", name=out.name, text=(last.text or "") + (out.text or "")),
+            size + cost,
+        )
     else:
         tail.append((out, cost))
     return cost

@@ -171,8 +171,9 @@ def backoff_delay(n: int, cfg: RestartConfig, rng: random.Random) -> float:
     return base
 
 
-def crash_loop_trips(cfg: RestartConfig, intensity: int, period: float, *,
-                     start_time: float = 0.0) -> bool:
+def crash_loop_trips(
+    cfg: RestartConfig, intensity: int, period: float, *, start_time: float = 0.0
+) -> bool:
     """Whether one kernel that dies ``start_time`` seconds after every (re)start trips an
     ``intensity``/``period`` window, with jitter-free delays (see the module docstring)."""
     if cfg.max_retries != -1 and cfg.max_retries < intensity + 1:
@@ -259,8 +260,9 @@ class RestartPolicy:
         limit = self._cfg.max_retries
         if limit != -1 and self._attempt >= limit:
             self._given_up = True
-            return GiveUp(f"{self._failures} failures in a row (max_retries = {limit}); "
-                          f"last exit: {cause}")
+            return GiveUp(
+                f"{self._failures} failures in a row (max_retries = {limit}); last exit: {cause}"
+            )
         delay = backoff_delay(self._attempt, self._cfg, self._rng)
         self._attempt += 1
         return Restart(delay=delay, attempt=self._attempt)

@@ -136,8 +136,9 @@ class ServerStats:
     TYPE: ClassVar[str] = "server_stats"
 
 
-Request: TypeAlias = (Hello | Execute | Status | Interrupt | Restart | CloseSession | Watch
-                      | Cancel | ServerStats)
+Request: TypeAlias = (
+    Hello | Execute | Status | Interrupt | Restart | CloseSession | Watch | Cancel | ServerStats
+)
 
 
 @attrs.frozen
@@ -242,8 +243,7 @@ _Check = Callable[[str, object], Any]
 
 def _str(name: str, value: object) -> str:
     if not isinstance(value, str):
-        raise _malformed(f"field {name!r} must be a string, not {type(value).__name__}",
-                         field=name)
+        raise _malformed(f"field {name!r} must be a string, not {type(value).__name__}", field=name)
     return value
 
 
@@ -257,8 +257,7 @@ def _timeout(name: str, value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _malformed(f"field {name!r} must be a number or null", field=name)
     if not (math.isfinite(value) and value > 0):
-        raise _malformed(f"field {name!r} must be a finite number > 0 (got {value!r})",
-                         field=name)
+        raise _malformed(f"field {name!r} must be a finite number > 0 (got {value!r})", field=name)
     return float(value)
 
 
@@ -288,9 +287,16 @@ def _output(name: str, value: object) -> Output:
 _Spec = tuple[type, dict[str, tuple[_Check, bool]]]
 _REQUESTS: dict[str, _Spec] = {
     Hello.TYPE: (Hello, {}),
-    Execute.TYPE: (Execute, {"code": (_str, True), "pool": (_opt_str, False),
-                             "session": (_opt_str, False), "timeout": (_timeout, False),
-                             "stream": (_bool, False)}),
+    Execute.TYPE: (
+        Execute,
+        {
+            "code": (_str, True),
+            "pool": (_opt_str, False),
+            "session": (_opt_str, False),
+            "timeout": (_timeout, False),
+            "stream": (_bool, False),
+        },
+    ),
     Status.TYPE: (Status, {}),
     Interrupt.TYPE: (Interrupt, {"kernel_id": (_str, True)}),
     Restart.TYPE: (Restart, {"kernel_id": (_str, True)}),
@@ -301,8 +307,15 @@ _REQUESTS: dict[str, _Spec] = {
 }
 _REPLIES: dict[str, _Spec] = {
     Result.TYPE: (Result, {"value": (_object, True)}),
-    Error.TYPE: (Error, {"code": (_str, True), "message": (_str, True),
-                         "type": (_str, False), "data": (_object, False)}),
+    Error.TYPE: (
+        Error,
+        {
+            "code": (_str, True),
+            "message": (_str, True),
+            "type": (_str, False),
+            "data": (_object, False),
+        },
+    ),
     OutputMsg.TYPE: (OutputMsg, {"output": (_output, True)}),
     EventMsg.TYPE: (EventMsg, {"event": (_object, True)}),
     Lagged.TYPE: (Lagged, {"dropped": (_count, True)}),
@@ -364,8 +377,11 @@ class Codec:
         message = self._parse(frames)
         spec = _REPLIES.get(message.msg_type)
         if spec is None:
-            raise ProtocolError(f"unknown reply type {message.msg_type!r}",
-                                code="unknown_type", msg_type=message.msg_type)
+            raise ProtocolError(
+                f"unknown reply type {message.msg_type!r}",
+                code="unknown_type",
+                msg_type=message.msg_type,
+            )
         reply = _build(spec, message.content, f"{message.msg_type} reply")
         return Received(message.parent_id, reply)
 
@@ -379,20 +395,31 @@ class Codec:
         """
         size = sum(len(f) for f in frames)
         if size > max_bytes:
-            raise ProtocolError(f"message of {size} bytes exceeds max_message_bytes "
-                                f"({max_bytes})", code="oversized", size=size)
+            raise ProtocolError(
+                f"message of {size} bytes exceeds max_message_bytes ({max_bytes})",
+                code="oversized",
+                size=size,
+            )
         message = self._parse(frames)
         rid = message.msg_id
         version = message.content.get("v")
         if version != PROTOCOL_VERSION:
-            raise ProtocolError(_version_mismatch(version), code="protocol_version",
-                                request_id=rid, client_version=_jsonable(version),
-                                server_version=PROTOCOL_VERSION)
+            raise ProtocolError(
+                _version_mismatch(version),
+                code="protocol_version",
+                request_id=rid,
+                client_version=_jsonable(version),
+                server_version=PROTOCOL_VERSION,
+            )
         spec = _REQUESTS.get(message.msg_type)
         if spec is None:
-            raise ProtocolError(f"unknown request type {message.msg_type!r} (known: "
-                                f"{', '.join(sorted(_REQUESTS))})", code="unknown_type",
-                                request_id=rid, msg_type=message.msg_type)
+            raise ProtocolError(
+                f"unknown request type {message.msg_type!r} (known: "
+                f"{', '.join(sorted(_REQUESTS))})",
+                code="unknown_type",
+                request_id=rid,
+                msg_type=message.msg_type,
+            )
         try:
             request = _build(spec, message.content, f"{message.msg_type} request")
         except ProtocolError as exc:
@@ -400,31 +427,39 @@ class Codec:
             raise
         return Incoming(rid, request)
 
-    def encode_reply(self, reply: Reply, *, request_id: str | None,
-                     identity: bytes | None = None) -> list[bytes]:
+    def encode_reply(
+        self, reply: Reply, *, request_id: str | None, identity: bytes | None = None
+    ) -> list[bytes]:
         """Signed frames for ``reply`` to ``request_id`` (None: not a reply, a ping),
         prefixed with the ROUTER ``identity`` when given."""
-        parent = None if request_id is None else Message(
-            msg_type="request", msg_id=request_id, parent_id=None, content={},
-            header={"msg_id": request_id})
+        parent = (
+            None
+            if request_id is None
+            else Message(
+                msg_type="request",
+                msg_id=request_id,
+                parent_id=None,
+                content={},
+                header={"msg_id": request_id},
+            )
+        )
         idents = [identity] if identity is not None else []
-        _, frames = self._wire.build(reply.TYPE, _content(reply), parent=parent,
-                                     identities=idents)
+        _, frames = self._wire.build(reply.TYPE, _content(reply), parent=parent, identities=idents)
         return frames
 
     # -- both --
 
     def _parse(self, frames: Sequence[bytes]) -> Message:
         if len(frames) > MAX_FRAMES:
-            raise _malformed(f"{len(frames)} frames is not a kernelsup message "
-                             f"(at most {MAX_FRAMES})")
+            raise _malformed(
+                f"{len(frames)} frames is not a kernelsup message (at most {MAX_FRAMES})"
+            )
         try:
             message = self._wire.parse(frames)
         except WireError as exc:
             raise _classify(exc) from None
         if message.buffers:
-            raise _malformed("kernelsup messages carry no buffers",
-                             request_id=message.msg_id)
+            raise _malformed("kernelsup messages carry no buffers", request_id=message.msg_id)
         return message
 
 
@@ -432,27 +467,38 @@ def _classify(error: WireError) -> KernelsupError:
     """A WireError, as our typed error."""
     reason, text = error.reason, str(error)
     if reason == "unsigned":
-        return AuthenticationError("the message is not signed; the key is in the key file "
-                                   "beside the endpoint", reason="unsigned")
+        return AuthenticationError(
+            "the message is not signed; the key is in the key file beside the endpoint",
+            reason="unsigned",
+        )
     if reason == "bad_signature":
-        return AuthenticationError("the signature does not match: the client's key is not "
-                                   "this server's (it makes a fresh key at each start; "
-                                   "read it from the key file again)", reason="bad_signature")
+        return AuthenticationError(
+            "the signature does not match: the client's key is not "
+            "this server's (it makes a fresh key at each start; "
+            "read it from the key file again)",
+            reason="bad_signature",
+        )
     if reason == "replayed":
-        return AuthenticationError("a message with this signature was already received "
-                                   "(a replay)", reason="replayed")
+        return AuthenticationError(
+            "a message with this signature was already received (a replay)", reason="replayed"
+        )
     return _malformed(f"not a kernelsup message ({text[:200]})")
 
 
 def _version_mismatch(version: object) -> str:
     if version is None:
-        return (f"the request has no protocol version; this server speaks kernelsup "
-                f"protocol {PROTOCOL_VERSION}")
-    older = isinstance(version, int) and not isinstance(version, bool) \
-        and version < PROTOCOL_VERSION
+        return (
+            f"the request has no protocol version; this server speaks kernelsup "
+            f"protocol {PROTOCOL_VERSION}"
+        )
+    older = (
+        isinstance(version, int) and not isinstance(version, bool) and version < PROTOCOL_VERSION
+    )
     side = "client" if older else "server"
-    return (f"the client speaks kernelsup protocol {version!r}, this server speaks "
-            f"{PROTOCOL_VERSION}: upgrade kernelsup on the {side}")
+    return (
+        f"the client speaks kernelsup protocol {version!r}, this server speaks "
+        f"{PROTOCOL_VERSION}: upgrade kernelsup on the {side}"
+    )
 
 
 # --- notices --------------------------------------------------------------------------
@@ -461,8 +507,7 @@ def _version_mismatch(version: object) -> str:
 def encode_notice(code: str, message: str, *, identity: bytes | None = None) -> list[bytes]:
     """Unsigned frames telling a peer why its message was refused (see the top)."""
     body = json.dumps({"v": PROTOCOL_VERSION, "code": code, "message": message})
-    return [*([identity] if identity is not None else []), NOTICE,
-            body.encode()[:MAX_NOTICE_BYTES]]
+    return [*([identity] if identity is not None else []), NOTICE, body.encode()[:MAX_NOTICE_BYTES]]
 
 
 def decode_notice(frames: Sequence[bytes]) -> Notice:
@@ -473,27 +518,33 @@ def decode_notice(frames: Sequence[bytes]) -> Notice:
         body = json.loads(frames[1])
     except (ValueError, RecursionError):
         raise _malformed("malformed notice: not JSON") from None
-    if not isinstance(body, dict) or not isinstance(body.get("code"), str) \
-            or not isinstance(body.get("message"), str):
+    if (
+        not isinstance(body, dict)
+        or not isinstance(body.get("code"), str)
+        or not isinstance(body.get("message"), str)
+    ):
         raise _malformed("malformed notice: expected {code, message}")
     return Notice(body["code"], body["message"])
 
 
 def notice_error(notice: Notice) -> KernelsupError:
     """The client-side exception for a notice from the server."""
-    cls: type[KernelsupError] = AuthenticationError if notice.code == "auth_failed" \
-        else ProtocolError
+    cls: type[KernelsupError] = (
+        AuthenticationError if notice.code == "auth_failed" else ProtocolError
+    )
     return cls(f"the server refused our message: {notice.message}", code=notice.code)
 
 
 # --- errors across the wire -----------------------------------------------------------
 
 _ERROR_CLASSES: dict[str, type[KernelsupError]] = {
-    cls.__name__: cls for cls in vars(errors).values()
+    cls.__name__: cls
+    for cls in vars(errors).values()
     if isinstance(cls, type) and issubclass(cls, KernelsupError)
 }
-_PROTOCOL_CODES = frozenset({"malformed", "oversized", "unknown_type", "protocol_version",
-                             "protocol_error"})
+_PROTOCOL_CODES = frozenset(
+    {"malformed", "oversized", "unknown_type", "protocol_version", "protocol_error"}
+)
 
 
 def _error_type_name(exc: KernelsupError) -> str:
@@ -529,9 +580,37 @@ def _jsonable(value: object) -> Any:
 
 
 __all__ = [
-    "DECODE_ERRORS", "ENDPOINT_FILE", "FINAL_REPLIES", "MAX_FRAMES", "NOTICE", "PROTOCOL_VERSION",
-    "REPLY_TYPES", "REQUEST_TYPES", "Cancel", "CloseSession", "Codec", "Error", "EventMsg",
-    "Execute", "Hello", "Incoming", "Interrupt", "Lagged", "Notice", "OutputMsg", "Ping",
-    "Received", "Reply", "Request", "Restart", "Result", "ServerStats", "Status",
-    "Subscribed", "Watch", "decode_notice", "encode_notice", "notice_error",
+    "DECODE_ERRORS",
+    "ENDPOINT_FILE",
+    "FINAL_REPLIES",
+    "MAX_FRAMES",
+    "NOTICE",
+    "PROTOCOL_VERSION",
+    "REPLY_TYPES",
+    "REQUEST_TYPES",
+    "Cancel",
+    "CloseSession",
+    "Codec",
+    "Error",
+    "EventMsg",
+    "Execute",
+    "Hello",
+    "Incoming",
+    "Interrupt",
+    "Lagged",
+    "Notice",
+    "OutputMsg",
+    "Ping",
+    "Received",
+    "Reply",
+    "Request",
+    "Restart",
+    "Result",
+    "ServerStats",
+    "Status",
+    "Subscribed",
+    "Watch",
+    "decode_notice",
+    "encode_notice",
+    "notice_error",
 ]

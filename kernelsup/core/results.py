@@ -27,13 +27,21 @@ _MISSING: Any = object()
 
 def _obj(value: object, what: str) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
-        raise ProtocolError(f"malformed {what}: expected an object, got "
-                            f"{type(value).__name__}", code="malformed")
+        raise ProtocolError(
+            f"malformed {what}: expected an object, got {type(value).__name__}", code="malformed"
+        )
     return value
 
 
-def _field(d: Mapping[str, Any], key: str, kinds: tuple[type, ...], what: str, *,
-           default: Any = _MISSING, nullable: bool = False) -> Any:
+def _field(
+    d: Mapping[str, Any],
+    key: str,
+    kinds: tuple[type, ...],
+    what: str,
+    *,
+    default: Any = _MISSING,
+    nullable: bool = False,
+) -> Any:
     """``d[key]`` if it is one of ``kinds`` (bool is never an int or float here)."""
     if key not in d:
         if default is _MISSING:
@@ -44,8 +52,10 @@ def _field(d: Mapping[str, Any], key: str, kinds: tuple[type, ...], what: str, *
         return None
     fits = isinstance(value, kinds) and (bool in kinds or not isinstance(value, bool))
     if not fits:
-        raise ProtocolError(f"malformed {what}: {key!r} has the wrong type "
-                            f"({type(value).__name__})", code="malformed")
+        raise ProtocolError(
+            f"malformed {what}: {key!r} has the wrong type ({type(value).__name__})",
+            code="malformed",
+        )
     return float(value) if float in kinds else value
 
 
@@ -75,8 +85,9 @@ class ExitCause:
     detail: str = ""
 
     @classmethod
-    def from_returncode(cls, returncode: int, *, requested: bool = False,
-                        detail: str = "") -> ExitCause:
+    def from_returncode(
+        cls, returncode: int, *, requested: bool = False, detail: str = ""
+    ) -> ExitCause:
         """Classify a ``Popen.returncode``; ``requested`` means we asked it to stop."""
         if returncode < 0:
             kind: ExitKind = "normal" if requested else "failure"
@@ -100,19 +111,25 @@ class ExitCause:
         return self.describe()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "code": self.code, "signal": self.signal,
-                "detail": self.detail, "text": self.describe()}
+        return {
+            "kind": self.kind,
+            "code": self.code,
+            "signal": self.signal,
+            "detail": self.detail,
+            "text": self.describe(),
+        }
 
     @classmethod
     def from_dict(cls, data: object) -> ExitCause:
         """Read ``to_dict()`` back (``text`` is derived, so ignored). Unknown kinds from a
         newer server are kept as they are."""
         d = _obj(data, "exit cause")
-        return cls(_field(d, "kind", (str,), "exit cause"),
-                   code=_field(d, "code", (int,), "exit cause", default=None, nullable=True),
-                   signal=_field(d, "signal", (int,), "exit cause", default=None,
-                                 nullable=True),
-                   detail=_field(d, "detail", (str,), "exit cause", default=""))
+        return cls(
+            _field(d, "kind", (str,), "exit cause"),
+            code=_field(d, "code", (int,), "exit cause", default=None, nullable=True),
+            signal=_field(d, "signal", (int,), "exit cause", default=None, nullable=True),
+            detail=_field(d, "detail", (str,), "exit cause", default=""),
+        )
 
 
 @attrs.frozen
@@ -129,8 +146,11 @@ class ErrorInfo:
     @classmethod
     def from_dict(cls, data: object) -> ErrorInfo:
         d = _obj(data, "error")
-        return cls(_field(d, "ename", (str,), "error"), _field(d, "evalue", (str,), "error"),
-                   _str_list(d.get("traceback", []), "error.traceback"))
+        return cls(
+            _field(d, "ename", (str,), "error"),
+            _field(d, "evalue", (str,), "error"),
+            _str_list(d.get("traceback", []), "error.traceback"),
+        )
 
 
 @attrs.frozen
@@ -151,8 +171,10 @@ class Output:
     def size(self) -> int:
         n = len(self.text.encode("utf-8", "surrogatepass")) if self.text else 0
         if self.data:
-            n += sum(len(k) + len(v) if isinstance(v, str) else len(k) + len(repr(v))
-                     for k, v in self.data.items())
+            n += sum(
+                len(k) + len(v) if isinstance(v, str) else len(k) + len(repr(v))
+                for k, v in self.data.items()
+            )
         return n
 
     def to_dict(self) -> dict[str, Any]:
@@ -166,11 +188,13 @@ class Output:
     @classmethod
     def from_dict(cls, data: object) -> Output:
         d = _obj(data, "output")
-        return cls(_field(d, "type", (str,), "output"),
-                   name=_field(d, "name", (str,), "output", default=None, nullable=True),
-                   text=_field(d, "text", (str,), "output", default=None, nullable=True),
-                   data=_str_dict(d.get("data"), "output.data"),
-                   metadata=_str_dict(d.get("metadata"), "output.metadata"))
+        return cls(
+            _field(d, "type", (str,), "output"),
+            name=_field(d, "name", (str,), "output", default=None, nullable=True),
+            text=_field(d, "text", (str,), "output", default=None, nullable=True),
+            data=_str_dict(d.get("data"), "output.data"),
+            metadata=_str_dict(d.get("metadata"), "output.metadata"),
+        )
 
 
 @attrs.frozen
@@ -229,8 +253,7 @@ class ExecuteResult:
         w = "result"
         status = _field(d, "status", (str,), w)
         if status not in _STATUSES:
-            raise ProtocolError(f"malformed result: unknown status {status!r}",
-                                code="malformed")
+            raise ProtocolError(f"malformed result: unknown status {status!r}", code="malformed")
         outputs = d.get("outputs", [])
         if not isinstance(outputs, list):
             raise ProtocolError("malformed result: 'outputs' is not a list", code="malformed")
@@ -243,8 +266,7 @@ class ExecuteResult:
             result=_field(d, "result", (str,), w, default=None, nullable=True),
             outputs=tuple(Output.from_dict(o) for o in outputs),
             error=ErrorInfo.from_dict(error) if error is not None else None,
-            execution_count=_field(d, "execution_count", (int,), w, default=None,
-                                   nullable=True),
+            execution_count=_field(d, "execution_count", (int,), w, default=None, nullable=True),
             kernel_id=_field(d, "kernel_id", (str,), w, default=None, nullable=True),
             session=_field(d, "session", (str,), w, default=None, nullable=True),
             queued_s=_field(d, "queued_s", (int, float), w, default=0.0),
@@ -282,11 +304,11 @@ class StatusReport:
         for key in ("kernels", "pools"):
             items = d.get(key, [])
             if not isinstance(items, list) or not all(isinstance(i, Mapping) for i in items):
-                raise ProtocolError(f"malformed status: {key!r} is not a list of objects",
-                                    code="malformed")
+                raise ProtocolError(
+                    f"malformed status: {key!r} is not a list of objects", code="malformed"
+                )
             if key == "kernels" and not all(isinstance(i.get("state"), str) for i in items):
-                raise ProtocolError("malformed status: a kernel has no 'state'",
-                                    code="malformed")
+                raise ProtocolError("malformed status: a kernel has no 'state'", code="malformed")
             parts.append(tuple(dict(i) for i in items))
         return cls(kernels=parts[0], pools=parts[1])
 
@@ -304,18 +326,31 @@ def format_status(report: StatusReport) -> str:
         if state == "backoff" and isinstance(k.get("next_try_s"), (int, float)):
             state += f" ({k['next_try_s']:.1f}s)"
         last = k.get("last_exit")
-        rows.append((str(k.get("id")), str(k.get("pool")), str(k.get("role")), state,
-                     _dash(k.get("pid")), str(k.get("restarts", 0)), _dash(k.get("session")),
-                     _duration(k.get("uptime_s")),
-                     str(last.get("text", "")) if isinstance(last, dict) else "-"))
+        rows.append(
+            (
+                str(k.get("id")),
+                str(k.get("pool")),
+                str(k.get("role")),
+                state,
+                _dash(k.get("pid")),
+                str(k.get("restarts", 0)),
+                _dash(k.get("session")),
+                _duration(k.get("uptime_s")),
+                str(last.get("text", "")) if isinstance(last, dict) else "-",
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()
-             for r in rows]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    ]
     for p in report.pools:
         sessions = p.get("sessions") or []
-        parts = [f"size {p.get('size')} + {p.get('spares')} spare",
-                 f"{p.get('ready')} kernels ready", f"{p.get('queued', 0)} queued",
-                 f"sessions: {', '.join(map(str, sessions))}" if sessions else "no sessions"]
+        parts = [
+            f"size {p.get('size')} + {p.get('spares')} spare",
+            f"{p.get('ready')} kernels ready",
+            f"{p.get('queued', 0)} queued",
+            f"sessions: {', '.join(map(str, sessions))}" if sessions else "no sessions",
+        ]
         if p.get("dead"):
             parts.append("DEAD (every kernel gave up restarting)")
         lines.append(f"pool {p.get('name')}: " + "; ".join(parts))

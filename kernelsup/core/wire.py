@@ -46,13 +46,20 @@ class Message:
 class Wire:
     """One signing identity: builds requests and parses what comes back."""
 
-    def __init__(self, key: bytes, signature_scheme: str = "hmac-sha256",
-                 username: str = "kernelsup", *, replay_window: int = REPLAY_WINDOW) -> None:
+    def __init__(
+        self,
+        key: bytes,
+        signature_scheme: str = "hmac-sha256",
+        username: str = "kernelsup",
+        *,
+        replay_window: int = REPLAY_WINDOW,
+    ) -> None:
         """``replay_window`` signatures are remembered to refuse a replayed message; 0
         turns the check off (signatures are still verified)."""
         # check_pid=False: the supervisor never forks after creating its sessions.
-        self._session = Session(key=key, signature_scheme=signature_scheme,
-                                username=username, check_pid=False)
+        self._session = Session(
+            key=key, signature_scheme=signature_scheme, username=username, check_pid=False
+        )
         self._recent: collections.deque[bytes] = collections.deque(maxlen=replay_window)
         self._seen: set[bytes] = set()
 
@@ -60,9 +67,14 @@ class Wire:
     def session_id(self) -> str:
         return str(self._session.session)
 
-    def build(self, msg_type: str, content: dict[str, Any] | None = None, *,
-              parent: Message | None = None,
-              identities: Sequence[bytes] = ()) -> tuple[str, list[bytes]]:
+    def build(
+        self,
+        msg_type: str,
+        content: dict[str, Any] | None = None,
+        *,
+        parent: Message | None = None,
+        identities: Sequence[bytes] = (),
+    ) -> tuple[str, list[bytes]]:
         """Return ``(msg_id, frames)`` for a new, signed message."""
         parent_header = parent.header if parent is not None else None
         msg = self._session.msg(msg_type, content or {}, parent=parent_header)
@@ -109,8 +121,9 @@ class Wire:
             return Message(
                 msg_type=str(header["msg_type"]),
                 msg_id=str(header["msg_id"]),
-                parent_id=str(parent["msg_id"]) if isinstance(parent, dict)
-                and parent.get("msg_id") else None,
+                parent_id=str(parent["msg_id"])
+                if isinstance(parent, dict) and parent.get("msg_id")
+                else None,
                 content=content,
                 header=header,
                 metadata=metadata,

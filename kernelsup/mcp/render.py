@@ -32,8 +32,11 @@ MAX_IMAGE_BYTES = 2 * 1024 * 1024
 PROGRESS_MESSAGE_CHARS = 200
 
 _STATUS_ERRORS: dict[str, type[KernelsupError]] = {
-    "timeout": ExecTimeout, "died": KernelDied, "rejected": Rejected,
-    "cancelled": RequestError}
+    "timeout": ExecTimeout,
+    "died": KernelDied,
+    "rejected": Rejected,
+    "cancelled": RequestError,
+}
 
 
 @attrs.frozen
@@ -50,8 +53,11 @@ class Rendered:
     summary: dict[str, Any]
 
 
-def render_result(result: ExecuteResult, *, max_image_bytes: int = MAX_IMAGE_BYTES,
-                  ) -> Rendered:
+def render_result(
+    result: ExecuteResult,
+    *,
+    max_image_bytes: int = MAX_IMAGE_BYTES,
+) -> Rendered:
     """The text, images and summary of one result; images beyond ``max_image_bytes``
     (base64 bytes, all together) are left out with a line saying so."""
     text = _Text(max_image_bytes)
@@ -91,8 +97,11 @@ def render_result(result: ExecuteResult, *, max_image_bytes: int = MAX_IMAGE_BYT
             message += f" (cause: {result.cause.describe()})"
         text.line(cls(message, code=result.code or result.status).describe())
     text.line(footer(result))
-    summary = {key: value for key, value in result.to_dict().items()
-               if key not in ("stdout", "stderr", "outputs", "result", "error")}
+    summary = {
+        key: value
+        for key, value in result.to_dict().items()
+        if key not in ("stdout", "stderr", "outputs", "result", "error")
+    }
     summary["images"] = len(text.images)
     summary["images_omitted"] = text.omitted
     return Rendered(text.value(), tuple(text.images), result.status != "ok", summary)
@@ -100,8 +109,11 @@ def render_result(result: ExecuteResult, *, max_image_bytes: int = MAX_IMAGE_BYT
 
 def footer(result: ExecuteResult) -> str:
     """One line: status, where it ran, how long, and what happened to the kernel."""
-    bits = [result.status if result.code is None or result.code == result.status
-            else f"{result.status} ({result.code})"]
+    bits = [
+        result.status
+        if result.code is None or result.code == result.status
+        else f"{result.status} ({result.code})"
+    ]
     if result.kernel_id:
         bits.append(f"kernel {result.kernel_id}")
     if result.session:
@@ -128,8 +140,13 @@ def progress_message(out: Output) -> str | None:
         data = out.data or {}
         image = _image_of(data)
         plain = data.get("text/plain")
-        text = (f"<{image.mime_type}>" if image is not None
-                else plain if isinstance(plain, str) else f"<{out.type}>")
+        text = (
+            f"<{image.mime_type}>"
+            if image is not None
+            else plain
+            if isinstance(plain, str)
+            else f"<{out.type}>"
+        )
     elif out.type == "error":
         lines = (out.text or "").strip().splitlines()
         text = lines[-1] if lines else "error"
@@ -139,7 +156,7 @@ def progress_message(out: Output) -> str | None:
         return None
     text = text.strip()
     if len(text) > PROGRESS_MESSAGE_CHARS:
-        text = text[:PROGRESS_MESSAGE_CHARS - 3] + "..."
+        text = text[: PROGRESS_MESSAGE_CHARS - 3] + "..."
     return text
 
 
@@ -174,8 +191,10 @@ class _Text:
             self.line(f"[image {len(self.images)}: {image.mime_type}, {size}, attached]")
         else:
             self.omitted += 1
-            self.line(f"[kernelsup: {image.mime_type} image of {size} left out: over the "
-                      f"{_size(self._cap * 3 // 4)} image cap of one result]")
+            self.line(
+                f"[kernelsup: {image.mime_type} image of {size} left out: over the "
+                f"{_size(self._cap * 3 // 4)} image cap of one result]"
+            )
 
     def value(self) -> str:
         return "".join(self._parts)
@@ -202,5 +221,12 @@ def _size(nbytes: int) -> str:
     return f"{nbytes / (1024 * 1024):.1f} MiB"
 
 
-__all__ = ["IMAGE_TYPES", "MAX_IMAGE_BYTES", "Image", "Rendered", "footer",
-           "progress_message", "render_result"]
+__all__ = [
+    "IMAGE_TYPES",
+    "MAX_IMAGE_BYTES",
+    "Image",
+    "Rendered",
+    "footer",
+    "progress_message",
+    "render_result",
+]

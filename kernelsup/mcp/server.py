@@ -79,11 +79,16 @@ INSTRUCTIONS = (
     "calls; give the same `session` name to keep variables between calls. A call past its "
     "`timeout` is interrupted (the kernel is restarted if it ignores the interrupt, and "
     "the result says the state was lost). `status` lists the kernels; `interrupt` and "
-    "`restart` act on one; `reset_session` starts a session over on a fresh kernel.")
+    "`restart` act on one; `reset_session` starts a session over on a fresh kernel."
+)
 
 _STRING = {"type": "string", "minLength": 1}
-_KERNEL_ID = {"kernel_id": {**_STRING, "description": "a kernel id, as shown by `status` "
-                                                      "and at the end of `execute` results"}}
+_KERNEL_ID = {
+    "kernel_id": {
+        **_STRING,
+        "description": "a kernel id, as shown by `status` and at the end of `execute` results",
+    }
+}
 
 TOOLS = [
     types.Tool(
@@ -97,16 +102,19 @@ TOOLS = [
             "same kernel, so variables persist until the kernel dies (the result then says "
             "the state was lost) or `reset_session`. Past `timeout` seconds (default: the "
             "pool's exec_timeout) the kernel is interrupted, and restarted if it ignores "
-            "the interrupt."),
+            "the interrupt."
+        ),
         input_schema={
             "type": "object",
             "properties": {
                 "code": {"type": "string", "description": "the Python code to run"},
                 "session": {**_STRING, "description": "a session name to keep state in"},
-                "timeout": {"type": "number", "exclusiveMinimum": 0,
-                            "description": "seconds the code may run"},
-                "pool": {**_STRING, "description": "the pool to run in (default: the "
-                                                   "first pool)"},
+                "timeout": {
+                    "type": "number",
+                    "exclusiveMinimum": 0,
+                    "description": "seconds the code may run",
+                },
+                "pool": {**_STRING, "description": "the pool to run in (default: the first pool)"},
             },
             "required": ["code"],
             "additionalProperties": False,
@@ -114,32 +122,49 @@ TOOLS = [
     ),
     types.Tool(
         name="status",
-        description=("List the kernels (id, pool, role, state, pid, restarts, session, "
-                     "uptime, last exit) and the pools."),
+        description=(
+            "List the kernels (id, pool, role, state, pid, restarts, session, "
+            "uptime, last exit) and the pools."
+        ),
         input_schema={"type": "object", "properties": {}, "additionalProperties": False},
         annotations=types.ToolAnnotations(read_only_hint=True),
     ),
     types.Tool(
         name="interrupt",
         description="Interrupt whatever a kernel is running, like Ctrl-C; its state is kept.",
-        input_schema={"type": "object", "properties": _KERNEL_ID, "required": ["kernel_id"],
-                      "additionalProperties": False},
+        input_schema={
+            "type": "object",
+            "properties": _KERNEL_ID,
+            "required": ["kernel_id"],
+            "additionalProperties": False,
+        },
     ),
     types.Tool(
         name="restart",
-        description=("Restart a kernel now: a new process, so its variables are gone (a "
-                     "session on it says so on its next execute)."),
-        input_schema={"type": "object", "properties": _KERNEL_ID, "required": ["kernel_id"],
-                      "additionalProperties": False},
+        description=(
+            "Restart a kernel now: a new process, so its variables are gone (a "
+            "session on it says so on its next execute)."
+        ),
+        input_schema={
+            "type": "object",
+            "properties": _KERNEL_ID,
+            "required": ["kernel_id"],
+            "additionalProperties": False,
+        },
         annotations=types.ToolAnnotations(destructive_hint=True),
     ),
     types.Tool(
         name="reset_session",
-        description=("Close a session: its kernel is shut down and never reused; the next "
-                     "execute with that name starts on a fresh kernel."),
-        input_schema={"type": "object",
-                      "properties": {"session": {**_STRING, "description": "the session"}},
-                      "required": ["session"], "additionalProperties": False},
+        description=(
+            "Close a session: its kernel is shut down and never reused; the next "
+            "execute with that name starts on a fresh kernel."
+        ),
+        input_schema={
+            "type": "object",
+            "properties": {"session": {**_STRING, "description": "the session"}},
+            "required": ["session"],
+            "additionalProperties": False,
+        },
         annotations=types.ToolAnnotations(destructive_hint=True),
     ),
 ]
@@ -150,9 +175,15 @@ class Backend(Protocol):
     """What the tools need: an in-process :class:`kernelsup.Supervisor` is one as it is;
     :class:`Remote` is one for a ``kernelsup run`` supervisor."""
 
-    async def execute(self, code: str, *, pool: str | None = None,
-                      session: str | None = None, timeout: float | None = None,
-                      on_output: Callable[[Output], None] | None = None) -> ExecuteResult: ...
+    async def execute(
+        self,
+        code: str,
+        *,
+        pool: str | None = None,
+        session: str | None = None,
+        timeout: float | None = None,
+        on_output: Callable[[Output], None] | None = None,
+    ) -> ExecuteResult: ...
     async def status(self) -> StatusReport: ...
     async def interrupt(self, kernel_id: str) -> None: ...
     async def restart(self, kernel_id: str) -> None: ...
@@ -168,18 +199,27 @@ class Remote:
     def __init__(self, target: Config | str) -> None:
         self.target = target
 
-    async def execute(self, code: str, *, pool: str | None = None,
-                      session: str | None = None, timeout: float | None = None,
-                      on_output: Callable[[Output], None] | None = None) -> ExecuteResult:
-        async with connect(self.target) as client, contextlib.aclosing(client.stream(
-                code, pool=pool, session=session, timeout=timeout)) as items:
+    async def execute(
+        self,
+        code: str,
+        *,
+        pool: str | None = None,
+        session: str | None = None,
+        timeout: float | None = None,
+        on_output: Callable[[Output], None] | None = None,
+    ) -> ExecuteResult:
+        async with (
+            connect(self.target) as client,
+            contextlib.aclosing(
+                client.stream(code, pool=pool, session=session, timeout=timeout)
+            ) as items,
+        ):
             async for item in items:
                 if isinstance(item, ExecuteResult):
                     return item
                 if on_output is not None:
                     on_output(item)
-        raise ProtocolError("the supervisor ended the stream without a result",
-                            code="malformed")
+        raise ProtocolError("the supervisor ended the stream without a result", code="malformed")
 
     async def status(self) -> StatusReport:
         async with connect(self.target) as client:
@@ -237,8 +277,11 @@ class _Progress:
             await trio.sleep(PROGRESS_MIN_INTERVAL_S)
 
 
-async def _execute(backend: Backend, ctx: Context, args: Mapping[str, Any],
-                   ) -> types.CallToolResult:
+async def _execute(
+    backend: Backend,
+    ctx: Context,
+    args: Mapping[str, Any],
+) -> types.CallToolResult:
     code = _arg(args, "code", str, required=True, allow_empty=True)
     timeout = _arg(args, "timeout", float)
     pool, session = _arg(args, "pool", str), _arg(args, "session", str)
@@ -247,8 +290,9 @@ async def _execute(backend: Backend, ctx: Context, args: Mapping[str, Any],
     async with trio.open_nursery() as nursery:
         nursery.start_soon(progress.run)
         try:
-            outcome = await backend.execute(code, pool=pool, session=session,
-                                            timeout=timeout, on_output=progress.saw)
+            outcome = await backend.execute(
+                code, pool=pool, session=session, timeout=timeout, on_output=progress.saw
+            )
         except KernelsupError as err:  # raised outside the nursery: not in a group
             outcome = err
         nursery.cancel_scope.cancel()
@@ -256,53 +300,82 @@ async def _execute(backend: Backend, ctx: Context, args: Mapping[str, Any],
         raise outcome
     rendered = render_result(outcome)
     content: list[types.ContentBlock] = [types.TextContent(type="text", text=rendered.text)]
-    content.extend(types.ImageContent(type="image", data=image.data,
-                                      mime_type=image.mime_type)
-                   for image in rendered.images)
-    return types.CallToolResult(content=content, _meta={META_RESULT: rendered.summary},
-                                is_error=rendered.is_error)
+    content.extend(
+        types.ImageContent(type="image", data=image.data, mime_type=image.mime_type)
+        for image in rendered.images
+    )
+    return types.CallToolResult(
+        content=content, _meta={META_RESULT: rendered.summary}, is_error=rendered.is_error
+    )
 
 
-async def _status(backend: Backend, ctx: Context, args: Mapping[str, Any],
-                  ) -> types.CallToolResult:
+async def _status(
+    backend: Backend,
+    ctx: Context,
+    args: Mapping[str, Any],
+) -> types.CallToolResult:
     report = await backend.status()
-    return types.CallToolResult(content=[types.TextContent(type="text",
-                                                           text=format_status(report))],
-                                _meta={META_STATUS: report.to_dict()})
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=format_status(report))],
+        _meta={META_STATUS: report.to_dict()},
+    )
 
 
-async def _interrupt(backend: Backend, ctx: Context, args: Mapping[str, Any],
-                     ) -> types.CallToolResult:
+async def _interrupt(
+    backend: Backend,
+    ctx: Context,
+    args: Mapping[str, Any],
+) -> types.CallToolResult:
     kernel_id = _arg(args, "kernel_id", str, required=True)
     await backend.interrupt(kernel_id)
     return _text(f"interrupted {kernel_id}")
 
 
-async def _restart(backend: Backend, ctx: Context, args: Mapping[str, Any],
-                   ) -> types.CallToolResult:
+async def _restart(
+    backend: Backend,
+    ctx: Context,
+    args: Mapping[str, Any],
+) -> types.CallToolResult:
     kernel_id = _arg(args, "kernel_id", str, required=True)
     await backend.restart(kernel_id)
     return _text(f"restarting {kernel_id}: a new process, its variables are gone")
 
 
-async def _reset_session(backend: Backend, ctx: Context, args: Mapping[str, Any],
-                         ) -> types.CallToolResult:
+async def _reset_session(
+    backend: Backend,
+    ctx: Context,
+    args: Mapping[str, Any],
+) -> types.CallToolResult:
     name = _arg(args, "session", str, required=True)
     if await backend.close_session(name):
-        return _text(f"session {name!r} closed: its kernel was shut down; the next execute "
-                     "with this name starts on a fresh kernel")
-    return _text(f"no session named {name!r}: nothing to reset (the next execute with this "
-                 "name starts on a fresh kernel)")
+        return _text(
+            f"session {name!r} closed: its kernel was shut down; the next execute "
+            "with this name starts on a fresh kernel"
+        )
+    return _text(
+        f"no session named {name!r}: nothing to reset (the next execute with this "
+        "name starts on a fresh kernel)"
+    )
 
 
 Handler = Callable[[Backend, Context, Mapping[str, Any]], Awaitable[types.CallToolResult]]
-HANDLERS: dict[str, Handler] = {"execute": _execute, "status": _status,
-                                "interrupt": _interrupt, "restart": _restart,
-                                "reset_session": _reset_session}
+HANDLERS: dict[str, Handler] = {
+    "execute": _execute,
+    "status": _status,
+    "interrupt": _interrupt,
+    "restart": _restart,
+    "reset_session": _reset_session,
+}
 
 
-def _arg(args: Mapping[str, Any], name: str, kind: type[str] | type[float], *,
-         required: bool = False, allow_empty: bool = False) -> Any:
+def _arg(
+    args: Mapping[str, Any],
+    name: str,
+    kind: type[str] | type[float],
+    *,
+    required: bool = False,
+    allow_empty: bool = False,
+) -> Any:
     """``args[name]`` checked against the tool's schema (clients do not all validate)."""
     value = args.get(name)
     if value is None:
@@ -314,42 +387,54 @@ def _arg(args: Mapping[str, Any], name: str, kind: type[str] | type[float], *,
             raise Rejected(f"{name} must be a number > 0 (got {value!r})", code="bad_request")
         return float(value)
     if not isinstance(value, str) or not (value or allow_empty):
-        raise Rejected(f"{name} must be a non-empty string (got {value!r})",
-                       code="bad_request")
+        raise Rejected(f"{name} must be a non-empty string (got {value!r})", code="bad_request")
     return value
 
 
 def _text(text: str, *, is_error: bool = False) -> types.CallToolResult:
-    return types.CallToolResult(content=[types.TextContent(type="text", text=text)],
-                                is_error=is_error)
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=text)], is_error=is_error
+    )
 
 
 def build_server(backend: Backend) -> Server[Any]:
     """The MCP server for ``backend``: the five tools; every kernelsup error becomes a tool
     error whose text is ``<CODE> <ErrorClass>: <message>``."""
 
-    async def list_tools(ctx: Context, params: types.PaginatedRequestParams | None,
-                         ) -> types.ListToolsResult:
+    async def list_tools(
+        ctx: Context,
+        params: types.PaginatedRequestParams | None,
+    ) -> types.ListToolsResult:
         return types.ListToolsResult(tools=TOOLS)
 
-    async def call_tool(ctx: Context, params: types.CallToolRequestParams,
-                        ) -> types.CallToolResult:
+    async def call_tool(
+        ctx: Context,
+        params: types.CallToolRequestParams,
+    ) -> types.CallToolResult:
         handler = HANDLERS.get(params.name)
         if handler is None:
-            return _text(f"unknown_tool: no tool named {params.name!r} (tools: "
-                         f"{', '.join(HANDLERS)})", is_error=True)
+            return _text(
+                f"unknown_tool: no tool named {params.name!r} (tools: {', '.join(HANDLERS)})",
+                is_error=True,
+            )
         try:
             return await handler(backend, ctx, params.arguments or {})
         except KernelsupError as err:
             return _text(err.describe(), is_error=True)
 
-    return Server("kernelsup", version=__version__, instructions=INSTRUCTIONS,
-                  on_list_tools=list_tools, on_call_tool=call_tool)
+    return Server(
+        "kernelsup",
+        version=__version__,
+        instructions=INSTRUCTIONS,
+        on_list_tools=list_tools,
+        on_call_tool=call_tool,
+    )
 
 
 # --------------------------------------------------------------------------- serving
-async def serve_stdio(target: Config | str, *, embedded: bool = False,
-                      log_stream: TextIO | None = None) -> str:
+async def serve_stdio(
+    target: Config | str, *, embedded: bool = False, log_stream: TextIO | None = None
+) -> str:
     """Serve one MCP client on stdin/stdout until stdin closes, SIGINT or SIGTERM; return
     why it stopped (``the client closed stdin``, ``received SIGTERM``).
 
@@ -365,8 +450,7 @@ async def serve_stdio(target: Config | str, *, embedded: bool = False,
         async with stdio_transport() as (read_stream, write_stream):
             async with _backend(target, embedded, log_stream) as backend:
                 server = build_server(backend)
-                await server.run(read_stream, write_stream,
-                                 server.create_initialization_options())
+                await server.run(read_stream, write_stream, server.create_initialization_options())
         nursery.cancel_scope.cancel()
     return stopped[0]
 
@@ -380,8 +464,9 @@ async def _stop_on_signal(scope: trio.CancelScope, stopped: list[str]) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _backend(target: Config | str, embedded: bool,
-                   log_stream: TextIO | None) -> AsyncIterator[Backend]:
+async def _backend(
+    target: Config | str, embedded: bool, log_stream: TextIO | None
+) -> AsyncIterator[Backend]:
     if not embedded:
         yield Remote(target)
         return
@@ -400,5 +485,15 @@ async def _backend(target: Config | str, embedded: bool,
         bus.close()
 
 
-__all__ = ["HANDLERS", "META_RESULT", "META_STATUS", "PROGRESS_MIN_INTERVAL_S",
-           "PROGRESS_TICK_S", "TOOLS", "Backend", "Remote", "build_server", "serve_stdio"]
+__all__ = [
+    "HANDLERS",
+    "META_RESULT",
+    "META_STATUS",
+    "PROGRESS_MIN_INTERVAL_S",
+    "PROGRESS_TICK_S",
+    "TOOLS",
+    "Backend",
+    "Remote",
+    "build_server",
+    "serve_stdio",
+]

@@ -36,8 +36,10 @@ WriteStream = MemoryObjectSendStream[SessionMessage]
 
 
 @contextlib.asynccontextmanager
-async def stdio_transport(stdin_fd: int = 0, stdout_fd: int = 1,
-                          ) -> AsyncIterator[tuple[ReadStream, WriteStream]]:
+async def stdio_transport(
+    stdin_fd: int = 0,
+    stdout_fd: int = 1,
+) -> AsyncIterator[tuple[ReadStream, WriteStream]]:
     """Serve MCP messages on ``stdin_fd``/``stdout_fd`` for the block's duration.
 
     Yields ``(read_stream, write_stream)`` for ``Server.run``. The read stream ends at
@@ -69,8 +71,9 @@ async def stdio_transport(stdin_fd: int = 0, stdout_fd: int = 1,
             await stdout.aclose()
 
 
-async def _read(stdin: trio.lowlevel.FdStream,
-                send: MemoryObjectSendStream[SessionMessage | Exception]) -> None:
+async def _read(
+    stdin: trio.lowlevel.FdStream, send: MemoryObjectSendStream[SessionMessage | Exception]
+) -> None:
     async with send:
         buffer = bytearray()
         skipping = False
@@ -84,7 +87,7 @@ async def _read(stdin: trio.lowlevel.FdStream,
             buffer += chunk
             while (end := buffer.find(b"\n")) >= 0:
                 line = bytes(buffer[:end])
-                del buffer[:end + 1]
+                del buffer[: end + 1]
                 if skipping:
                     skipping = False
                 elif line.strip():
@@ -93,22 +96,26 @@ async def _read(stdin: trio.lowlevel.FdStream,
                 buffer.clear()
                 if not skipping:
                     skipping = True
-                    await send.send(ValueError(
-                        f"a message longer than {MAX_LINE_BYTES} bytes was skipped"))
+                    await send.send(
+                        ValueError(f"a message longer than {MAX_LINE_BYTES} bytes was skipped")
+                    )
 
 
 def _parse(line: bytes) -> SessionMessage | Exception:
     try:
         message = types.jsonrpc_message_adapter.validate_json(
-            line.decode("utf-8", "replace"), by_name=False)
+            line.decode("utf-8", "replace"), by_name=False
+        )
     except ValueError as exc:  # pydantic's ValidationError is one
         return exc
     return SessionMessage(message)
 
 
-async def _write(stdout: trio.lowlevel.FdStream,
-                 receive: MemoryObjectReceiveStream[SessionMessage],
-                 transport: trio.CancelScope) -> None:
+async def _write(
+    stdout: trio.lowlevel.FdStream,
+    receive: MemoryObjectReceiveStream[SessionMessage],
+    transport: trio.CancelScope,
+) -> None:
     async with receive:
         async for message in receive:
             data = message.message.model_dump_json(by_alias=True, exclude_unset=True)

@@ -69,8 +69,11 @@ class BusStats:
     subscribers: Mapping[str, int]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"published": self.published, "dropped": self.dropped,
-                "subscribers": dict(self.subscribers)}
+        return {
+            "published": self.published,
+            "dropped": self.dropped,
+            "subscribers": dict(self.subscribers),
+        }
 
 
 class Subscription:
@@ -87,7 +90,7 @@ class Subscription:
         self.dropped_total = 0
         self._bus = bus
         self._send, self._recv = trio.open_memory_channel[Event](buffer)
-        self._pending = 0                 # missed since the last delivery
+        self._pending = 0  # missed since the last delivery
         self._last_missed: Event | None = None
 
     # -- the publishing side (called by EventBus.publish, never blocks) --
@@ -167,13 +170,18 @@ class Subscription:
     def __enter__(self) -> Subscription:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()
 
     def __repr__(self) -> str:
-        return (f"<Subscription {self.name!r} buffer={self.buffer}"
-                f" dropped_total={self.dropped_total}>")
+        return (
+            f"<Subscription {self.name!r} buffer={self.buffer} dropped_total={self.dropped_total}>"
+        )
 
 
 class EventBus:
@@ -183,8 +191,9 @@ class EventBus:
     how many events :meth:`recent` keeps.
     """
 
-    def __init__(self, *, recent: int = RECENT_EVENTS,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, *, recent: int = RECENT_EVENTS, clock: Callable[[], float] = time.time
+    ) -> None:
         if recent < 0:
             raise ValueError(f"recent must be >= 0, got {recent}")
         self._clock = clock
@@ -199,8 +208,9 @@ class EventBus:
     def closed(self) -> bool:
         return self._closed
 
-    def publish(self, kind: str, /, *, pool: str | None = None, kernel_id: str | None = None,
-                **data: Any) -> Event:
+    def publish(
+        self, kind: str, /, *, pool: str | None = None, kernel_id: str | None = None, **data: Any
+    ) -> Event:
         """Publish one event and return it. Synchronous; never blocks, never checkpoints.
 
         Raises ValueError for an unknown kind (or ``lagged``, which only the bus makes),
@@ -218,8 +228,9 @@ class EventBus:
                 self._forget(sub)
         return event
 
-    def subscribe(self, buffer: int = DEFAULT_SUBSCRIBER_BUFFER, *,
-                  name: str | None = None) -> Subscription:
+    def subscribe(
+        self, buffer: int = DEFAULT_SUBSCRIBER_BUFFER, *, name: str | None = None
+    ) -> Subscription:
         """A new subscription that receives every event published from now on.
 
         ``buffer`` (1..MAX_SUBSCRIBER_BUFFER) is how many events may wait for it before it
@@ -250,8 +261,9 @@ class EventBus:
     @property
     def stats(self) -> BusStats:
         live = {name: sub.dropped_total for name, sub in self._subs.items()}
-        return BusStats(self._seq, self._dropped_by_gone + sum(live.values()),
-                        MappingProxyType(live))
+        return BusStats(
+            self._seq, self._dropped_by_gone + sum(live.values()), MappingProxyType(live)
+        )
 
     def close(self) -> None:
         """End every subscription: each delivers what it holds, then stops. Idempotent."""
@@ -280,16 +292,22 @@ class EventLog:
     write failed (a closed pipe, a full disk): the log never takes the supervisor down.
     """
 
-    def __init__(self, log_file: str | os.PathLike[str] | None = None, *,
-                 buffer: int = LOG_BUFFER) -> None:
+    def __init__(
+        self, log_file: str | os.PathLike[str] | None = None, *, buffer: int = LOG_BUFFER
+    ) -> None:
         self.log_file = os.fspath(log_file) if log_file else None
         self.buffer = buffer
         self.written = 0
         self.errors = 0
 
-    async def run(self, bus: EventBus, stream: TextIO | None = None, *,
-                  json_lines: bool = False,
-                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self,
+        bus: EventBus,
+        stream: TextIO | None = None,
+        *,
+        json_lines: bool = False,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
         """Write every event from ``bus`` until it closes (or this task is cancelled).
 
         ``stream`` (stderr when None) gets ``describe()`` lines, or JSON lines with
@@ -297,17 +315,19 @@ class EventLog:
         published after ``nursery.start`` returns is missed. Raises ConfigError if the
         log file cannot be opened. Writes are plain blocking writes of one short line.
         """
-        outputs: list[tuple[TextIO, bool]] = [(sys.stderr if stream is None else stream,
-                                               json_lines)]
+        outputs: list[tuple[TextIO, bool]] = [
+            (sys.stderr if stream is None else stream, json_lines)
+        ]
         file: TextIO | None = None
         if self.log_file:
             try:
                 file = await trio.to_thread.run_sync(_open_append, self.log_file)
             except OSError as exc:
                 raise ConfigError(
-                    f"supervisor.log_file: cannot open {self.log_file!r}: "
-                    f"{exc.strerror or exc}", path="$.supervisor.log_file",
-                    log_file=self.log_file) from None
+                    f"supervisor.log_file: cannot open {self.log_file!r}: {exc.strerror or exc}",
+                    path="$.supervisor.log_file",
+                    log_file=self.log_file,
+                ) from None
             outputs.append((file, True))
         try:
             with bus.subscribe(self.buffer, name="event-log") as sub:
@@ -320,8 +340,7 @@ class EventLog:
             if file is not None:
                 file.close()
 
-    def _write(self, event: Event, outputs: list[tuple[TextIO, bool]]
-               ) -> list[tuple[TextIO, bool]]:
+    def _write(self, event: Event, outputs: list[tuple[TextIO, bool]]) -> list[tuple[TextIO, bool]]:
         """Write ``event`` to each output; returns those that still work."""
         self.written += 1
         as_json: str | None = None

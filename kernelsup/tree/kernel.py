@@ -85,9 +85,14 @@ class _Running:
 
 
 class KernelActor:
-    def __init__(self, kernel_id: str, options: KernelOptions, runtime_dir: Path,
-                 on_state: Callable[[KernelState], None] | None = None,
-                 on_exit: Callable[[ExitCause], None] | None = None) -> None:
+    def __init__(
+        self,
+        kernel_id: str,
+        options: KernelOptions,
+        runtime_dir: Path,
+        on_state: Callable[[KernelState], None] | None = None,
+        on_exit: Callable[[ExitCause], None] | None = None,
+    ) -> None:
         self.kernel_id = kernel_id
         self.options = options
         self.runtime_dir = runtime_dir
@@ -139,15 +144,20 @@ class KernelActor:
     async def run(self, task_status: trio.TaskStatus[KernelHandle]) -> ExitCause:
         keep_memory_flat()
         opts = self.options
-        plan = plan_launch(self.kernel_id, opts.kernel_name, self.runtime_dir,
-                           transport=opts.transport, extra_env=opts.env,
-                           interrupt_mode=opts.interrupt_mode, cwd=opts.cwd)
+        plan = plan_launch(
+            self.kernel_id,
+            opts.kernel_name,
+            self.runtime_dir,
+            transport=opts.transport,
+            extra_env=opts.env,
+            interrupt_mode=opts.interrupt_mode,
+            cwd=opts.cwd,
+        )
         # Signatures are verified, but no replay history is kept: these sockets are our
         # connections to ones the kernel bound in our private directory, so only the
         # kernel (which holds the key and runs as us) can send on them. A full history
         # cost 550 KB per long-lived kernel (measured in the chaos soak's RSS).
-        self._wire = Wire(plan.connection.key, plan.connection.signature_scheme,
-                          replay_window=0)
+        self._wire = Wire(plan.connection.key, plan.connection.signature_scheme, replay_window=0)
         self.proc, output = await spawn(plan)
         started = False
         try:
@@ -166,9 +176,12 @@ class KernelActor:
                         nursery.start_soon(self._memory_watch)
                     await self._run_startup_code()
                 if start_scope.cancelled_caught:
-                    self.finish(ExitCause(
-                        "start_timeout",
-                        detail=f"not ready within start_timeout = {opts.start_timeout:g} s"))
+                    self.finish(
+                        ExitCause(
+                            "start_timeout",
+                            detail=f"not ready within start_timeout = {opts.start_timeout:g} s",
+                        )
+                    )
                 else:
                     self.ready_at = trio.current_time()
                     self.state = "idle"
@@ -187,7 +200,11 @@ class KernelActor:
             raise KernelStartError(
                 f"kernel {self.kernel_id} failed to start: {cause.describe()}"
                 + (f"; output: {tail}" if tail else ""),
-                code=kind, kernel_id=self.kernel_id, cause=cause, output_tail=tail)
+                code=kind,
+                kernel_id=self.kernel_id,
+                cause=cause,
+                output_tail=tail,
+            )
         return self.cause
 
     async def _cleanup(self) -> None:
@@ -198,15 +215,25 @@ class KernelActor:
         with trio.move_on_after(REAP_TIMEOUT_S):
             await self.proc.kill_and_reap()
         rc = self.proc.returncode
-        if self.cause.code is None and self.cause.signal is None \
-                and rc is not None and self.cause.kind == "failure":
-            self.cause = attrs.evolve(self.cause, code=rc if rc >= 0 else None,
-                                      signal=-rc if rc < 0 else None)
+        if (
+            self.cause.code is None
+            and self.cause.signal is None
+            and rc is not None
+            and self.cause.kind == "failure"
+        ):
+            self.cause = attrs.evolve(
+                self.cause, code=rc if rc >= 0 else None, signal=-rc if rc < 0 else None
+            )
         if self._running is not None:
             run = self._running
-            run.request.deliver(self._end(run).died_result(
-                self.cause, shut_down=self.stop_requested.is_set(),
-                kernel_id=self.kernel_id, now=trio.current_time()))
+            run.request.deliver(
+                self._end(run).died_result(
+                    self.cause,
+                    shut_down=self.stop_requested.is_set(),
+                    kernel_id=self.kernel_id,
+                    now=trio.current_time(),
+                )
+            )
         self.inbox.close()
         for sock in self._sockets.values():
             sock.close()
@@ -218,8 +245,7 @@ class KernelActor:
         assert self.proc is not None
         conn = self.proc.plan.connection
         ctx = zmqio.context()
-        kinds = {"shell": zmq.DEALER, "control": zmq.DEALER, "iopub": zmq.SUB,
-                 "hb": zmq.DEALER}
+        kinds = {"shell": zmq.DEALER, "control": zmq.DEALER, "iopub": zmq.SUB, "hb": zmq.DEALER}
         for channel, kind in kinds.items():
             raw = ctx.socket(kind)
             raw.setsockopt(zmq.LINGER, 0)
@@ -229,8 +255,9 @@ class KernelActor:
             raw.connect(conn.endpoint(channel))
             self._sockets[channel] = zmqio.Socket(raw)
 
-    async def _send(self, channel: str, msg_type: str,
-                    content: dict[str, Any] | None = None) -> str:
+    async def _send(
+        self, channel: str, msg_type: str, content: dict[str, Any] | None = None
+    ) -> str:
         assert self._wire is not None
         msg_id, frames = self._wire.build(msg_type, content)
         await self._sockets[channel].send_multipart(frames)
@@ -241,8 +268,9 @@ class KernelActor:
         self._waiters[msg_id] = waiter
         return waiter
 
-    async def _request(self, channel: str, msg_type: str,
-                       content: dict[str, Any] | None = None) -> Message:
+    async def _request(
+        self, channel: str, msg_type: str, content: dict[str, Any] | None = None
+    ) -> Message:
         assert self._wire is not None
         msg_id, frames = self._wire.build(msg_type, content)
         event, box = self._expect(msg_id)
@@ -260,8 +288,7 @@ class KernelActor:
         try:
             msg = self._wire.parse(frames)
         except WireError:
-            setattr(self.stats, f"{channel}_dropped",
-                    getattr(self.stats, f"{channel}_dropped") + 1)
+            setattr(self.stats, f"{channel}_dropped", getattr(self.stats, f"{channel}_dropped") + 1)
             return None
         n = self._numbers.take(msg.msg_id)
         if n is not None and self._running is not None:
@@ -314,8 +341,9 @@ class KernelActor:
         # A signal says what happened; the kernel's own last words only help otherwise
         # (and ipykernel's start-up banner would just be noise).
         tail = self.proc.output_tail() if code > 0 else ""
-        self.finish(ExitCause.from_returncode(code, requested=self.stop_requested.is_set(),
-                                              detail=tail))
+        self.finish(
+            ExitCause.from_returncode(code, requested=self.stop_requested.is_set(), detail=tail)
+        )
 
     async def _handshake(self) -> None:
         """Ready = kernel_info_reply received and the iopub subscription confirmed."""
@@ -331,13 +359,20 @@ class KernelActor:
         none, a silent ``pass`` warms the kernel up, so its first real request does not
         pay IPython's first-execution cost (about 9 ms, measured in bench/restart)."""
         send, recv = trio.open_memory_channel[ExecuteResult](1)
-        req = ExecuteRequest(self.options.startup_code or "pass", reply=send, silent=True,
-                             timeout=self.options.start_timeout)
+        req = ExecuteRequest(
+            self.options.startup_code or "pass",
+            reply=send,
+            silent=True,
+            timeout=self.options.start_timeout,
+        )
         result = await self._run_one(req)
         if result.status != "ok":
             detail = result.error.evalue if result.error else result.message
-            self.finish(ExitCause("start_failure",
-                                  detail=f"startup_code failed ({result.status}): {detail}"))
+            self.finish(
+                ExitCause(
+                    "start_failure", detail=f"startup_code failed ({result.status}): {detail}"
+                )
+            )
             await trio.sleep_forever()
         recv.close()
 
@@ -345,8 +380,14 @@ class KernelActor:
         def missed() -> None:
             self.stats.heartbeat_misses += 1
 
-        self.finish(await watch_heartbeat(self._sockets["hb"], self.options.heartbeat_interval,
-                                          self.options.heartbeat_misses, missed))
+        self.finish(
+            await watch_heartbeat(
+                self._sockets["hb"],
+                self.options.heartbeat_interval,
+                self.options.heartbeat_misses,
+                missed,
+            )
+        )
 
     async def _memory_watch(self) -> None:
         assert self.proc is not None
@@ -385,8 +426,7 @@ class KernelActor:
                 req.deliver(_rejected("shutting_down", f"kernel {self.kernel_id} is stopping"))
                 continue
             if req.cancel_requested:
-                req.deliver(ExecuteResult("cancelled", code="cancelled",
-                                          kernel_id=self.kernel_id))
+                req.deliver(ExecuteResult("cancelled", code="cancelled", kernel_id=self.kernel_id))
                 continue
             self.state = "busy"
             result = await self._run_one(req)
@@ -397,12 +437,26 @@ class KernelActor:
     async def _run_one(self, req: ExecuteRequest) -> ExecuteResult:
         assert self._wire is not None
         self.stats.requests += 1
-        msg_id, frames = self._wire.build("execute_request", {
-            "code": req.code, "silent": req.silent, "store_history": not req.silent,
-            "user_expressions": {}, "allow_stdin": False, "stop_on_error": True})
-        run = _Running(req, Execution(
-            msg_id, OutputCollector(self.options.max_output_bytes),
-            started_at=trio.current_time(), baseline=self._numbers.highest))
+        msg_id, frames = self._wire.build(
+            "execute_request",
+            {
+                "code": req.code,
+                "silent": req.silent,
+                "store_history": not req.silent,
+                "user_expressions": {},
+                "allow_stdin": False,
+                "stop_on_error": True,
+            },
+        )
+        run = _Running(
+            req,
+            Execution(
+                msg_id,
+                OutputCollector(self.options.max_output_bytes),
+                started_at=trio.current_time(),
+                baseline=self._numbers.highest,
+            ),
+        )
         self._running = run
         ex = run.execution
         deadline = ex.started_at + req.timeout if math.isfinite(req.timeout) else math.inf
@@ -413,24 +467,30 @@ class KernelActor:
             await self._finished(run)
         req.scope = None
         if ex.finished(cancelled=req.cancel_requested):
-            return self._end(run).result(ex.status(), kernel_id=self.kernel_id,
-                                         now=trio.current_time())
+            return self._end(run).result(
+                ex.status(), kernel_id=self.kernel_id, now=trio.current_time()
+            )
         # Deadline passed or the caller cancelled: interrupt, then grace, then kill.
-        status: Literal["timeout", "cancelled"] = \
-            "cancelled" if req.cancel_requested else "timeout"
+        status: Literal["timeout", "cancelled"] = "cancelled" if req.cancel_requested else "timeout"
         await self.interrupt()
         with trio.move_on_after(self.options.interrupt_grace):
             await self._finished(run)
         if ex.answered:
-            return self._end(run).limit_result(status, req.timeout, kernel_id=self.kernel_id,
-                                               now=trio.current_time())
-        result = self._end(run).limit_result(status, req.timeout, kernel_id=self.kernel_id,
-                                             now=trio.current_time(),
-                                             killed_after=self.options.interrupt_grace)
+            return self._end(run).limit_result(
+                status, req.timeout, kernel_id=self.kernel_id, now=trio.current_time()
+            )
+        result = self._end(run).limit_result(
+            status,
+            req.timeout,
+            kernel_id=self.kernel_id,
+            now=trio.current_time(),
+            killed_after=self.options.interrupt_grace,
+        )
         self.state = "stopping"
         req.deliver(result)
-        self.finish(ExitCause("failure", detail=f"killed: request ignored interrupt after "
-                                                f"{status}"))
+        self.finish(
+            ExitCause("failure", detail=f"killed: request ignored interrupt after {status}")
+        )
         await trio.sleep_forever()
         raise AssertionError("unreachable")
 
@@ -453,11 +513,15 @@ def _rejected(code: str, message: str) -> ExecuteResult:
     return ExecuteResult("rejected", code=code, message=message)
 
 
-async def run_kernel(kernel_id: str, options: KernelOptions, runtime_dir: Path, *,
-                     on_state: Callable[[KernelState], None] | None = None,
-                     on_exit: Callable[[ExitCause], None] | None = None,
-                     task_status: trio.TaskStatus[KernelHandle] = trio.TASK_STATUS_IGNORED,
-                     ) -> ExitCause:
+async def run_kernel(
+    kernel_id: str,
+    options: KernelOptions,
+    runtime_dir: Path,
+    *,
+    on_state: Callable[[KernelState], None] | None = None,
+    on_exit: Callable[[ExitCause], None] | None = None,
+    task_status: trio.TaskStatus[KernelHandle] = trio.TASK_STATUS_IGNORED,
+) -> ExitCause:
     """Run one kernel until it exits; return why.
 
     Start with ``handle = await nursery.start(run_kernel, ...)``: ``start`` returns once the
@@ -468,8 +532,7 @@ async def run_kernel(kernel_id: str, options: KernelOptions, runtime_dir: Path, 
     ``on_state`` is called synchronously on every state change (idle, busy, ...), and
     ``on_exit`` with the exit cause the moment it is known (before clean-up).
     """
-    return await KernelActor(kernel_id, options, runtime_dir, on_state,
-                             on_exit).run(task_status)
+    return await KernelActor(kernel_id, options, runtime_dir, on_state, on_exit).run(task_status)
 
 
 __all__ = ["run_kernel"]

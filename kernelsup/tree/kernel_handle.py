@@ -53,15 +53,21 @@ class KernelOptions:
     @classmethod
     def from_pool(cls, pool: PoolConfig) -> KernelOptions:
         return cls(
-            kernel_name=pool.kernel, transport=pool.transport,
-            interrupt_mode=pool.interrupt_mode, env=dict(pool.env),
-            start_timeout=pool.start_timeout, startup_code=pool.startup_code,
-            exec_timeout=pool.exec_timeout, interrupt_grace=pool.interrupt_grace,
+            kernel_name=pool.kernel,
+            transport=pool.transport,
+            interrupt_mode=pool.interrupt_mode,
+            env=dict(pool.env),
+            start_timeout=pool.start_timeout,
+            startup_code=pool.startup_code,
+            exec_timeout=pool.exec_timeout,
+            interrupt_grace=pool.interrupt_grace,
             max_output_bytes=pool.max_output_bytes,
             heartbeat_interval=pool.heartbeat.interval,
             heartbeat_misses=pool.heartbeat.misses,
-            shutdown_grace=pool.shutdown.grace, term_timeout=pool.shutdown.term_timeout,
-            memory_limit_mb=pool.memory_limit_mb)
+            shutdown_grace=pool.shutdown.grace,
+            term_timeout=pool.shutdown.term_timeout,
+            memory_limit_mb=pool.memory_limit_mb,
+        )
 
 
 @attrs.define
@@ -135,8 +141,13 @@ class KernelHandle:
     def exited(self) -> trio.Event:
         return self._actor.exited
 
-    async def execute(self, code: str, *, timeout: float | None = None,
-                      on_output: Callable[[Output], None] | None = None) -> ExecuteResult:
+    async def execute(
+        self,
+        code: str,
+        *,
+        timeout: float | None = None,
+        on_output: Callable[[Output], None] | None = None,
+    ) -> ExecuteResult:
         """Run ``code`` and return its single outcome.
 
         Waits while the kernel is busy with another request. Raises ``Rejected``
@@ -147,15 +158,21 @@ class KernelHandle:
         arrives; it must not block.
         """
         send, recv = trio.open_memory_channel[ExecuteResult](1)
-        req = ExecuteRequest(code=code, reply=send, on_output=on_output,
-                             timeout=self._actor.options.exec_timeout if timeout is None
-                             else timeout)
+        req = ExecuteRequest(
+            code=code,
+            reply=send,
+            on_output=on_output,
+            timeout=self._actor.options.exec_timeout if timeout is None else timeout,
+        )
         with recv:
             try:
                 await self._actor.inbox_send.send(req)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                raise Rejected(f"kernel {self.kernel_id} is not running",
-                               code="kernel_unavailable", kernel_id=self.kernel_id) from None
+                raise Rejected(
+                    f"kernel {self.kernel_id} is not running",
+                    code="kernel_unavailable",
+                    kernel_id=self.kernel_id,
+                ) from None
             try:
                 return await recv.receive()
             except trio.Cancelled:

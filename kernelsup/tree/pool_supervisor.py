@@ -120,9 +120,17 @@ _SET.set()
 class PoolSupervisor:
     """Supervises one pool's children; see the module docstring."""
 
-    def __init__(self, name: str, start: StartChild, restart: RestartConfig,
-                 supervision: Supervision, bus: EventBus, *,
-                 rng: random.Random | None = None, on_change: Listener | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        start: StartChild,
+        restart: RestartConfig,
+        supervision: Supervision,
+        bus: EventBus,
+        *,
+        rng: random.Random | None = None,
+        on_change: Listener | None = None,
+    ) -> None:
         self.name = name
         self._start = start
         self._restart_cfg = restart
@@ -146,8 +154,9 @@ class PoolSupervisor:
         self._last_gate.set()
 
     # ------------------------------------------------------------------- public
-    async def run(self, roles: list[Role],
-                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, roles: list[Role], task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Start one child per role, report started once each is ready or dead, and
         supervise until :meth:`stop`. Raises :class:`PoolEscalated` on escalation."""
         async with trio.open_nursery() as nursery:
@@ -160,8 +169,11 @@ class PoolSupervisor:
             await self._stop_all()
             nursery.cancel_scope.cancel()
         if self._escalation is not None:
-            raise PoolEscalated(f"pool {self.name} escalated: {self._escalation}",
-                                pool=self.name, reason=self._escalation)
+            raise PoolEscalated(
+                f"pool {self.name} escalated: {self._escalation}",
+                pool=self.name,
+                reason=self._escalation,
+            )
 
     def stop(self) -> None:
         """Stop every child (reverse start order) and make :meth:`run` return."""
@@ -170,8 +182,12 @@ class PoolSupervisor:
     def add_child(self, role: Role, *, temporary: bool = False) -> Child:
         """Start a new child now (a refill, or the initial set)."""
         assert self._nursery is not None, "the supervisor is not running"
-        child = Child(id=f"{self.name}-{self._next_index}", role=role, temporary=temporary,
-                      policy=RestartPolicy(self._restart_cfg, self._rng))
+        child = Child(
+            id=f"{self.name}-{self._next_index}",
+            role=role,
+            temporary=temporary,
+            policy=RestartPolicy(self._restart_cfg, self._rng),
+        )
         self._next_index += 1
         self.children.append(child)
         self._spawn(child, delay=0.0, restart=False)
@@ -212,8 +228,15 @@ class PoolSupervisor:
             after = _SET
         self._nursery.start_soon(self._incarnation, child, delay, restart, count, after, gate)
 
-    async def _incarnation(self, child: Child, delay: float, restart: bool, count: bool,
-                           after: trio.Event, gate: trio.Event) -> None:
+    async def _incarnation(
+        self,
+        child: Child,
+        delay: float,
+        restart: bool,
+        count: bool,
+        after: trio.Event,
+        gate: trio.Event,
+    ) -> None:
         cause: ExitCause | None = None
         try:
             with trio.CancelScope() as scope:
@@ -250,8 +273,8 @@ class PoolSupervisor:
         async def runner(task_status: trio.TaskStatus[ChildHandle]) -> None:
             gate.set()
             box["cause"] = await self._start(
-                child.id, on_exit=functools.partial(self._exit_seen, child),
-                task_status=task_status)
+                child.id, on_exit=functools.partial(self._exit_seen, child), task_status=task_status
+            )
 
         failure: KernelStartError | None = None
         try:
@@ -264,8 +287,13 @@ class PoolSupervisor:
                     now = trio.current_time()
                     child.started_at = now
                     child.policy.on_started(now)
-                    self._publish(ev.KERNEL_STARTED, child, pid=child.handle.pid,
-                                  start_s=round(now - t0, 4), restarts=child.restarts)
+                    self._publish(
+                        ev.KERNEL_STARTED,
+                        child,
+                        pid=child.handle.pid,
+                        start_s=round(now - t0, 4),
+                        restarts=child.restarts,
+                    )
                     self._notify(child)
         finally:
             child.handle = None
@@ -273,8 +301,9 @@ class PoolSupervisor:
             cause = failure.data.get("cause")
             if not isinstance(cause, ExitCause):
                 cause = ExitCause("start_failure", detail=str(failure))
-            self._publish(ev.KERNEL_START_FAILED, child, cause=cause.to_dict(),
-                          message=str(failure))
+            self._publish(
+                ev.KERNEL_START_FAILED, child, cause=cause.to_dict(), message=str(failure)
+            )
             return cause
         return box["cause"]
 
@@ -285,8 +314,13 @@ class PoolSupervisor:
             return  # a start failure: reported as kernel_start_failed instead
         child.exit_published = True
         child.last_exit = cause
-        self._publish(ev.KERNEL_EXITED, child, cause=cause.to_dict(), text=cause.describe(),
-                      restarts=child.restarts)
+        self._publish(
+            ev.KERNEL_EXITED,
+            child,
+            cause=cause.to_dict(),
+            text=cause.describe(),
+            restarts=child.restarts,
+        )
         self._notify(child)
 
     def _on_exit(self, child: Child, cause: ExitCause) -> None:
@@ -294,8 +328,13 @@ class PoolSupervisor:
         child.last_exit = cause
         child.started_at = None
         if not child.exit_published:
-            self._publish(ev.KERNEL_EXITED, child, cause=cause.to_dict(),
-                          text=cause.describe(), restarts=child.restarts)
+            self._publish(
+                ev.KERNEL_EXITED,
+                child,
+                cause=cause.to_dict(),
+                text=cause.describe(),
+                restarts=child.restarts,
+            )
         if self._stopping or child.removed or child.stopping:
             return
         if child.temporary:
@@ -313,16 +352,23 @@ class PoolSupervisor:
             self._notify(child)
             return
         assert isinstance(decision, Restart)
-        self._publish(ev.RESTART_SCHEDULED, child, delay=round(decision.delay, 4),
-                      attempt=decision.attempt, next_try=time.time() + decision.delay)
+        self._publish(
+            ev.RESTART_SCHEDULED,
+            child,
+            delay=round(decision.delay, 4),
+            attempt=decision.attempt,
+            next_try=time.time() + decision.delay,
+        )
         strategy = self.supervision.strategy
         if strategy == "one_for_one":
             self._spawn(child, delay=decision.delay, restart=True)
             return
         index = self.children.index(child)
-        group = [c for c in (self.children if strategy == "one_for_all"
-                             else self.children[index:])
-                 if not c.temporary and not c.removed]
+        group = [
+            c
+            for c in (self.children if strategy == "one_for_all" else self.children[index:])
+            if not c.temporary and not c.removed
+        ]
         assert self._nursery is not None
         self._nursery.start_soon(self._group_restart, child, group, decision.delay)
 
@@ -360,8 +406,10 @@ class PoolSupervisor:
 
     def _escalate(self, child: Child) -> None:
         s = self.supervision
-        self._escalation = (f"more than {s.intensity} restarts within {s.period:g} s "
-                            f"(last: {child.id}, {child.last_exit})")
+        self._escalation = (
+            f"more than {s.intensity} restarts within {s.period:g} s "
+            f"(last: {child.id}, {child.last_exit})"
+        )
         self._publish(ev.POOL_ESCALATED, None, reason=self._escalation)
         self._stop.set()
 

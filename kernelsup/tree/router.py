@@ -50,8 +50,10 @@ from kernelsup.tree.pool_supervisor import Child, PoolEscalated, PoolSupervisor,
 # gone; bounded because names come from clients.
 EXPIRED_SESSIONS_REMEMBERED = 1024
 
-STATE_LOST_MARKER = ("[kernelsup: this session's kernel was replaced; "
-                     "variables and imports from earlier requests are gone]\n")
+STATE_LOST_MARKER = (
+    "[kernelsup: this session's kernel was replaced; "
+    "variables and imports from earlier requests are gone]\n"
+)
 
 
 class SupervisorGaveUp(Rejected):
@@ -91,8 +93,9 @@ def rejected(code: str, message: str, **data: Any) -> ExecuteResult:
 class Pool:
     """One pool: its supervisor (restarted by the root on escalation) and its routing."""
 
-    def __init__(self, cfg: PoolConfig, config: Config, bus: EventBus, runtime_dir: Path,
-                 rng: random.Random) -> None:
+    def __init__(
+        self, cfg: PoolConfig, config: Config, bus: EventBus, runtime_dir: Path, rng: random.Random
+    ) -> None:
         self.cfg = cfg
         self.name = cfg.name
         self._config = config
@@ -109,19 +112,38 @@ class Pool:
         self.restarting = False
 
     def _new_supervisor(self) -> PoolSupervisor:
-        return PoolSupervisor(self.name, self._start_kernel, self.cfg.restart,
-                              self._config.supervision(self.cfg), self._bus, rng=self._rng,
-                              on_change=self._on_change)
+        return PoolSupervisor(
+            self.name,
+            self._start_kernel,
+            self.cfg.restart,
+            self._config.supervision(self.cfg),
+            self._bus,
+            rng=self._rng,
+            on_change=self._on_change,
+        )
 
-    async def _start_kernel(self, kernel_id: str, *, on_exit: Callable[[ExitCause], None],
-                            task_status: trio.TaskStatus[KernelHandle]) -> Any:
-        return await run_kernel(kernel_id, self._options, self._runtime_dir,
-                                on_state=lambda state: self._dispatch(), on_exit=on_exit,
-                                task_status=task_status)
+    async def _start_kernel(
+        self,
+        kernel_id: str,
+        *,
+        on_exit: Callable[[ExitCause], None],
+        task_status: trio.TaskStatus[KernelHandle],
+    ) -> Any:
+        return await run_kernel(
+            kernel_id,
+            self._options,
+            self._runtime_dir,
+            on_state=lambda state: self._dispatch(),
+            on_exit=on_exit,
+            task_status=task_status,
+        )
 
     # ------------------------------------------------------------------- supervision
-    async def run(self, root_window: IntensityWindow,
-                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self,
+        root_window: IntensityWindow,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
         """Run the pool's supervisor; restart it when it escalates, under the root's
         window. Raises :class:`SupervisorGaveUp` when that window trips."""
         pool: list[Role] = ["pool"]
@@ -143,7 +165,8 @@ class Pool:
                     raise SupervisorGaveUp(
                         f"{exc}; the root supervisor exceeded its own restart intensity "
                         f"({root_window.intensity} in {root_window.period:g} s)",
-                        pool=self.name) from None
+                        pool=self.name,
+                    ) from None
                 self._bus.publish(ev.POOL_RESTARTED, pool=self.name, reason=str(exc))
                 self.sup = self._new_supervisor()
 
@@ -153,8 +176,12 @@ class Pool:
 
     # ------------------------------------------------------------------- routing
     def _available(self, child: Child) -> bool:
-        return (child.ready and child not in self._busy and child.handle is not None
-                and child.handle.state == "idle")
+        return (
+            child.ready
+            and child not in self._busy
+            and child.handle is not None
+            and child.handle.state == "idle"
+        )
 
     def _on_change(self, child: Child) -> None:
         self._rebalance()
@@ -164,8 +191,11 @@ class Pool:
         """Put ready spares in place of pool kernels that cannot serve."""
         kids = self.sup.children
         # Only kernels that have exited: at start-up, whichever is ready first keeps its role.
-        for gone in [c for c in kids if c.role == "pool" and not c.ready
-                     and (c.last_exit is not None or c.dead)]:
+        for gone in [
+            c
+            for c in kids
+            if c.role == "pool" and not c.ready and (c.last_exit is not None or c.dead)
+        ]:
             spare = next((c for c in kids if c.role == "spare" and self._available(c)), None)
             if spare is None:
                 return
@@ -180,12 +210,15 @@ class Pool:
     def _dispatch(self) -> None:
         self._wake()
         while self._queue:
-            child = next((c for c in self.sup.children
-                          if c.role == "pool" and self._available(c)), None)
+            child = next(
+                (c for c in self.sup.children if c.role == "pool" and self._available(c)), None
+            )
             if child is None:
                 if self.dead:
-                    self._reject_queue("pool_dead", f"every kernel of pool {self.name} "
-                                       "is dead (gave up restarting)")
+                    self._reject_queue(
+                        "pool_dead",
+                        f"every kernel of pool {self.name} is dead (gave up restarting)",
+                    )
                 return
             waiter = self._queue.popleft()
             self._busy.add(child)
@@ -208,17 +241,24 @@ class Pool:
         self._dispatch()
 
     async def _acquire(self) -> Child:
-        child = next((c for c in self.sup.children
-                      if c.role == "pool" and self._available(c)), None)
+        child = next(
+            (c for c in self.sup.children if c.role == "pool" and self._available(c)), None
+        )
         if child is not None and not self._queue:
             self._busy.add(child)
             return child
         if self.dead:
-            raise Rejected(f"every kernel of pool {self.name} is dead (gave up restarting)",
-                           code="pool_dead", pool=self.name)
+            raise Rejected(
+                f"every kernel of pool {self.name} is dead (gave up restarting)",
+                code="pool_dead",
+                pool=self.name,
+            )
         if len(self._queue) >= self.cfg.queue_limit:
-            raise Rejected(f"pool {self.name}'s queue is full ({self.cfg.queue_limit} waiting)",
-                           code="queue_full", pool=self.name)
+            raise Rejected(
+                f"pool {self.name}'s queue is full ({self.cfg.queue_limit} waiting)",
+                code="queue_full",
+                pool=self.name,
+            )
         waiter = _Waiter()
         self._queue.append(waiter)
         self._dispatch()
@@ -236,13 +276,21 @@ class Pool:
         if waiter.rejection is not None:
             raise waiter.rejection
         if waiter.child is None:
-            raise Rejected(f"no kernel of pool {self.name} became free within "
-                           f"queue_timeout = {self.cfg.queue_timeout:g} s",
-                           code="queue_timeout", pool=self.name)
+            raise Rejected(
+                f"no kernel of pool {self.name} became free within "
+                f"queue_timeout = {self.cfg.queue_timeout:g} s",
+                code="queue_timeout",
+                pool=self.name,
+            )
         return waiter.child
 
-    async def execute(self, code: str, *, timeout: float | None = None,
-                      on_output: Callable[[Output], None] | None = None) -> ExecuteResult:
+    async def execute(
+        self,
+        code: str,
+        *,
+        timeout: float | None = None,
+        on_output: Callable[[Output], None] | None = None,
+    ) -> ExecuteResult:
         t0 = trio.current_time()
         while True:
             try:
@@ -251,8 +299,7 @@ class Pool:
                 return rejected(exc.code, exc.message, queued_s=trio.current_time() - t0)
             queued = trio.current_time() - t0
             try:
-                result = await _handle(child).execute(code, timeout=timeout,
-                                                      on_output=on_output)
+                result = await _handle(child).execute(code, timeout=timeout, on_output=on_output)
             except Rejected:
                 # The kernel went away before taking it: it never ran. Yield before
                 # dispatching again, so the task that removes that kernel can run.
@@ -263,9 +310,14 @@ class Pool:
             return attrs.evolve(result, kernel_id=child.id, queued_s=queued)
 
     # ------------------------------------------------------------------- sessions
-    async def session_execute(self, name: str, code: str, *, timeout: float | None = None,
-                              on_output: Callable[[Output], None] | None = None,
-                              ) -> ExecuteResult:
+    async def session_execute(
+        self,
+        name: str,
+        code: str,
+        *,
+        timeout: float | None = None,
+        on_output: Callable[[Output], None] | None = None,
+    ) -> ExecuteResult:
         session = self.sessions.get(name)
         if session is None:
             session = self.sessions[name] = Session(name, self.name)
@@ -277,8 +329,12 @@ class Pool:
             session.last_used = trio.current_time()
             while True:
                 child = session.child
-                if child is None or child.removed or child.generation != session.generation \
-                        or not child.ready:
+                if (
+                    child is None
+                    or child.removed
+                    or child.generation != session.generation
+                    or not child.ready
+                ):
                     if child is not None:
                         session.lost = True
                     if self.sessions.get(name) is not session:
@@ -293,8 +349,9 @@ class Pool:
                         return self._closed_meanwhile(name)
                 queued = trio.current_time() - t0
                 try:
-                    result = await _handle(child).execute(code, timeout=timeout,
-                                                          on_output=on_output)
+                    result = await _handle(child).execute(
+                        code, timeout=timeout, on_output=on_output
+                    )
                 except Rejected:
                     # Never started: its kernel is on its way out. Bind a fresh one, after
                     # yielding so the task removing the old one can run.
@@ -307,15 +364,23 @@ class Pool:
             result = attrs.evolve(result, kernel_id=child.id, session=name, queued_s=queued)
             if session.lost and not result.state_lost:
                 result = attrs.evolve(
-                    result, state_lost=True, stdout=STATE_LOST_MARKER + result.stdout,
-                    outputs=(Output("notice", name="state_lost",
-                                    text=STATE_LOST_MARKER.strip()), *result.outputs))
+                    result,
+                    state_lost=True,
+                    stdout=STATE_LOST_MARKER + result.stdout,
+                    outputs=(
+                        Output("notice", name="state_lost", text=STATE_LOST_MARKER.strip()),
+                        *result.outputs,
+                    ),
+                )
             session.lost = False
             return result
 
     def _closed_meanwhile(self, name: str) -> ExecuteResult:
-        return rejected("session_closed", f"session {name!r} was closed while this request "
-                        "waited for a kernel; it did not run", session=name)
+        return rejected(
+            "session_closed",
+            f"session {name!r} was closed while this request waited for a kernel; it did not run",
+            session=name,
+        )
 
     async def _bind(self, session: Session) -> Child:
         """Give the session a kernel of its own: a ready spare, else an idle pool kernel;
@@ -324,15 +389,23 @@ class Pool:
         with trio.move_on_after(timeout):
             while True:
                 if self.sessions.get(session.name) is not session:
-                    raise Rejected(f"session {session.name!r} was closed while this request "
-                                   "waited for a kernel; it did not run",
-                                   code="session_closed", pool=self.name)
+                    raise Rejected(
+                        f"session {session.name!r} was closed while this request "
+                        "waited for a kernel; it did not run",
+                        code="session_closed",
+                        pool=self.name,
+                    )
                 if self.dead:
-                    raise Rejected(f"every kernel of pool {self.name} is dead",
-                                   code="pool_dead", pool=self.name)
+                    raise Rejected(
+                        f"every kernel of pool {self.name} is dead",
+                        code="pool_dead",
+                        pool=self.name,
+                    )
                 for role in ("spare", "pool"):
-                    child = next((c for c in self.sup.children
-                                  if c.role == role and self._available(c)), None)
+                    child = next(
+                        (c for c in self.sup.children if c.role == role and self._available(c)),
+                        None,
+                    )
                     if child is not None:
                         child.role, child.temporary, child.session = "session", True, session.name
                         session.child, session.generation = child, child.generation
@@ -340,9 +413,12 @@ class Pool:
                         self._rebalance()
                         return child
                 await self._changed.wait()
-        raise Rejected(f"no kernel of pool {self.name} became free for session "
-                       f"{session.name!r} within queue_timeout", code="queue_timeout",
-                       pool=self.name)
+        raise Rejected(
+            f"no kernel of pool {self.name} became free for session "
+            f"{session.name!r} within queue_timeout",
+            code="queue_timeout",
+            pool=self.name,
+        )
 
     async def close_session(self, name: str, *, expired: bool = False) -> bool:
         """Close session ``name`` and shut its kernel down. An ``expired`` session is
@@ -385,8 +461,7 @@ class Pool:
                 # Closing one waits for its kernel; a request may take another meanwhile.
                 if self.sessions.get(s.name) is s and idle_too_long(s):
                     await self.close_session(s.name, expired=True)
-            next_due = min((s.last_used + idle for s in self.sessions.values()),
-                           default=now + idle)
+            next_due = min((s.last_used + idle for s in self.sessions.values()), default=now + idle)
             await trio.sleep_until(max(next_due, now + 0.01))
 
     # ------------------------------------------------------------------- status
@@ -394,21 +469,30 @@ class Pool:
         out = []
         for c in self.sup.children:
             uptime = c.uptime(now)
-            out.append({
-                "id": c.id, "pool": self.name, "role": c.role, "state": c.state,
-                "pid": c.handle.pid if c.handle is not None else None,
-                "restarts": c.restarts, "session": c.session,
-                "uptime_s": round(uptime, 3) if uptime is not None else None,
-                "last_exit": c.last_exit.to_dict() if c.last_exit else None,
-                "next_try_s": round(c.next_try - now, 3) if c.next_try is not None else None,
-            })
+            out.append(
+                {
+                    "id": c.id,
+                    "pool": self.name,
+                    "role": c.role,
+                    "state": c.state,
+                    "pid": c.handle.pid if c.handle is not None else None,
+                    "restarts": c.restarts,
+                    "session": c.session,
+                    "uptime_s": round(uptime, 3) if uptime is not None else None,
+                    "last_exit": c.last_exit.to_dict() if c.last_exit else None,
+                    "next_try_s": round(c.next_try - now, 3) if c.next_try is not None else None,
+                }
+            )
         return out
 
     def pool_status(self) -> dict[str, Any]:
         kids = self.sup.children
         return {
-            "name": self.name, "kernel": self.cfg.kernel, "size": self.cfg.size,
-            "spares": self.cfg.spares, "queued": len(self._queue),
+            "name": self.name,
+            "kernel": self.cfg.kernel,
+            "size": self.cfg.size,
+            "spares": self.cfg.spares,
+            "queued": len(self._queue),
             "sessions": sorted(self.sessions),
             "ready": sum(1 for c in kids if c.ready),
             "dead": self.dead,

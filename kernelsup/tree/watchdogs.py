@@ -20,8 +20,9 @@ from kernelsup.core.results import ExitCause
 MEMORY_POLL_S = 0.2
 
 
-async def watch_heartbeat(sock: zmqio.Socket, interval: float, misses: int,
-                          on_miss: Callable[[], None] = lambda: None) -> ExitCause:
+async def watch_heartbeat(
+    sock: zmqio.Socket, interval: float, misses: int, on_miss: Callable[[], None] = lambda: None
+) -> ExitCause:
     """Ping the kernel's heartbeat socket until it is frozen; return the ``heartbeat`` cause.
 
     Frozen = no reply for ``misses * interval`` seconds. Pings go out every half interval,
@@ -52,9 +53,13 @@ async def watch_heartbeat(sock: zmqio.Socket, interval: float, misses: int,
             continue
         on_miss()
         if now - last_reply >= limit:
-            return ExitCause("heartbeat", detail=(
-                f"no heartbeat reply for {now - last_reply:.2f} s "
-                f"(limit {misses} x {interval:g} s)"))
+            return ExitCause(
+                "heartbeat",
+                detail=(
+                    f"no heartbeat reply for {now - last_reply:.2f} s "
+                    f"(limit {misses} x {interval:g} s)"
+                ),
+            )
 
 
 async def _reply_within(sock: zmqio.Socket, ping: bytes, period: float) -> bool:
@@ -83,8 +88,10 @@ async def watch_memory(pid: int, limit_mb: int) -> ExitCause | None:
     while True:
         used = _tree_rss(root)
         if used > limit_mb * 2**20:
-            return ExitCause("limit", detail=f"memory {used / 2**20:.0f} MB exceeded "
-                                             f"memory_limit_mb = {limit_mb}")
+            return ExitCause(
+                "limit",
+                detail=f"memory {used / 2**20:.0f} MB exceeded memory_limit_mb = {limit_mb}",
+            )
         await trio.sleep(MEMORY_POLL_S)
 
 
