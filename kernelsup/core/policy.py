@@ -20,8 +20,7 @@ Two layers decide what happens after a kernel exits, and they are kept apart
      like one that keeps crashing). A failed start (``start_failure``/``start_timeout``)
      has no uptime and always counts.
    - The streak ends, and the count goes back to 0, when the kernel has been up for
-     ``reset_after`` seconds: measured from ``on_started`` to ``on_exit``, or declared by
-     the actor with ``on_stable(now)`` (``stable_deadline`` says when that is due).
+     ``reset_after`` seconds, measured from ``on_started`` to ``on_exit``.
    - Restart ``k`` of a streak (``k = 0, 1, ...``; ``Restart.attempt = k + 1``) waits
      :func:`backoff_delay` ``(k)``: the base ``min(max_delay, min_delay * multiplier**k)``
      with jitter applied inside the cap (``full``: uniform in ``[0, base]``; ``equal``:
@@ -53,8 +52,8 @@ and:
     (``max_retries == -1`` or ``max_retries >= I + 1``)  and
     ``I*s + d_1 + d_2 + ... + d_I < P``.
 
-(:func:`crash_loop_trips` computes exactly this.) Once the delays have saturated at the
-cap, consecutive restarts are ``s + max_delay`` apart, at most ``ceil(P / (s +
+(tests/test_policy.py checks this closed form against a simulation.) Once the delays
+have saturated at the cap, consecutive restarts are ``s + max_delay`` apart, at most ``ceil(P / (s +
 max_delay))`` of them fall into any window, and the window never trips iff ``I * (s +
 max_delay) >= P``; ``max_delay >= P / I`` is enough whatever ``s`` is. So a capped delay
 bounds the restart rate at about ``1/max_delay``, and only a burst before saturation can
@@ -91,7 +90,7 @@ from typing import TypeAlias
 
 import attrs
 
-from kernelsup.core.config import RestartConfig, RestartType, Supervision
+from kernelsup.core.config import RestartConfig, RestartType
 from kernelsup.core.results import ExitCause
 
 __all__ = [
@@ -103,7 +102,6 @@ __all__ = [
     "RestartPolicy",
     "backoff_delay",
     "base_delay",
-    "crash_loop_trips",
     "should_restart",
 ]
 
@@ -171,21 +169,6 @@ def backoff_delay(n: int, cfg: RestartConfig, rng: random.Random) -> float:
     return base
 
 
-def crash_loop_trips(
-    cfg: RestartConfig, intensity: int, period: float, *, start_time: float = 0.0
-) -> bool:
-    """Whether one kernel that dies ``start_time`` seconds after every (re)start trips an
-    ``intensity``/``period`` window, with jitter-free delays (see the module docstring)."""
-    if cfg.max_retries != -1 and cfg.max_retries < intensity + 1:
-        return False
-    span = 0.0
-    for j in range(1, intensity + 1):
-        span += start_time + base_delay(j, cfg)
-        if span >= period:
-            return False
-    return span < period
-
-
 class RestartPolicy:
     """When to restart one kernel: backoff, reset after healthy uptime, give-up.
 
@@ -218,25 +201,9 @@ class RestartPolicy:
     def given_up(self) -> bool:
         return self._given_up
 
-    @property
-    def stable_deadline(self) -> float | None:
-        """When the running kernel will have been up ``reset_after`` seconds (the time
-        to call ``on_stable``), or None if it is not running or has no streak to end."""
-        if self._started_at is None or self._failures == 0:
-            return None
-        return self._started_at + self._cfg.reset_after
-
     def on_started(self, now: float) -> None:
         """The kernel became ready (``kernel_info_reply`` received)."""
         self._started_at = now
-
-    def on_stable(self, now: float) -> None:
-        """The kernel has been healthy long enough: end the streak of failures.
-
-        ``now`` is accepted for symmetry with the other events; the reset is unconditional.
-        """
-        self._failures = 0
-        self._attempt = 0
 
     def reset(self) -> None:
         """Forget everything, a given-up state included (an operator's manual restart)."""
@@ -283,10 +250,6 @@ class IntensityWindow:
         self._intensity = intensity
         self._period = period
         self._times: deque[float] = deque(maxlen=intensity + 1)
-
-    @classmethod
-    def for_supervision(cls, s: Supervision) -> IntensityWindow:
-        return cls(s.intensity, s.period)
 
     @property
     def intensity(self) -> int:
