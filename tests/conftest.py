@@ -19,6 +19,36 @@ from kernelsup.core.results import ExitCause
 from kernelsup.tree.kernel import run_kernel
 from kernelsup.tree.kernel_handle import KernelHandle, KernelOptions
 
+# The fast subset, `pytest -m fast` (about 30 s on 2 cores): the modules that test pure
+# decisions, virtual time (MockClock) and sockets in one process. Every other module
+# starts real kernels or supervisors. A new module of that kind belongs here.
+FAST_MODULES = frozenset(
+    {
+        "test_config",
+        "test_config_fuzz",
+        "test_errors",
+        "test_events",
+        "test_execution",
+        "test_interface",
+        "test_outbox",
+        "test_outputs",
+        "test_policy",
+        "test_protocol",
+        "test_slot",
+        "test_supervisor",
+        "test_watchdogs",
+        "test_wire",
+        "test_zmqio",
+    }
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.module is not None and item.module.__name__.rpartition(".")[2] in FAST_MODULES:
+            item.add_marker(pytest.mark.fast)
+
+
 # Fast failure detection for tests; real timing is measured in bench/, not here.
 FAST = KernelOptions(
     heartbeat_interval=0.2,

@@ -19,8 +19,8 @@ import trio
 import zmq
 
 import kernelsup
-from kernelsup import connection
 from kernelsup.adapters import zmqio
+from kernelsup.control import connection
 from kernelsup.core import protocol as proto
 from kernelsup.core.errors import AuthenticationError, ClientError, ProtocolError, Rejected
 from kernelsup.core.events import Event

@@ -381,7 +381,7 @@ def _structure_env(value: Any, _type: Any) -> dict[str, str]:
     for key, item in value.items():
         if not isinstance(item, str):
             exc = _invalid("", f"expected str, got {_describe(item)}")
-            exc.__notes__ = [IterableValidationNote(f"env value @ key {key!r}", key, str)]
+            exc.__notes__ = [IterableValidationNote(f"env value @ key {key!r}", key, str)]  # type: ignore[attr-defined]  # 3.10 typeshed lacks __notes__; cattrs reads it
             errors.append(exc)
     if errors:
         raise IterableValidationError("While structuring env", errors, dict)
@@ -398,7 +398,7 @@ def _make_pools_hook(converter: cattrs.Converter) -> Callable[[Any, Any], tuple[
             try:
                 pools.append(converter.structure(item, PoolConfig))
             except Exception as exc:  # collected and reported together below
-                exc.__notes__ = [IterableValidationNote(f"pool @ index {i}", i, PoolConfig)]
+                exc.__notes__ = [IterableValidationNote(f"pool @ index {i}", i, PoolConfig)]  # type: ignore[attr-defined]  # as above
                 errors.append(exc)
         if errors:
             raise IterableValidationError("While structuring pools", errors, tuple)
