@@ -1,5 +1,5 @@
 """kernelsup's benchmark harness: each benchmark runs kernelsup and its anchor in the same
-run, alternating, and reports p50/p95/p99 and the ratio (DESIGN.md section 10).
+run, alternating, and reports p50/p95/p99 and the ratio (ARCHITECTURE.md, "Benchmarks").
 
 Run ``python -m bench NAME [--quick | --smoke] [--json FILE] [--plot FILE.png]``; one
 module per benchmark, each with ``async def run(mode) -> Report``:

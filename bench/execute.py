@@ -14,9 +14,8 @@ drops, untimed, what the other clients' requests left on its iopub socket. kerne
 own iopub reader parses that traffic in the background, in this process.
 
 Through the control endpoint: ``kernelsup run`` in a subprocess with a pool of one
-kernel, reached with ``kernelsup.connect(config)`` (DESIGN.md section 7), against raw
-pyzmq and the blocking client on that supervisor's kernel. Skipped, with a note, while
-``kernelsup.connect`` does not exist.
+kernel, reached with ``kernelsup.connect(config)``, against raw
+pyzmq and the blocking client on that supervisor's kernel.
 
 Throughput: k callers (k = 1, 2, 4) executing back to back for a few seconds, kernelsup
 (a pool of 4 kernels, in-process) against jupyter_client's AsyncKernelClient (k callers on
@@ -62,8 +61,6 @@ SERVER_START_TIMEOUT_S = 60.0
 SERVER_STOP_TIMEOUT_S = 30.0
 # The repository root: where `python -m bench.tether` finds the bench package.
 ROOT = str(Path(__file__).resolve().parent.parent)
-
-ENDPOINT_MISSING = "endpoint not available: kernelsup.connect does not exist yet"
 
 
 async def _ks_exec(sup: Any, pool: str | None = None) -> float:
@@ -152,7 +149,6 @@ async def _throughput(
 async def run(mode: str) -> Report:
     rounds, warmup = ROUNDS[mode], WARMUP[mode]
     callers = CALLERS[mode]
-    connect = getattr(kernelsup, "connect", None)
     rep = Report(
         "execute",
         mode,
@@ -162,7 +158,6 @@ async def run(mode: str) -> Report:
             "callers": list(callers),
             "throughput_seconds": TPUT_SECONDS[mode],
             "throughput_rounds": TPUT_ROUNDS[mode],
-            "endpoint": connect is not None,
         },
     )
     lat: dict[str, list[float]] = {
@@ -187,27 +182,23 @@ async def run(mode: str) -> Report:
                 "async": lambda: worker.call("exec", name="lat", kind="async"),
             }
             async with contextlib.AsyncExitStack() as stack:
-                if connect is None:
-                    endpoint_error = ENDPOINT_MISSING
+                try:
+                    cfg_path = await stack.enter_async_context(endpoint_supervisor(rd / "ep"))
+                    client = await stack.enter_async_context(kernelsup.connect(str(cfg_path)))
+                    await worker.call(
+                        "attach",
+                        name="ep",
+                        connection_file=str(connection_file(rd / "ep" / "rt", "default-0")),
+                    )
+                except Exception as exc:  # the other rows are still worth having
+                    await stack.aclose()
+                    endpoint_error = (
+                        f"endpoint not available: it failed to start: {type(exc).__name__}: {exc}"
+                    )
                 else:
-                    try:
-                        cfg_path = await stack.enter_async_context(endpoint_supervisor(rd / "ep"))
-                        client = await stack.enter_async_context(connect(str(cfg_path)))
-                        await worker.call(
-                            "attach",
-                            name="ep",
-                            connection_file=str(connection_file(rd / "ep" / "rt", "default-0")),
-                        )
-                    except Exception as exc:  # the other rows are still worth having
-                        await stack.aclose()
-                        endpoint_error = (
-                            f"endpoint not available: it failed to start: "
-                            f"{type(exc).__name__}: {exc}"
-                        )
-                    else:
-                        ops["ep"] = lambda: _ks_exec(client)
-                        ops["ep_raw"] = lambda: worker.call("exec", name="ep", kind="raw")
-                        ops["ep_blocking"] = lambda: worker.call("exec", name="ep", kind="blocking")
+                    ops["ep"] = lambda: _ks_exec(client)
+                    ops["ep_raw"] = lambda: worker.call("exec", name="ep", kind="raw")
+                    ops["ep_blocking"] = lambda: worker.call("exec", name="ep", kind="blocking")
                 names = list(ops)
                 for _ in range(warmup):
                     for name in names:

@@ -1,8 +1,8 @@
 """The benchmark harness cannot rot: every benchmark runs in its smallest mode (``--smoke``)
 through the real command line, and its JSON has the expected shape and sane values.
 
-No speed is asserted here (DESIGN.md section 9: speed is measured in bench/, not in
-tests); only that each measure exists, is positive where it is a time, has its anchor or
+No speed is asserted here (speed is measured in bench/, not in tests: ARCHITECTURE.md,
+"Testing"); only that each measure exists, is positive where it is a time, has its anchor or
 a note saying why not, and that the storm accounted for every request. Each run gets a
 private temporary directory, and afterwards no process may still mention it.
 """

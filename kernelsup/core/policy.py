@@ -3,8 +3,7 @@
 Theory of operation
 ===================
 
-Two layers decide what happens after a kernel exits, and they are kept apart
-(DESIGN.md section 4):
+Two layers decide what happens after a kernel exits, and they are kept apart:
 
 1. **Per kernel, when** — :class:`RestartPolicy`. The actor calls ``on_started(now)`` when
    its kernel is ready and ``on_exit(now, cause)`` when it exits or fails to start, and
