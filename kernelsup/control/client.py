@@ -1,37 +1,31 @@
-"""The async client: :func:`connect` gives a :class:`Client`, under trio or asyncio.
+"""The client: :func:`connect` gives a :class:`Client`, under trio or asyncio.
 
-How replies find their request, liveness and lag are in connection.py; this module adds
-the async I/O. The trio backend drives the socket through ``kernelsup.adapters.zmqio``; the
-asyncio one uses pyzmq's own ``zmq.asyncio``. :func:`connect` picks by ``sniffio`` (so it
-also works under anyio on either). :class:`SyncClient` (sync_client.py) is re-exported
-here.
+Each method builds one request of core/protocol.py, sends it and turns its replies into
+the method's result. How replies find their request, liveness and lag are in
+connection.py; the socket and the task that reads it in async_transport.py.
+
+Written once for async and blocking code: sync_client.py (``SyncClient``) is generated
+from this file by ``scripts/unasync.py``, the way httpcore generates its sync classes.
+``async``/``await`` go, ``Client`` becomes ``SyncClient``, ``AsyncTransport`` becomes
+``SyncTransport`` (sync_transport.py) and so on; of an ``if True:  # ASYNC`` block only the
+``else:`` branch is kept there. Edit this file, then run ``python scripts/unasync.py``;
+CI runs it with ``--check``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
-import sys
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, Protocol
+from typing import Any
 
 import attrs
-import sniffio
-import trio
-import zmq
-import zmq.asyncio
 
-from kernelsup.adapters import zmqio
 from kernelsup.control.connection import (
     CLEANUP_TIMEOUT_S,
     CONNECT_TIMEOUT_S,
-    Address,
-    Connection,
     Inbox,
-    StreamItem,
-    dealer,
     execute_result,
     final_value,
     lag_event,
@@ -39,168 +33,89 @@ from kernelsup.control.connection import (
     probe,
     resolve,
 )
-from kernelsup.control.sync_client import SyncClient, SyncSession
 from kernelsup.core import protocol as proto
 from kernelsup.core.config import Config
-from kernelsup.core.errors import (
-    ClientError,
-    KernelsupError,
-    ProtocolError,
-    Unreachable,
-    raise_lone,
-)
+from kernelsup.core.errors import ClientError, KernelsupError, ProtocolError
 from kernelsup.core.events import Event
+from kernelsup.core.interface import StreamItem
 from kernelsup.core.results import ExecuteResult, StatusReport
 
-if sys.version_info < (3, 11):  # pragma: no cover - trio brings the backport there
-    from exceptiongroup import BaseExceptionGroup
-
-# --- async I/O backends ----------------------------------------------------------------
-
-
-class _IO(Protocol):
-    def now(self) -> float: ...
-    async def send(self, frames: list[bytes]) -> None: ...
-    def new_waiter(self) -> tuple[Callable[[], None], Callable[[float], Awaitable[None]]]: ...
-    async def shielded(self, fn: Callable[[], Awaitable[Any]], seconds: float) -> None: ...
-    def running(
-        self,
-        on_frames: Callable[[list[bytes]], None],
-        on_error: Callable[[KernelsupError], None],
-    ) -> contextlib.AbstractAsyncContextManager[None]: ...
-
-
-class _TrioIO:
-    def __init__(self, endpoint: str) -> None:
-        self.sock = zmqio.Socket(dealer(zmqio.context(), endpoint))
-
-    def now(self) -> float:
-        return trio.current_time()
-
-    async def send(self, frames: list[bytes]) -> None:
-        await self.sock.send_multipart(frames)
-
-    def new_waiter(self) -> tuple[Callable[[], None], Callable[[float], Awaitable[None]]]:
-        event = trio.Event()
-
-        async def wait(seconds: float) -> None:
-            with trio.move_on_after(seconds):
-                await event.wait()
-
-        return event.set, wait
-
-    async def shielded(self, fn: Callable[[], Awaitable[Any]], seconds: float) -> None:
-        with trio.CancelScope(shield=True), trio.move_on_after(seconds):
-            await fn()
-
-    @asynccontextmanager
-    async def running(
-        self, on_frames: Callable[[list[bytes]], None], on_error: Callable[[KernelsupError], None]
-    ) -> AsyncIterator[None]:
-        async def read() -> None:
-            try:
-                while True:
-                    on_frames(await self.sock.recv_multipart())
-            except trio.ClosedResourceError:
-                on_error(ClientError("the client was closed", code="client_closed"))
-            except zmq.ZMQError as exc:
-                on_error(Unreachable(f"the connection failed: {exc}"))
-
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(read)
-                try:
-                    yield
-                finally:
-                    nursery.cancel_scope.cancel()
-        except BaseExceptionGroup as group:
-            raise_lone(group)
-            raise
-        finally:
-            self.sock.close()
-
-
-class _AsyncioIO:
-    def __init__(self, endpoint: str) -> None:
-        ctx = zmq.asyncio.Context.shadow(zmqio.context().underlying)
-        self.sock = dealer(ctx, endpoint)
-        self._loop = asyncio.get_running_loop()
-
-    def now(self) -> float:
-        return self._loop.time()
-
-    async def send(self, frames: list[bytes]) -> None:
-        await self.sock.send_multipart(frames)
-
-    def new_waiter(self) -> tuple[Callable[[], None], Callable[[float], Awaitable[None]]]:
-        event = asyncio.Event()
-
-        async def wait(seconds: float) -> None:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(event.wait(), seconds)
-
-        return event.set, wait
-
-    async def shielded(self, fn: Callable[[], Awaitable[Any]], seconds: float) -> None:
-        task = asyncio.ensure_future(fn())
-        try:
-            await asyncio.wait_for(asyncio.shield(task), seconds)
-        except asyncio.TimeoutError:
-            task.cancel()
-
-    @asynccontextmanager
-    async def running(
-        self, on_frames: Callable[[list[bytes]], None], on_error: Callable[[KernelsupError], None]
-    ) -> AsyncIterator[None]:
-        async def read() -> None:
-            try:
-                while True:
-                    on_frames(await self.sock.recv_multipart())
-            except zmq.ZMQError as exc:
-                on_error(Unreachable(f"the connection failed: {exc}"))
-
-        task = self._loop.create_task(read())
-        try:
-            yield
-        finally:
-            task.cancel()
-            try:
-                await asyncio.wait([task])
-            finally:
-                self.sock.close(linger=0)
-
-
-# --- the async client ------------------------------------------------------------------
+if True:  # ASYNC
+    from kernelsup.control.async_transport import AsyncTransport, open_transport
+else:
+    from kernelsup.control.sync_transport import SyncTransport
 
 
 class Client:
-    """A connection to a running supervisor, for trio and asyncio programs.
+    """A connection to a running supervisor, with the in-process ``Supervisor``'s methods
+    (the interface of kernelsup/core/interface.py).
 
-    Get one from :func:`connect`. The methods match the in-process ``Supervisor``'s and
-    may be used from many tasks at once. Every method raises :class:`Unreachable` if the
-    supervisor stops answering, :class:`AuthenticationError` if it no longer accepts our
-    key; a method whose caller is cancelled cancels the request (an execute's kernel is
-    interrupted).
+    Many requests may be in flight on one client. Every method raises
+    :class:`Unreachable` if the supervisor stops answering, :class:`AuthenticationError` if
+    it no longer accepts our key. A call left early (cancelled, interrupted by Ctrl-C, a
+    stream closed before its end) cancels its request on the server: an execute's kernel
+    is interrupted.
     """
 
-    def __init__(self, conn: Connection, io: _IO) -> None:
-        self._conn = conn
-        self._io = io
+    if True:  # ASYNC
+
+        def __init__(self, transport: AsyncTransport) -> None:
+            """Get a client from :func:`connect` (trio or asyncio); many tasks may use it
+            at once."""
+            self._io = transport
+            self._conn = transport.conn
+
+    else:
+
+        def __init__(
+            self,
+            target: Config | str | os.PathLike[str] = "supervisor.toml",
+            *,
+            timeout: float = CONNECT_TIMEOUT_S,
+            key: bytes | str | None = None,
+            key_file: str | os.PathLike[str] | None = None,
+        ) -> None:
+            """Connect at once, raising like ``kernelsup.connect``; use the client as a
+            context manager or call :meth:`close`. Blocking, with no event loop; for one
+            thread (not thread-safe)."""
+            address = resolve(target, key=key, key_file=key_file)
+            probe(address.endpoint)
+            self._io = SyncTransport(address)
+            self._conn = self._io.conn
+            try:
+                self._hello(timeout)
+            except BaseException:
+                self._io.close()
+                raise
+
+        def close(self) -> None:
+            """Close the connection; later calls raise ClientError (``client_closed``)."""
+            self._io.close()
+            self._conn.fail(
+                ClientError(f"the connection to {self.endpoint} is closed", code="client_closed")
+            )
+
+        def __enter__(self) -> Client:
+            return self
+
+        def __exit__(self, *exc_info: object) -> None:
+            self.close()
 
     @property
     def endpoint(self) -> str:
         return self._conn.endpoint
 
-    # -- plumbing --
+    # -- one request's life: begin, next reply..., end --
 
     async def _begin(self, request: proto.Request) -> tuple[str, Inbox, float]:
         rid, frames, inbox = self._conn.begin(request)
+        started = self._conn.now()
         try:
             await self._io.send(frames)
         except BaseException:
             self._conn.inboxes.pop(rid, None)
             raise
-        return rid, inbox, self._io.now()
+        return rid, inbox, started
 
     async def _next(
         self, inbox: Inbox, started: float, deadline: float | None = None
@@ -209,17 +124,14 @@ class Client:
             reply = inbox.take()
             if reply is not None:
                 return reply
-            inbox.wake, wait = self._io.new_waiter()
-            await wait(self._conn.remaining(started, deadline))
+            await self._io.wait(inbox, self._conn.remaining(started, deadline))
 
     async def _end(self, rid: str, inbox: Inbox) -> None:
-        """Forget the request; if it is not finished, ask the server to cancel it (even
-        while the caller is being cancelled: shielded, bounded)."""
+        """Forget the request; if it is not finished, ask the server to cancel it."""
         self._conn.inboxes.pop(rid, None)
         if not inbox.done and self._conn.broken is None:
             _, frames = self._conn.codec.encode_request(proto.Cancel(rid))
-            with contextlib.suppress(KernelsupError, trio.ClosedResourceError, zmq.ZMQError):
-                await self._io.shielded(lambda: self._io.send(frames), CLEANUP_TIMEOUT_S)
+            await self._io.send_cancel(frames)
 
     async def _final(self, request: proto.Request) -> proto.Reply:
         """Send ``request`` and wait for its final reply (skipping anything streamed)."""
@@ -272,8 +184,8 @@ class Client:
         A reader that falls more than ``STREAM_BUFFER`` behind gets a ``notice`` output
         named ``lagged`` with the count skipped (``metadata["dropped"]``); the final
         result has everything. Leaving the loop early cancels the request (the kernel is
-        interrupted); under trio, wrap the loop in ``contextlib.aclosing(...)`` when you
-        may leave it early, so that happens at once (and trio does not warn)."""
+        interrupted) when the generator is closed: wrap the loop in
+        ``contextlib.aclosing(...)`` when you may leave it early, so that happens at once."""
         rid, inbox, started = await self._begin(
             proto.Execute(code, pool, session, timeout, stream=True)
         )
@@ -291,13 +203,9 @@ class Client:
             await self._end(rid, inbox)
 
     @asynccontextmanager
-    async def session(
-        self,
-        name: str,
-        *,
-        pool: str | None = None,
-    ) -> AsyncIterator[ClientSession]:
-        """A named session for the block's duration, closed when it ends."""
+    async def session(self, name: str, *, pool: str | None = None) -> AsyncIterator[ClientSession]:
+        """A named session for the block's duration, closed when it ends (its kernel is
+        shut down, never reused)."""
         try:
             yield ClientSession(self, name, pool)
         finally:
@@ -306,9 +214,11 @@ class Client:
 
     async def close_session(self, name: str) -> bool:
         """Close a session (its kernel is shut down, never reused). False if unknown."""
-        return bool((await self._call(proto.CloseSession(name))).get("closed"))
+        value = await self._call(proto.CloseSession(name))
+        return bool(value.get("closed"))
 
     async def status(self) -> StatusReport:
+        """Every kernel's state, pid, restarts, session, uptime and last exit; the pools."""
         return StatusReport.from_dict(await self._call(proto.Status()))
 
     async def interrupt(self, kernel_id: str) -> None:
@@ -340,7 +250,8 @@ class Client:
 
     async def watch(self) -> AsyncGenerator[Event, None]:
         """Follow the supervisor's events until the caller stops (or the supervisor does).
-        To stop early under trio, prefer ``async with client.subscribe() as events``."""
+        To stop early, prefer ``async with client.subscribe() as events``: the
+        subscription ends with the block."""
         async with self.subscribe() as events:
             async for event in events:
                 yield event
@@ -374,18 +285,13 @@ class _Events:
 
 @attrs.define
 class ClientSession:
-    """``execute``/``stream`` bound to one session name."""
+    """``execute`` and ``stream`` bound to one session name."""
 
     client: Client
     name: str
     pool: str | None = None
 
-    async def execute(
-        self,
-        code: str,
-        *,
-        timeout: float | None = None,
-    ) -> ExecuteResult:
+    async def execute(self, code: str, *, timeout: float | None = None) -> ExecuteResult:
         return await self.client.execute(code, pool=self.pool, session=self.name, timeout=timeout)
 
     def stream(
@@ -394,56 +300,41 @@ class ClientSession:
         return self.client.stream(code, pool=self.pool, session=self.name, timeout=timeout)
 
 
-@asynccontextmanager
-async def connect(
-    target: Config | str | os.PathLike[str] = "supervisor.toml",
-    *,
-    timeout: float = CONNECT_TIMEOUT_S,
-    key: bytes | str | None = None,
-    key_file: str | os.PathLike[str] | None = None,
-) -> AsyncIterator[Client]:
-    """Connect to the supervisor ``kernelsup run`` serves for ``target``.
+if True:  # ASYNC
 
-    ``target`` is the config file's path (or a Config), or an endpoint (``ipc://...``
-    finds its key file beside the socket; ``tcp://...`` needs ``key`` or ``key_file``).
-    Works under trio and asyncio. Raises :class:`Unreachable`, naming the endpoint, if no
-    supervisor answers within ``timeout`` seconds (at once if its key or socket file is
-    missing), :class:`AuthenticationError` for a wrong key, :class:`ProtocolError`
-    (``protocol_version``) for a server of another protocol version.
-    """
-    address = resolve(target, key=key, key_file=key_file)
-    probe(address.endpoint)
-    library = sniffio.current_async_library()
-    io: _TrioIO | _AsyncioIO
-    if library == "trio":
-        io = _TrioIO(address.endpoint)
-    elif library == "asyncio":
-        io = _AsyncioIO(address.endpoint)
-    else:
-        raise RuntimeError(f"kernelsup.connect works under trio or asyncio, not {library}")
-    conn = Connection(address, io.now)
-    async with io.running(conn.on_frames, conn.fail):
-        client = Client(conn, io)
-        await client._hello(timeout)
-        try:
-            yield client
-        finally:
-            conn.fail(
-                ClientError(
-                    f"the connection to {address.endpoint} is closed (the connect() block ended)",
-                    code="client_closed",
+    @asynccontextmanager
+    async def connect(
+        target: Config | str | os.PathLike[str] = "supervisor.toml",
+        *,
+        timeout: float = CONNECT_TIMEOUT_S,
+        key: bytes | str | None = None,
+        key_file: str | os.PathLike[str] | None = None,
+    ) -> AsyncIterator[Client]:
+        """Connect to the supervisor ``kernelsup run`` serves for ``target``.
+
+        ``target`` is the config file's path (or a Config), or an endpoint (``ipc://...``
+        finds its key file beside the socket; ``tcp://...`` needs ``key`` or ``key_file``).
+        Works under trio and asyncio. Raises :class:`Unreachable`, naming the endpoint, if
+        no supervisor answers within ``timeout`` seconds (at once if its key or socket file
+        is missing), :class:`AuthenticationError` for a wrong key, :class:`ProtocolError`
+        (``protocol_version``) for a server of another protocol version.
+        """
+        address = resolve(target, key=key, key_file=key_file)
+        probe(address.endpoint)
+        async with open_transport(address) as transport:
+            client = Client(transport)
+            await client._hello(timeout)
+            try:
+                yield client
+            finally:
+                client._conn.fail(
+                    ClientError(
+                        f"the connection to {address.endpoint} is closed "
+                        "(the connect() block ended)",
+                        code="client_closed",
+                    )
                 )
-            )
 
-
-__all__ = [
-    "CONNECT_TIMEOUT_S",
-    "Address",
-    "Client",
-    "ClientSession",
-    "SyncClient",
-    "SyncSession",
-    "connect",
-    "probe",
-    "resolve",
-]
+    __all__ = ["Client", "ClientSession", "connect"]
+else:
+    __all__ = ["Client", "ClientSession"]

@@ -1,4 +1,4 @@
-"""What both clients share: finding the supervisor, one connection's bookkeeping.
+"""What both clients share: finding the supervisor, one connection's bookkeeping (no I/O).
 
 Theory of operation
 -------------------
@@ -8,7 +8,8 @@ request has an :class:`Inbox` keyed by its request id; whoever reads the socket 
 background task in the async client, the waiting call itself in the sync one) verifies
 each reply and files it in its inbox (:meth:`Connection.on_frames`). An inbox keeps at
 most ``STREAM_BUFFER`` outputs/events; past that they are counted and delivered as one
-``lagged`` marker, while the final reply is kept aside and never dropped.
+``lagged`` marker, while the final reply is kept aside and never dropped. The I/O is the
+transports' (async_transport.py, sync_transport.py); the requests are client.py's.
 
 Liveness: while a request is in flight the server sends something at least every
 ``ping_interval_s`` (it says which in ``hello``), so a request that hears nothing for
@@ -26,7 +27,7 @@ import socket as stdsocket
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any
 
 import attrs
 import zmq
@@ -44,6 +45,7 @@ from kernelsup.core.errors import (
     Unreachable,
 )
 from kernelsup.core.events import Event
+from kernelsup.core.interface import StreamItem
 from kernelsup.core.results import ExecuteResult, Output
 
 # How long connecting waits for the server's answer to ``hello``.
@@ -58,8 +60,6 @@ STREAM_BUFFER = 256
 CLEANUP_TIMEOUT_S = 10.0
 # How long a plain connect() to an IPC socket file may take to be refused.
 PROBE_TIMEOUT_S = 1.0
-
-StreamItem: TypeAlias = Output | ExecuteResult
 
 
 # --- finding the supervisor ----------------------------------------------------------

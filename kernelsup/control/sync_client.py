@@ -1,27 +1,24 @@
-"""The blocking client, :class:`SyncClient`, for plain synchronous code.
+"""The blocking client, :class:`SyncClient`: one thread, blocking zmq, no event loop.
 
-One thread, blocking zmq with timeouts, no event loop. The bookkeeping it shares with the
-async client (inboxes, liveness, lag) is in connection.py.
+GENERATED from client.py by scripts/unasync.py: do not edit; change client.py and run
+``python scripts/unasync.py``. The methods are :class:`Client`'s, written once there; the
+socket is sync_transport.py's.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import attrs
-import zmq
 
-from kernelsup.adapters import zmqio
 from kernelsup.control.connection import (
+    CLEANUP_TIMEOUT_S,
     CONNECT_TIMEOUT_S,
-    Connection,
     Inbox,
-    StreamItem,
-    dealer,
     execute_result,
     final_value,
     lag_event,
@@ -29,21 +26,24 @@ from kernelsup.control.connection import (
     probe,
     resolve,
 )
+from kernelsup.control.sync_transport import SyncTransport
 from kernelsup.core import protocol as proto
 from kernelsup.core.config import Config
 from kernelsup.core.errors import ClientError, KernelsupError, ProtocolError
 from kernelsup.core.events import Event
+from kernelsup.core.interface import StreamItem
 from kernelsup.core.results import ExecuteResult, StatusReport
 
 
 class SyncClient:
-    """A blocking client for plain synchronous code: no event loop, one thread.
+    """A connection to a running supervisor, with the in-process ``Supervisor``'s methods
+    (the interface of kernelsup/core/interface.py).
 
-    ``SyncClient(target)`` connects at once (raising like ``kernelsup.connect``); use it as a
-    context manager or call :meth:`close`. Methods are those of :class:`Client`, blocking;
-    ``stream`` and ``watch`` are generators (closing one early cancels its request).
-    Ctrl-C during a call cancels that request on the server (the kernel is interrupted).
-    Not thread-safe.
+    Many requests may be in flight on one client. Every method raises
+    :class:`Unreachable` if the supervisor stops answering, :class:`AuthenticationError` if
+    it no longer accepts our key. A call left early (cancelled, interrupted by Ctrl-C, a
+    stream closed before its end) cancels its request on the server: an execute's kernel
+    is interrupted.
     """
 
     def __init__(
@@ -54,28 +54,22 @@ class SyncClient:
         key: bytes | str | None = None,
         key_file: str | os.PathLike[str] | None = None,
     ) -> None:
+        """Connect at once, raising like ``kernelsup.connect``; use the client as a
+        context manager or call :meth:`close`. Blocking, with no event loop; for one
+        thread (not thread-safe)."""
         address = resolve(target, key=key, key_file=key_file)
         probe(address.endpoint)
-        self._conn = Connection(address, time.monotonic)
-        self._sock: zmq.Socket[bytes] = dealer(zmqio.context(), address.endpoint)
+        self._io = SyncTransport(address)
+        self._conn = self._io.conn
         try:
-            rid, inbox, started = self._begin(proto.Hello())
-            try:
-                reply = self._next(inbox, started, deadline=started + timeout)
-                self._conn.welcome(final_value(reply))
-            finally:
-                self._end(rid, inbox)
+            self._hello(timeout)
         except BaseException:
-            self._sock.close(linger=0)
+            self._io.close()
             raise
-
-    @property
-    def endpoint(self) -> str:
-        return self._conn.endpoint
 
     def close(self) -> None:
         """Close the connection; later calls raise ClientError (``client_closed``)."""
-        self._sock.close(linger=0)
+        self._io.close()
         self._conn.fail(
             ClientError(f"the connection to {self.endpoint} is closed", code="client_closed")
         )
@@ -86,21 +80,17 @@ class SyncClient:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    # -- plumbing --
+    @property
+    def endpoint(self) -> str:
+        return self._conn.endpoint
+
+    # -- one request's life: begin, next reply..., end --
 
     def _begin(self, request: proto.Request) -> tuple[str, Inbox, float]:
-        if self._sock.closed:
-            raise ClientError("the client is closed", code="client_closed")
         rid, frames, inbox = self._conn.begin(request)
         started = self._conn.now()
         try:
-            while True:
-                try:
-                    self._sock.send_multipart(frames, zmq.NOBLOCK)
-                    break
-                except zmq.Again:
-                    ms = int(self._conn.remaining(started, None) * 1000) + 1
-                    self._sock.poll(ms, zmq.POLLOUT)
+            self._io.send(frames)
         except BaseException:
             self._conn.inboxes.pop(rid, None)
             raise
@@ -111,18 +101,17 @@ class SyncClient:
             reply = inbox.take()
             if reply is not None:
                 return reply
-            ms = int(self._conn.remaining(started, deadline) * 1000) + 1
-            if self._sock.poll(ms, zmq.POLLIN):
-                self._conn.on_frames(self._sock.recv_multipart())
+            self._io.wait(inbox, self._conn.remaining(started, deadline))
 
     def _end(self, rid: str, inbox: Inbox) -> None:
+        """Forget the request; if it is not finished, ask the server to cancel it."""
         self._conn.inboxes.pop(rid, None)
-        if not inbox.done and self._conn.broken is None and not self._sock.closed:
+        if not inbox.done and self._conn.broken is None:
             _, frames = self._conn.codec.encode_request(proto.Cancel(rid))
-            with contextlib.suppress(zmq.ZMQError):
-                self._sock.send_multipart(frames, zmq.NOBLOCK)
+            self._io.send_cancel(frames)
 
     def _final(self, request: proto.Request) -> proto.Reply:
+        """Send ``request`` and wait for its final reply (skipping anything streamed)."""
         rid, inbox, started = self._begin(request)
         try:
             while True:
@@ -135,6 +124,14 @@ class SyncClient:
     def _call(self, request: proto.Request) -> dict[str, Any]:
         return final_value(self._final(request))
 
+    def _hello(self, seconds: float) -> None:
+        rid, inbox, started = self._begin(proto.Hello())
+        try:
+            reply = self._next(inbox, started, deadline=started + seconds)
+            self._conn.welcome(final_value(reply))
+        finally:
+            self._end(rid, inbox)
+
     # -- the Supervisor's methods --
 
     def execute(
@@ -145,6 +142,8 @@ class SyncClient:
         session: str | None = None,
         timeout: float | None = None,
     ) -> ExecuteResult:
+        """Run ``code``; the result's ``status`` says how it went (kernel trouble is never
+        raised). ``timeout`` defaults to the pool's ``exec_timeout``."""
         return execute_result(
             self._final(proto.Execute(code, pool, session, timeout, stream=False)), session
         )
@@ -156,7 +155,14 @@ class SyncClient:
         pool: str | None = None,
         session: str | None = None,
         timeout: float | None = None,
-    ) -> Iterator[StreamItem]:
+    ) -> Generator[StreamItem, None, None]:
+        """Yield each :class:`Output` as it arrives, then the final ExecuteResult.
+
+        A reader that falls more than ``STREAM_BUFFER`` behind gets a ``notice`` output
+        named ``lagged`` with the count skipped (``metadata["dropped"]``); the final
+        result has everything. Leaving the loop early cancels the request (the kernel is
+        interrupted) when the generator is closed: wrap the loop in
+        ``contextlib.closing(...)`` when you may leave it early, so that happens at once."""
         rid, inbox, started = self._begin(proto.Execute(code, pool, session, timeout, stream=True))
         try:
             while True:
@@ -171,61 +177,90 @@ class SyncClient:
         finally:
             self._end(rid, inbox)
 
-    @contextlib.contextmanager
+    @contextmanager
     def session(self, name: str, *, pool: str | None = None) -> Iterator[SyncSession]:
+        """A named session for the block's duration, closed when it ends (its kernel is
+        shut down, never reused)."""
         try:
             yield SyncSession(self, name, pool)
         finally:
             with contextlib.suppress(KernelsupError):
-                self.close_session(name)
+                self._io.shielded(lambda: self.close_session(name), CLEANUP_TIMEOUT_S)
 
     def close_session(self, name: str) -> bool:
-        return bool(self._call(proto.CloseSession(name)).get("closed"))
+        """Close a session (its kernel is shut down, never reused). False if unknown."""
+        value = self._call(proto.CloseSession(name))
+        return bool(value.get("closed"))
 
     def status(self) -> StatusReport:
+        """Every kernel's state, pid, restarts, session, uptime and last exit; the pools."""
         return StatusReport.from_dict(self._call(proto.Status()))
 
     def interrupt(self, kernel_id: str) -> None:
+        """Interrupt whatever the kernel runs. Raises Rejected (``unknown_kernel``...)."""
         self._call(proto.Interrupt(kernel_id))
 
     def restart(self, kernel_id: str) -> None:
+        """Restart the kernel now; returns once it is starting. Raises Rejected."""
         self._call(proto.Restart(kernel_id))
 
     def server_stats(self) -> dict[str, Any]:
+        """The control server's counters (refused messages, lagged clients...)."""
         return self._call(proto.ServerStats())
 
-    @contextlib.contextmanager
+    @contextmanager
     def subscribe(self) -> Iterator[Iterator[Event]]:
+        """Events from the moment the block starts: on entry the subscription is in place.
+
+        A reader that falls behind gets a ``lagged`` event with the count it missed."""
         rid, inbox, started = self._begin(proto.Watch())
         try:
             reply = self._next(inbox, started)
             if isinstance(reply, proto.FINAL_REPLIES):
                 final_value(reply)
                 raise ProtocolError("the server ended the watch at once", code="malformed")
-            yield self._events(inbox, started)
+            yield _Events(self, inbox, started)
         finally:
             self._end(rid, inbox)
 
-    def _events(self, inbox: Inbox, started: float) -> Iterator[Event]:
-        last: Event | None = None
-        while True:
-            reply = self._next(inbox, started)
-            if isinstance(reply, proto.EventMsg):
-                last = Event.from_dict(reply.event)
-                yield last
-            elif isinstance(reply, proto.Lagged):
-                yield lag_event(reply.dropped, last)
-            elif isinstance(reply, proto.FINAL_REPLIES):
-                final_value(reply)
-                return
-
-    def watch(self) -> Iterator[Event]:
+    def watch(self) -> Generator[Event, None, None]:
+        """Follow the supervisor's events until the caller stops (or the supervisor does).
+        To stop early, prefer ``with client.subscribe() as events``: the
+        subscription ends with the block."""
         with self.subscribe() as events:
             yield from events
 
 
+class _Events:
+    """The events of one subscription (a plain iterator, so leaving a loop over it early
+    leaves no generator to finalize; the subscription ends with its block)."""
+
+    def __init__(self, client: SyncClient, inbox: Inbox, started: float) -> None:
+        self._client = client
+        self._inbox = inbox
+        self._started = started
+        self._last: Event | None = None
+
+    def __iter__(self) -> _Events:
+        return self
+
+    def __next__(self) -> Event:
+        while not self._inbox.done:
+            reply = self._client._next(self._inbox, self._started)
+            if isinstance(reply, proto.EventMsg):
+                self._last = Event.from_dict(reply.event)
+                return self._last
+            if isinstance(reply, proto.Lagged):
+                return lag_event(reply.dropped, self._last)
+            if isinstance(reply, proto.FINAL_REPLIES):
+                final_value(reply)  # an error (shutting_down) raises here
+        raise StopIteration  # the supervisor stopped
+
+
 @attrs.define
 class SyncSession:
+    """``execute`` and ``stream`` bound to one session name."""
+
     client: SyncClient
     name: str
     pool: str | None = None
@@ -233,7 +268,9 @@ class SyncSession:
     def execute(self, code: str, *, timeout: float | None = None) -> ExecuteResult:
         return self.client.execute(code, pool=self.pool, session=self.name, timeout=timeout)
 
-    def stream(self, code: str, *, timeout: float | None = None) -> Iterator[StreamItem]:
+    def stream(
+        self, code: str, *, timeout: float | None = None
+    ) -> Generator[StreamItem, None, None]:
         return self.client.stream(code, pool=self.pool, session=self.name, timeout=timeout)
 
 

@@ -1,0 +1,68 @@
+"""The blocking client's I/O: one DEALER socket, blocking zmq with timeouts, no event loop.
+
+What :class:`~kernelsup.control.sync_client.SyncClient` calls where the async client
+awaits its transport (async_transport.py). There is no reader in the background: the call
+that waits reads the socket itself and files whatever arrives with
+:meth:`Connection.on_frames <kernelsup.control.connection.Connection.on_frames>`, so a
+reply to another request on the same connection waits in that request's inbox.
+
+Imports neither trio nor the trio adapters: blocking code needs no event loop library.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+
+import zmq
+
+from kernelsup.control.connection import Address, Connection, Inbox, dealer
+from kernelsup.core.errors import ClientError
+
+
+class SyncTransport:
+    """One connection's socket, for one thread."""
+
+    def __init__(self, address: Address) -> None:
+        self.conn = Connection(address, time.monotonic)
+        # The process-wide context (the one kernelsup.adapters.zmqio.context() returns).
+        self._sock: zmq.Socket[bytes] = dealer(zmq.Context.instance(), address.endpoint)
+
+    def send(self, frames: list[bytes]) -> None:
+        """Send one request, waiting at most as long as the supervisor may stay silent."""
+        started = self.conn.now()
+        while True:
+            try:
+                self._sock.send_multipart(frames, zmq.NOBLOCK)
+                return
+            except zmq.Again:
+                ms = int(self.conn.remaining(started, None) * 1000) + 1
+                self._sock.poll(ms, zmq.POLLOUT)
+
+    def wait(self, inbox: Inbox, seconds: float) -> None:
+        """Read and file one message if one comes within ``seconds`` (it may belong to
+        another request: the caller looks at ``inbox`` again)."""
+        if self._sock.poll(int(seconds * 1000) + 1, zmq.POLLIN):
+            self.conn.on_frames(self._sock.recv_multipart())
+
+    def send_cancel(self, frames: list[bytes]) -> None:
+        """Send a ``cancel`` if the socket can take it now; never raises."""
+        if not self._sock.closed:
+            with contextlib.suppress(zmq.ZMQError):
+                self._sock.send_multipart(frames, zmq.NOBLOCK)
+
+    def shielded(self, fn: Callable[[], object], seconds: float) -> None:
+        """Run ``fn`` (blocking code has no cancellation to shield from; a call bounds its
+        own wait)."""
+        fn()
+
+    def close(self) -> None:
+        """Close the socket; later requests raise ClientError (``client_closed``)."""
+        self._sock.close(linger=0)
+        self.conn.fail(
+            ClientError(f"the connection to {self.conn.endpoint} is closed", code="client_closed")
+        )
+
+
+__all__ = ["SyncTransport"]
