@@ -22,6 +22,7 @@ from kernelsup.core.errors import (
     RequestError,
     Unreachable,
 )
+from kernelsup.core.interface import SupervisorInterface, SyncSupervisorInterface
 from kernelsup.core.results import ErrorInfo, ExecuteResult, ExitCause, Output, StatusReport
 from kernelsup.tree.router import SupervisorGaveUp
 
@@ -49,8 +50,10 @@ __all__ = [
     "StatusReport",
     "Supervisor",
     "SupervisorGaveUp",
+    "SupervisorInterface",
     "SyncClient",
     "SyncSession",
+    "SyncSupervisorInterface",
     "Unreachable",
     "connect",
     "load_config",
