@@ -36,6 +36,7 @@ FAST_MODULES = frozenset(
         "test_protocol",
         "test_slot",
         "test_supervisor",
+        "test_unasync",
         "test_watchdogs",
         "test_wire",
         "test_zmqio",
