@@ -43,6 +43,7 @@ import trio
 from jupyter_client.connect import write_connection_file
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
+from kernelsup.adapters.io_errors import map_error
 from kernelsup.adapters.tether import TETHER_ENV
 from kernelsup.core.errors import KernelStartError
 
@@ -351,7 +352,5 @@ async def spawn(plan: LaunchPlan) -> tuple[KernelProcess, trio.abc.ReceiveStream
         await done.wait()
     if "error" in box:
         os.close(read_fd)
-        raise KernelStartError(
-            f"could not execute {plan.argv[0]!r}: {box['error']}", code="start_failure"
-        )
+        raise map_error(box["error"], "spawn", plan.argv[0])
     return KernelProcess(box["popen"], plan), trio.lowlevel.FdStream(read_fd)

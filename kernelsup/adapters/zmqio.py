@@ -41,7 +41,6 @@ water mark is checked on the first frame only).
 
 from __future__ import annotations
 
-import errno
 from collections.abc import Sequence
 from types import TracebackType
 from typing import cast
@@ -49,11 +48,11 @@ from typing import cast
 import trio
 import zmq
 
+from kernelsup.adapters.io_errors import is_gone
+
 __all__ = ["Socket", "context"]
 
 _BOTH = zmq.POLLIN | zmq.POLLOUT
-# errnos that mean "this socket or its context is gone": our caller's ClosedResourceError.
-_GONE = frozenset({errno.ENOTSOCK, zmq.ETERM})
 
 
 def context() -> zmq.Context[zmq.Socket[bytes]]:
@@ -233,5 +232,6 @@ class Socket:
 
 
 def _raise_if_gone(exc: zmq.ZMQError) -> None:
-    if exc.errno in _GONE:
+    """A socket or context that is gone is our caller's ClosedResourceError."""
+    if is_gone(exc):
         raise trio.ClosedResourceError(f"zmq socket is gone: {exc}") from exc

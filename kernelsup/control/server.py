@@ -42,7 +42,6 @@ from __future__ import annotations
 import errno
 import os
 import secrets
-import socket as stdsocket
 from pathlib import Path
 from typing import Any
 
@@ -51,11 +50,12 @@ import trio
 import zmq
 
 from kernelsup.adapters import zmqio
+from kernelsup.adapters.io_errors import map_exceptions, probe_ipc
 from kernelsup.adapters.runtime import control_endpoint, key_file, runtime_dir_for
 from kernelsup.api import Supervisor
 from kernelsup.core import protocol as proto
 from kernelsup.core.config import Config
-from kernelsup.core.errors import ConfigError, KernelsupError
+from kernelsup.core.errors import ConfigError, KernelsupError, Unreachable
 from kernelsup.core.outbox import Outbox, OutItem
 from kernelsup.core.results import ExecuteResult, Output
 
@@ -80,6 +80,8 @@ ZMQ_HEARTBEAT_IVL_MS = 2000
 ZMQ_HEARTBEAT_TIMEOUT_MS = 6000
 # On shutdown, how long zmq may keep delivering the last replies after close.
 CLOSE_LINGER_MS = 500
+# How long the check for a live supervisor on our IPC socket file may block the start.
+SERVED_PROBE_TIMEOUT_S = 1.0
 
 
 @attrs.define
@@ -459,10 +461,8 @@ async def serve(
         z.setsockopt(zmq.LINGER, 0)
         z.setsockopt(zmq.HEARTBEAT_IVL, ZMQ_HEARTBEAT_IVL_MS)
         z.setsockopt(zmq.HEARTBEAT_TIMEOUT, ZMQ_HEARTBEAT_TIMEOUT_MS)
-        try:
+        with map_exceptions("bind", endpoint):
             z.bind(endpoint)
-        except zmq.ZMQError as exc:
-            raise _bind_error(endpoint, exc) from None
         bound = z.getsockopt(zmq.LAST_ENDPOINT)
         bound_endpoint = bound.decode() if isinstance(bound, bytes) else endpoint
         if bound_endpoint.startswith("ipc://") and not bound_endpoint.startswith("ipc://@"):
@@ -507,41 +507,16 @@ def _check_endpoint(endpoint: str, allow_remote: bool) -> None:
 def _check_not_served(endpoint: str) -> None:
     """Refuse to take over the socket of a supervisor that is still running (zmq would
     silently unlink it and bind anew)."""
-    path = endpoint[len("ipc://") :]
-    if path.startswith("@") or not os.path.exists(path):
-        return
-    probe = stdsocket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
-    probe.settimeout(1.0)
     try:
-        probe.connect(path)
-    except OSError:
-        return  # stale: nothing listens there
-    finally:
-        probe.close()
-    raise KernelsupError(
-        f"another supervisor is already serving {endpoint}",
-        code="endpoint_in_use",
-        endpoint=endpoint,
-    )
-
-
-def _bind_error(endpoint: str, exc: zmq.ZMQError) -> KernelsupError:
-    if exc.errno == errno.ENAMETOOLONG or "too long" in str(exc).lower():
-        return ConfigError(
-            f"$.server.endpoint: the IPC path of {endpoint} is too long for a "
-            "socket (about 100 bytes); set a shorter [supervisor] runtime_dir "
-            "or endpoint",
-            path="$.server.endpoint",
-        )
-    if exc.errno == errno.EADDRINUSE:
-        return KernelsupError(
-            f"cannot serve {endpoint}: the address is in use",
+        listening = probe_ipc(endpoint, SERVED_PROBE_TIMEOUT_S)
+    except Unreachable:
+        return  # no socket file, or a stale one: nothing listens there
+    if listening:
+        raise KernelsupError(
+            f"another supervisor is already serving {endpoint}",
             code="endpoint_in_use",
             endpoint=endpoint,
         )
-    return KernelsupError(
-        f"cannot serve {endpoint}: {exc}", code="endpoint_unavailable", endpoint=endpoint
-    )
 
 
 def _write_private(path: Path, data: bytes) -> None:
