@@ -31,15 +31,11 @@ from pathlib import Path
 
 import trio
 
-from kernelsup.core.errors import KernelsupError
+from kernelsup.core.errors import RuntimeDirBusy
+
+__all__ = ["TETHER_ENV", "RuntimeDirBusy", "Tether", "marker", "sweep", "tethered_pids"]
 
 TETHER_ENV = "KERNELSUP_TETHER"
-
-
-class RuntimeDirBusy(KernelsupError):
-    """Another live supervisor owns this runtime directory (the same config file)."""
-
-    code = "runtime_dir_busy"
 
 
 def marker(runtime_dir: Path) -> bytes:

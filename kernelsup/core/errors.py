@@ -2,22 +2,28 @@
 
 Every error kernelsup raises or reports derives from :class:`KernelsupError` and carries a
 stable ``code`` (used in logs, JSON and CLI output) plus structured data. Third-party
-exceptions (zmq, OS, jupyter_client) are mapped to these at the I/O edge and never leak
-out of the public API.
+exceptions (zmq, OS, jupyter_client) are mapped to these at the I/O edge
+(:mod:`kernelsup.adapters.io_errors`) and never leak out of the public API.
+
+Each class with the code it carries by default. Many errors carry a more specific code
+than their class's (a :class:`Rejected` says ``queue_full``, ``unknown_kernel``...): every
+code, with its class, its CLI exit code and its meaning, is a row of the table in
+:mod:`kernelsup.core.codes`. tests/test_errors.py checks this drawing against the classes.
 
 ::
 
-    KernelsupError                      code
+    KernelsupError                      error
     ├── ConfigError                     config_invalid
-    ├── KernelError
-    │   ├── KernelStartError            start_failure / start_timeout
+    ├── RuntimeDirBusy                  runtime_dir_busy
+    ├── PoolEscalated                   pool_escalated
+    ├── KernelError                     kernel_error
+    │   ├── KernelStartError            start_failure, start_timeout
     │   └── KernelDied                  kernel_died
-    ├── RequestError
-    │   ├── Rejected                    rejected (and subcodes below)
-    │   │     queue_full, queue_timeout, unknown_pool, unknown_session, unknown_kernel,
-    │   │     pool_dead, shutting_down, kernel_unavailable
+    ├── RequestError                    request_error
+    │   ├── Rejected                    rejected
+    │   │   └── SupervisorGaveUp        supervisor_gave_up
     │   └── ExecTimeout                 timeout
-    └── ClientError
+    └── ClientError                     client_error
         ├── Unreachable                 unreachable
         ├── AuthenticationError         auth_failed
         └── ProtocolError               protocol_error
@@ -66,6 +72,18 @@ class ConfigError(KernelsupError):
     code = "config_invalid"
 
 
+class RuntimeDirBusy(KernelsupError):
+    """Another live supervisor owns this runtime directory (the same config file)."""
+
+    code = "runtime_dir_busy"
+
+
+class PoolEscalated(KernelsupError):
+    """A pool's restart intensity was exceeded; its parent decides what happens next."""
+
+    code = "pool_escalated"
+
+
 class KernelError(KernelsupError):
     """Something happened to a kernel process."""
 
@@ -96,11 +114,21 @@ class Rejected(RequestError):
     code = "rejected"
 
 
+class SupervisorGaveUp(Rejected):
+    """The root's restart intensity was exceeded: the whole supervisor stops."""
+
+    code = "supervisor_gave_up"
+
+
 class ExecTimeout(RequestError):
+    """A request ran past its timeout and was interrupted."""
+
     code = "timeout"
 
 
 class ClientError(KernelsupError):
+    """The client side of the control endpoint failed."""
+
     code = "client_error"
 
 
@@ -111,10 +139,14 @@ class Unreachable(ClientError):
 
 
 class AuthenticationError(ClientError):
+    """A message was not signed with the endpoint's key (or was a replay)."""
+
     code = "auth_failed"
 
 
 class ProtocolError(ClientError):
+    """A message was not one of kernelsup's (malformed, oversized, unknown type, version)."""
+
     code = "protocol_error"
 
 
