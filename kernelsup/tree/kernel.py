@@ -12,8 +12,8 @@ ready, raises) why that life ended. Inside one nursery run:
                   watchdogs.py);
 * readers         one task per socket (shell, iopub, control) parses every message; shell
                   replies wake the waiter for their msg_id; iopub output goes to the request
-                  whose msg_id is its parent; whatever fails to parse or verify is counted
-                  and dropped, and the kernel is left alone;
+                  whose msg_id is its parent; whatever fails to parse or verify is dropped
+                  (and counted, on iopub), and the kernel is left alone;
 * executor        takes one request at a time from the inbox (an unbuffered channel, so a
                   request is either taken by the executor or was never started);
 * shutdown ladder shutdown_request -> grace -> SIGTERM to the group -> term_timeout ->
@@ -53,14 +53,9 @@ from kernelsup.core.errors import KernelStartError
 from kernelsup.core.execution import Execution, MessageNumbers
 from kernelsup.core.outputs import OutputCollector
 from kernelsup.core.results import ExecuteResult, ExitCause
+from kernelsup.core.slot import KernelState
 from kernelsup.core.wire import Message, Wire, WireError
-from kernelsup.tree.kernel_handle import (
-    ActorStats,
-    ExecuteRequest,
-    KernelHandle,
-    KernelOptions,
-    KernelState,
-)
+from kernelsup.tree.kernel_handle import ActorStats, ExecuteRequest, KernelHandle, KernelOptions
 from kernelsup.tree.watchdogs import watch_heartbeat, watch_memory
 
 # How long to wait for the late half of a finished request (reply or idle), see top.
@@ -288,7 +283,8 @@ class KernelActor:
         try:
             msg = self._wire.parse(frames)
         except WireError:
-            setattr(self.stats, f"{channel}_dropped", getattr(self.stats, f"{channel}_dropped") + 1)
+            if channel == "iopub":
+                self.stats.iopub_dropped += 1
             return None
         n = self._numbers.take(msg.msg_id)
         if n is not None and self._running is not None:
@@ -311,8 +307,7 @@ class KernelActor:
                 event, box = self._waiters[msg.parent_id]
                 box.append(msg)
                 event.set()
-            else:
-                self.stats.stale_replies += 1
+            # else: a late reply nobody waits for any more (a repeated kernel_info probe's)
 
     async def _control_reader(self) -> None:
         while True:
@@ -436,7 +431,6 @@ class KernelActor:
 
     async def _run_one(self, req: ExecuteRequest) -> ExecuteResult:
         assert self._wire is not None
-        self.stats.requests += 1
         msg_id, frames = self._wire.build(
             "execute_request",
             {

@@ -7,19 +7,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
 
 from kernelsup.core.errors import Rejected
 from kernelsup.core.results import ExecuteResult, ExitCause, Output
+from kernelsup.core.slot import KernelState
 
 if TYPE_CHECKING:
     from kernelsup.core.config import PoolConfig
     from kernelsup.tree.kernel import KernelActor
-
-KernelState = Literal["starting", "idle", "busy", "stopping", "exited"]
 
 # Messages our iopub SUB may queue while the supervisor is busy elsewhere: twice zmq's
 # default, so several kernels printing at once lose nothing in normal load, while memory
@@ -72,14 +71,13 @@ class KernelOptions:
 
 @attrs.define
 class ActorStats:
-    iopub_dropped: int = 0
-    shell_dropped: int = 0
-    control_dropped: int = 0
-    stale_replies: int = 0
+    """What the actor counted about its kernel's messages (read by the tests that check
+    those faults are noticed)."""
+
+    iopub_dropped: int = 0  # iopub messages that failed to parse or verify
     heartbeat_misses: int = 0
-    requests: int = 0
-    idle_missing: int = 0
-    iopub_lost: int = 0
+    idle_missing: int = 0  # requests finished without their status: idle
+    iopub_lost: int = 0  # iopub messages the kernel numbered that never arrived
 
 
 @attrs.define(eq=False)
