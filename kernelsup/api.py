@@ -15,7 +15,6 @@ import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import attrs
 import trio
@@ -77,8 +76,7 @@ class Supervisor:
                 await self._stop.wait()
                 for pool in reversed(list(self.pools.values())):
                     pool.stop()
-                    while pool.sup.children and not all(c.done.is_set() for c in pool.sup.children):
-                        await pool.sup.wait_changed()
+                    await pool.wait_stopped()
                 nursery.cancel_scope.cancel()
         finally:
             self._stopped.set()
@@ -92,7 +90,7 @@ class Supervisor:
         await self._stopped.wait()
 
     def kernel_count(self) -> int:
-        return sum(len(p.sup.children) for p in self.pools.values())
+        return sum(p.kernel_count() for p in self.pools.values())
 
     # ------------------------------------------------------------------- requests
     def _pool_for(self, pool: str | None, session: str | None) -> Pool | ExecuteResult:
@@ -245,11 +243,10 @@ class Supervisor:
             pools=tuple(p.pool_status() for p in self.pools.values()),
         )
 
-    def _child(self, kernel_id: str) -> tuple[Pool, Any]:
+    def _pool_of(self, kernel_id: str) -> Pool:
         for pool in self.pools.values():
-            child = pool.sup.child(kernel_id)
-            if child is not None:
-                return pool, child
+            if pool.has_kernel(kernel_id):
+                return pool
         raise Rejected(
             f"no kernel with id {kernel_id!r}", code="unknown_kernel", kernel_id=kernel_id
         )
@@ -261,20 +258,13 @@ class Supervisor:
                 yield event
 
     async def interrupt(self, kernel_id: str) -> None:
-        """Interrupt whatever the kernel is running. Raises Rejected(unknown_kernel)."""
-        _, child = self._child(kernel_id)
-        if child.handle is None:
-            raise Rejected(
-                f"kernel {kernel_id} is not running ({child.state})",
-                code="kernel_unavailable",
-                kernel_id=kernel_id,
-            )
-        await child.handle.interrupt()
+        """Interrupt whatever the kernel is running. Raises Rejected (``unknown_kernel``,
+        or ``kernel_unavailable`` when it has no process now)."""
+        await self._pool_of(kernel_id).interrupt(kernel_id)
 
     async def restart(self, kernel_id: str) -> None:
         """Restart the kernel now (a dead one too); returns once it is starting."""
-        pool, child = self._child(kernel_id)
-        await pool.sup.restart_child(child)
+        await self._pool_of(kernel_id).restart(kernel_id)
 
 
 @attrs.define

@@ -34,7 +34,7 @@ async def wait_until(sup: Supervisor, predicate: Callable[[], bool], timeout: fl
     pool = next(iter(sup.pools.values()))
     with trio.fail_after(timeout):
         while not predicate():
-            await pool.sup.wait_changed()
+            await pool.wait_changed()
 
 
 async def poll_until(predicate: Callable[[], bool], timeout: float = 30) -> None:
@@ -194,6 +194,9 @@ async def test_unknown_pool_and_shutdown_rejections(runtime_dir: Path) -> None:
         assert r.status == "rejected" and r.code == "unknown_pool"
         with pytest.raises(kernelsup.Rejected) as info:
             await sup.restart("no-such-kernel")
+        assert info.value.code == "unknown_kernel"
+        with pytest.raises(kernelsup.Rejected) as info:
+            await sup.interrupt("no-such-kernel")
         assert info.value.code == "unknown_kernel"
     r = await sup.execute("1")
     assert r.status == "rejected" and r.code == "shutting_down"
@@ -391,7 +394,7 @@ async def test_session_names_follow_live_sessions_across_pools(runtime_dir: Path
         pool_b = sup.pools["b"]
         with trio.fail_after(30):
             while "t" in pool_b.sessions:
-                await pool_b.sup.wait_changed()
+                await pool_b.wait_changed()
         back = await sup.execute("z", session="t")
         assert back.status == "error" and back.state_lost
         assert back.error is not None and back.error.ename == "NameError"

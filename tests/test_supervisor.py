@@ -20,8 +20,9 @@ import trio.testing
 from kernelsup.core.config import RestartConfig, Supervision
 from kernelsup.core.errors import KernelStartError
 from kernelsup.core.results import ExitCause
+from kernelsup.core.slot import SlotState
 from kernelsup.tree.bus import EventBus
-from kernelsup.tree.pool_supervisor import PoolEscalated, PoolSupervisor, Role
+from kernelsup.tree.pool_supervisor import PoolEscalated, PoolSupervisor
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
@@ -121,14 +122,18 @@ async def wait_until(sup: PoolSupervisor, predicate: Any) -> None:
         await sup.wait_changed()
 
 
-ROLES: list[Role] = ["pool", "pool", "pool"]
+async def run(sup: PoolSupervisor, nursery: trio.Nursery, n: int) -> None:
+    """Add ``n`` children and start the supervisor (returns once they are ready)."""
+    for _ in range(n):
+        sup.add_child()
+    await nursery.start(sup.run)
 
 
 async def test_start_order_and_reverse_stop_order(autojump_clock: trio.testing.MockClock) -> None:
     f = Factory()
     sup = make_sup(f)
     async with trio.open_nursery() as n:
-        await n.start(sup.run, ROLES)
+        await run(sup, n, 3)
         assert f.starts() == ["p-0", "p-1", "p-2"]
         assert all(c.ready for c in sup.children)
         sup.stop()
@@ -139,7 +144,7 @@ async def test_one_for_one(autojump_clock: trio.testing.MockClock) -> None:
     f = Factory()
     sup = make_sup(f)
     async with trio.open_nursery() as n:
-        await n.start(sup.run, ROLES)
+        await run(sup, n, 3)
         pids = {c.id: c.handle.pid for c in sup.children if c.handle}
         f.crash("p-1")
         c1 = sup.child("p-1")
@@ -160,7 +165,7 @@ async def test_one_for_all(autojump_clock: trio.testing.MockClock) -> None:
     f = Factory()
     sup = make_sup(f, strategy="one_for_all")
     async with trio.open_nursery() as n:
-        await n.start(sup.run, ROLES)
+        await run(sup, n, 3)
         f.log.clear()
         f.crash("p-1")
         await wait_until(sup, lambda: all(c.ready and c.restarts == 1 for c in sup.children))
@@ -175,7 +180,7 @@ async def test_rest_for_one(autojump_clock: trio.testing.MockClock) -> None:
     f = Factory()
     sup = make_sup(f, strategy="rest_for_one")
     async with trio.open_nursery() as n:
-        await n.start(sup.run, ["pool"] * 4)
+        await run(sup, n, 4)
         p0 = sup.children[0].handle
         f.log.clear()
         f.crash("p-1")
@@ -192,19 +197,19 @@ async def test_backoff_grows_then_gives_up(autojump_clock: trio.testing.MockCloc
     f = Factory()
     sup = make_sup(f, min_delay=1.0, max_delay=8.0, multiplier=2.0, jitter="none", max_retries=3)
     async with trio.open_nursery() as n:
-        await n.start(sup.run, ["pool", "pool"])
+        await run(sup, n, 2)
         c0 = sup.children[0]
         delays = []
         for _ in range(3):
             f.crash("p-0")
-            await wait_until(sup, lambda: c0.state == "backoff")
+            await wait_until(sup, lambda: c0.state is SlotState.BACKOFF)
             assert c0.next_try is not None
             delays.append(round(c0.next_try - trio.current_time(), 6))
             await wait_until(sup, lambda: c0.ready)
         assert delays == [1.0, 2.0, 4.0]
         f.crash("p-0")
-        await wait_until(sup, lambda: c0.dead)
-        assert c0.state == "dead"
+        await wait_until(sup, lambda: c0.state is SlotState.DEAD)
+        assert c0.status == "dead"
         assert sup.children[1].ready  # the sibling is untouched
         sup.stop()
 
@@ -216,7 +221,7 @@ async def test_restart_escalation_when_starts_keep_failing(
     sup = make_sup(f, intensity=3, period=60.0, max_retries=-1, min_delay=0.0)
     with pytest.RaisesGroup(PoolEscalated) as info:
         async with trio.open_nursery() as n:
-            await n.start(sup.run, ["pool", "pool"])
+            await run(sup, n, 2)
             f.failing_starts.add("p-0")
             f.crash("p-0")
             await trio.sleep_forever()
@@ -232,9 +237,9 @@ async def test_pending_backoff_cancelled_by_shutdown(
     f = Factory()
     sup = make_sup(f, min_delay=1000.0, max_delay=1000.0, jitter="none")
     async with trio.open_nursery() as n:
-        await n.start(sup.run, ["pool"])
+        await run(sup, n, 1)
         f.crash("p-0")
-        await wait_until(sup, lambda: sup.children[0].state == "backoff")
+        await wait_until(sup, lambda: sup.children[0].state is SlotState.BACKOFF)
         t0 = trio.current_time()
         sup.stop()
     assert trio.current_time() - t0 < 1.0
@@ -245,11 +250,12 @@ async def test_temporary_child_is_removed(autojump_clock: trio.testing.MockClock
     f = Factory()
     sup = make_sup(f)
     async with trio.open_nursery() as n:
-        await n.start(sup.run, ["pool"])
-        c = sup.add_child("session", temporary=True)
+        await run(sup, n, 1)
+        c = sup.add_child()
+        sup.make_temporary(c)
         await wait_until(sup, lambda: c.ready)
         f.crash(c.id)
-        await wait_until(sup, lambda: c.removed)
+        await wait_until(sup, lambda: c.state is SlotState.REMOVED)
         assert c not in sup.children
         assert f.starts().count(c.id) == 1
         sup.stop()
@@ -259,13 +265,13 @@ async def test_operator_restart_revives_dead_child(autojump_clock: trio.testing.
     f = Factory()
     sup = make_sup(f, max_retries=0)
     async with trio.open_nursery() as n:
-        await n.start(sup.run, ["pool"])
+        await run(sup, n, 1)
         c = sup.children[0]
         f.crash("p-0")
-        await wait_until(sup, lambda: c.dead)
+        await wait_until(sup, lambda: c.state is SlotState.DEAD)
         await sup.restart_child(c)
         await wait_until(sup, lambda: c.ready)
-        assert c.restarts == 1 and not c.dead
+        assert c.restarts == 1 and c.state is SlotState.RUNNING
         sup.stop()
 
 
@@ -287,9 +293,9 @@ async def test_backoff_and_window_interaction(autojump_clock: trio.testing.MockC
         escalated = False
         try:
             async with trio.open_nursery() as n:
-                await n.start(sup.run, ["pool"])
+                await run(sup, n, 1)
                 c = sup.children[0]
-                while not c.dead:
+                while c.state is not SlotState.DEAD:
                     if c.ready:
                         f.crash("p-0")
                     await sup.wait_changed()
@@ -298,3 +304,85 @@ async def test_backoff_and_window_interaction(autojump_clock: trio.testing.MockC
             assert group.subgroup(PoolEscalated) is not None
             escalated = True
         assert escalated is trips, intensity
+
+
+async def test_group_waits_held_then_restarts(autojump_clock: trio.testing.MockClock) -> None:
+    f = Factory()
+    sup = make_sup(f, strategy="one_for_all", min_delay=5.0, max_delay=5.0, jitter="none")
+    async with trio.open_nursery() as n:
+        await run(sup, n, 3)
+        f.crash("p-1")
+        await wait_until(sup, lambda: all(c.state is SlotState.HELD for c in sup.children))
+        now = trio.current_time()
+        assert [c.status for c in sup.children] == ["backoff"] * 3
+        assert all(c.next_try == now + 5.0 for c in sup.children)
+        await wait_until(sup, lambda: all(c.ready for c in sup.children))
+        assert trio.current_time() - now == 5.0 + START_S  # the delay, then a start
+        assert [c.restarts for c in sup.children] == [1, 1, 1]
+        sup.stop()
+
+
+async def test_stop_before_the_incarnation_runs(autojump_clock: trio.testing.MockClock) -> None:
+    """A child removed in the same step it was added never starts a kernel."""
+    f = Factory()
+    sup = make_sup(f)
+    async with trio.open_nursery() as n:
+        await run(sup, n, 1)
+        c = sup.add_child()
+        assert c.state is SlotState.STARTING
+        with trio.fail_after(1):
+            await sup.remove_child(c)
+        assert c.state is SlotState.REMOVED and c not in sup.children
+        assert c.id not in f.starts()
+        sup.stop()
+
+
+async def test_two_operator_restarts_start_one_kernel(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    f = Factory()
+    sup = make_sup(f)
+    async with trio.open_nursery() as n:
+        await run(sup, n, 1)
+        c = sup.children[0]
+        async with trio.open_nursery() as both:
+            both.start_soon(sup.restart_child, c)
+            both.start_soon(sup.restart_child, c)
+        await wait_until(sup, lambda: c.ready)
+        await trio.sleep(10 * START_S)  # a second incarnation would have started by now
+        assert f.starts() == ["p-0", "p-0"]
+        assert c.restarts == 1 and c.generation == 2
+        sup.stop()
+
+
+async def test_operator_restart_of_a_held_child_is_not_started_twice(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    f = Factory()
+    sup = make_sup(f, strategy="one_for_all", min_delay=5.0, max_delay=5.0, jitter="none")
+    async with trio.open_nursery() as n:
+        await run(sup, n, 2)
+        f.crash("p-0")
+        await wait_until(sup, lambda: all(c.state is SlotState.HELD for c in sup.children))
+        c1 = sup.children[1]
+        await sup.restart_child(c1)  # started now, not with its group
+        await wait_until(sup, lambda: all(c.ready for c in sup.children))
+        await trio.sleep(10.0)
+        assert f.starts().count("p-1") == 2 and f.starts().count("p-0") == 2
+        assert c1.generation == 2
+        sup.stop()
+
+
+async def test_status_follows_the_slot(autojump_clock: trio.testing.MockClock) -> None:
+    f = Factory()
+    sup = make_sup(f, min_delay=1.0, max_delay=1.0, jitter="none", max_retries=0)
+    c = sup.add_child()
+    assert (c.state, c.status) == (SlotState.NEW, "starting")
+    async with trio.open_nursery() as n:
+        await n.start(sup.run)
+        assert (c.state, c.status) == (SlotState.RUNNING, "idle")
+        f.crash("p-0")
+        await wait_until(sup, lambda: c.state is SlotState.DEAD)
+        assert c.status == "dead" and c.handle is None
+        sup.stop()
+    assert c.state is SlotState.DEAD  # a dead child has nothing to stop

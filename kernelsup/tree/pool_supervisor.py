@@ -8,6 +8,10 @@ task in the supervisor's nursery under its own cancel scope:
 
     [backoff delay] -> [count the restart in the intensity window] -> start -> run -> exit
 
+A child's state is a :class:`~kernelsup.core.slot.SlotState` and changes only through
+:func:`~kernelsup.core.slot.transition`: ``core/slot.py`` draws the whole life of a slot.
+This module feeds it events and does the waiting.
+
 When an incarnation ends by itself (the kernel exited, froze, or failed to start), the
 supervisor hands the cause to the child's pure :class:`RestartPolicy`, which answers
 *when* (Restart after a delay), or that the exit is final (NoRestart, GiveUp -> ``dead``).
@@ -22,8 +26,9 @@ A group restart counts once in the window. The :class:`IntensityWindow` decides 
 the supervisor itself is broken: when a restart would be the (intensity+1)-th within
 ``period``, the supervisor stops all children in reverse start order and ``run`` raises
 :class:`PoolEscalated` for its parent to handle. Stopping cancels a pending backoff at
-once. Children marked ``temporary`` (session kernels) are removed when they exit instead
-of being restarted; the router replaces them.
+once. Temporary children (session kernels, see :meth:`PoolSupervisor.make_temporary`)
+are removed when they exit instead of being restarted; the router replaces them. Roles
+(pool, spare, session) are the router's business: the supervisor only keeps slots alive.
 
 The kernels of a pool do not depend on each other, so a group starts concurrently
 (launched in start order) rather than one after another: a crash storm of N kernels
@@ -32,11 +37,10 @@ recovers in about one cold start instead of N.
 
 from __future__ import annotations
 
-import functools
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import attrs
 import trio
@@ -46,10 +50,16 @@ from kernelsup.core.config import RestartConfig, Supervision
 from kernelsup.core.errors import KernelStartError, KernelsupError
 from kernelsup.core.policy import GiveUp, IntensityWindow, NoRestart, Restart, RestartPolicy
 from kernelsup.core.results import ExitCause
+from kernelsup.core.slot import (
+    ACTIVE,
+    KernelState,
+    KernelStatus,
+    SlotEvent,
+    SlotState,
+    status_of,
+    transition,
+)
 from kernelsup.tree.bus import EventBus
-
-ChildState = Literal["starting", "idle", "busy", "backoff", "dead", "stopping"]
-Role = Literal["pool", "spare", "session"]
 
 
 class ChildHandle(Protocol):
@@ -58,7 +68,7 @@ class ChildHandle(Protocol):
     @property
     def pid(self) -> int | None: ...
     @property
-    def state(self) -> str: ...
+    def state(self) -> KernelState: ...
     def shutdown(self) -> None: ...
     def kill(self, reason: str = ...) -> None: ...
 
@@ -76,37 +86,34 @@ class PoolEscalated(KernelsupError):
 
 @attrs.define(eq=False)
 class Child:
+    """One kernel slot. Its supervisor writes it; anyone may read it."""
+
     id: str
-    role: Role
     policy: RestartPolicy
+    state: SlotState = SlotState.NEW
+    # Removed, never restarted, when its kernel exits (a session's kernel).
     temporary: bool = False
-    session: str | None = None
     handle: ChildHandle | None = None
-    generation: int = 0
+    generation: int = 0  # incarnations so far
     restarts: int = 0
     started_at: float | None = None
     last_exit: ExitCause | None = None
     next_try: float | None = None
-    dead: bool = False
-    exit_published: bool = False
-    removed: bool = False
-    stopping: bool = False
-    scope: trio.CancelScope | None = None
-    done: trio.Event = attrs.field(factory=trio.Event)
-    _state: ChildState = "starting"
+    scope: trio.CancelScope | None = None  # the current incarnation's
 
     @property
-    def state(self) -> ChildState:
-        if self.removed or self.stopping:
-            return "stopping" if not self.done.is_set() else "dead"
-        if self.handle is not None:
-            s = self.handle.state
-            return s if s in ("idle", "busy", "stopping") else "starting"  # type: ignore[return-value]
-        return self._state
+    def status(self) -> KernelStatus:
+        """The ``state`` a status report shows (see ``core/slot.py``)."""
+        return status_of(self.state, self.handle.state if self.handle is not None else None)
 
     @property
     def ready(self) -> bool:
-        return self.handle is not None and self.state in ("idle", "busy")
+        """Up and able to take a request now (idle, or busy with one)."""
+        return (
+            self.state is SlotState.RUNNING
+            and self.handle is not None
+            and self.handle.state in ("idle", "busy")
+        )
 
     def uptime(self, now: float) -> float | None:
         return now - self.started_at if self.started_at is not None and self.handle else None
@@ -115,6 +122,8 @@ class Child:
 Listener = Callable[[Child], None]
 _SET = trio.Event()
 _SET.set()
+# Stopping or removing: the incarnation is asked to end, and waited for.
+_ENDING = (SlotState.STOPPING, SlotState.REMOVING)
 
 
 class PoolSupervisor:
@@ -154,20 +163,24 @@ class PoolSupervisor:
         self._last_gate.set()
 
     # ------------------------------------------------------------------- public
-    async def run(
-        self, roles: list[Role], task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Start one child per role, report started once each is ready or dead, and
-        supervise until :meth:`stop`. Raises :class:`PoolEscalated` on escalation."""
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            first = [self.add_child(role) for role in roles]
-            for child in first:
-                await self._settled(child)
-            task_status.started()
-            await self._stop.wait()
-            await self._stop_all()
-            nursery.cancel_scope.cancel()
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Start the children added so far (in order), report started once each is ready,
+        dead or gone, and supervise until :meth:`stop`. Raises :class:`PoolEscalated` on
+        escalation."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                first = [c for c in self.children if c.state is SlotState.NEW]
+                for child in first:
+                    self._spawn(child, delay=0.0, restart=False)
+                for child in first:
+                    await self._settled(child)
+                task_status.started()
+                await self._stop.wait()
+                await self._stop_all()
+                nursery.cancel_scope.cancel()
+        finally:
+            self._nursery = None
         if self._escalation is not None:
             raise PoolEscalated(
                 f"pool {self.name} escalated: {self._escalation}",
@@ -179,58 +192,74 @@ class PoolSupervisor:
         """Stop every child (reverse start order) and make :meth:`run` return."""
         self._stop.set()
 
-    def add_child(self, role: Role, *, temporary: bool = False) -> Child:
-        """Start a new child now (a refill, or the initial set)."""
-        assert self._nursery is not None, "the supervisor is not running"
+    def add_child(self) -> Child:
+        """A new child, started now if the supervisor runs (a refill), else by :meth:`run`."""
         child = Child(
             id=f"{self.name}-{self._next_index}",
-            role=role,
-            temporary=temporary,
             policy=RestartPolicy(self._restart_cfg, self._rng),
         )
         self._next_index += 1
         self.children.append(child)
-        self._spawn(child, delay=0.0, restart=False)
+        if self._nursery is not None:
+            self._spawn(child, delay=0.0, restart=False)
         return child
 
+    def make_temporary(self, child: Child) -> None:
+        """When this child's kernel exits, remove the child instead of restarting it (a
+        session's kernel: its state is gone with it, so it is never handed to anyone)."""
+        child.temporary = True
+
     async def remove_child(self, child: Child) -> None:
-        """Stop a child for good (a closed session's kernel) and forget it."""
-        child.removed = True
-        await self._stop_child(child)
-        if child in self.children:
-            self.children.remove(child)
-        self._notify(child)
+        """Stop a child for good (a closed session's kernel) and forget it. Returns once
+        its kernel is gone; removing a removed child does nothing."""
+        await self._stop_child(child, SlotEvent.REMOVE)
 
     async def restart_child(self, child: Child) -> None:
         """An operator's restart: stop the kernel now and start it again at once,
         clearing its failure streak (a ``dead`` kernel comes back too)."""
-        await self._stop_child(child)
-        if self._stopping or child.removed:
-            return
+        await self._stop_child(child, SlotEvent.STOP)
+        if self._stopping or child.state not in (SlotState.STOPPED, SlotState.DEAD):
+            return  # removed meanwhile, or another restart got there first
         child.policy.reset()
-        child.dead = False
-        child.stopping = False
         self._spawn(child, delay=0.0, restart=True, count=False)
 
     def child(self, kernel_id: str) -> Child | None:
         return next((c for c in self.children if c.id == kernel_id), None)
 
+    @property
+    def quiet(self) -> bool:
+        """No child has a kernel or a pending restart of its own (after :meth:`stop`)."""
+        return not any(c.state in ACTIVE for c in self.children)
+
     # ------------------------------------------------------------------- incarnations
+    def _transition(self, child: Child, event: SlotEvent) -> None:
+        child.state = transition(child.state, event)
+        if child.state is SlotState.REMOVED and child in self.children:
+            self.children.remove(child)
+
     def _spawn(self, child: Child, *, delay: float, restart: bool, count: bool = True) -> None:
         assert self._nursery is not None
-        child.done = trio.Event()
+        if delay > 0:
+            self._transition(child, SlotEvent.BACK_OFF)
+            child.next_try = trio.current_time() + delay
+        else:
+            self._transition(child, SlotEvent.START)
         child.generation += 1
-        child.exit_published = False
+        # Made here, not in the task: a stop before the task runs must reach it.
+        child.scope = scope = trio.CancelScope()
         after, gate = self._last_gate, trio.Event()
         if delay == 0:
             self._last_gate = gate
         else:
             after = _SET
-        self._nursery.start_soon(self._incarnation, child, delay, restart, count, after, gate)
+        self._nursery.start_soon(
+            self._incarnation, child, scope, delay, restart, count, after, gate
+        )
 
     async def _incarnation(
         self,
         child: Child,
+        scope: trio.CancelScope,
         delay: float,
         restart: bool,
         count: bool,
@@ -238,12 +267,10 @@ class PoolSupervisor:
         gate: trio.Event,
     ) -> None:
         cause: ExitCause | None = None
+        exit_seen = False
         try:
-            with trio.CancelScope() as scope:
-                child.scope = scope
+            with scope:
                 if delay > 0:
-                    child._state = "backoff"
-                    child.next_try = trio.current_time() + delay
                     self._notify(child)
                     await trio.sleep(delay)
                 child.next_try = None
@@ -252,29 +279,39 @@ class PoolSupervisor:
                     if count and self.window.record(trio.current_time()):
                         self._escalate(child)
                         return
+                if child.state is SlotState.BACKOFF:
+                    self._transition(child, SlotEvent.START)
                 await after.wait()
-                cause = await self._run_once(child, gate)
+                cause, exit_seen = await self._run_once(child, gate)
         finally:
             gate.set()
             child.scope = None
             child.handle = None
-            child.done.set()
+            self._transition(child, SlotEvent.ENDED)
+            # A cause means the body ran to its end: no exception is on its way out.
+            if cause is not None and not scope.cancelled_caught:
+                self._on_exit(child, cause, exit_seen)
             self._notify(child)
-        if cause is not None and not scope.cancelled_caught:
-            self._on_exit(child, cause)
 
-    async def _run_once(self, child: Child, gate: trio.Event) -> ExitCause:
-        child._state = "starting"
+    async def _run_once(self, child: Child, gate: trio.Event) -> tuple[ExitCause, bool]:
+        """Start the kernel and run it to its end; return why it ended, and whether
+        its exit was already reported (published) before the end."""
         t0 = trio.current_time()
         self._publish(ev.KERNEL_STARTING, child, restarts=child.restarts)
         self._notify(child)
         box: dict[str, ExitCause] = {}
+        exit_seen = False
+
+        def on_exit(cause: ExitCause) -> None:
+            nonlocal exit_seen
+            if child.handle is None or exit_seen:
+                return  # a start failure: reported as kernel_start_failed instead
+            exit_seen = True
+            self._exit_seen(child, cause)
 
         async def runner(task_status: trio.TaskStatus[ChildHandle]) -> None:
             gate.set()
-            box["cause"] = await self._start(
-                child.id, on_exit=functools.partial(self._exit_seen, child), task_status=task_status
-            )
+            box["cause"] = await self._start(child.id, on_exit=on_exit, task_status=task_status)
 
         failure: KernelStartError | None = None
         try:
@@ -287,6 +324,7 @@ class PoolSupervisor:
                     now = trio.current_time()
                     child.started_at = now
                     child.policy.on_started(now)
+                    self._transition(child, SlotEvent.READY)
                     self._publish(
                         ev.KERNEL_STARTED,
                         child,
@@ -304,15 +342,12 @@ class PoolSupervisor:
             self._publish(
                 ev.KERNEL_START_FAILED, child, cause=cause.to_dict(), message=str(failure)
             )
-            return cause
-        return box["cause"]
+            return cause, False
+        return box["cause"], exit_seen
 
     def _exit_seen(self, child: Child, cause: ExitCause) -> None:
         """The child reports its death the moment it sees it, before its clean-up:
         publish it, and let the router stop using it (a spare steps in) at once."""
-        if child.handle is None or child.exit_published:
-            return  # a start failure: reported as kernel_start_failed instead
-        child.exit_published = True
         child.last_exit = cause
         self._publish(
             ev.KERNEL_EXITED,
@@ -321,13 +356,15 @@ class PoolSupervisor:
             text=cause.describe(),
             restarts=child.restarts,
         )
+        self._transition(child, SlotEvent.EXIT_SEEN)
         self._notify(child)
 
-    def _on_exit(self, child: Child, cause: ExitCause) -> None:
+    def _on_exit(self, child: Child, cause: ExitCause, published: bool) -> None:
+        """The incarnation ended by itself: decide what comes next (see core/slot.py)."""
         now = trio.current_time()
         child.last_exit = cause
         child.started_at = None
-        if not child.exit_published:
+        if not published:
             self._publish(
                 ev.KERNEL_EXITED,
                 child,
@@ -335,21 +372,16 @@ class PoolSupervisor:
                 text=cause.describe(),
                 restarts=child.restarts,
             )
-        if self._stopping or child.removed or child.stopping:
-            return
+        if child.state is not SlotState.EXITED or self._stopping:
+            return  # we stopped it ourselves, or the whole pool is stopping
         if child.temporary:
-            child.removed = True
-            if child in self.children:
-                self.children.remove(child)
-            self._notify(child)
+            self._transition(child, SlotEvent.DISCARD)
             return
         decision = child.policy.on_exit(now, cause)
         if isinstance(decision, GiveUp | NoRestart):
-            child.dead = True
-            child._state = "dead"
+            self._transition(child, SlotEvent.GIVE_UP)
             if isinstance(decision, GiveUp):
                 self._publish(ev.GAVE_UP, child, reason=decision.reason)
-            self._notify(child)
             return
         assert isinstance(decision, Restart)
         self._publish(
@@ -363,11 +395,12 @@ class PoolSupervisor:
         if strategy == "one_for_one":
             self._spawn(child, delay=decision.delay, restart=True)
             return
+        self._transition(child, SlotEvent.HOLD)
         index = self.children.index(child)
         group = [
             c
             for c in (self.children if strategy == "one_for_all" else self.children[index:])
-            if not c.temporary and not c.removed
+            if not c.temporary and c.state not in (SlotState.REMOVING, SlotState.REMOVED)
         ]
         assert self._nursery is not None
         self._nursery.start_soon(self._group_restart, child, group, decision.delay)
@@ -375,13 +408,18 @@ class PoolSupervisor:
     async def _group_restart(self, failed: Child, group: list[Child], delay: float) -> None:
         for other in reversed(group):
             if other is not failed:
-                await self._stop_child(other)
+                await self._stop_child(other, SlotEvent.STOP)
+        if self._stopping:
+            return
+        # Those now stopped (or dead) wait for the group; one restarted meanwhile by an
+        # operator, or removed, is left alone.
+        next_try = trio.current_time() + delay if delay > 0 else None
         for c in group:
-            c.dead = False
-            c.stopping = False
-            c._state = "backoff" if delay > 0 else "starting"
-            c.next_try = trio.current_time() + delay if delay > 0 else None
-            self._notify(c)
+            if c.state in (SlotState.STOPPED, SlotState.DEAD):
+                self._transition(c, SlotEvent.HOLD)
+            if c.state is SlotState.HELD:
+                c.next_try = next_try
+                self._notify(c)
         with trio.CancelScope() as scope:
             self._group_scope = scope
             await trio.sleep(delay)
@@ -391,18 +429,25 @@ class PoolSupervisor:
             self._escalate(failed)
             return
         for c in group:
-            if not c.removed:
+            if c.state is SlotState.HELD:
                 self._spawn(c, delay=0.0, restart=False)
                 c.restarts += 1
 
-    async def _stop_child(self, child: Child) -> None:
-        """Graceful stop of one child's current incarnation; cancels a pending backoff."""
-        child.stopping = True
+    async def _stop_child(self, child: Child, event: SlotEvent) -> None:
+        """STOP or REMOVE a child: a graceful stop of its current incarnation, or the
+        cancel of a start or a pending backoff; returns once the incarnation is over."""
+        before = child.state
+        self._transition(child, event)
+        if child.state not in _ENDING:
+            if child.state is not before:
+                self._notify(child)
+            return
         if child.handle is not None:
             child.handle.shutdown()
         elif child.scope is not None:
             child.scope.cancel()
-        await child.done.wait()
+        while child.state in _ENDING:
+            await self._changed.wait()
 
     def _escalate(self, child: Child) -> None:
         s = self.supervision
@@ -417,12 +462,13 @@ class PoolSupervisor:
         self._stopping = True
         if self._group_scope is not None:
             self._group_scope.cancel()
-        for child in reversed(self.children):
-            await self._stop_child(child)
+        for child in reversed(list(self.children)):
+            await self._stop_child(child, SlotEvent.STOP)
 
     async def _settled(self, child: Child) -> None:
         """Wait until a fresh child is ready, dead, or gone."""
-        while not (child.ready or child.dead or child.removed or self._stop.is_set()):
+        settled = (SlotState.DEAD, SlotState.REMOVING, SlotState.REMOVED)
+        while not (child.ready or child.state in settled or self._stop.is_set()):
             await self._changed.wait()
 
     # ------------------------------------------------------------------- events

@@ -4,7 +4,9 @@ Theory of operation
 -------------------
 A pool's children (see pool_supervisor.py) each have a *role*: ``pool`` (in the shared
 rotation), ``spare`` (started and ready, not yet in rotation) or ``session`` (bound to one
-named session). The router owns the roles; the supervisor owns the processes.
+named session). The router owns the roles, all in one :class:`Roles` record; the
+supervisor owns the slots and their processes, and the router asks it for changes
+(add, make temporary, remove, restart) through its methods.
 
 * An execute for the pool takes an idle ``pool`` kernel. If none is idle it waits in the
   pool's FIFO queue (at most ``queue_limit`` waiting, each at most ``queue_timeout``);
@@ -31,7 +33,7 @@ import math
 import random
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 import trio
@@ -41,10 +43,11 @@ from kernelsup.core.config import Config, PoolConfig
 from kernelsup.core.errors import Rejected
 from kernelsup.core.policy import IntensityWindow
 from kernelsup.core.results import ExecuteResult, ExitCause, Output
+from kernelsup.core.slot import SlotState
 from kernelsup.tree.bus import EventBus
 from kernelsup.tree.kernel import run_kernel
 from kernelsup.tree.kernel_handle import KernelHandle, KernelOptions
-from kernelsup.tree.pool_supervisor import Child, PoolEscalated, PoolSupervisor, Role
+from kernelsup.tree.pool_supervisor import Child, PoolEscalated, PoolSupervisor
 
 # Names of sessions that expired, remembered so their next request is told its state is
 # gone; bounded because names come from clients.
@@ -60,6 +63,46 @@ class SupervisorGaveUp(Rejected):
     """The root's restart intensity was exceeded: the whole supervisor stops."""
 
     code = "supervisor_gave_up"
+
+
+Role = Literal["pool", "spare", "session"]
+
+
+class Roles:
+    """Who does what: each kernel's role, and the session a session kernel serves.
+
+    The router's one record of roles; the supervisor knows nothing of them. Kernels are
+    forgotten here when their slot is removed, so this holds at most the pool's kernels.
+    """
+
+    def __init__(self) -> None:
+        self._role: dict[Child, Role] = {}
+        self._session: dict[Child, str] = {}
+
+    def of(self, child: Child) -> Role | None:
+        return self._role.get(child)
+
+    def session(self, child: Child) -> str | None:
+        return self._session.get(child)
+
+    def assign(self, child: Child, role: Role) -> None:
+        self._role[child] = role
+
+    def bind(self, child: Child, session: str) -> None:
+        """``child`` now serves ``session`` alone."""
+        self._role[child] = "session"
+        self._session[child] = session
+
+    def swap(self, a: Child, b: Child) -> None:
+        self._role[a], self._role[b] = self._role[b], self._role[a]
+
+    def forget(self, child: Child) -> None:
+        self._role.pop(child, None)
+        self._session.pop(child, None)
+
+    def clear(self) -> None:
+        self._role.clear()
+        self._session.clear()
 
 
 @attrs.define(eq=False)
@@ -104,12 +147,12 @@ class Pool:
         self._rng = rng
         self._options = KernelOptions.from_pool(cfg)
         self.sup = self._new_supervisor()
+        self._roles = Roles()
         self._busy: set[Child] = set()
         self._queue: collections.deque[_Waiter] = collections.deque()
         self.sessions: dict[str, Session] = {}
         self._changed = trio.Event()
         self._expired: collections.OrderedDict[str, None] = collections.OrderedDict()
-        self.restarting = False
 
     def _new_supervisor(self) -> PoolSupervisor:
         return PoolSupervisor(
@@ -151,12 +194,15 @@ class Pool:
         roles = pool * self.cfg.size + spare * self.cfg.spares
         first = True
         while True:
+            self._roles.clear()
+            for role in roles:
+                self._roles.assign(self.sup.add_child(), role)
             try:
                 if first:
                     first = False
-                    await self.sup.run(roles, task_status=task_status)
+                    await self.sup.run(task_status=task_status)
                 else:
-                    await self.sup.run(roles)
+                    await self.sup.run()
                 return
             except PoolEscalated as exc:
                 self._lose_sessions()
@@ -184,22 +230,31 @@ class Pool:
         )
 
     def _on_change(self, child: Child) -> None:
+        if child.state is SlotState.REMOVED:
+            self._roles.forget(child)
         self._rebalance()
         self._dispatch()
 
+    def _first_available(self, role: Role) -> Child | None:
+        return next(
+            (c for c in self.sup.children if self._roles.of(c) == role and self._available(c)),
+            None,
+        )
+
     def _rebalance(self) -> None:
         """Put ready spares in place of pool kernels that cannot serve."""
-        kids = self.sup.children
         # Only kernels that have exited: at start-up, whichever is ready first keeps its role.
         for gone in [
             c
-            for c in kids
-            if c.role == "pool" and not c.ready and (c.last_exit is not None or c.dead)
+            for c in self.sup.children
+            if self._roles.of(c) == "pool"
+            and not c.ready
+            and (c.last_exit is not None or c.state is SlotState.DEAD)
         ]:
-            spare = next((c for c in kids if c.role == "spare" and self._available(c)), None)
+            spare = self._first_available("spare")
             if spare is None:
                 return
-            spare.role, gone.role = "pool", "spare"
+            self._roles.swap(spare, gone)
 
     def _wake(self) -> None:
         """Something changed that a waiting session may care about (a kernel freed up or
@@ -210,9 +265,7 @@ class Pool:
     def _dispatch(self) -> None:
         self._wake()
         while self._queue:
-            child = next(
-                (c for c in self.sup.children if c.role == "pool" and self._available(c)), None
-            )
+            child = self._first_available("pool")
             if child is None:
                 if self.dead:
                     self._reject_queue(
@@ -233,17 +286,15 @@ class Pool:
 
     @property
     def dead(self) -> bool:
-        shared = [c for c in self.sup.children if c.role in ("pool", "spare")]
-        return bool(shared) and all(c.dead for c in shared)
+        shared = [c for c in self.sup.children if self._roles.of(c) in ("pool", "spare")]
+        return bool(shared) and all(c.state is SlotState.DEAD for c in shared)
 
     def _release(self, child: Child) -> None:
         self._busy.discard(child)
         self._dispatch()
 
     async def _acquire(self) -> Child:
-        child = next(
-            (c for c in self.sup.children if c.role == "pool" and self._available(c)), None
-        )
+        child = self._first_available("pool")
         if child is not None and not self._queue:
             self._busy.add(child)
             return child
@@ -329,12 +380,9 @@ class Pool:
             session.last_used = trio.current_time()
             while True:
                 child = session.child
-                if (
-                    child is None
-                    or child.removed
-                    or child.generation != session.generation
-                    or not child.ready
-                ):
+                # A kernel that is not ready is gone for the session (it exited, or is
+                # being removed); a new generation means it was restarted: state lost.
+                if child is None or not child.ready or child.generation != session.generation:
                     if child is not None:
                         session.lost = True
                     if self.sessions.get(name) is not session:
@@ -382,6 +430,8 @@ class Pool:
             session=name,
         )
 
+    _BIND_FROM: tuple[Role, ...] = ("spare", "pool")
+
     async def _bind(self, session: Session) -> Child:
         """Give the session a kernel of its own: a ready spare, else an idle pool kernel;
         refill the role it came from. Waits (bounded by queue_timeout) if neither is free."""
@@ -401,15 +451,13 @@ class Pool:
                         code="pool_dead",
                         pool=self.name,
                     )
-                for role in ("spare", "pool"):
-                    child = next(
-                        (c for c in self.sup.children if c.role == role and self._available(c)),
-                        None,
-                    )
+                for role in self._BIND_FROM:
+                    child = self._first_available(role)
                     if child is not None:
-                        child.role, child.temporary, child.session = "session", True, session.name
+                        self._roles.bind(child, session.name)
+                        self.sup.make_temporary(child)
                         session.child, session.generation = child, child.generation
-                        self.sup.add_child(role)
+                        self._roles.assign(self.sup.add_child(), role)
                         self._rebalance()
                         return child
                 await self._changed.wait()
@@ -433,7 +481,7 @@ class Pool:
                 self._expired.popitem(last=False)
         self._wake()
         self._bus.publish(ev.SESSION_CLOSED, pool=self.name, session=name)
-        if session.child is not None and not session.child.removed:
+        if session.child is not None:
             await self.sup.remove_child(session.child)
         return True
 
@@ -464,6 +512,48 @@ class Pool:
             next_due = min((s.last_used + idle for s in self.sessions.values()), default=now + idle)
             await trio.sleep_until(max(next_due, now + 0.01))
 
+    # ------------------------------------------------------------------- kernels
+    def kernel_count(self) -> int:
+        return len(self.sup.children)
+
+    def has_kernel(self, kernel_id: str) -> bool:
+        return self.sup.child(kernel_id) is not None
+
+    def _kernel(self, kernel_id: str) -> Child:
+        child = self.sup.child(kernel_id)
+        if child is None:
+            raise Rejected(
+                f"no kernel with id {kernel_id!r}", code="unknown_kernel", kernel_id=kernel_id
+            )
+        return child
+
+    async def interrupt(self, kernel_id: str) -> None:
+        """Interrupt whatever the kernel runs. Raises Rejected (``unknown_kernel``, or
+        ``kernel_unavailable`` when it has no process now)."""
+        child = self._kernel(kernel_id)
+        if child.handle is None:
+            raise Rejected(
+                f"kernel {kernel_id} is not running ({child.status})",
+                code="kernel_unavailable",
+                kernel_id=kernel_id,
+            )
+        await _handle(child).interrupt()
+
+    async def restart(self, kernel_id: str) -> None:
+        """Restart the kernel now (a dead one too); returns once it is starting. Raises
+        Rejected (``unknown_kernel``)."""
+        await self.sup.restart_child(self._kernel(kernel_id))
+
+    async def wait_changed(self) -> None:
+        """Wait for the next change: a kernel's state (ready, idle, busy, exited...), or a
+        session closing."""
+        await self._changed.wait()
+
+    async def wait_stopped(self) -> None:
+        """After :meth:`stop`: wait until no kernel of the pool runs."""
+        while not self.sup.quiet:
+            await self.wait_changed()
+
     # ------------------------------------------------------------------- status
     def kernel_status(self, now: float) -> list[dict[str, Any]]:
         out = []
@@ -473,11 +563,11 @@ class Pool:
                 {
                     "id": c.id,
                     "pool": self.name,
-                    "role": c.role,
-                    "state": c.state,
+                    "role": self._roles.of(c),
+                    "state": c.status,
                     "pid": c.handle.pid if c.handle is not None else None,
                     "restarts": c.restarts,
-                    "session": c.session,
+                    "session": self._roles.session(c),
                     "uptime_s": round(uptime, 3) if uptime is not None else None,
                     "last_exit": c.last_exit.to_dict() if c.last_exit else None,
                     "next_try_s": round(c.next_try - now, 3) if c.next_try is not None else None,
