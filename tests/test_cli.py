@@ -18,7 +18,18 @@ from typing import Any
 import pytest
 
 import kernelsup
+from kernelsup.cli.exits import Exit, fail, supervisor_failure
+from kernelsup.core.errors import (
+    ConfigError,
+    KernelsupError,
+    Rejected,
+    SupervisorGaveUp,
+    Unreachable,
+)
 from kernelsup.core.results import ExecuteResult
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
 from tests.supervisor_process import (
     SupervisorProcess,
     private_tmp,
@@ -340,3 +351,24 @@ def test_close_session_ends_its_state(sup: SupervisorProcess) -> None:
     fresh = cli("exec", "-c", config, "--session", "cli-s", "x")
     assert fresh.returncode == 1 and "NameError" in fresh.stderr
     assert cli("close-session", "-c", config, "cli-s").returncode == 0
+
+
+# --------------------------------------------------------------------------- exits.py
+def test_fail_prints_the_line_and_exits_by_the_code(capsys: pytest.CaptureFixture[str]) -> None:
+    assert fail(Rejected("no pool named 'x'", code="unknown_pool")) == 3
+    assert fail(ConfigError("bad")) == 2
+    assert fail(Unreachable("nobody"), Exit.ERROR) == 1  # `status`: no report at all
+    assert capsys.readouterr().err.splitlines() == [
+        "unknown_pool Rejected: no pool named 'x'",
+        "config_invalid ConfigError: bad",
+        "unreachable Unreachable: nobody",
+    ]
+
+
+def test_a_failed_run_reports_the_root_giving_up_first() -> None:
+    gave_up = SupervisorGaveUp("gave up")
+    other = KernelsupError("other", code="internal_error")
+    assert supervisor_failure(BaseExceptionGroup("g", [other, gave_up])) is gave_up
+    assert supervisor_failure(BaseExceptionGroup("g", [ValueError(), other])) is other
+    assert supervisor_failure(other) is other
+    assert supervisor_failure(BaseExceptionGroup("g", [ValueError()])) is None

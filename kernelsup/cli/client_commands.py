@@ -2,8 +2,9 @@
 close-session.
 
 A thin shell over :class:`kernelsup.control.sync_client.SyncClient`. Exit codes are part of the
-Contract (DESIGN.md section 7); errors print as ``<CODE> <ErrorClass>: <message>`` on
-stderr.
+Contract: data in :mod:`kernelsup.core.codes`, used through :mod:`kernelsup.cli.exits`
+(``exec`` exits by its result's status, a command ended by an error by its code). Errors
+print as ``<CODE> <ErrorClass>: <message>`` on stderr.
 """
 
 from __future__ import annotations
@@ -15,46 +16,21 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from kernelsup.cli.exits import Exit, exec_exit, fail
 from kernelsup.control.sync_client import SyncClient
-from kernelsup.core.errors import (
-    ConfigError,
-    ExecTimeout,
-    KernelDied,
-    KernelsupError,
-    Rejected,
-    RequestError,
-)
+from kernelsup.core.codes import result_error
+from kernelsup.core.errors import ConfigError, KernelsupError, Rejected
 from kernelsup.core.results import ExecuteResult, Output, format_status
 
-EXIT_OK = 0
-EXIT_ERROR = 1  # exec: the code raised; status: the supervisor is unreachable
-EXIT_USAGE = 2
-EXIT_REJECTED = 3  # rejected, unreachable, unknown kernel, some kernel not running
-EXIT_DIED = 4
-EXIT_TIMEOUT = 124
-EXIT_INTERRUPTED = 130  # Ctrl-C during exec (the request is cancelled on the server)
-
-EXEC_EXIT = {
-    "ok": EXIT_OK,
-    "error": EXIT_ERROR,
-    "rejected": EXIT_REJECTED,
-    "died": EXIT_DIED,
-    "timeout": EXIT_TIMEOUT,
-    "cancelled": EXIT_INTERRUPTED,
-}
-_STATUS_ERRORS: dict[str, type[KernelsupError]] = {
-    "timeout": ExecTimeout,
-    "died": KernelDied,
-    "rejected": Rejected,
-    "cancelled": RequestError,
-}
-
+_X = Exit
 EPILOG = (
-    "exit codes: exec 0 ok, 1 error in the code, 2 usage, 3 rejected or unreachable, "
-    "4 kernel died, 124 timeout, 130 interrupted; status 0 all running, 3 some not "
-    "running, 1 unreachable; interrupt/restart 0 done, 3 unknown kernel or "
-    "unreachable; close-session 0 closed, 3 no such session or unreachable; "
-    "watch 0 on Ctrl-C"
+    f"exit codes: exec {_X.OK:d} ok, {_X.ERROR:d} error in the code, {_X.USAGE:d} usage, "
+    f"{_X.REJECTED:d} rejected or unreachable, {_X.DIED:d} kernel died, {_X.TIMEOUT:d} "
+    f"timeout, {_X.INTERRUPTED:d} interrupted; status {_X.OK:d} all running, "
+    f"{_X.REJECTED:d} some not running, {_X.ERROR:d} unreachable; interrupt/restart "
+    f"{_X.OK:d} done, {_X.REJECTED:d} unknown kernel or unreachable; close-session "
+    f"{_X.OK:d} closed, {_X.REJECTED:d} no such session or unreachable; watch {_X.OK:d} "
+    "on Ctrl-C"
 )
 
 
@@ -132,34 +108,34 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _fail(err: KernelsupError, code: int) -> int:
-    print(err.describe(), file=sys.stderr, flush=True)
-    return code
-
-
 def _connect(args: argparse.Namespace) -> SyncClient:
     return SyncClient(args.config)
 
 
 def _run(
-    args: argparse.Namespace, body: Callable[[SyncClient], int], *, unreachable: int = EXIT_REJECTED
+    args: argparse.Namespace,
+    body: Callable[[SyncClient], int],
+    *,
+    unreachable: Exit | None = None,
 ) -> int:
-    """Connect, run ``body``; map config and connection errors to exit codes."""
+    """Connect, run ``body``; an error ends the command with its code's exit. Only
+    ``unreachable`` (when given) overrides that, for an error that is neither a config
+    error nor, once connected, a rejection: the supervisor could not be asked."""
     try:
         client = _connect(args)
     except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
+        return Exit.INTERRUPTED
     except ConfigError as err:
-        return _fail(err, EXIT_USAGE)
+        return fail(err)
     except KernelsupError as err:  # unreachable, wrong key, protocol version
-        return _fail(err, unreachable)
+        return fail(err, unreachable)
     with client:
         try:
             return body(client)
         except Rejected as err:
-            return _fail(err, EXIT_REJECTED)
+            return fail(err)
         except KernelsupError as err:
-            return _fail(err, unreachable)
+            return fail(err, unreachable)
 
 
 # --------------------------------------------------------------------------- exec
@@ -176,11 +152,11 @@ def cmd_exec(args: argparse.Namespace) -> int:
             if args.json:
                 result = client.execute(code, **kwargs)
                 print(json.dumps(result.to_dict()), flush=True)
-                return EXEC_EXIT.get(result.status, EXIT_ERROR)
+                return exec_exit(result)
             return _stream(client.stream(code, **kwargs))
         except KeyboardInterrupt:
             print("interrupted: the request was cancelled", file=sys.stderr, flush=True)
-            return EXIT_INTERRUPTED
+            return Exit.INTERRUPTED
 
     return _run(args, body)
 
@@ -218,15 +194,10 @@ def _finish(result: ExecuteResult, printed_error: bool) -> int:
     if result.status == "error" and not printed_error and result.error is not None:
         tb = "\n".join(result.error.traceback) or f"{result.error.ename}: {result.error.evalue}"
         _write(sys.stderr, tb + "\n")
-    cls = _STATUS_ERRORS.get(result.status)
-    if cls is not None:
-        message = result.message or result.status
-        if result.cause is not None and result.cause.describe() not in message:
-            message += f" (cause: {result.cause.describe()})"
-        print(
-            cls(message, code=result.code or result.status).describe(), file=sys.stderr, flush=True
-        )
-    return EXEC_EXIT.get(result.status, EXIT_ERROR)
+    err = result_error(result)
+    if err is not None:
+        print(err.describe(), file=sys.stderr, flush=True)
+    return exec_exit(result)
 
 
 def _write(stream: TextIO, text: str) -> None:
@@ -242,9 +213,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(json.dumps(report.to_dict()), flush=True)
         else:
             print(format_status(report), flush=True)
-        return EXIT_OK if report.all_running else EXIT_REJECTED
+        return Exit.OK if report.all_running else Exit.REJECTED
 
-    return _run(args, body, unreachable=EXIT_ERROR)
+    # 3 already says "some kernel is not running": no report at all is 1
+    return _run(args, body, unreachable=Exit.ERROR)
 
 
 # --------------------------------------------------------------------------- watch
@@ -260,10 +232,10 @@ def cmd_watch(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             pass
         except Rejected as err:
-            if err.code != "shutting_down":
+            if err.code != "shutting_down":  # the supervisor stopping ends a watch cleanly
                 raise
             print("the supervisor stopped", file=sys.stderr, flush=True)
-        return EXIT_OK
+        return Exit.OK
 
     return _run(args, body)
 
@@ -278,7 +250,7 @@ def cmd_kernel_action(args: argparse.Namespace) -> int:
         else:
             client.restart(args.kernel)
             print(f"restarting {args.kernel} ({time.monotonic() - t0:.2f}s)", flush=True)
-        return EXIT_OK
+        return Exit.OK
 
     return _run(args, body)
 
@@ -288,13 +260,8 @@ def cmd_close_session(args: argparse.Namespace) -> int:
     def body(client: SyncClient) -> int:
         if client.close_session(args.session):
             print(f"closed session {args.session}", flush=True)
-            return EXIT_OK
-        print(
-            Rejected(f"no open session named {args.session!r}", code="unknown_session").describe(),
-            file=sys.stderr,
-            flush=True,
-        )
-        return EXIT_REJECTED
+            return Exit.OK
+        return fail(Rejected(f"no open session named {args.session!r}", code="unknown_session"))
 
     return _run(args, body)
 

@@ -1,7 +1,8 @@
 """The ``kernelsup`` command: a thin shell over the library (parse, load, trio.run).
 
-Exit codes are part of the Contract (DESIGN.md section 7). Errors print as
-``<CODE> <ErrorClass>: <message>`` on stderr.
+Exit codes are part of the Contract: they are data in :mod:`kernelsup.core.codes`, used
+through :mod:`kernelsup.cli.exits`. Errors print as ``<CODE> <ErrorClass>: <message>`` on
+stderr.
 """
 
 from __future__ import annotations
@@ -17,20 +18,12 @@ from typing import Any, TextIO
 
 import trio
 
+from kernelsup.cli.exits import Exit, fail, supervisor_failure
 from kernelsup.core.config import Config, load_config
-from kernelsup.core.errors import ConfigError, KernelsupError, leaves
+from kernelsup.core.errors import ConfigError, KernelsupError
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
-
-EXIT_OK = 0
-EXIT_GAVE_UP = 1
-EXIT_USAGE = 2
-
-
-def _fail(err: KernelsupError, code: int) -> int:
-    print(err.describe(), file=sys.stderr)
-    return code
 
 
 def _load(path: str) -> Config:
@@ -42,10 +35,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     try:
         cfg = _load(args.config)
     except ConfigError as err:
-        return _fail(err, EXIT_USAGE)
+        return fail(err)
     pools = ", ".join(f"{p.name} ({p.size} x {p.kernel}, {p.spares} spare)" for p in cfg.pools)
     print(f"{args.config}: valid; pools: {pools}")
-    return EXIT_OK
+    return Exit.OK
 
 
 # --------------------------------------------------------------------------- run
@@ -74,23 +67,19 @@ async def _run(cfg: Config, *, log_json: bool, log_stream: TextIO | None) -> Non
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from kernelsup.tree.router import SupervisorGaveUp
-
     try:
         cfg = _load(args.config)
     except ConfigError as err:
-        return _fail(err, EXIT_USAGE)
+        return fail(err)
     try:
         with open(os.devnull, "w") if args.quiet else _stderr() as log_stream:
             trio.run(functools.partial(_run, cfg, log_json=args.log_json, log_stream=log_stream))
     except (KernelsupError, BaseExceptionGroup) as exc:
-        found = leaves(exc)
-        errs: list[KernelsupError] = [e for e in found if isinstance(e, SupervisorGaveUp)]
-        errs = errs or [e for e in found if isinstance(e, KernelsupError)]
-        if not errs:
+        failure = supervisor_failure(exc)
+        if failure is None:
             raise
-        return _fail(errs[0], EXIT_GAVE_UP)
-    return EXIT_OK
+        return fail(failure, Exit.ERROR)  # whatever its code: the supervisor failed
+    return Exit.OK
 
 
 @contextlib.contextmanager
@@ -136,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     code: int = args.func(args)
-    return code
+    return int(code)
 
 
 if __name__ == "__main__":  # pragma: no cover

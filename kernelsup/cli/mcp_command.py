@@ -1,9 +1,9 @@
 """``kernelsup mcp``: serve supervised kernels to an MCP client (a coding agent) over stdio.
 
 A thin shell over :mod:`kernelsup.mcp.server`: parse, load the config, ``trio.run``.
-stdout carries the MCP protocol, so this command prints only to stderr. Exit codes: 0
-when stdin closes (or on SIGINT/SIGTERM), 1 if the embedded supervisor failed, 2 for a
-usage or config error or a missing ``mcp`` package.
+stdout carries the MCP protocol, so this command prints only to stderr. Exit codes
+(:mod:`kernelsup.cli.exits`): 0 when stdin closes (or on SIGINT/SIGTERM), 1 if the
+embedded supervisor failed, 2 for a usage or config error or a missing ``mcp`` package.
 """
 
 from __future__ import annotations
@@ -15,20 +15,18 @@ from typing import Any
 
 import trio
 
+from kernelsup.cli.exits import Exit, fail, supervisor_failure
 from kernelsup.core.config import Config, load_config
 from kernelsup.core.errors import ConfigError, KernelsupError
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-
 EPILOG = (
-    "exit codes: 0 stdin closed or SIGINT/SIGTERM, 1 the embedded supervisor failed, "
-    "2 usage or config error (or the mcp package is missing). Tool errors, such as an "
-    "unreachable supervisor, are answered to the client and never end the server."
+    f"exit codes: {Exit.OK:d} stdin closed or SIGINT/SIGTERM, {Exit.ERROR:d} the embedded "
+    f"supervisor failed, {Exit.USAGE:d} usage or config error (or the mcp package is "
+    "missing). Tool errors, such as an unreachable supervisor, are answered to the client "
+    "and never end the server."
 )
 
 
@@ -66,14 +64,13 @@ def cmd_mcp(args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
-        return EXIT_USAGE
+        return Exit.USAGE
     target: Config | str = args.config
     try:
         if args.embedded or not args.config.startswith(("ipc://", "tcp://")):
             target = load_config(args.config)
     except ConfigError as err:
-        print(err.describe(), file=sys.stderr, flush=True)
-        return EXIT_USAGE
+        return fail(err)
     try:
         reason = trio.run(
             functools.partial(
@@ -84,23 +81,14 @@ def cmd_mcp(args: argparse.Namespace) -> int:
             )
         )
     except KeyboardInterrupt:
-        return EXIT_OK
+        return Exit.OK
     except (KernelsupError, BaseExceptionGroup) as exc:
-        errors = _kernelsup_errors(exc)
-        if not errors:
+        failure = supervisor_failure(exc)
+        if failure is None:
             raise
-        print(errors[0].describe(), file=sys.stderr, flush=True)
-        return EXIT_FAILED
+        return fail(failure, Exit.ERROR)  # whatever its code: the supervisor failed
     print(f"kernelsup mcp: stopped ({reason})", file=sys.stderr, flush=True)
-    return EXIT_OK
-
-
-def _kernelsup_errors(exc: BaseException) -> list[KernelsupError]:
-    if isinstance(exc, KernelsupError):
-        return [exc]
-    if isinstance(exc, BaseExceptionGroup):
-        return [e for sub in exc.exceptions for e in _kernelsup_errors(sub)]
-    return []
+    return Exit.OK
 
 
 __all__ = ["register"]

@@ -8,7 +8,8 @@ for the value of the last expression, the plain traceback of an error, ``[kernel
 notices (output lost, state lost, ...) where they happened; the truncation marker is
 already in the stream text where the middle was cut. An image stands in the text as a
 ``[image N: ...]`` line and travels as its own block. A result that is not ``ok`` ends with
-the ``<CODE> <ErrorClass>: <message>`` line the CLI prints; every result ends with one
+the ``<CODE> <ErrorClass>: <message>`` line the CLI prints (the one rule of
+:func:`kernelsup.core.codes.result_error`); every result ends with one
 ``[kernelsup: ...]`` line naming the status, the kernel and what happened to it.
 """
 
@@ -18,7 +19,7 @@ from typing import Any
 
 import attrs
 
-from kernelsup.core.errors import ExecTimeout, KernelDied, KernelsupError, Rejected, RequestError
+from kernelsup.core.codes import result_error
 from kernelsup.core.results import ExecuteResult, Output
 
 # MIME types sent as MCP image content (the ones MCP clients and models accept), in order
@@ -30,13 +31,6 @@ IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
 MAX_IMAGE_BYTES = 2 * 1024 * 1024
 # A progress message is one line a client shows while code runs, not the output itself.
 PROGRESS_MESSAGE_CHARS = 200
-
-_STATUS_ERRORS: dict[str, type[KernelsupError]] = {
-    "timeout": ExecTimeout,
-    "died": KernelDied,
-    "rejected": Rejected,
-    "cancelled": RequestError,
-}
 
 
 @attrs.frozen
@@ -90,12 +84,9 @@ def render_result(
     if result.error is not None and not saw_error:
         err = result.error
         text.line("\n".join(err.traceback) or f"{err.ename}: {err.evalue}")
-    cls = _STATUS_ERRORS.get(result.status)
-    if cls is not None:
-        message = result.message or result.status
-        if result.cause is not None and result.cause.describe() not in message:
-            message += f" (cause: {result.cause.describe()})"
-        text.line(cls(message, code=result.code or result.status).describe())
+    failure = result_error(result)
+    if failure is not None:
+        text.line(failure.describe())
     text.line(footer(result))
     summary = {
         key: value
