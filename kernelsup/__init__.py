@@ -20,11 +20,11 @@ from kernelsup.core.errors import (
     ProtocolError,
     Rejected,
     RequestError,
+    SupervisorGaveUp,
     Unreachable,
 )
 from kernelsup.core.interface import SupervisorInterface, SyncSupervisorInterface
 from kernelsup.core.results import ErrorInfo, ExecuteResult, ExitCause, Output, StatusReport
-from kernelsup.tree.router import SupervisorGaveUp
 
 __version__ = "0.1.0"
 

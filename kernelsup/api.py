@@ -28,7 +28,7 @@ from kernelsup.core.errors import Rejected, raise_lone
 from kernelsup.core.policy import IntensityWindow
 from kernelsup.core.results import ExecuteResult, Output, StatusReport
 from kernelsup.tree.bus import EventBus
-from kernelsup.tree.router import Pool, SupervisorGaveUp, rejected
+from kernelsup.tree.router import Pool, rejected
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
@@ -326,4 +326,4 @@ async def open_supervisor(
             bus.close()
 
 
-__all__ = ["STREAM_BUFFER", "Supervisor", "SupervisorGaveUp", "open_supervisor"]
+__all__ = ["STREAM_BUFFER", "Supervisor", "open_supervisor"]

@@ -285,11 +285,6 @@ def test_rows_name_classes_of_the_error_tree() -> None:
     assert {row.error for row in STATUSES.values()} - {None} <= core
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tree/router.py and tree/pool_supervisor.py still define SupervisorGaveUp and "
-    "PoolEscalated; once they import them from core/errors.py, drop this mark",
-)
 def test_only_the_errors_module_defines_error_classes() -> None:
     _import_everything()
     elsewhere = [

@@ -47,7 +47,7 @@ import trio
 
 from kernelsup.core import events as ev
 from kernelsup.core.config import RestartConfig, Supervision
-from kernelsup.core.errors import KernelStartError, KernelsupError
+from kernelsup.core.errors import KernelStartError, PoolEscalated
 from kernelsup.core.policy import GiveUp, IntensityWindow, NoRestart, Restart, RestartPolicy
 from kernelsup.core.results import ExitCause
 from kernelsup.core.slot import (
@@ -76,12 +76,6 @@ class ChildHandle(Protocol):
 StartChild = Callable[..., Awaitable[ExitCause]]
 """``async def start(kernel_id, *, on_exit, task_status) -> ExitCause`` (like
 ``run_kernel``); ``on_exit(cause)`` may be called as soon as the child knows it is dying."""
-
-
-class PoolEscalated(KernelsupError):
-    """A pool's restart intensity was exceeded; its parent decides what happens next."""
-
-    code = "pool_escalated"
 
 
 @attrs.define(eq=False)

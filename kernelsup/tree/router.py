@@ -40,14 +40,14 @@ import trio
 
 from kernelsup.core import events as ev
 from kernelsup.core.config import Config, PoolConfig
-from kernelsup.core.errors import Rejected
+from kernelsup.core.errors import PoolEscalated, Rejected, SupervisorGaveUp
 from kernelsup.core.policy import IntensityWindow
 from kernelsup.core.results import ExecuteResult, ExitCause, Output
 from kernelsup.core.slot import SlotState
 from kernelsup.tree.bus import EventBus
 from kernelsup.tree.kernel import run_kernel
 from kernelsup.tree.kernel_handle import KernelHandle, KernelOptions
-from kernelsup.tree.pool_supervisor import Child, PoolEscalated, PoolSupervisor
+from kernelsup.tree.pool_supervisor import Child, PoolSupervisor
 
 # Names of sessions that expired, remembered so their next request is told its state is
 # gone; bounded because names come from clients.
@@ -57,12 +57,6 @@ STATE_LOST_MARKER = (
     "[kernelsup: this session's kernel was replaced; "
     "variables and imports from earlier requests are gone]\n"
 )
-
-
-class SupervisorGaveUp(Rejected):
-    """The root's restart intensity was exceeded: the whole supervisor stops."""
-
-    code = "supervisor_gave_up"
 
 
 Role = Literal["pool", "spare", "session"]
