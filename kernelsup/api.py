@@ -19,8 +19,7 @@ from pathlib import Path
 import attrs
 import trio
 
-from kernelsup.adapters.launch import private_dir
-from kernelsup.adapters.runtime import runtime_dir_for
+from kernelsup.adapters.runtime import private_dir, runtime_dir_for
 from kernelsup.adapters.tether import Tether
 from kernelsup.core import events as ev
 from kernelsup.core.config import Config, load_config

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 import trio
 
-from kernelsup.adapters.launch import LaunchPlan, plan_launch, private_dir, spawn
+from kernelsup.adapters.launch import LaunchPlan, plan_launch, spawn
+from kernelsup.adapters.runtime import private_dir
 from kernelsup.core.errors import KernelStartError
 from tests.fakekernel import FAKE_PATH, install_kernelspec
 

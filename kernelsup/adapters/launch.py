@@ -30,7 +30,6 @@ import queue
 import re
 import secrets
 import signal
-import stat
 import subprocess
 import sys
 import threading
@@ -44,6 +43,7 @@ from jupyter_client.connect import write_connection_file
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
 from kernelsup.adapters.io_errors import map_error
+from kernelsup.adapters.runtime import private_dir
 from kernelsup.adapters.tether import TETHER_ENV
 from kernelsup.core.errors import KernelStartError
 
@@ -93,15 +93,6 @@ class LaunchPlan:
     connection: ConnectionInfo
     connection_file: Path
     language: str
-
-
-def private_dir(path: str | os.PathLike[str]) -> Path:
-    """Create (or tighten) a directory only this user can enter: mode 0700."""
-    p = Path(path)
-    p.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if stat.S_IMODE(p.stat().st_mode) != 0o700:
-        p.chmod(0o700)
-    return p
 
 
 def plan_launch(

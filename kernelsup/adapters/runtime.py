@@ -13,10 +13,19 @@ import ctypes
 import functools
 import hashlib
 import os
+import stat
 from pathlib import Path
 
-from kernelsup.adapters.launch import private_dir
 from kernelsup.core.config import Config
+
+
+def private_dir(path: str | os.PathLike[str]) -> Path:
+    """Create (or tighten) a directory only this user can enter: mode 0700."""
+    p = Path(path)
+    p.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if stat.S_IMODE(p.stat().st_mode) != 0o700:
+        p.chmod(0o700)
+    return p
 
 
 def _base() -> Path:

@@ -25,9 +25,9 @@ import trio
 import zmq
 import zmq.asyncio
 
-from kernelsup.adapters import zmqio
+from kernelsup.adapters import io_errors, zmqio
 from kernelsup.control.connection import CLEANUP_TIMEOUT_S, Address, Connection, Inbox, dealer
-from kernelsup.core.errors import ClientError, KernelsupError, Unreachable, raise_lone
+from kernelsup.core.errors import ClientError, KernelsupError, raise_lone
 
 if sys.version_info < (3, 11):  # pragma: no cover - trio brings the backport there
     from exceptiongroup import BaseExceptionGroup
@@ -98,7 +98,7 @@ class _TrioTransport:
             except trio.ClosedResourceError:
                 self.conn.fail(ClientError("the client was closed", code="client_closed"))
             except zmq.ZMQError as exc:
-                self.conn.fail(Unreachable(f"the connection failed: {exc}"))
+                self.conn.fail(io_errors.map_error(exc, "io", self.conn.endpoint))
 
         try:
             async with trio.open_nursery() as nursery:
@@ -148,7 +148,7 @@ class _AsyncioTransport:
                 while True:
                     self.conn.on_frames(await self._sock.recv_multipart())
             except zmq.ZMQError as exc:
-                self.conn.fail(Unreachable(f"the connection failed: {exc}"))
+                self.conn.fail(io_errors.map_error(exc, "io", self.conn.endpoint))
 
         task = self._loop.create_task(read())
         try:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
-import socket as stdsocket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,7 +31,7 @@ from typing import Any
 import attrs
 import zmq
 
-from kernelsup.adapters import runtime
+from kernelsup.adapters import io_errors, runtime
 from kernelsup.core import events as ev
 from kernelsup.core import protocol as proto
 from kernelsup.core.config import Config, load_config
@@ -149,29 +148,7 @@ def _read_key(path: Path, endpoint: str, hint: str) -> bytes:
 def probe(endpoint: str) -> None:
     """Fail fast (Unreachable) if an IPC endpoint's socket file is missing or nobody
     listens on it. Blocks at most PROBE_TIMEOUT_S; a no-op for TCP."""
-    if not endpoint.startswith("ipc://") or endpoint.startswith("ipc://@"):
-        return
-    path = endpoint[len("ipc://") :]
-    if not os.path.exists(path):
-        raise Unreachable(
-            f"no supervisor at {endpoint}: the socket file does not exist", endpoint=endpoint
-        )
-    sock = stdsocket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
-    sock.settimeout(PROBE_TIMEOUT_S)
-    try:
-        sock.connect(path)
-    except ConnectionRefusedError:
-        raise Unreachable(
-            f"no supervisor at {endpoint}: nothing listens on the socket file "
-            "(left over from a supervisor that was killed)",
-            endpoint=endpoint,
-        ) from None
-    except OSError as exc:
-        raise Unreachable(
-            f"no supervisor at {endpoint}: {exc.strerror or exc}", endpoint=endpoint
-        ) from None
-    finally:
-        sock.close()
+    io_errors.probe_ipc(endpoint, PROBE_TIMEOUT_S)
 
 
 # --- one request's replies -----------------------------------------------------------
@@ -379,10 +356,11 @@ def dealer(ctx: Any, endpoint: str) -> Any:
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     try:
-        sock.connect(endpoint)
-    except zmq.ZMQError as exc:
+        with io_errors.map_exceptions("connect", endpoint):
+            sock.connect(endpoint)
+    except BaseException:
         sock.close()
-        raise Unreachable(f"cannot connect to {endpoint}: {exc}", endpoint=endpoint) from None
+        raise
     return sock
 
 

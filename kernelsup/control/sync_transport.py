@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import zmq
 
+from kernelsup.adapters import io_errors
 from kernelsup.control.connection import Address, Connection, Inbox, dealer
 from kernelsup.core.errors import ClientError
 
@@ -32,19 +33,23 @@ class SyncTransport:
     def send(self, frames: list[bytes]) -> None:
         """Send one request, waiting at most as long as the supervisor may stay silent."""
         started = self.conn.now()
-        while True:
-            try:
-                self._sock.send_multipart(frames, zmq.NOBLOCK)
-                return
-            except zmq.Again:
-                ms = int(self.conn.remaining(started, None) * 1000) + 1
-                self._sock.poll(ms, zmq.POLLOUT)
+        with io_errors.map_exceptions("io", self.conn.endpoint):
+            while True:
+                try:
+                    self._sock.send_multipart(frames, zmq.NOBLOCK)
+                    return
+                except zmq.Again:
+                    ms = int(self.conn.remaining(started, None) * 1000) + 1
+                    self._sock.poll(ms, zmq.POLLOUT)
 
     def wait(self, inbox: Inbox, seconds: float) -> None:
         """Read and file one message if one comes within ``seconds`` (it may belong to
         another request: the caller looks at ``inbox`` again)."""
-        if self._sock.poll(int(seconds * 1000) + 1, zmq.POLLIN):
-            self.conn.on_frames(self._sock.recv_multipart())
+        with io_errors.map_exceptions("io", self.conn.endpoint):
+            if not self._sock.poll(int(seconds * 1000) + 1, zmq.POLLIN):
+                return
+            frames = self._sock.recv_multipart()
+        self.conn.on_frames(frames)
 
     def send_cancel(self, frames: list[bytes]) -> None:
         """Send a ``cancel`` if the socket can take it now; never raises."""
