@@ -35,11 +35,8 @@ from bench.common import (
     render,
     write_json,
 )
+from kernelsup.core.codes import Exit
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
 SOAK = "chaos"
 
 
@@ -124,17 +121,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             import matplotlib  # noqa: F401
         except ImportError:
             print("--plot needs matplotlib: pip install -e '.[plot]'", file=sys.stderr)
-            return EXIT_USAGE
+            return Exit.USAGE
     for flag in ("requests", "clients"):
         value = getattr(args, flag)
         if value is not None and (args.name != SOAK or value < 1):
             print(f"--{flag} is for {SOAK} only, and at least 1", file=sys.stderr)
-            return EXIT_USAGE
+            return Exit.USAGE
     names = list(BENCHMARKS) if args.name == "all" else [args.name]
     info = machine()
     print(machine_line(info), flush=True)
     reports: list[Report] = []
-    status = EXIT_OK
+    status = Exit.OK
     try:
         for name in names:
             options = (
@@ -146,10 +143,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             reports.append(report)
             print("\n" + render(report), flush=True)
             if report.skipped.startswith("failed") or report.extra.get("violations"):
-                status = EXIT_FAILED
+                status = Exit.ERROR
     except KeyboardInterrupt:
         print("\ninterrupted; every process started was stopped", file=sys.stderr)
-        status = EXIT_INTERRUPTED
+        status = Exit.INTERRUPTED
     if args.json:
         write_json(args.json, info, reports, argv)
         print(f"\nJSON written to {args.json}")
@@ -159,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"plot written to {args.plot}")
         except PlotUnavailable as exc:
             print(str(exc), file=sys.stderr)
-            status = status or EXIT_USAGE
+            status = status or Exit.USAGE
     return status
 
 

@@ -20,7 +20,7 @@ import pytest
 
 from bench import BENCHMARKS
 from bench.common import Report, Row, Stats, config_dict, percentile, pool_config, table, to_toml
-from tests.conftest import assert_nothing_left
+from tests.helpers import assert_nothing_left
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_TIMEOUT_S = 150

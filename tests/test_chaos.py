@@ -31,7 +31,7 @@ from bench.chaos import (
     make_plan,
     parse_ledger,
 )
-from tests.conftest import assert_nothing_left
+from tests.helpers import assert_nothing_left
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_TIMEOUT_S = 100

@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from kernelsup.adapters.tether import tethered_pids
-from tests.test_reliability import LEAVE_BEHIND, wait_all_gone
+from tests.helpers import LEAVE_BEHIND, wait_all_gone
 
 KERNELSUP = [sys.executable, "-m", "kernelsup"]
 

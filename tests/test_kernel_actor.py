@@ -18,8 +18,8 @@ from kernelsup.core.errors import KernelStartError
 from kernelsup.core.results import ExecuteResult
 from kernelsup.tree.kernel import run_kernel
 from kernelsup.tree.kernel_handle import KernelOptions
-from tests.conftest import FAST, RunningKernel, start_kernel
 from tests.fakekernel import install_kernelspec
+from tests.helpers import FAST, RunningKernel, start_kernel
 
 
 def _alive_now(pids: list[int]) -> list[int]:

@@ -7,50 +7,13 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 import kernelsup
 from kernelsup.adapters.tether import RuntimeDirBusy, Tether, tethered_pids
-from tests.test_router import FAST_POOL, kernels, wait_until
-
-# A kernel's code that leaves two things behind: a plain child, and a double-forked daemon
-# in a session of its own (so not in the kernel's process group). Returns both pids.
-LEAVE_BEHIND = textwrap.dedent("""
-    import os, subprocess
-    child = subprocess.Popen(["sleep", "1000"]).pid
-    r, w = os.pipe()
-    if os.fork() == 0:
-        os.setsid()
-        if os.fork() == 0:
-            os.write(w, str(os.getpid()).encode()); os.close(w)
-            os.execvp("sleep", ["sleep", "1001"])
-        os._exit(0)
-    os.close(w)
-    daemon = int(os.read(r, 32)); os.close(r)
-    os.waitpid(-1, 0)
-    print(child, daemon)
-""")
-
-
-def alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def wait_all_gone(pids: list[int], within: float = 5.0) -> list[int]:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        left = [p for p in pids if alive(p)]
-        if not left:
-            return []
-        time.sleep(0.05)
-    return [p for p in pids if alive(p)]
+from tests.helpers import FAST_POOL, LEAVE_BEHIND, alive, kernels, wait_all_gone, wait_until
 
 
 async def test_memory_limit_kills_only_the_hog(runtime_dir: Path) -> None:
@@ -91,7 +54,7 @@ async def test_children_and_daemons_die_with_their_kernel(runtime_dir: Path) -> 
 
 SUPERVISOR = textwrap.dedent("""
     import sys, trio, kernelsup
-    from tests.test_reliability import LEAVE_BEHIND
+    from tests.helpers import LEAVE_BEHIND
     async def main():
         cfg = kernelsup.Config.from_dict({"pool": [{"size": 2, "spares": 0}]})
         async with kernelsup.open_supervisor(cfg, runtime_dir=sys.argv[1]) as sup:

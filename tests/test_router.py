@@ -16,13 +16,7 @@ import trio
 
 import kernelsup
 from kernelsup.api import Supervisor
-
-FAST_POOL: dict[str, Any] = {
-    "heartbeat": {"interval": 0.2, "misses": 3},
-    "shutdown": {"grace": 1.0, "term_timeout": 1.0},
-    "interrupt_grace": 2.0,
-    "restart": {"min_delay": 0.0, "max_delay": 0.5, "max_retries": -1},
-}
+from tests.helpers import FAST_POOL, kernels, wait_until
 
 
 def config(**pool: Any) -> kernelsup.Config:
@@ -30,22 +24,11 @@ def config(**pool: Any) -> kernelsup.Config:
     return kernelsup.Config.from_dict({"supervisor": {"intensity": 1000}, "pool": [merged]})
 
 
-async def wait_until(sup: Supervisor, predicate: Callable[[], bool], timeout: float = 60) -> None:
-    pool = next(iter(sup.pools.values()))
-    with trio.fail_after(timeout):
-        while not predicate():
-            await pool.wait_changed()
-
-
 async def poll_until(predicate: Callable[[], bool], timeout: float = 30) -> None:
     """For conditions nothing announces (a kernel turning busy): check every 10 ms."""
     with trio.fail_after(timeout):
         while not predicate():
             await trio.sleep(0.01)
-
-
-def kernels(sup: Supervisor) -> list[dict[str, Any]]:
-    return list(sup.snapshot().kernels)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import trio
 import kernelsup
 from kernelsup.core import events as ev
 from kernelsup.tree.bus import EventBus
-from tests.test_router import FAST_POOL, kernels, wait_until
+from tests.helpers import FAST_POOL, kernels, wait_until
 
 
 def cfg(root: dict[str, Any] | None = None, **pool: Any) -> kernelsup.Config:

@@ -1,0 +1,149 @@
+"""What several test modules share: fast kernel settings, starting a kernel actor, waiting on
+a supervisor, a kernel that leaves processes behind, and the no-leftover-process check.
+
+Fixtures stay in conftest.py; everything a test imports by name lives here.
+"""
+
+from __future__ import annotations
+
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import psutil
+import trio
+
+from kernelsup.api import Supervisor
+from kernelsup.core.results import ExitCause
+from kernelsup.tree.kernel import run_kernel
+from kernelsup.tree.kernel_handle import KernelHandle, KernelOptions
+
+# Fast failure detection for tests; real timing is measured in bench/, not here.
+FAST = KernelOptions(
+    heartbeat_interval=0.2,
+    heartbeat_misses=3,
+    start_timeout=30.0,
+    interrupt_grace=3.0,
+    shutdown_grace=2.0,
+    term_timeout=1.0,
+)
+
+FAST_POOL: dict[str, Any] = {
+    "heartbeat": {"interval": 0.2, "misses": 3},
+    "shutdown": {"grace": 1.0, "term_timeout": 1.0},
+    "interrupt_grace": 2.0,
+    "restart": {"min_delay": 0.0, "max_delay": 0.5, "max_retries": -1},
+}
+
+
+@attrs.define
+class RunningKernel:
+    """A kernel actor started in the test's nursery, with its exit cause once it ends."""
+
+    handle: KernelHandle
+    done: trio.Event
+    cause: ExitCause | None = None
+
+    async def wait_exit(self, timeout: float = 30.0) -> ExitCause:
+        with trio.fail_after(timeout):
+            await self.done.wait()
+        assert self.cause is not None
+        return self.cause
+
+
+async def start_kernel(
+    nursery: trio.Nursery, runtime_dir: Path, options: KernelOptions = FAST, kernel_id: str = "k0"
+) -> RunningKernel:
+    done = trio.Event()
+    box: dict[str, Any] = {}
+
+    async def runner(task_status: trio.TaskStatus[KernelHandle]) -> None:
+        try:
+            box["cause"] = await run_kernel(
+                kernel_id, options, runtime_dir, task_status=task_status
+            )
+        finally:
+            done.set()
+            if "rk" in box:
+                box["rk"].cause = box.get("cause")
+
+    handle = await nursery.start(runner)
+    rk = RunningKernel(handle, done)
+    box["rk"] = rk
+    return rk
+
+
+async def wait_until(sup: Supervisor, predicate: Callable[[], bool], timeout: float = 60) -> None:
+    pool = next(iter(sup.pools.values()))
+    with trio.fail_after(timeout):
+        while not predicate():
+            await pool.wait_changed()
+
+
+def kernels(sup: Supervisor) -> list[dict[str, Any]]:
+    return list(sup.snapshot().kernels)
+
+
+# A kernel's code that leaves two things behind: a plain child, and a double-forked daemon
+# in a session of its own (so not in the kernel's process group). Returns both pids.
+LEAVE_BEHIND = textwrap.dedent("""
+    import os, subprocess
+    child = subprocess.Popen(["sleep", "1000"]).pid
+    r, w = os.pipe()
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            os.write(w, str(os.getpid()).encode()); os.close(w)
+            os.execvp("sleep", ["sleep", "1001"])
+        os._exit(0)
+    os.close(w)
+    daemon = int(os.read(r, 32)); os.close(r)
+    os.waitpid(-1, 0)
+    print(child, daemon)
+""")
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def wait_all_gone(pids: list[int], within: float = 5.0) -> list[int]:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        left = [p for p in pids if alive(p)]
+        if not left:
+            return []
+        time.sleep(0.05)
+    return [p for p in pids if alive(p)]
+
+
+def processes_mentioning(path: Path) -> list[psutil.Process]:
+    """Live processes whose command line mentions ``path`` (kernels, workers, supervisors)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        try:
+            if proc.info["status"] != psutil.STATUS_ZOMBIE and str(path) in " ".join(
+                proc.info["cmdline"] or []
+            ):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def _leftovers(path: Path) -> list[str]:
+    return [f"{p.pid}: {' '.join(p.info['cmdline'] or [])}" for p in processes_mentioning(path)]
+
+
+def assert_nothing_left(path: Path) -> None:
+    """No live process mentions ``path``; one being reaped a moment late gets 5 s."""
+    deadline = time.monotonic() + 5
+    while _leftovers(path) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _leftovers(path), _leftovers(path)
