@@ -24,6 +24,7 @@ from kernelsup.adapters.tether import Tether
 from kernelsup.core import events as ev
 from kernelsup.core.config import Config, load_config
 from kernelsup.core.errors import Rejected, raise_lone
+from kernelsup.core.interface import StreamItem
 from kernelsup.core.policy import IntensityWindow
 from kernelsup.core.results import ExecuteResult, Output, StatusReport
 from kernelsup.tree.bus import EventBus
@@ -37,8 +38,6 @@ if sys.version_info < (3, 11):
 STREAM_BUFFER = 256
 # Bound on a graceful stop of the whole tree; kernels are killed when it runs out.
 STOP_TIMEOUT_S = 60.0
-
-StreamItem = Output | ExecuteResult
 
 
 class Supervisor:

@@ -186,7 +186,7 @@ class _PeerRepliesFirst(list[bytes]):
 
 
 async def test_send_that_drains_the_fd_still_wakes_the_receiver() -> None:
-    """The stress test's bug, made deterministic (DESIGN.md section 8).
+    """The stress test's bug, made deterministic (ARCHITECTURE.md, "Decisions worth knowing").
 
     The receiver is parked on the FD. The peer's reply lands and signals the FD, and in the
     same trio step the dealer sends: zmq processes its pending commands inside that send

@@ -1,8 +1,8 @@
 """The ``kernelsup`` command: a thin shell over the library (parse, load, trio.run).
 
-Exit codes are part of the Contract: they are data in :mod:`kernelsup.core.codes`, used
-through :mod:`kernelsup.cli.exits`. Errors print as ``<CODE> <ErrorClass>: <message>`` on
-stderr.
+Exit codes are part of the Contract (ARCHITECTURE.md, "Contracts"): they are data in
+:mod:`kernelsup.core.codes`, used through :mod:`kernelsup.cli.exits`. Errors print as
+``<CODE> <ErrorClass>: <message>`` on stderr.
 """
 
 from __future__ import annotations

@@ -96,10 +96,8 @@ class KernelActor:
         self._on_exit = on_exit
         self.stats = ActorStats()
         self.proc: KernelProcess | None = None
-        self.ready_at: float | None = None
         self.kernel_info: dict[str, Any] = {}
         self.cause: ExitCause | None = None
-        self.exited = trio.Event()
         self.stop_requested = trio.Event()
         # Unbuffered: a request is either taken by the executor or it never started.
         self.inbox_send, self.inbox = trio.open_memory_channel[ExecuteRequest](0)
@@ -178,7 +176,6 @@ class KernelActor:
                         )
                     )
                 else:
-                    self.ready_at = trio.current_time()
                     self.state = "idle"
                     started = True
                     nursery.start_soon(self._executor)
@@ -233,7 +230,6 @@ class KernelActor:
         for sock in self._sockets.values():
             sock.close()
         self.proc.cleanup_files()
-        self.exited.set()
 
     # ------------------------------------------------------------------- sockets
     def _open_sockets(self) -> None:

@@ -124,20 +124,12 @@ class KernelHandle:
         return self._actor.state
 
     @property
-    def started_at(self) -> float | None:
-        return self._actor.ready_at
-
-    @property
     def stats(self) -> ActorStats:
         return self._actor.stats
 
     @property
     def kernel_info(self) -> dict[str, Any]:
         return self._actor.kernel_info
-
-    @property
-    def exited(self) -> trio.Event:
-        return self._actor.exited
 
     async def execute(
         self,
