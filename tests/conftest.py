@@ -22,6 +22,7 @@ FAST_MODULES = frozenset(
     {
         "test_config",
         "test_config_fuzz",
+        "test_docs",
         "test_errors",
         "test_events",
         "test_execution",
