@@ -198,8 +198,9 @@ def test_plot_writes_png_or_says_what_is_missing(
 
 
 def test_execute_without_endpoint_says_so() -> None:
+    """When `kernelsup run` could not be started for the endpoint rows, they say why."""
     from bench.common import render
-    from bench.execute import ENDPOINT_MISSING, _rows
+    from bench.execute import _rows
 
     lat = {k: [5.0, 6.0] for k in ("ks", "raw", "blocking", "async")}
     lat.update({"ep": [], "ep_raw": [], "ep_blocking": []})
@@ -210,7 +211,7 @@ def test_execute_without_endpoint_says_so() -> None:
         {"ks1": [190.0], "jc1": [200.0]},
         {"ks1": [5.0], "jc1": [5.0]},
         (1,),
-        ENDPOINT_MISSING,
+        "endpoint not available: it failed to start: Unreachable: no supervisor",
     )
     endpoint = [r for r in rep.rows if r.name.endswith("endpoint")]
     assert endpoint and all(not r.kernelsup and r.met is None for r in endpoint)
