@@ -43,7 +43,7 @@ async def test_fan_out_to_several_subscribers_in_order() -> None:
         bus = EventBus()
         subs = [bus.subscribe(name=f"s{i}") for i in range(3)]
         published = [
-            bus.publish(ev.STATE_CHANGED, pool="default", kernel_id="default-0", state="busy", n=i)
+            bus.publish(ev.KERNEL_STARTING, pool="default", kernel_id="default-0", n=i)
             for i in range(50)
         ]
         bus.close()
@@ -68,7 +68,7 @@ async def test_slow_subscriber_blocks_neither_publish_nor_others() -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(read_fast)
             for i in range(10_000):
-                bus.publish(ev.STATE_CHANGED, kernel_id="k", state="busy", n=i)
+                bus.publish(ev.KERNEL_STARTING, kernel_id="k", n=i)
                 await trio.lowlevel.checkpoint()  # the fast reader keeps up; the slow never reads
             stats = bus.stats
             bus.close()
@@ -296,13 +296,6 @@ EXAMPLES: dict[str, tuple[str | None, str | None, dict[str, Any], str]] = {
         "supervisor ready: 3 kernels, endpoint ipc:///tmp/ks/control",
     ),
     ev.SUPERVISOR_STOPPING: (None, None, {"reason": "SIGINT"}, "supervisor stopping: SIGINT"),
-    ev.SUPERVISOR_GAVE_UP: (
-        None,
-        None,
-        {"reason": "pool default escalated 4 times in 60 s"},
-        "supervisor gave up: pool default escalated 4 times in 60 s",
-    ),
-    ev.STATE_CHANGED: ("default", "default-2", {"state": "backoff"}, "default-2 state backoff"),
     ev.SESSION_OPENED: (
         "default",
         "default-1",

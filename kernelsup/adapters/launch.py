@@ -262,22 +262,12 @@ class KernelProcess:
             self._pidfd = None
         self._reaped.set()
 
-    def poll(self) -> int | None:
-        return self.returncode
-
     def signal_group(self, sig: int) -> None:
         """Signal the whole process group; a group that is gone already is fine."""
         try:
             os.killpg(self.pgid, sig)
         except (ProcessLookupError, PermissionError):
             pass
-
-    def signal_leader(self, sig: int) -> None:
-        if self.returncode is None:
-            try:
-                os.kill(self.pid, sig)
-            except ProcessLookupError:
-                pass
 
     async def kill_and_reap(self) -> int:
         """SIGKILL the group and reap the leader. Bounded: a SIGKILLed process always exits."""

@@ -28,8 +28,6 @@ POOL_ESCALATED = "pool_escalated"  # reason
 POOL_RESTARTED = "pool_restarted"  # (optional: reason)
 SUPERVISOR_READY = "supervisor_ready"  # kernels, endpoint
 SUPERVISOR_STOPPING = "supervisor_stopping"  # reason
-SUPERVISOR_GAVE_UP = "supervisor_gave_up"  # reason
-STATE_CHANGED = "state_changed"  # state
 SESSION_OPENED = "session_opened"  # session
 SESSION_CLOSED = "session_closed"  # session (optional: reason)
 LAGGED = "lagged"  # dropped (made by the bus, per subscriber)
@@ -46,8 +44,6 @@ ALL_KINDS: frozenset[str] = frozenset(
         POOL_RESTARTED,
         SUPERVISOR_READY,
         SUPERVISOR_STOPPING,
-        SUPERVISOR_GAVE_UP,
-        STATE_CHANGED,
         SESSION_OPENED,
         SESSION_CLOSED,
         LAGGED,
@@ -253,8 +249,6 @@ _PREDICATES: dict[str, Callable[[_Data], str]] = {
     POOL_RESTARTED: lambda d: _with(d, "reason", "restarted", ": {}"),
     SUPERVISOR_READY: _ready,
     SUPERVISOR_STOPPING: lambda d: f"supervisor stopping: {_s(d, 'reason')}",
-    SUPERVISOR_GAVE_UP: lambda d: f"supervisor gave up: {_s(d, 'reason')}",
-    STATE_CHANGED: lambda d: f"state {_s(d, 'state')}",
     SESSION_OPENED: lambda d: f"session {_s(d, 'session')} opened",
     SESSION_CLOSED: lambda d: _with(d, "reason", f"session {_s(d, 'session')} closed", ": {}"),
     LAGGED: lambda d: f"lagged: {_s(d, 'dropped')} events dropped",
