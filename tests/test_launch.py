@@ -17,7 +17,8 @@ import pytest
 import trio
 
 from kernelsup.adapters.launch import LaunchPlan, plan_launch, spawn
-from kernelsup.adapters.runtime import private_dir
+from kernelsup.adapters.runtime import ipc_dir_for, private_dir
+from kernelsup.adapters.tether import remove_ipc_dir
 from kernelsup.core.errors import KernelStartError
 from tests.fakekernel import FAKE_PATH, install_kernelspec
 
@@ -86,25 +87,60 @@ def test_private_dir_keeps_contents(runtime_dir: Path) -> None:
 # --- IPC and TCP plans ---------------------------------------------------------------------
 
 
-def test_ipc_plan_keeps_everything_in_the_private_runtime_dir(
-    runtime_dir: Path, ok_kernel: str
+@pytest.mark.parametrize("length", [16, 40, 100, 200])
+def test_ipc_plan_is_private_and_every_endpoint_fits_31_bytes(
+    runtime_dir: Path, ok_kernel: str, length: int
 ) -> None:
-    rd = runtime_dir / "run"  # not there yet: plan_launch creates it
+    """Connection file in the runtime dir; sockets there when its endpoints fit in 31
+    bytes (jupyter_client's own default is 18), else in a short private dir of its own."""
+    rd = runtime_dir / "run" if length == 16 else dir_of_length(runtime_dir, length)
+    rd = Path(str(rd)[:length]) if length == 16 else rd
     plan = plan_launch("k7", ok_kernel, rd)
     conn = plan.connection
     assert conn.transport == "ipc"
     assert mode_of(rd) == 0o700
     assert plan.connection_file.parent == rd
-    assert plan.connection_file.exists()
     assert mode_of(plan.connection_file) == 0o600
-    assert Path(conn.ip).parent == rd
-    assert Path(conn.ip).name.startswith("k7-")
+    sockets = Path(conn.ip).parent
+    assert sockets == ipc_dir_for(rd)
+    assert (sockets == rd) is (len(str(rd)) + len("/xxxxxx-9") + len("ipc://") <= 31)
+    assert mode_of(sockets) == 0o700 and sockets.stat().st_uid == os.getuid()
     files = conn.socket_files()
     assert len(files) == len(set(files)) == len(CHANNELS)
     for path, channel in zip(files, CHANNELS, strict=True):
-        assert path.parent == rd
+        assert path.parent == sockets
         assert conn.endpoint(channel) == f"ipc://{path}"
-        assert len(str(path).encode()) < 108  # AF_UNIX sun_path, NUL included
+        assert len(conn.endpoint(channel).encode()) <= 31
+
+
+def test_a_short_ipc_dir_planted_by_someone_else_is_refused(
+    runtime_dir: Path, ok_kernel: str, tmp_path: Path
+) -> None:
+    rd = dir_of_length(runtime_dir, 60)
+    planted = ipc_dir_for(rd)
+    assert planted != rd
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    planted.symlink_to(elsewhere)  # a symlink in /tmp pointing somewhere else
+    try:
+        with pytest.raises(KernelStartError) as info:
+            plan_launch("k0", ok_kernel, rd)
+        assert str(planted) in info.value.message
+        assert 'transport = "tcp"' in info.value.message  # says what to do
+        assert list(elsewhere.iterdir()) == []
+    finally:
+        planted.unlink()
+
+
+def test_the_short_ipc_dir_goes_with_the_supervisor(runtime_dir: Path, ok_kernel: str) -> None:
+    rd = dir_of_length(runtime_dir, 60)
+    plan = plan_launch("k0", ok_kernel, rd)
+    sockets = Path(plan.connection.ip).parent
+    assert sockets.is_dir()
+    remove_ipc_dir(rd)  # what the tether does when the supervisor ends
+    assert not sockets.exists()
+    remove_ipc_dir(runtime_dir)  # a runtime dir that holds its own sockets: nothing to do
+    assert runtime_dir.is_dir()
 
 
 def test_connection_file_matches_the_plan(runtime_dir: Path, ok_kernel: str) -> None:
@@ -187,50 +223,6 @@ def dir_of_length(base: Path, n: int, char: str = "d") -> Path:
     return base / (char * fill)
 
 
-# The IPC endpoint is "<runtime_dir>/<kernel_id>-<8 hex>-<N>": for kernel id "k0" that is
-# len(runtime_dir) + 15 characters, checked against 100 with room for the NUL.
-LONGEST_OK = 100 - 3 - len("/k0-") - 8
-
-
-@pytest.mark.parametrize(
-    ("length", "too_long"),
-    [
-        (LONGEST_OK - 10, False),
-        (LONGEST_OK, False),
-        (LONGEST_OK + 1, True),
-        (200, True),
-    ],
-)
-def test_runtime_dir_too_long_for_ipc(
-    runtime_dir: Path, ok_kernel: str, length: int, too_long: bool
-) -> None:
-    rd = dir_of_length(runtime_dir, length)
-    if not too_long:
-        plan = plan_launch("k0", ok_kernel, rd)
-        assert all(len(str(p).encode()) < 108 for p in plan.connection.socket_files())
-        return
-    with pytest.raises(KernelStartError) as info:
-        plan_launch("k0", ok_kernel, rd)
-    err = info.value
-    assert err.code == "start_failure"
-    assert "too long for IPC" in err.message
-    assert str(rd) in err.message
-    assert "runtime_dir" in err.message  # says what to change
-    assert not any(rd.glob("*.json"))  # no connection file left behind
-
-
-def test_long_runtime_dir_is_fine_for_tcp(runtime_dir: Path, ok_kernel: str) -> None:
-    plan = plan_launch("k0", ok_kernel, dir_of_length(runtime_dir, 200), transport="tcp")
-    assert plan.connection.ip == "127.0.0.1"
-
-
-def test_runtime_dir_too_long_in_bytes_for_ipc(runtime_dir: Path, ok_kernel: str) -> None:
-    rd = dir_of_length(runtime_dir, LONGEST_OK, "é")  # within 100 characters, not 100 bytes
-    assert len(str(rd).encode()) + len("/k0-12345678-1") >= 108
-    with pytest.raises(KernelStartError, match="too long for IPC"):
-        plan_launch("k0", ok_kernel, rd)
-
-
 # --- argv, env, interrupt mode, cwd ------------------------------------------------------------
 
 
@@ -310,26 +302,68 @@ def test_env_layers(
     edit_spec(fake_kernels, name, env=spec_env)
     plan = plan_launch("k0", name, runtime_dir, extra_env=pool)
     assert {k: plan.env.get(k) for k in expected} == expected
-    assert plan.env["PATH"] == os.environ["PATH"]
+    bindir = os.path.dirname(sys.executable)  # a Python kernel's own interpreter comes first
+    assert plan.env["PATH"].split(os.pathsep)[0] == bindir
+    assert plan.env["PATH"].endswith(os.environ["PATH"])
     assert os.environ.get("KS_NEW") is None  # the supervisor's own env is not touched
 
 
-def test_kernelspec_env_is_formatted_with_the_connection_file(
-    runtime_dir: Path, fake_kernels: Path
+def test_kernelspec_env_fills_vars_from_ours_as_jupyter_client_does(
+    runtime_dir: Path, fake_kernels: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("KS_BASE", "/opt/x")
+    monkeypatch.delenv("KS_NOPE", raising=False)
     name = install_kernelspec(fake_kernels, "ok")
-    edit_spec(fake_kernels, name, env={"KS_CONN": "{connection_file}", "KS_PLAIN": "x"})
+    spec_env = {
+        "KS_LIB": "$KS_BASE/lib",
+        "KS_BRACED": "${KS_BASE}:more",
+        "KS_UNKNOWN": "$KS_NOPE",
+        "KS_JSON": '{"a": 1}',
+        "KS_CONN": "{connection_file}",  # no {field}s in env values, as in jupyter_client
+    }
+    edit_spec(fake_kernels, name, env=spec_env)
+    env = plan_launch("k0", name, runtime_dir).env
+    assert env["KS_LIB"] == "/opt/x/lib"
+    assert env["KS_BRACED"] == "/opt/x:more"
+    assert env["KS_UNKNOWN"] == "$KS_NOPE"
+    assert env["KS_JSON"] == '{"a": 1}'
+    assert env["KS_CONN"] == "{connection_file}"
+
+
+PY_MAJOR = f"python{sys.version_info[0]}"
+PY_MINOR = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+
+
+@pytest.mark.parametrize(
+    ("argv0", "ours"),
+    [("python", True), (PY_MAJOR, True), (PY_MINOR, True), ("python2", False), ("bash", False)],
+)
+def test_python_names_in_argv_mean_our_interpreter(
+    runtime_dir: Path, fake_kernels: Path, argv0: str, ours: bool
+) -> None:
+    """jupyter_client's rule, for any kernel name (a spec installed as `python3.11`
+    must not run on whatever python3.11 PATH finds)."""
+    name = install_kernelspec(fake_kernels, "ok", name="my-env")
+    edit_spec(fake_kernels, name, argv=[argv0, "-f", "{connection_file}"])
     plan = plan_launch("k0", name, runtime_dir)
-    assert plan.env["KS_CONN"] == str(plan.connection_file)
-    assert plan.env["KS_PLAIN"] == "x"
+    assert plan.argv[0] == (sys.executable if ours else argv0)
+    assert plan.argv[1:] == ("-f", str(plan.connection_file))
 
 
-def test_kernelspec_env_with_other_braces_is_left_alone(
-    runtime_dir: Path, fake_kernels: Path
+@pytest.mark.parametrize(("language", "kept"), [("python", False), ("bash", True)])
+def test_pythonexecutable_is_dropped_for_python_kernels_only(
+    runtime_dir: Path,
+    fake_kernels: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    language: str,
+    kept: bool,
 ) -> None:
+    monkeypatch.setenv("PYTHONEXECUTABLE", "/somewhere/python")
     name = install_kernelspec(fake_kernels, "ok")
-    edit_spec(fake_kernels, name, env={"KS_JSON": '{"a": 1}'})
-    assert plan_launch("k0", name, runtime_dir).env["KS_JSON"] == '{"a": 1}'
+    edit_spec(fake_kernels, name, language=language)
+    env = plan_launch("k0", name, runtime_dir).env
+    assert ("PYTHONEXECUTABLE" in env) is kept
+    assert env["JPY_PARENT_PID"] == str(os.getpid())
 
 
 @pytest.mark.parametrize(

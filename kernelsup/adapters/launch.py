@@ -2,10 +2,18 @@
 
 Theory of operation
 -------------------
-* The kernelspec comes from jupyter_client's ``KernelSpecManager``; its argv is formatted
-  with the connection file the way jupyter_client does it. Connection files are written by
-  ``jupyter_client.connect.write_connection_file``: IPC by default, with the socket files
-  and the connection file inside a private runtime directory (dir 0700, files 0600).
+* Launched exactly as jupyter_client launches it, by reusing it: the kernelspec comes
+  from its ``KernelSpecManager``, argv from ``KernelManager.format_kernel_cmd`` (``python``,
+  ``python3`` and ``python3.X`` mean the interpreter running kernelsup; ``{connection_file}``,
+  ``{resource_dir}``, ``{prefix}``), the kernelspec's ``env`` filled with ``$VAR`` from ours,
+  ``PYTHONEXECUTABLE`` dropped for Python kernels, ``JPY_PARENT_PID`` set. A Python kernel's
+  interpreter directory goes first on its PATH, so ``!pip`` installs where ``import``
+  looks. Connection files are written by ``jupyter_client.connect.write_connection_file``
+  into the private runtime directory (dir 0700, files 0600).
+* IPC sockets: every endpoint fits in 31 bytes, as jupyter_client's default
+  ``ipc://kernel-ipc-1`` does (some kernels copy it into a 32-byte buffer: xeus-python
+  fails with "Invalid argument" past it). They live in the runtime directory when that is
+  short enough, else in a short private directory of its own (``runtime.ipc_dir_for``).
 * The kernel starts in a new session (``setsid``), so it and everything it starts form one
   process group, signalled and killed as one.
 * Tether: the child sets ``PR_SET_PDEATHSIG = SIGKILL`` before exec. That signal fires
@@ -27,11 +35,10 @@ import collections
 import ctypes
 import os
 import queue
-import re
 import secrets
 import signal
+import string
 import subprocess
-import sys
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -41,16 +48,21 @@ import attrs
 import trio
 from jupyter_client.connect import write_connection_file
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+from jupyter_client.manager import KernelManager
 
 from kernelsup.adapters.io_errors import map_error
-from kernelsup.adapters.runtime import private_dir
+from kernelsup.adapters.runtime import (
+    IPC_NAME_LEN,
+    MAX_IPC_ENDPOINT,
+    ipc_dir_for,
+    own_private_dir,
+    private_dir,
+)
 from kernelsup.adapters.tether import TETHER_ENV
 from kernelsup.core.errors import KernelStartError
 
 InterruptMode = Literal["signal", "message"]
 
-# Unix socket paths are limited to 108 bytes including the NUL; ipykernel appends "-N".
-_MAX_IPC_PATH = 100
 # How much of a kernel's own stdout/stderr we keep for error messages.
 STDERR_TAIL_BYTES = 8192
 
@@ -117,18 +129,14 @@ def plan_launch(
             code="start_failure",
             kernel=kernel_name,
         ) from None
+    mode = interrupt_mode or spec.interrupt_mode or "signal"
+    if mode not in ("signal", "message"):
+        raise KernelStartError(f"unknown interrupt_mode {mode!r}", code="start_failure")
     runtime_dir = private_dir(runtime_dir)
     nonce = secrets.token_hex(4)
     conn_file = runtime_dir / f"kernel-{kernel_id}-{nonce}.json"
     if transport == "ipc":
-        ip = str(runtime_dir / f"{kernel_id}-{nonce}")
-        length = len(os.fsencode(ip)) + 3
-        if length > _MAX_IPC_PATH:
-            raise KernelStartError(
-                f"runtime directory {str(runtime_dir)!r} is too long for IPC socket paths "
-                f"({length} > {_MAX_IPC_PATH} bytes); choose a shorter runtime_dir",
-                code="start_failure",
-            )
+        ip = _ipc_base(runtime_dir)
     elif transport == "tcp":
         ip = "127.0.0.1"
     else:
@@ -149,24 +157,15 @@ def plan_launch(
         hb_port=int(info["hb_port"]),
         signature_scheme=str(info.get("signature_scheme", "hmac-sha256")),
     )
-    subs = {
-        "connection_file": str(conn_file),
-        "resource_dir": spec.resource_dir,
-        "prefix": sys.prefix,
-    }
-    argv = tuple(_substitute(arg, subs) for arg in spec.argv)
-    if argv and argv[0] in ("python", "python3") and kernel_name == "python3":
-        argv = (sys.executable, *argv[1:])
-    env = dict(os.environ)
-    env.update({k: _substitute(v, subs) for k, v in (spec.env or {}).items()})
-    env.update(extra_env or {})
-    env[TETHER_ENV] = str(runtime_dir)  # inherited by all the kernel starts: see tether.py
-    mode = interrupt_mode or spec.interrupt_mode or "signal"
-    if mode not in ("signal", "message"):
-        raise KernelStartError(f"unknown interrupt_mode {mode!r}", code="start_failure")
+    # argv exactly as jupyter_client formats it: python, python3 and python3.X mean the
+    # interpreter running us; {connection_file}, {resource_dir}, {prefix} are filled in.
+    km = KernelManager(
+        kernel_name=kernel_name, kernel_spec_manager=ksm, connection_file=str(conn_file)
+    )
+    argv = tuple(os.path.expanduser(arg) for arg in km.format_kernel_cmd())
     return LaunchPlan(
         argv=argv,
-        env=env,
+        env=_kernel_env(spec.env or {}, spec.language, argv, extra_env or {}, runtime_dir),
         cwd=cwd,
         interrupt_mode=mode,  # type: ignore[arg-type]
         connection=conn,
@@ -175,13 +174,49 @@ def plan_launch(
     )
 
 
-_FIELD = re.compile(r"\{(connection_file|resource_dir|prefix)\}")
+def _ipc_base(runtime_dir: Path) -> str:
+    """A fresh socket base name whose endpoints (``<base>-1`` .. ``-5``) fit in
+    :data:`MAX_IPC_ENDPOINT` bytes, in :func:`ipc_dir_for`'s directory."""
+    directory = ipc_dir_for(runtime_dir)
+    if directory != runtime_dir:
+        try:
+            own_private_dir(directory)
+        except OSError as exc:
+            raise KernelStartError(
+                f"cannot use {directory} for the IPC sockets of runtime directory "
+                f'{runtime_dir}: {exc}; set transport = "tcp" or a runtime_dir of at most '
+                f"{MAX_IPC_ENDPOINT - IPC_NAME_LEN - 10} bytes",
+                code="start_failure",
+            ) from None
+    while True:  # a name none of whose five socket files exists yet
+        base = str(directory / secrets.token_hex(IPC_NAME_LEN // 2))
+        if not any(os.path.exists(f"{base}-{n}") for n in range(1, 6)):
+            return base
 
 
-def _substitute(text: str, subs: Mapping[str, str]) -> str:
-    """Fill the kernelspec's known ``{fields}``; leave every other brace alone (as
-    jupyter_client does), so a literal ``{"a": 1}`` in argv survives."""
-    return _FIELD.sub(lambda m: subs[m.group(1)], text)
+def _kernel_env(
+    spec_env: Mapping[str, str],
+    language: str,
+    argv: tuple[str, ...],
+    pool_env: Mapping[str, str],
+    runtime_dir: Path,
+) -> dict[str, str]:
+    """The kernel's environment, layered as jupyter_client does it: ours, then the
+    kernelspec's (``$VAR`` filled from ours), then the pool's ``env``."""
+    env = dict(os.environ)
+    env.update({k: string.Template(v).safe_substitute(env) for k, v in spec_env.items()})
+    if language.lower().startswith("python"):
+        env.pop("PYTHONEXECUTABLE", None)  # as jupyter_client: it would point elsewhere
+        # `!pip` and `!python` are the kernel's own interpreter's, not whatever leads PATH.
+        if argv and os.path.isabs(argv[0]):
+            bindir = os.path.dirname(argv[0])
+            path = env.get("PATH", "")
+            if path.split(os.pathsep, 1)[0] != bindir:
+                env["PATH"] = bindir + (os.pathsep + path if path else "")
+    env.update(pool_env)
+    env["JPY_PARENT_PID"] = str(os.getpid())
+    env[TETHER_ENV] = str(runtime_dir)  # inherited by all the kernel starts: see tether.py
+    return env
 
 
 # --------------------------------------------------------------------------- spawning

@@ -51,6 +51,44 @@ def runtime_dir_for(config: Config, *, create: bool = True) -> Path:
     return path
 
 
+# Some kernels copy an endpoint into a 32-byte buffer (xeus-python reads ZMQ_LAST_ENDPOINT
+# that way, and fails with "Invalid argument" past it), so every IPC endpoint a kernel binds
+# must fit in 31 bytes, as jupyter_client's own default ("ipc://kernel-ipc-1") does.
+MAX_IPC_ENDPOINT = 31
+# An IPC socket's base name inside its directory (a random hex string, `-N` is appended).
+IPC_NAME_LEN = 6
+
+
+def ipc_dir_for(runtime_dir: Path) -> Path:
+    """Where a runtime directory's kernels put their IPC sockets: the runtime directory
+    itself when its endpoints fit in :data:`MAX_IPC_ENDPOINT` bytes, else a short private
+    directory ``/tmp/ks<hash>`` of its own (removed by the tether when the supervisor ends)."""
+    if _ipc_fits(runtime_dir):
+        return runtime_dir
+    digest = hashlib.sha256(os.fsencode(os.path.abspath(runtime_dir))).hexdigest()[:8]
+    return Path("/tmp") / f"ks{digest}"
+
+
+def _ipc_fits(directory: Path) -> bool:
+    longest = f"ipc://{directory}/{'x' * IPC_NAME_LEN}-9"
+    return len(os.fsencode(longest)) <= MAX_IPC_ENDPOINT
+
+
+def own_private_dir(path: Path) -> Path:
+    """:func:`private_dir` for a path in a shared place (``/tmp``): refuse one that is a
+    symlink or belongs to another user, instead of using it."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(path)  # not following a symlink someone else may have put there
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        raise PermissionError(f"{path} exists and is not a directory of this user's")
+    if stat.S_IMODE(st.st_mode) != 0o700:
+        os.chmod(path, 0o700)
+    return path
+
+
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 _MMAP_THRESHOLD = 128 * 1024  # glibc's own initial value
 

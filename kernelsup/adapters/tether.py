@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from pathlib import Path
 
 import trio
 
+from kernelsup.adapters.runtime import ipc_dir_for
 from kernelsup.core.errors import RuntimeDirBusy
 
 __all__ = ["TETHER_ENV", "RuntimeDirBusy", "Tether", "marker", "sweep", "tethered_pids"]
@@ -125,6 +127,7 @@ class Tether:
             if reaper.returncode is None:
                 reaper.kill()
                 await trio.to_thread.run_sync(reaper.wait)
+        remove_ipc_dir(self.runtime_dir)
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -140,6 +143,15 @@ def _reaper_main(runtime_dir: str) -> None:
     for _ in range(3):
         if not sweep(Path(runtime_dir)):
             break
+    remove_ipc_dir(Path(runtime_dir))
+
+
+def remove_ipc_dir(runtime_dir: Path) -> None:
+    """Remove the short IPC socket directory of ``runtime_dir`` (if it has one of its own)
+    once its kernels are gone; what is left in it are stale socket files."""
+    ipc_dir = ipc_dir_for(runtime_dir)
+    if ipc_dir != runtime_dir:
+        shutil.rmtree(ipc_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":
