@@ -51,7 +51,7 @@ from kernelsup.adapters.launch import KernelProcess, plan_launch, spawn
 from kernelsup.adapters.runtime import keep_memory_flat
 from kernelsup.core.errors import KernelStartError
 from kernelsup.core.execution import Execution, MessageNumbers
-from kernelsup.core.outputs import OutputCollector
+from kernelsup.core.outputs import OutputCollector, strip_ansi
 from kernelsup.core.results import ExecuteResult, ExitCause
 from kernelsup.core.slot import KernelState
 from kernelsup.core.wire import Message, Wire, WireError
@@ -77,6 +77,7 @@ class _Running:
     got_reply: trio.Event = attrs.field(factory=trio.Event)
     got_idle: trio.Event = attrs.field(factory=trio.Event)
     got_either: trio.Event = attrs.field(factory=trio.Event)
+    interrupted: bool = False  # we interrupted the kernel while it ran (for any reason)
 
 
 class KernelActor:
@@ -189,9 +190,17 @@ class KernelActor:
             kind = self.cause.kind if self.cause.kind == "start_timeout" else "start_failure"
             cause = attrs.evolve(self.cause, kind=kind)
             tail = self.proc.output_tail()
+            # The reason first: how the process ended (with what it wrote last, for an
+            # exit status), or the failing start-up code's exception and traceback.
+            reason = cause.describe()
+            if self.cause.code is not None or self.cause.signal is not None:
+                reason = f"the kernel process ended: {reason}"
+            if cause.detail:
+                reason += f": {cause.detail}"
+            if kind == "start_timeout" and tail:
+                reason += f"; its output ended: {tail}"
             raise KernelStartError(
-                f"kernel {self.kernel_id} failed to start: {cause.describe()}"
-                + (f"; output: {tail}" if tail else ""),
+                f"kernel {self.kernel_id} failed to start: {reason}",
                 code=kind,
                 kernel_id=self.kernel_id,
                 cause=cause,
@@ -329,9 +338,11 @@ class KernelActor:
     async def _watch_process(self) -> None:
         assert self.proc is not None
         code = await self.proc.wait()
-        # A signal says what happened; the kernel's own last words only help otherwise
-        # (and ipykernel's start-up banner would just be noise).
-        tail = self.proc.output_tail() if code > 0 else ""
+        # A signal says what happened; the kernel's own last words help otherwise (an exit
+        # status, or any exit before it was ready: they say why it could not start).
+        tail = (
+            self.proc.output_tail() if code > 0 or (code == 0 and self.state == "starting") else ""
+        )
         self.finish(
             ExitCause.from_returncode(code, requested=self.stop_requested.is_set(), detail=tail)
         )
@@ -346,26 +357,31 @@ class KernelActor:
                 await self._iopub_seen.wait()
 
     async def _run_startup_code(self) -> None:
-        """Run ``startup_code`` silently (execution counts start at 1 for the user); with
-        none, a silent ``pass`` warms the kernel up, so its first real request does not
-        pay IPython's first-execution cost (about 9 ms, measured in bench/restart)."""
+        """Run the pool's ``startup_code`` silently (execution counts start at 1 for the
+        user). With none, a Python kernel (by its ``kernel_info`` language) is warmed up with
+        a silent ``pass``, so its first real request does not pay the interpreter's
+        first-execution cost (about 7 ms, measured in bench/restart); other languages get
+        no code at all: nothing here knows what is valid in them."""
+        code = self.options.startup_code
+        if not code and self.language.startswith("python"):
+            code = "pass"
+        if not code:
+            return
         send, recv = trio.open_memory_channel[ExecuteResult](1)
-        req = ExecuteRequest(
-            self.options.startup_code or "pass",
-            reply=send,
-            silent=True,
-            timeout=self.options.start_timeout,
-        )
+        req = ExecuteRequest(code, reply=send, silent=True, timeout=self.options.start_timeout)
         result = await self._run_one(req)
-        if result.status != "ok":
-            detail = result.error.evalue if result.error else result.message
-            self.finish(
-                ExitCause(
-                    "start_failure", detail=f"startup_code failed ({result.status}): {detail}"
-                )
-            )
-            await trio.sleep_forever()
         recv.close()
+        if result.status != "ok":
+            what = "startup_code" if self.options.startup_code else "the warm-up execute"
+            self.finish(ExitCause("start_failure", detail=f"{what} failed: {_failure(result)}"))
+            await trio.sleep_forever()
+
+    @property
+    def language(self) -> str:
+        """The kernel's language as its ``kernel_info_reply`` says (lower case)."""
+        info = self.kernel_info.get("language_info")
+        name = info.get("name") if isinstance(info, dict) else None
+        return name.lower() if isinstance(name, str) else ""
 
     async def _heartbeat(self) -> None:
         def missed() -> None:
@@ -404,7 +420,12 @@ class KernelActor:
         proc.signal_group(signal.SIGKILL)
 
     async def interrupt(self) -> None:
+        """Interrupt what the kernel runs (a deadline, a cancel, or an operator); the
+        request in flight then says ``interrupted``, whatever the kernel answers (kernels
+        answer an interrupt as an error, an abort, or not at all)."""
         assert self.proc is not None
+        if self._running is not None:
+            self._running.interrupted = True
         if self.proc.plan.interrupt_mode == "signal":
             self.proc.signal_group(signal.SIGINT)
         else:
@@ -458,7 +479,10 @@ class KernelActor:
         req.scope = None
         if ex.finished(cancelled=req.cancel_requested):
             return self._end(run).result(
-                ex.status(), kernel_id=self.kernel_id, now=trio.current_time()
+                ex.status(),
+                kernel_id=self.kernel_id,
+                now=trio.current_time(),
+                interrupted=run.interrupted,
             )
         # Deadline passed or the caller cancelled: interrupt, then grace, then kill.
         status: Literal["timeout", "cancelled"] = "cancelled" if req.cancel_requested else "timeout"
@@ -497,6 +521,23 @@ class KernelActor:
         self._running = None
         self.stats.iopub_lost += run.execution.lost
         return run.execution
+
+
+# How much of a failed startup_code's traceback goes into the start failure's reason.
+STARTUP_TRACEBACK_CHARS = 4000
+
+
+def _failure(result: ExecuteResult) -> str:
+    """What went wrong in a start-up execute: the exception and its traceback (the end of
+    it, ANSI colours stripped), else the status and message."""
+    err = result.error
+    if err is None:
+        return f"{result.status}: {result.message}" if result.message else result.status
+    head = f"{err.ename}: {err.evalue}" if err.ename else err.evalue or "an error"
+    tb = strip_ansi("\n".join(err.traceback)).strip()
+    if len(tb) > STARTUP_TRACEBACK_CHARS:
+        tb = "..." + tb[-STARTUP_TRACEBACK_CHARS:]
+    return f"{head}\n{tb}" if tb and tb != head else head
 
 
 def _rejected(code: str, message: str) -> ExecuteResult:

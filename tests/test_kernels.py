@@ -1,0 +1,231 @@
+"""Kernels that are not ipykernel, installed from PyPI by the test extra, under supervision.
+
+bash_kernel (bash, a Python program driving bash through pexpect), calysto_scheme (Scheme,
+on metakernel) and xeus-python (the Jupyter protocol in C++, for Python): ok, error,
+timeout, death and replacement, session state, over IPC and TCP. Nothing here knows a
+language's syntax beyond the snippets each scenario sends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import trio
+
+import kernelsup
+from kernelsup.api import Supervisor
+from kernelsup.core.errors import KernelStartError
+from tests.helpers import FAST, FAST_POOL, start_kernel
+
+# Launch to ready takes up to ~4 s for bash (it sources ~/.bashrc) on a loaded machine.
+START_TIMEOUT = 60.0
+
+
+@attrs.frozen
+class Lang:
+    """What each scenario sends to one kernel, in that kernel's language."""
+
+    kernel: str
+    hello: str  # prints "hello" on stdout
+    raises: str  # an error in the code
+    set_x: str  # x = 41
+    get_x: str  # prints or returns 42
+    loop: str  # runs until interrupted
+    die: str  # kills the kernel process itself
+
+
+BASH = Lang(
+    kernel="bash",
+    hello="echo hello",
+    raises="ls /no/such/dir-kernelsup",
+    set_x="X=41",
+    get_x="echo $((X + 1))",
+    loop="sleep 30",
+    die="kill -9 $PPID",  # bash's parent is the kernel process
+)
+SCHEME = Lang(
+    kernel="calysto_scheme",
+    hello='(display "hello")',
+    raises="(car '())",
+    set_x="(define x 41)",
+    get_x="(+ x 1)",
+    loop="(define (f) (f)) (f)",
+    die='(import "os") (os._exit 3)',
+)
+XPYTHON = Lang(
+    kernel="xpython",
+    hello="print('hello')",
+    raises="1 / 0",
+    set_x="x = 41",
+    get_x="x + 1",
+    loop="import time; time.sleep(30)",
+    die="import os; os._exit(3)",
+)
+
+
+@pytest.fixture(scope="module")
+def kernelspecs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """bash_kernel's kernelspec, installed with its own installer into a private prefix
+    (pip installs the package; the kernelspec is a separate step, as its README says).
+    calysto_scheme and xeus-python ship theirs in the wheel."""
+    prefix = tmp_path_factory.mktemp("specs")
+    subprocess.run(
+        [sys.executable, "-m", "bash_kernel.install", "--prefix", str(prefix)],
+        check=True,
+        capture_output=True,
+    )
+    yield prefix / "share" / "jupyter"
+
+
+@pytest.fixture
+def jupyter_path(kernelspecs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "JUPYTER_PATH", f"{kernelspecs}{os.pathsep}{os.environ.get('JUPYTER_PATH', '')}"
+    )
+
+
+def pool(lang: Lang, transport: str, **extra: Any) -> kernelsup.Config:
+    spec = {
+        **FAST_POOL,
+        "name": "p",
+        "kernel": lang.kernel,
+        "size": 1,
+        "spares": 0,
+        "transport": transport,
+        "start_timeout": START_TIMEOUT,
+        "interrupt_grace": 10.0,
+        **extra,
+    }
+    return kernelsup.Config.from_dict({"supervisor": {"intensity": 100}, "pool": [spec]})
+
+
+async def run(sup: Supervisor, code: str, **kw: Any) -> kernelsup.ExecuteResult:
+    return await sup.execute(code, pool="p", **kw)
+
+
+def output(r: kernelsup.ExecuteResult) -> str:
+    return (r.stdout + (r.result or "")).strip()
+
+
+@pytest.mark.parametrize("transport", ["ipc", "tcp"])
+@pytest.mark.parametrize("lang", [BASH, SCHEME], ids=lambda lang: lang.kernel)
+async def test_a_kernel_of_another_language_is_supervised(
+    jupyter_path: None, runtime_dir: Path, lang: Lang, transport: str
+) -> None:
+    with trio.fail_after(240):
+        async with kernelsup.open_supervisor(pool(lang, transport), runtime_dir=runtime_dir) as sup:
+            # ok: it started without any Python warm-up, and answers
+            r = await run(sup, lang.hello)
+            assert (r.status, output(r)) == ("ok", "hello"), r
+
+            # error in the code
+            r = await run(sup, lang.raises)
+            assert r.status == "error" and r.code == "execution_error", r
+
+            # session state
+            r = await run(sup, lang.set_x, session="s")
+            assert r.status == "ok", r
+            r = await run(sup, lang.get_x, session="s")
+            assert (r.status, output(r)) == ("ok", "42"), r
+
+            # timeout: interrupted, the kernel and its state survive
+            r = await run(sup, lang.loop, session="s", timeout=1.0)
+            assert (r.status, r.interrupted, r.kernel_restarted) == ("timeout", True, False), r
+            r = await run(sup, lang.get_x, session="s")
+            assert (r.status, output(r)) == ("ok", "42"), r
+
+            # death: the request says so, the session's next one runs on a fresh kernel
+            r = await run(sup, lang.die, session="s")
+            assert r.status == "died", r
+            r = await run(sup, lang.hello, session="s")
+            assert (r.status, r.state_lost) == ("ok", True), r
+            marker, said = output(r).split("\n")  # the state-lost marker line comes first
+            assert ("replaced" in marker, said) == (True, "hello"), r
+
+            # the pool's own kernel was untouched by the session's death
+            r = await run(sup, lang.hello)
+            assert (r.status, output(r)) == ("ok", "hello"), r
+
+
+async def test_xeus_python_over_ipc_from_a_long_runtime_dir(
+    jupyter_path: None, runtime_dir: Path
+) -> None:
+    """A C++ implementation of the protocol copies its endpoint into a 32-byte buffer: over
+    IPC it starts only when every endpoint fits (here the runtime dir is far too long for
+    that, so its sockets go to a short private directory)."""
+    deep = runtime_dir / ("d" * 60)
+    with trio.fail_after(120):
+        async with kernelsup.open_supervisor(pool(XPYTHON, "ipc"), runtime_dir=deep) as sup:
+            r = await run(sup, XPYTHON.set_x, session="s")
+            assert r.status == "ok", r
+            r = await run(sup, XPYTHON.get_x, session="s")
+            assert (r.status, r.result) == ("ok", "42"), r
+            r = await run(sup, XPYTHON.raises)
+            assert r.status == "error" and "ZeroDivisionError" in (r.error.ename or ""), r
+
+
+async def test_an_interrupt_from_outside_marks_the_request_interrupted(
+    runtime_dir: Path,
+) -> None:
+    cfg = pool(attrs.evolve(XPYTHON, kernel="python3"), "ipc")
+    with trio.fail_after(120):
+        async with kernelsup.open_supervisor(cfg, runtime_dir=runtime_dir) as sup:
+            kernel_id = sup.snapshot().kernels[0]["id"]
+            async with trio.open_nursery() as nursery:
+                got: list[kernelsup.ExecuteResult] = []
+
+                async def running() -> None:
+                    got.append(await run(sup, "import time; time.sleep(30)"))
+
+                nursery.start_soon(running)
+                while sup.snapshot().kernels[0]["state"] != "busy":
+                    await trio.sleep(0.01)  # nothing announces "busy" to a caller
+                await sup.interrupt(kernel_id)
+            (r,) = got
+            assert (r.status, r.interrupted) == ("error", True), r
+            assert r.error is not None and r.error.ename == "KeyboardInterrupt"
+
+
+# --- start failures tell the truth ------------------------------------------------------
+
+
+async def test_failing_startup_code_is_the_reason_with_its_traceback(
+    nursery: trio.Nursery, runtime_dir: Path
+) -> None:
+    options = attrs.evolve(FAST, startup_code="def setup():\n    return 1 / 0\nsetup()")
+    with pytest.raises(KernelStartError) as info:
+        await start_kernel(nursery, runtime_dir, options)
+    message = info.value.message
+    assert "startup_code failed: ZeroDivisionError: division by zero" in message
+    assert "setup()" in message  # the traceback, not only the last line
+    assert "IPKernelApp" not in message  # not the kernel's start-up banner
+    assert info.value.code == "start_failure"
+
+
+async def test_a_kernel_that_exits_at_start_says_its_status_and_last_words(
+    nursery: trio.Nursery, runtime_dir: Path, fake_kernels: Path
+) -> None:
+    spec_dir = fake_kernels / "kernels" / "quits"
+    spec_dir.mkdir(parents=True)
+    script = "import sys; sys.stderr.write('cannot find libfoo.so\\n'); sys.exit(3)"
+    spec = {
+        "argv": ["python3", "-c", script, "{connection_file}"],
+        "display_name": "quits",
+        "language": "python",
+    }
+    (spec_dir / "kernel.json").write_text(json.dumps(spec))
+    options = attrs.evolve(FAST, kernel_name="quits")
+    with pytest.raises(KernelStartError) as info:
+        await start_kernel(nursery, runtime_dir, options)
+    assert info.value.code == "start_failure"  # seen at its exit, not at start_timeout
+    message = info.value.message
+    assert "the kernel process ended: start_failure:exit(3)" in message
+    assert "cannot find libfoo.so" in message
