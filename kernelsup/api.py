@@ -23,7 +23,7 @@ from kernelsup.adapters.runtime import private_dir, runtime_dir_for
 from kernelsup.adapters.tether import Tether
 from kernelsup.core import events as ev
 from kernelsup.core.config import Config, load_config
-from kernelsup.core.errors import Rejected, raise_lone
+from kernelsup.core.errors import ConfigError, Rejected, raise_lone
 from kernelsup.core.interface import StreamItem
 from kernelsup.core.policy import IntensityWindow
 from kernelsup.core.results import ExecuteResult, Output, StatusReport
@@ -280,6 +280,23 @@ class SessionHandle:
         return self.sup.stream(code, pool=self.pool, session=self.name, timeout=timeout)
 
 
+def _make_runtime_dir(config: Config, runtime_dir: str | os.PathLike[str] | None) -> Path:
+    """Create the private runtime directory; one that cannot be made is a ConfigError
+    naming the key (``check`` cannot know: the directory is made by ``run``)."""
+    try:
+        return private_dir(runtime_dir) if runtime_dir is not None else runtime_dir_for(config)
+    except (OSError, ValueError) as exc:
+        given = runtime_dir if runtime_dir is not None else config.supervisor.runtime_dir
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        where = getattr(exc, "filename", None) or given
+        raise ConfigError(
+            f"supervisor.runtime_dir: cannot create the runtime directory: {reason}: "
+            f"{str(where)!r}",
+            path="$.supervisor.runtime_dir",
+            runtime_dir=str(given),
+        ) from None
+
+
 @asynccontextmanager
 async def open_supervisor(
     config: Config | str | os.PathLike[str] | None = None,
@@ -299,7 +316,7 @@ async def open_supervisor(
         config = Config.default()
     elif not isinstance(config, Config):
         config = load_config(config)
-    rdir = private_dir(runtime_dir) if runtime_dir is not None else runtime_dir_for(config)
+    rdir = _make_runtime_dir(config, runtime_dir)
     own_bus = bus is None
     bus = bus or EventBus()
     sup = Supervisor(config, bus, rdir, rng)

@@ -9,7 +9,9 @@ from typing import Any
 
 import attrs
 import pytest
+import trio
 
+from kernelsup.api import open_supervisor
 from kernelsup.core.config import (
     Config,
     HeartbeatConfig,
@@ -19,6 +21,7 @@ from kernelsup.core.config import (
     ShutdownConfig,
     Supervision,
     SupervisorConfig,
+    auto_max_sessions,
     load_config,
     parse_config,
 )
@@ -76,7 +79,8 @@ def test_empty_files_give_the_default_config(text: str) -> None:
         ),
         (lambda c: c.pools[0].queue_limit, 100),
         (lambda c: c.pools[0].queue_timeout, 300.0),
-        (lambda c: c.pools[0].session_idle_timeout, 0.0),
+        (lambda c: c.pools[0].session_idle_timeout, 3600.0),
+        (lambda c: c.pools[0].max_sessions, 0),
         (lambda c: c.pools[0].start_timeout, 60.0),
         (lambda c: c.pools[0].interrupt_grace, 5.0),
         (lambda c: c.pools[0].interrupt_mode, ""),
@@ -190,58 +194,82 @@ def test_config_is_frozen_and_hashable() -> None:
             "$.pool[0].interrupt_mode: must be one of \"\", signal, message (got 'kill')",
         ),
         # bounds
-        ("[supervisor]\nintensity = -1\n", "$.supervisor.intensity: must be >= 0 (got -1)"),
-        ("[supervisor]\nperiod = 0\n", "$.supervisor.period: must be > 0 (got 0.0)"),
-        ("[server]\nmax_message_bytes = 0\n", "$.server.max_message_bytes: must be > 0 (got 0)"),
-        ("[[pool]]\nsize = 0\n", "$.pool[0].size: must be >= 1 (got 0)"),
-        ("[[pool]]\nspares = -1\n", "$.pool[0].spares: must be >= 0 (got -1)"),
-        ("[[pool]]\nexec_timeout = 0\n", "$.pool[0].exec_timeout: must be > 0 (got 0.0)"),
+        (
+            "[supervisor]\nintensity = -1\n",
+            "$.supervisor.intensity: must be >= 0 and <= 1000000 (got -1)",
+        ),
+        ("[supervisor]\nperiod = 0\n", "$.supervisor.period: must be > 0 and <= 86400 (got 0.0)"),
+        (
+            "[server]\nmax_message_bytes = 0\n",
+            "$.server.max_message_bytes: must be >= 1024 and <= 1073741824 (got 0)",
+        ),
+        ("[[pool]]\nsize = 0\n", "$.pool[0].size: must be >= 1 and <= 1024 (got 0)"),
+        ("[[pool]]\nspares = -1\n", "$.pool[0].spares: must be >= 0 and <= 1024 (got -1)"),
+        (
+            "[[pool]]\nexec_timeout = 0\n",
+            "$.pool[0].exec_timeout: must be > 0 and <= 2592000 (got 0.0)",
+        ),
         (
             "[[pool]]\nmax_output_bytes = 1023\n",
-            "$.pool[0].max_output_bytes: must be >= 1024 (got 1023)",
+            "$.pool[0].max_output_bytes: must be >= 1024 and <= 1073741824 (got 1023)",
         ),
-        ("[[pool]]\nintensity = -1\n", "$.pool[0].intensity: must be >= 0 (got -1)"),
-        ("[[pool]]\nperiod = -5\n", "$.pool[0].period: must be > 0 (got -5.0)"),
-        ("[[pool]]\nqueue_limit = -1\n", "$.pool[0].queue_limit: must be >= 0 (got -1)"),
-        ("[[pool]]\nqueue_timeout = -0.5\n", "$.pool[0].queue_timeout: must be >= 0 (got -0.5)"),
+        ("[[pool]]\nintensity = -1\n", "$.pool[0].intensity: must be >= 0 and <= 1000000 (got -1)"),
+        ("[[pool]]\nperiod = -5\n", "$.pool[0].period: must be > 0 and <= 86400 (got -5.0)"),
+        (
+            "[[pool]]\nqueue_limit = -1\n",
+            "$.pool[0].queue_limit: must be >= 0 and <= 1000000 (got -1)",
+        ),
+        (
+            "[[pool]]\nqueue_timeout = -0.5\n",
+            "$.pool[0].queue_timeout: must be >= 0 and <= 2592000 (got -0.5)",
+        ),
         (
             "[[pool]]\nsession_idle_timeout = -1\n",
-            "$.pool[0].session_idle_timeout: must be >= 0 (got -1.0)",
+            "$.pool[0].session_idle_timeout: must be >= 0 and <= 2592000 (got -1.0)",
         ),
-        ("[[pool]]\nstart_timeout = 0\n", "$.pool[0].start_timeout: must be > 0 (got 0.0)"),
-        ("[[pool]]\ninterrupt_grace = -1\n", "$.pool[0].interrupt_grace: must be >= 0 (got -1.0)"),
-        ("[[pool]]\nmemory_limit_mb = -1\n", "$.pool[0].memory_limit_mb: must be >= 0 (got -1)"),
+        (
+            "[[pool]]\nstart_timeout = 0\n",
+            "$.pool[0].start_timeout: must be > 0 and <= 3600 (got 0.0)",
+        ),
+        (
+            "[[pool]]\ninterrupt_grace = -1\n",
+            "$.pool[0].interrupt_grace: must be >= 0 and <= 3600 (got -1.0)",
+        ),
+        (
+            "[[pool]]\nmemory_limit_mb = -1\n",
+            "$.pool[0].memory_limit_mb: must be >= 0 and <= 1048576 (got -1)",
+        ),
         (
             "[[pool]]\n[pool.restart]\nmin_delay = -1\n",
-            "$.pool[0].restart.min_delay: must be >= 0 (got -1.0)",
+            "$.pool[0].restart.min_delay: must be >= 0 and <= 86400 (got -1.0)",
         ),
         (
             "[[pool]]\n[pool.restart]\nmultiplier = 0.5\n",
-            "$.pool[0].restart.multiplier: must be >= 1 (got 0.5)",
+            "$.pool[0].restart.multiplier: must be >= 1 and <= 1000 (got 0.5)",
         ),
         (
             "[[pool]]\n[pool.restart]\nreset_after = -1\n",
-            "$.pool[0].restart.reset_after: must be >= 0 (got -1.0)",
+            "$.pool[0].restart.reset_after: must be >= 0 and <= 86400 (got -1.0)",
         ),
         (
             "[[pool]]\n[pool.restart]\nmax_retries = -2\n",
-            "$.pool[0].restart.max_retries: must be >= -1 (got -2)",
+            "$.pool[0].restart.max_retries: must be >= -1 and <= 1000000 (got -2)",
         ),
         (
             "[[pool]]\n[pool.heartbeat]\ninterval = 0\n",
-            "$.pool[0].heartbeat.interval: must be > 0 (got 0.0)",
+            "$.pool[0].heartbeat.interval: must be > 0 and <= 3600 (got 0.0)",
         ),
         (
             "[[pool]]\n[pool.heartbeat]\nmisses = 0\n",
-            "$.pool[0].heartbeat.misses: must be >= 1 (got 0)",
+            "$.pool[0].heartbeat.misses: must be >= 1 and <= 1000 (got 0)",
         ),
         (
             "[[pool]]\n[pool.shutdown]\ngrace = -1\n",
-            "$.pool[0].shutdown.grace: must be >= 0 (got -1.0)",
+            "$.pool[0].shutdown.grace: must be >= 0 and <= 3600 (got -1.0)",
         ),
         (
             "[[pool]]\n[pool.shutdown]\nterm_timeout = -1\n",
-            "$.pool[0].shutdown.term_timeout: must be >= 0 (got -1.0)",
+            "$.pool[0].shutdown.term_timeout: must be >= 0 and <= 3600 (got -1.0)",
         ),
         # other values and cross-field checks
         (
@@ -255,6 +283,14 @@ def test_config_is_frozen_and_hashable() -> None:
         ("[[pool]]\nname = 'a b'\n", "$.pool[0].name: must match [A-Za-z0-9_.-]+ (got 'a b')"),
         ("[[pool]]\nname = ''\n", "$.pool[0].name: must match [A-Za-z0-9_.-]+ (got '')"),
         ("[[pool]]\nkernel = ''\n", "$.pool[0].kernel: must not be empty"),
+        (
+            "[[pool]]\nkernel = 'python 3'\n",
+            "$.pool[0].kernel: must be a kernelspec name, [A-Za-z0-9_.-]+ (got 'python 3')",
+        ),
+        (
+            f"[[pool]]\nname = '{'p' * 65}'\n",
+            "$.pool[0].name: must be at most 64 characters (got 65)",
+        ),
         (
             "[[pool]]\nname = 'a'\n[[pool]]\nname = 'b'\n[[pool]]\nname = 'a'\n",
             "$.pool[2].name: duplicate pool name 'a' (also $.pool[0].name)",
@@ -312,6 +348,159 @@ def test_errors_name_the_file_and_key_path(text: str, message: str) -> None:
     assert err.describe().startswith("config_invalid ConfigError: supervisor.toml: $.")
 
 
+# --- ranges: whatever `check` accepts, `run` can build ----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        # the three reproducers of issue 14: `check` said valid, `run` crashed
+        (
+            "[[pool]]\nsize = 99999999999999999\n",
+            "$.pool[0].size: must be >= 1 and <= 1024 (got 99999999999999999)",
+        ),
+        (
+            "[server]\nmax_message_bytes = 99999999999999999999\n",
+            "$.server.max_message_bytes: must be >= 1024 and <= 1073741824 "
+            "(got 99999999999999999999)",
+        ),
+        (
+            '[supervisor]\nruntime_dir = "/tmp/a\\u0000b"\n',
+            "$.supervisor.runtime_dir: must not contain a NUL character (got '/tmp/a\\x00b')",
+        ),
+        # every other number has its range too
+        (
+            "[supervisor]\nintensity = 1000001\n",
+            "$.supervisor.intensity: must be >= 0 and <= 1000000 (got 1000001)",
+        ),
+        (
+            "[supervisor]\nperiod = 1e300\n",
+            "$.supervisor.period: must be > 0 and <= 86400 (got 1e+300)",
+        ),
+        ("[supervisor]\nperiod = 0\n", "$.supervisor.period: must be > 0 and <= 86400 (got 0.0)"),
+        ("[[pool]]\nspares = 1025\n", "$.pool[0].spares: must be >= 0 and <= 1024 (got 1025)"),
+        (
+            "[[pool]]\nexec_timeout = 2592001\n",
+            "$.pool[0].exec_timeout: must be > 0 and <= 2592000 (got 2592001.0)",
+        ),
+        (
+            "[[pool]]\nmax_output_bytes = 1073741825\n",
+            "$.pool[0].max_output_bytes: must be >= 1024 and <= 1073741824 (got 1073741825)",
+        ),
+        ("[[pool]]\nintensity = -1\n", "$.pool[0].intensity: must be >= 0 and <= 1000000 (got -1)"),
+        ("[[pool]]\nperiod = 86401\n", "$.pool[0].period: must be > 0 and <= 86400 (got 86401.0)"),
+        (
+            "[[pool]]\nqueue_limit = 1000001\n",
+            "$.pool[0].queue_limit: must be >= 0 and <= 1000000 (got 1000001)",
+        ),
+        (
+            "[[pool]]\nqueue_timeout = -1\n",
+            "$.pool[0].queue_timeout: must be >= 0 and <= 2592000 (got -1.0)",
+        ),
+        (
+            "[[pool]]\nsession_idle_timeout = 1e10\n",
+            "$.pool[0].session_idle_timeout: must be >= 0 and <= 2592000 (got 10000000000.0)",
+        ),
+        (
+            "[[pool]]\nmax_sessions = -1\n",
+            "$.pool[0].max_sessions: must be >= 0 and <= 10000 (got -1)",
+        ),
+        (
+            "[[pool]]\nstart_timeout = 3601\n",
+            "$.pool[0].start_timeout: must be > 0 and <= 3600 (got 3601.0)",
+        ),
+        (
+            "[[pool]]\ninterrupt_grace = 3601\n",
+            "$.pool[0].interrupt_grace: must be >= 0 and <= 3600 (got 3601.0)",
+        ),
+        (
+            "[[pool]]\nmemory_limit_mb = 1048577\n",
+            "$.pool[0].memory_limit_mb: must be >= 0 and <= 1048576 (got 1048577)",
+        ),
+        (
+            "[[pool]]\n[pool.restart]\nmin_delay = 86401\nmax_delay = 86401\n",
+            "$.pool[0].restart.min_delay: must be >= 0 and <= 86400 (got 86401.0)",
+        ),
+        (
+            "[[pool]]\n[pool.restart]\nmultiplier = 0.5\n",
+            "$.pool[0].restart.multiplier: must be >= 1 and <= 1000 (got 0.5)",
+        ),
+        (
+            "[[pool]]\n[pool.restart]\nreset_after = 86401\n",
+            "$.pool[0].restart.reset_after: must be >= 0 and <= 86400 (got 86401.0)",
+        ),
+        (
+            "[[pool]]\n[pool.restart]\nmax_retries = -2\n",
+            "$.pool[0].restart.max_retries: must be >= -1 and <= 1000000 (got -2)",
+        ),
+        (
+            "[[pool]]\n[pool.heartbeat]\ninterval = 3601\n",
+            "$.pool[0].heartbeat.interval: must be > 0 and <= 3600 (got 3601.0)",
+        ),
+        (
+            "[[pool]]\n[pool.heartbeat]\nmisses = 1001\n",
+            "$.pool[0].heartbeat.misses: must be >= 1 and <= 1000 (got 1001)",
+        ),
+        # strings that become paths, or the kernel's environment
+        (
+            f"[supervisor]\nlog_file = '/tmp/{'x' * 4100}'\n",
+            "$.supervisor.log_file: must be at most 4095 bytes long (got 4105 bytes)",
+        ),
+        (
+            f'[supervisor]\nruntime_dir = "/tmp/\\u0000{"x" * 100}"\n',
+            "$.supervisor.runtime_dir: must not contain a NUL character "
+            f"(got '/tmp/\\x00{'x' * 54}'... (106 characters))",
+        ),
+        (
+            '[[pool]]\nenv = {A = "1\\u0000"}\n',
+            "$.pool[0].env['A']: must not contain a NUL character",
+        ),
+        (
+            '[[pool]]\nenv = {"A=B" = "1"}\n',
+            "$.pool[0].env['A=B']: a variable name must be non-empty, without '=' or NUL",
+        ),
+    ],
+)
+def test_numbers_and_paths_outside_their_range(text: str, message: str) -> None:
+    err = error_of(text)
+    assert str(err) == f"supervisor.toml: {message}"
+    assert err.data["path"] == message.split(":")[0]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[[pool]]\nsize = 1024\nspares = 1024\n",
+        "[server]\nmax_message_bytes = 1024\n",
+        "[server]\nmax_message_bytes = 1073741824\n",
+        "[supervisor]\nintensity = 1000000\nperiod = 86400\n",
+        "[[pool]]\nexec_timeout = 2592000\nsession_idle_timeout = 0\nmax_sessions = 10000\n",
+        "[[pool]]\n[pool.restart]\nmax_retries = -1\nmultiplier = 1000\nmax_delay = 86400\n",
+        f"[supervisor]\nruntime_dir = '/tmp/{'x' * 4090}'\n",
+    ],
+)
+def test_the_ends_of_each_range_are_valid(text: str) -> None:
+    parse_config(text)
+
+
+@pytest.mark.parametrize(
+    ("memory_gib", "expected"),
+    [
+        (0, 4),  # unknown memory: the floor
+        (1, 4),  # 512 MiB / 128 = 4
+        (4, 16),
+        (24, 96),
+        (256, 1024),
+        (4096, 1024),  # the cap
+    ],
+)
+def test_auto_max_sessions(memory_gib: int, expected: int) -> None:
+    total = memory_gib * 1024**3
+    assert auto_max_sessions(total) == expected
+    assert PoolConfig().effective_max_sessions(total) == expected
+    assert PoolConfig(max_sessions=7).effective_max_sessions(total) == 7
+
+
 @pytest.mark.parametrize(
     ("text", "line", "column"),
     [
@@ -359,7 +548,7 @@ def test_source_names_the_string_in_errors() -> None:
 
 
 def test_direct_construction_is_validated_too() -> None:
-    with pytest.raises(ConfigError, match=r"^size: must be >= 1 \(got 0\)$"):
+    with pytest.raises(ConfigError, match=r"^size: must be >= 1 and <= 1024 \(got 0\)$"):
         PoolConfig(size=0)
     with pytest.raises(ConfigError, match=r"^max_delay: must be >= min_delay"):
         RestartConfig(min_delay=3.0, max_delay=1.0)
@@ -381,7 +570,7 @@ def test_load_config_sets_source_and_names_the_file(tmp_path: Path) -> None:
     bad.write_text("[[pool]]\nsize = 0\n")
     with pytest.raises(ConfigError) as info:
         load_config(str(bad))
-    assert str(info.value) == f"{bad}: $.pool[0].size: must be >= 1 (got 0)"
+    assert str(info.value) == f"{bad}: $.pool[0].size: must be >= 1 and <= 1024 (got 0)"
     assert info.value.data["file"] == str(bad)
 
 
@@ -505,7 +694,7 @@ log_file = "events.jsonl"
 [server]
 endpoint = "tcp://0.0.0.0:5599"
 allow_remote = true
-max_message_bytes = 1000
+max_message_bytes = 4096
 
 [[pool]]
 name = "py"
@@ -521,6 +710,7 @@ period = 1.5
 queue_limit = 0
 queue_timeout = 0
 session_idle_timeout = 900
+max_sessions = 8
 start_timeout = 10
 interrupt_grace = 0
 interrupt_mode = "message"
@@ -555,7 +745,7 @@ def test_full_file_round_trip() -> None:
     cfg = parse_config(FULL)
     expected = Config(
         supervisor=SupervisorConfig("one_for_all", 3, 10.0, "/run/ks", "events.jsonl"),
-        server=ServerConfig("tcp://0.0.0.0:5599", True, 1000),
+        server=ServerConfig("tcp://0.0.0.0:5599", True, 4096),
         pools=(
             PoolConfig(
                 name="py",
@@ -571,6 +761,7 @@ def test_full_file_round_trip() -> None:
                 queue_limit=0,
                 queue_timeout=0.0,
                 session_idle_timeout=900.0,
+                max_sessions=8,
                 start_timeout=10.0,
                 interrupt_grace=0.0,
                 interrupt_mode="message",
@@ -612,3 +803,25 @@ def test_to_dict_is_plain_data() -> None:
 def test_from_dict_errors_name_the_source() -> None:
     with pytest.raises(ConfigError, match=r"^<dict>: \$\.pool\[0\]\.size: expected int"):
         Config.from_dict({"pool": [{"size": "2"}]})
+
+
+# --- what `check` cannot know: `run` refuses it with a clear error ----------------------
+
+
+def test_run_refuses_a_runtime_dir_it_cannot_create(tmp_path: Path) -> None:
+    """`check` cannot know whether the directory can be made; `run` says so in one line
+    naming the key (it used to end in a FileNotFoundError traceback)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    cfg = Config.from_dict({"supervisor": {"runtime_dir": str(blocker / "rt")}})
+
+    async def run() -> None:
+        async with open_supervisor(cfg):
+            raise AssertionError("started")
+
+    with pytest.raises(ConfigError) as info:
+        trio.run(run)
+    assert str(info.value) == (
+        f"supervisor.runtime_dir: cannot create the runtime directory: File exists: '{blocker}'"
+    )
+    assert info.value.data["path"] == "$.supervisor.runtime_dir"

@@ -15,7 +15,11 @@ Entry points:
   them, as ``path: reason`` strings).
 
 Rules the converter enforces: unknown keys are errors; booleans are not integers;
-integers are accepted where a float is expected; floats must be finite.
+integers are accepted where a float is expected; floats must be finite. Every number lies
+in a range (its ``_within`` validator here, its comment in supervisor.toml), chosen so that
+whatever ``check`` accepts, ``run`` can build and run; strings that become paths hold no
+NUL and fit ``PATH_MAX``. A value outside is one error line naming the key, e.g.
+``$.pool[0].size: must be >= 1 and <= 1024 (got 99999999999999999)``.
 
 A pool's ``strategy``, ``intensity`` and ``period`` are ``None`` when the file does not
 set them, meaning "inherit from ``[supervisor]``". Callers must not read them raw: use
@@ -64,6 +68,7 @@ __all__ = [
     "Supervision",
     "SupervisorConfig",
     "Transport",
+    "auto_max_sessions",
     "load_config",
     "parse_config",
 ]
@@ -76,6 +81,26 @@ InterruptMode: TypeAlias = Literal["", "signal", "message"]
 
 _POOL_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+# The longest pool name: it is part of every kernel id, file and IPC socket name.
+POOL_NAME_MAX = 64
+# The longest kernelspec name (jupyter_client allows [a-z0-9._-], case-insensitive).
+KERNEL_NAME_MAX = 128
+# The longest path a key may name, in bytes (PATH_MAX, less its NUL).
+PATH_MAX_BYTES = 4095
+
+# Ranges shared by several keys (each key's comment in supervisor.toml states its own).
+DAY_S = 86_400  # backoff delays, restart windows
+MONTH_S = 30 * DAY_S  # per-request and idle timeouts
+HOUR_S = 3_600  # start, heartbeat, interrupt and shutdown waits
+MAX_KERNELS = 1_024  # size, spares
+MAX_COUNT = 1_000_000  # intensity, queue_limit, max_retries
+GIB = 1024 * 1024 * 1024
+
+# max_sessions = 0 ("auto") is sized from the machine's memory (see auto_max_sessions).
+SESSION_FOOTPRINT_MIB = 128  # a fresh python3 kernel is ~75 MiB resident; room to work
+SESSION_MEMORY_SHARE = 0.5  # the rest: the pool's own kernels, the OS, kernels that grow
+MAX_SESSIONS_FLOOR = 4
+MAX_SESSIONS_CAP = 1_024
 
 
 # --- validators ------------------------------------------------------------------------
@@ -104,6 +129,47 @@ def _gt(bound: float) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
             raise _invalid(attribute.name, f"must be > {bound} (got {value!r})")
 
     return check
+
+
+def _within(
+    low: float, high: float, *, above: bool = False
+) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
+    """``low <= value <= high`` (``low < value`` when ``above``); None passes (unset)."""
+    first = f"> {low}" if above else f">= {low}"
+
+    def check(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value is None:
+            return
+        if (value <= low if above else value < low) or value > high:
+            raise _invalid(attribute.name, f"must be {first} and <= {high} (got {value!r})")
+
+    return check
+
+
+def _shown(value: str, limit: int = 60) -> str:
+    """``value``'s repr, cut to ``limit`` characters (an error line stays one short line)."""
+    return repr(value) if len(value) <= limit else f"{value[:limit]!r}... ({len(value)} characters)"
+
+
+def _path(_inst: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    """A string that becomes a path: no NUL, at most PATH_MAX_BYTES."""
+    if "\0" in value:
+        raise _invalid(attribute.name, f"must not contain a NUL character (got {_shown(value)})")
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size > PATH_MAX_BYTES:
+        raise _invalid(
+            attribute.name, f"must be at most {PATH_MAX_BYTES} bytes long (got {size} bytes)"
+        )
+
+
+def auto_max_sessions(total_memory_bytes: int) -> int:
+    """``max_sessions = 0``: how many session kernels a machine of this much memory takes.
+
+    ``SESSION_MEMORY_SHARE`` of the memory, ``SESSION_FOOTPRINT_MIB`` per kernel, at least
+    ``MAX_SESSIONS_FLOOR``, at most ``MAX_SESSIONS_CAP`` (supervisor.toml states it)."""
+    mib = max(0, total_memory_bytes) // (1024 * 1024)
+    fits = int(mib * SESSION_MEMORY_SHARE) // SESSION_FOOTPRINT_MIB
+    return min(MAX_SESSIONS_CAP, max(MAX_SESSIONS_FLOOR, fits))
 
 
 def _check_endpoint(endpoint: str, allow_remote: bool) -> str | None:
@@ -144,10 +210,10 @@ class SupervisorConfig:
     """``[supervisor]``: defaults for every pool, and the root supervisor's window."""
 
     strategy: Strategy = "one_for_one"
-    intensity: int = attrs.field(default=10, validator=_ge(0))
-    period: float = attrs.field(default=60.0, validator=_gt(0))
-    runtime_dir: str = ""
-    log_file: str = ""
+    intensity: int = attrs.field(default=10, validator=_within(0, MAX_COUNT))
+    period: float = attrs.field(default=60.0, validator=_within(0, DAY_S, above=True))
+    runtime_dir: str = attrs.field(default="", validator=_path)
+    log_file: str = attrs.field(default="", validator=_path)
 
     def supervision(self) -> Supervision:
         """The root supervisor's settings (also the pools' defaults)."""
@@ -160,7 +226,7 @@ class ServerConfig:
 
     endpoint: str = ""
     allow_remote: bool = False
-    max_message_bytes: int = attrs.field(default=16 * 1024 * 1024, validator=_gt(0))
+    max_message_bytes: int = attrs.field(default=16 * 1024 * 1024, validator=_within(1024, GIB))
 
     def __attrs_post_init__(self) -> None:
         reason = _check_endpoint(self.endpoint, self.allow_remote)
@@ -173,12 +239,12 @@ class RestartConfig:
     """``[pool.restart]``: when a kernel that exited is started again (see core/policy.py)."""
 
     type: RestartType = "permanent"
-    min_delay: float = attrs.field(default=0.0, validator=_ge(0))
-    max_delay: float = attrs.field(default=30.0, validator=_ge(0))
-    multiplier: float = attrs.field(default=2.0, validator=_ge(1))
+    min_delay: float = attrs.field(default=0.0, validator=_within(0, DAY_S))
+    max_delay: float = attrs.field(default=30.0, validator=_within(0, DAY_S))
+    multiplier: float = attrs.field(default=2.0, validator=_within(1, 1000))
     jitter: Jitter = "full"
-    reset_after: float = attrs.field(default=60.0, validator=_ge(0))
-    max_retries: int = attrs.field(default=10, validator=_ge(-1))
+    reset_after: float = attrs.field(default=60.0, validator=_within(0, DAY_S))
+    max_retries: int = attrs.field(default=10, validator=_within(-1, MAX_COUNT))
 
     def __attrs_post_init__(self) -> None:
         if self.max_delay < self.min_delay:
@@ -191,26 +257,49 @@ class RestartConfig:
 class HeartbeatConfig:
     """``[pool.heartbeat]``: ``misses`` missed pings in a row of ``interval`` = frozen."""
 
-    interval: float = attrs.field(default=1.0, validator=_gt(0))
-    misses: int = attrs.field(default=3, validator=_ge(1))
+    interval: float = attrs.field(default=1.0, validator=_within(0, HOUR_S, above=True))
+    misses: int = attrs.field(default=3, validator=_within(1, 1000))
 
 
 @attrs.frozen
 class ShutdownConfig:
     """``[pool.shutdown]``: shutdown_request, grace, SIGTERM, term_timeout, SIGKILL."""
 
-    grace: float = attrs.field(default=2.0, validator=_ge(0))
-    term_timeout: float = attrs.field(default=2.0, validator=_ge(0))
+    grace: float = attrs.field(default=2.0, validator=_within(0, HOUR_S))
+    term_timeout: float = attrs.field(default=2.0, validator=_within(0, HOUR_S))
 
 
 def _check_pool_name(_inst: Any, attribute: attrs.Attribute[Any], value: str) -> None:
     if not _POOL_NAME.fullmatch(value):
         raise _invalid(attribute.name, f"must match [A-Za-z0-9_.-]+ (got {value!r})")
+    if len(value) > POOL_NAME_MAX:
+        raise _invalid(
+            attribute.name, f"must be at most {POOL_NAME_MAX} characters (got {len(value)})"
+        )
 
 
-def _non_empty(_inst: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+def _check_kernel_name(_inst: Any, attribute: attrs.Attribute[Any], value: str) -> None:
     if not value:
         raise _invalid(attribute.name, "must not be empty")
+    if not _POOL_NAME.fullmatch(value):
+        raise _invalid(
+            attribute.name, f"must be a kernelspec name, [A-Za-z0-9_.-]+ (got {_shown(value)})"
+        )
+    if len(value) > KERNEL_NAME_MAX:
+        raise _invalid(
+            attribute.name, f"must be at most {KERNEL_NAME_MAX} characters (got {len(value)})"
+        )
+
+
+def _check_env(_inst: Any, attribute: attrs.Attribute[Any], env: Mapping[str, str]) -> None:
+    for key, value in env.items():
+        if not key or "=" in key or "\0" in key:
+            raise _invalid(
+                f"{attribute.name}[{key!r}]",
+                "a variable name must be non-empty, without '=' or NUL",
+            )
+        if "\0" in value:
+            raise _invalid(f"{attribute.name}[{key!r}]", "must not contain a NUL character")
 
 
 def _frozen_env(env: Mapping[str, str]) -> Mapping[str, str]:
@@ -226,24 +315,30 @@ class PoolConfig:
     """
 
     name: str = attrs.field(default="default", validator=_check_pool_name)
-    kernel: str = attrs.field(default="python3", validator=_non_empty)
-    size: int = attrs.field(default=2, validator=_ge(1))
-    spares: int = attrs.field(default=1, validator=_ge(0))
-    exec_timeout: float = attrs.field(default=600.0, validator=_gt(0))
-    max_output_bytes: int = attrs.field(default=1024 * 1024, validator=_ge(1024))
+    kernel: str = attrs.field(default="python3", validator=_check_kernel_name)
+    size: int = attrs.field(default=2, validator=_within(1, MAX_KERNELS))
+    spares: int = attrs.field(default=1, validator=_within(0, MAX_KERNELS))
+    exec_timeout: float = attrs.field(default=600.0, validator=_within(0, MONTH_S, above=True))
+    max_output_bytes: int = attrs.field(default=1024 * 1024, validator=_within(1024, GIB))
     startup_code: str = ""
     strategy: Strategy | None = None
-    intensity: int | None = attrs.field(default=None, validator=_ge(0))
-    period: float | None = attrs.field(default=None, validator=_gt(0))
-    queue_limit: int = attrs.field(default=100, validator=_ge(0))
-    queue_timeout: float = attrs.field(default=300.0, validator=_ge(0))
-    session_idle_timeout: float = attrs.field(default=0.0, validator=_ge(0))
-    start_timeout: float = attrs.field(default=60.0, validator=_gt(0))
-    interrupt_grace: float = attrs.field(default=5.0, validator=_ge(0))
+    intensity: int | None = attrs.field(default=None, validator=_within(0, MAX_COUNT))
+    period: float | None = attrs.field(default=None, validator=_within(0, DAY_S, above=True))
+    queue_limit: int = attrs.field(default=100, validator=_within(0, MAX_COUNT))
+    queue_timeout: float = attrs.field(default=300.0, validator=_within(0, MONTH_S))
+    # An hour: a session left by a client that went away gives its kernel back within
+    # the hour, while one a person or an agent pauses over keeps its state.
+    session_idle_timeout: float = attrs.field(default=3600.0, validator=_within(0, MONTH_S))
+    # 0 = auto: sized from the machine's memory (auto_max_sessions).
+    max_sessions: int = attrs.field(default=0, validator=_within(0, 10_000))
+    start_timeout: float = attrs.field(default=60.0, validator=_within(0, HOUR_S, above=True))
+    interrupt_grace: float = attrs.field(default=5.0, validator=_within(0, HOUR_S))
     interrupt_mode: InterruptMode = ""
     transport: Transport = "ipc"
-    memory_limit_mb: int = attrs.field(default=0, validator=_ge(0))
-    env: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_env, hash=False)
+    memory_limit_mb: int = attrs.field(default=0, validator=_within(0, 1024 * 1024))
+    env: Mapping[str, str] = attrs.field(
+        factory=dict, converter=_frozen_env, validator=_check_env, hash=False
+    )
     restart: RestartConfig = attrs.field(factory=RestartConfig)
     heartbeat: HeartbeatConfig = attrs.field(factory=HeartbeatConfig)
     shutdown: ShutdownConfig = attrs.field(factory=ShutdownConfig)
@@ -255,6 +350,11 @@ class PoolConfig:
             intensity=self.intensity if self.intensity is not None else defaults.intensity,
             period=self.period if self.period is not None else defaults.period,
         )
+
+    def effective_max_sessions(self, total_memory_bytes: int) -> int:
+        """The most sessions this pool holds open at once: ``max_sessions``, or when it is
+        0, :func:`auto_max_sessions` of the machine's memory."""
+        return self.max_sessions or auto_max_sessions(total_memory_bytes)
 
 
 def _check_pools(
