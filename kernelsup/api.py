@@ -38,6 +38,31 @@ if sys.version_info < (3, 11):
 STREAM_BUFFER = 256
 # Bound on a graceful stop of the whole tree; kernels are killed when it runs out.
 STOP_TIMEOUT_S = 60.0
+# A session name: 1 to this many printable characters. Names come from clients and are
+# kept (the pool's sessions, the names of expired ones), logged and shown in status.
+SESSION_NAME_MAX = 128
+# How much of a refused name an error shows.
+_NAME_SHOWN = 40
+
+
+def session_name_problem(name: object) -> str | None:
+    """Why ``name`` cannot name a session (one line, the name shortened), or None."""
+    if not isinstance(name, str):
+        return f"a session name must be a string, not {type(name).__name__}"
+    if 1 <= len(name) <= SESSION_NAME_MAX and name.isprintable():
+        return None
+    shown = repr(name[:_NAME_SHOWN]) + ("..." if len(name) > _NAME_SHOWN else "")
+    return (
+        f"a session name must be 1 to {SESSION_NAME_MAX} printable characters (no control "
+        f"characters); got {shown} ({len(name)} characters)"
+    )
+
+
+def _check_session_name(name: object) -> None:
+    """Raises Rejected (``bad_request``) unless ``name`` can name a session."""
+    problem = session_name_problem(name)
+    if problem is not None:
+        raise Rejected(problem, code="bad_request")
 
 
 class Supervisor:
@@ -131,6 +156,10 @@ class Supervisor:
             raise TypeError(f"code must be str, not {type(code).__name__}")
         if timeout is not None and not (timeout > 0):
             return rejected("bad_request", f"timeout must be > 0 (got {timeout!r})")
+        if session is not None:
+            problem = session_name_problem(session)
+            if problem is not None:
+                return rejected("bad_request", problem)
         target = self._pool_for(pool, session)
         if isinstance(target, ExecuteResult):
             return target
@@ -203,7 +232,9 @@ class Supervisor:
         pool: str | None = None,
     ) -> AsyncIterator[SessionHandle]:
         """A named session for the block's duration; closed (its kernel shut down and
-        never reused) when the block ends."""
+        never reused) when the block ends. Raises Rejected (``bad_request``) for a name
+        that is not 1 to 128 printable characters."""
+        _check_session_name(name)
         try:
             yield SessionHandle(self, name, pool)
         finally:
@@ -211,6 +242,9 @@ class Supervisor:
                 await self.close_session(name)
 
     async def close_session(self, name: str) -> bool:
+        """Close session ``name``: its kernel is shut down, never reused. False if there
+        is no such session; Rejected (``bad_request``) for a name no session can have."""
+        _check_session_name(name)
         home = self._session_home(name)
         if home is None or name not in home.sessions:
             return False
@@ -341,4 +375,10 @@ async def open_supervisor(
             bus.close()
 
 
-__all__ = ["STREAM_BUFFER", "Supervisor", "open_supervisor"]
+__all__ = [
+    "SESSION_NAME_MAX",
+    "STREAM_BUFFER",
+    "Supervisor",
+    "open_supervisor",
+    "session_name_problem",
+]

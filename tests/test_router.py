@@ -289,7 +289,8 @@ async def test_concurrent_floods_lose_nothing(runtime_dir: Path) -> None:
 
 async def test_session_closed_while_waiting_for_a_kernel_leaks_nothing(runtime_dir: Path) -> None:
     """Found by the chaos soak: a request waiting for its session's new kernel while the
-    session is closed must not leave a kernel bound to a session nobody has."""
+    session is closed must not leave a kernel bound to a session nobody has. (With no
+    unused kernel, the session waits for a kernel started for it.)"""
     async with kernelsup.open_supervisor(
         config(size=1, spares=0, queue_timeout=60.0), runtime_dir=runtime_dir
     ) as sup:
@@ -307,12 +308,11 @@ async def test_session_closed_while_waiting_for_a_kernel_leaks_nothing(runtime_d
         async with trio.open_nursery() as n:
             n.start_soon(run, "busy", "import time; time.sleep(1.5)", None)
             await poll_until(lambda: any(k["state"] == "busy" for k in kernels(sup)))
-            n.start_soon(run, "waiting", "y = 2", "a")  # no kernel free: it waits
+            n.start_soon(run, "waiting", "y = 2", "a")  # no unused kernel: it waits
+            # for the kernel started for it; closed before that one is ready (the check
+            # and the close run with no checkpoint between)
             await poll_until(
-                lambda: (
-                    "a" in sup.pools["default"].sessions
-                    and sup.pools["default"].sessions["a"].lock.locked()
-                )
+                lambda: any(k["session"] == "a" and k["state"] == "starting" for k in kernels(sup))
             )
             assert await sup.close_session("a")
         assert results["busy"].status == "ok"
@@ -342,6 +342,30 @@ async def test_session_request_to_a_dying_kernel_moves_on(runtime_dir: Path) -> 
             assert r.state_lost
             assert r.status == "error" and r.error is not None
             assert r.error.ename == "NameError"
+
+
+async def test_used_is_per_incarnation_and_sessions_bind_only_unused(runtime_dir: Path) -> None:
+    """A kernel is used once it is handed a request (the warm-up does not count), and
+    fresh again once restarted: a session may then bind it, without a cold start."""
+    async with kernelsup.open_supervisor(config(size=1, spares=0), runtime_dir=runtime_dir) as sup:
+        pool = sup.pools["default"]
+        (child,) = pool.sup.children
+        assert not child.used  # ready and warmed up, but it ran nobody's code
+        r = await sup.execute("SECRET = 1")
+        assert r.status == "ok" and child.used
+        await sup.restart(child.id)
+        await wait_until(sup, lambda: child.ready and child.handle is not None)
+        assert not child.used and child.generation == 2
+        s = await sup.execute("print(globals().get('SECRET'))", session="s")
+        assert s.stdout == "None\n" and s.kernel_id == child.id  # the restarted kernel
+        assert child.used
+        # the pool refilled its rotation with a new kernel; anonymous requests go there
+        await wait_until(
+            sup, lambda: any(k["role"] == "pool" and k["state"] == "idle" for k in kernels(sup))
+        )
+        a = await sup.execute("1")
+        assert a.status == "ok" and a.kernel_id != child.id
+        assert await sup.close_session("s")
 
 
 async def test_session_names_follow_live_sessions_across_pools(runtime_dir: Path) -> None:

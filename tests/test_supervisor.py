@@ -261,6 +261,49 @@ async def test_temporary_child_is_removed(autojump_clock: trio.testing.MockClock
         sup.stop()
 
 
+async def test_used_belongs_to_one_incarnation(autojump_clock: trio.testing.MockClock) -> None:
+    """``used`` (the kernel ran a user request) is cleared by every new incarnation: a
+    crash restart, an operator's restart, a group restart."""
+    f = Factory()
+    sup = make_sup(f, strategy="one_for_all")
+    async with trio.open_nursery() as n:
+        await run(sup, n, 2)
+        a, b = sup.children
+        assert not a.used and not b.used
+        a.mark_used()
+        b.mark_used()
+        f.crash(a.id)  # one_for_all: both restart
+        await wait_until(sup, lambda: a.ready and b.ready and a.generation == b.generation == 2)
+        assert not a.used and not b.used
+        a.mark_used()
+        await sup.restart_child(a)
+        assert not a.used  # a new incarnation is starting
+        await wait_until(sup, lambda: a.ready)
+        assert not a.used and a.generation == 3
+        sup.stop()
+
+
+async def test_remove_child_soon_does_not_wait(autojump_clock: trio.testing.MockClock) -> None:
+    f = Factory()
+    sup = make_sup(f)
+    async with trio.open_nursery() as n:
+        await run(sup, n, 1)
+        c = sup.add_child()  # removed while it starts
+        await trio.sleep(START_S / 2)
+        t0 = trio.current_time()
+        sup.remove_child_soon(c)
+        assert trio.current_time() == t0
+        assert c.state is SlotState.REMOVING
+        await wait_until(sup, lambda: c.state is SlotState.REMOVED)
+        assert c not in sup.children and f.stops() == []  # it never got to run
+        d = sup.add_child()
+        await wait_until(sup, lambda: d.ready)
+        sup.remove_child_soon(d)  # a running one is asked to shut down
+        await wait_until(sup, lambda: d.state is SlotState.REMOVED)
+        assert f.stops() == [d.id]
+        sup.stop()
+
+
 async def test_operator_restart_revives_dead_child(autojump_clock: trio.testing.MockClock) -> None:
     f = Factory()
     sup = make_sup(f, max_retries=0)

@@ -138,6 +138,12 @@ _CODE_ROWS = (
     CodeRow("queue_full", Rejected, _E.REJECTED, "the pool's queue holds `queue_limit` requests"),
     CodeRow("queue_timeout", Rejected, _E.REJECTED, "no kernel became free within `queue_timeout`"),
     CodeRow("pool_dead", Rejected, _E.REJECTED, "every kernel of the pool is dead"),
+    CodeRow(
+        "pool_exhausted",
+        Rejected,
+        _E.REJECTED,
+        "the pool holds `max_sessions` open sessions: a new one is refused",
+    ),
     CodeRow("kernel_unavailable", Rejected, _E.REJECTED, "the kernel is not running"),
     CodeRow("session_closed", Rejected, _E.REJECTED, "the session was closed before the code ran"),
     CodeRow("shutting_down", Rejected, _E.REJECTED, "the supervisor or the kernel is stopping"),

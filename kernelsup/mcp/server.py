@@ -97,18 +97,28 @@ TOOLS = [
             "Run Python code in a supervised Jupyter kernel; returns stdout and stderr as "
             "printed, Out[n] for the value of the last expression, the traceback of an "
             "error, images as image content, and notices (output truncated, timeout, "
-            "kernel restarted, state lost). Without `session`, any idle kernel runs it and "
-            "no state carries over; with `session`, every call with that name runs on the "
-            "same kernel, so variables persist until the kernel dies (the result then says "
-            "the state was lost) or `reset_session`. Past `timeout` seconds (default: the "
-            "pool's exec_timeout) the kernel is interrupted, and restarted if it ignores "
-            "the interrupt."
+            "kernel restarted, state lost). Without `session`, the code runs on one of the "
+            "pool's shared kernels: other calls without a session (yours and other "
+            "clients') run there too, so it may see variables they left and they may see "
+            "yours, and you cannot count on finding your own. With `session` (1 to 128 "
+            "printable characters), every call with that name runs on a kernel of its own "
+            "that never ran anyone else's code, so variables persist and stay private "
+            "until the kernel dies (the result then says the state was lost, and the "
+            "replacement is fresh too) or `reset_session`. Each pool holds at most "
+            "max_sessions sessions (beyond it: pool_exhausted); idle ones are closed after "
+            "session_idle_timeout. Past `timeout` seconds (default: the pool's "
+            "exec_timeout) the kernel is interrupted, and restarted if it ignores the "
+            "interrupt."
         ),
         input_schema={
             "type": "object",
             "properties": {
                 "code": {"type": "string", "description": "the Python code to run"},
-                "session": {**_STRING, "description": "a session name to keep state in"},
+                "session": {
+                    **_STRING,
+                    "description": "a session name to keep state in, on a kernel of its own "
+                    "(1 to 128 printable characters)",
+                },
                 "timeout": {
                     "type": "number",
                     "exclusiveMinimum": 0,
@@ -156,8 +166,9 @@ TOOLS = [
     types.Tool(
         name="reset_session",
         description=(
-            "Close a session: its kernel is shut down and never reused; the next "
-            "execute with that name starts on a fresh kernel."
+            "Close a session: its kernel is shut down and never reused by anyone; the "
+            "next execute with that name starts on a fresh kernel that never ran anyone "
+            "else's code."
         ),
         input_schema={
             "type": "object",

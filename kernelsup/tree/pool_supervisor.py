@@ -80,7 +80,7 @@ StartChild = Callable[..., Awaitable[ExitCause]]
 
 @attrs.define(eq=False)
 class Child:
-    """One kernel slot. Its supervisor writes it; anyone may read it."""
+    """One kernel slot. Its supervisor writes it (but for ``used``); anyone may read it."""
 
     id: str
     policy: RestartPolicy
@@ -89,6 +89,10 @@ class Child:
     temporary: bool = False
     handle: ChildHandle | None = None
     generation: int = 0  # incarnations so far
+    # The current incarnation was handed a user request (the warm-up does not count): set
+    # by whoever hands it one (the router, see mark_used), cleared when a new incarnation
+    # starts. A session binds only a kernel that was never used.
+    used: bool = False
     restarts: int = 0
     started_at: float | None = None
     last_exit: ExitCause | None = None
@@ -111,6 +115,11 @@ class Child:
 
     def uptime(self, now: float) -> float | None:
         return now - self.started_at if self.started_at is not None and self.handle else None
+
+    def mark_used(self) -> None:
+        """This incarnation is about to be handed a user request. Call it in the same step
+        as the hand-over (no checkpoint between), so it marks the incarnation that gets it."""
+        self.used = True
 
 
 Listener = Callable[[Child], None]
@@ -208,6 +217,11 @@ class PoolSupervisor:
         its kernel is gone; removing a removed child does nothing."""
         await self._stop_child(child, SlotEvent.REMOVE)
 
+    def remove_child_soon(self, child: Child) -> None:
+        """:meth:`remove_child` without waiting: the kernel is on its way out on return
+        (for a caller that is being cancelled)."""
+        self._begin_stop(child, SlotEvent.REMOVE)
+
     async def restart_child(self, child: Child) -> None:
         """An operator's restart: stop the kernel now and start it again at once,
         clearing its failure streak (a ``dead`` kernel comes back too)."""
@@ -239,6 +253,7 @@ class PoolSupervisor:
         else:
             self._transition(child, SlotEvent.START)
         child.generation += 1
+        child.used = False
         # Made here, not in the task: a stop before the task runs must reach it.
         child.scope = scope = trio.CancelScope()
         after, gate = self._last_gate, trio.Event()
@@ -430,6 +445,13 @@ class PoolSupervisor:
     async def _stop_child(self, child: Child, event: SlotEvent) -> None:
         """STOP or REMOVE a child: a graceful stop of its current incarnation, or the
         cancel of a start or a pending backoff; returns once the incarnation is over."""
+        self._begin_stop(child, event)
+        while child.state in _ENDING:
+            await self._changed.wait()
+
+    def _begin_stop(self, child: Child, event: SlotEvent) -> None:
+        """The part of :meth:`_stop_child` that does not wait: the transition, and the
+        shutdown (or cancel) of the incarnation."""
         before = child.state
         self._transition(child, event)
         if child.state not in _ENDING:
@@ -440,8 +462,6 @@ class PoolSupervisor:
             child.handle.shutdown()
         elif child.scope is not None:
             child.scope.cancel()
-        while child.state in _ENDING:
-            await self._changed.wait()
 
     def _escalate(self, child: Child) -> None:
         s = self.supervision

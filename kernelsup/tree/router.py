@@ -18,18 +18,31 @@ supervisor owns the slots and their processes, and the router asks it for change
 * When a ``pool`` kernel is not available (exited, restarting, dead) and a spare is ready,
   they swap roles at once: the spare serves, and the old one restarts in place (same id)
   and becomes a spare when ready.
-* A session takes a ready spare (else an idle pool kernel); the pool adds a new child in
-  the role it took, so spares refill in the background. Session kernels are ``temporary``:
-  when one exits, or its session is closed or expires, it is removed, never handed to
-  anyone else. The session's next request takes a fresh kernel and its result carries
-  ``state_lost = True`` with a marker line, unless the result that reported the loss
-  (``died``, or a timeout that killed the kernel) already said so.
+* Isolation: a session's kernel has never run anyone else's code. Every incarnation of a
+  kernel knows whether it was ever handed a user request (``Child.used``, marked in the
+  same step as the hand-over; the warm-up does not count). A session binds only a kernel
+  that was never used: a ready spare, else an idle pool kernel that never ran a request
+  (the pool adds a new child in the role it took, so spares refill in the background),
+  else a kernel started for the session alone, waited for at most ``queue_timeout``
+  (``queue_timeout`` when it is not ready in time, ``kernel_unavailable`` when it fails to
+  start; either way it is removed and the code did not run). Anonymous requests share
+  the pool's kernels by design: one may see what another left.
+* Session kernels are ``temporary``: when one exits, or its session is closed or
+  expires, it is removed, never handed to anyone else. The session's next request binds a
+  kernel by the same rule, and its result carries ``state_lost = True`` with a marker
+  line, unless the result that reported the loss (``died``, or a timeout that killed the
+  kernel) already said so.
+* Bounds on what clients create: at most ``max_sessions`` open sessions per pool (a new
+  one beyond it is rejected ``pool_exhausted``; 0 in the config sizes it from the
+  machine's memory); idle ones close after ``session_idle_timeout``; the names of
+  expired sessions remembered are bounded too (``EXPIRED_SESSIONS_REMEMBERED``).
 """
 
 from __future__ import annotations
 
 import collections
 import math
+import os
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -53,6 +66,9 @@ from kernelsup.tree.pool_supervisor import Child, PoolSupervisor
 # gone; bounded because names come from clients.
 EXPIRED_SESSIONS_REMEMBERED = 1024
 
+# How much of a start failure's detail a rejection quotes (it can hold a traceback).
+_DETAIL_SHOWN = 300
+
 STATE_LOST_MARKER = (
     "[kernelsup: this session's kernel was replaced; "
     "variables and imports from earlier requests are gone]\n"
@@ -60,6 +76,14 @@ STATE_LOST_MARKER = (
 
 
 Role = Literal["pool", "spare", "session"]
+
+
+def total_memory() -> int:
+    """The machine's physical memory in bytes; 0 if the OS does not say."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return 0
 
 
 class Roles:
@@ -140,6 +164,12 @@ class Pool:
         self._runtime_dir = runtime_dir
         self._rng = rng
         self._options = KernelOptions.from_pool(cfg)
+        pool: tuple[Role, ...] = ("pool",)
+        spare: tuple[Role, ...] = ("spare",)
+        self._initial_roles = pool * cfg.size + spare * cfg.spares
+        self.total_memory = total_memory()
+        self.max_sessions = cfg.effective_max_sessions(self.total_memory)
+        self._stopping = False
         self.sup = self._new_supervisor()
         self._roles = Roles()
         self._busy: set[Child] = set()
@@ -183,13 +213,10 @@ class Pool:
     ) -> None:
         """Run the pool's supervisor; restart it when it escalates, under the root's
         window. Raises :class:`SupervisorGaveUp` when that window trips."""
-        pool: list[Role] = ["pool"]
-        spare: list[Role] = ["spare"]
-        roles = pool * self.cfg.size + spare * self.cfg.spares
         first = True
         while True:
             self._roles.clear()
-            for role in roles:
+            for role in self._initial_roles:
                 self._roles.assign(self.sup.add_child(), role)
             try:
                 if first:
@@ -211,6 +238,7 @@ class Pool:
                 self.sup = self._new_supervisor()
 
     def stop(self) -> None:
+        self._stopping = True
         self._reject_queue("shutting_down", "the supervisor is shutting down")
         self.sup.stop()
 
@@ -232,6 +260,17 @@ class Pool:
     def _first_available(self, role: Role) -> Child | None:
         return next(
             (c for c in self.sup.children if self._roles.of(c) == role and self._available(c)),
+            None,
+        )
+
+    def _first_unused(self, role: Role) -> Child | None:
+        """An idle kernel of ``role`` whose incarnation never ran a request."""
+        return next(
+            (
+                c
+                for c in self.sup.children
+                if self._roles.of(c) == role and self._available(c) and not c.used
+            ),
             None,
         )
 
@@ -343,8 +382,10 @@ class Pool:
             except Rejected as exc:
                 return rejected(exc.code, exc.message, queued_s=trio.current_time() - t0)
             queued = trio.current_time() - t0
+            handle = _handle(child)
+            child.mark_used()  # no checkpoint between this and the hand-over
             try:
-                result = await _handle(child).execute(code, timeout=timeout, on_output=on_output)
+                result = await handle.execute(code, timeout=timeout, on_output=on_output)
             except Rejected:
                 # The kernel went away before taking it: it never ran. Yield before
                 # dispatching again, so the task that removes that kernel can run.
@@ -365,6 +406,16 @@ class Pool:
     ) -> ExecuteResult:
         session = self.sessions.get(name)
         if session is None:
+            if len(self.sessions) >= self.max_sessions:
+                return rejected(
+                    "pool_exhausted",
+                    f"pool {self.name} holds {len(self.sessions)} open sessions "
+                    f"(max_sessions = {self.max_sessions}), so session {name!r} was not "
+                    "opened and the code did not run; close a session, or wait for idle "
+                    "ones to expire (session_idle_timeout = "
+                    f"{self.cfg.session_idle_timeout:g} s)",
+                    session=name,
+                )
             session = self.sessions[name] = Session(name, self.name)
             if self._expired.pop(name, 0) is None:
                 session.lost = True  # it existed, expired, and its kernel is gone
@@ -390,10 +441,10 @@ class Pool:
                         await self.sup.remove_child(child)
                         return self._closed_meanwhile(name)
                 queued = trio.current_time() - t0
+                handle = _handle(child)
+                child.mark_used()
                 try:
-                    result = await _handle(child).execute(
-                        code, timeout=timeout, on_output=on_output
-                    )
+                    result = await handle.execute(code, timeout=timeout, on_output=on_output)
                 except Rejected:
                     # Never started: its kernel is on its way out. Bind a fresh one, after
                     # yielding so the task removing the old one can run.
@@ -427,38 +478,74 @@ class Pool:
     _BIND_FROM: tuple[Role, ...] = ("spare", "pool")
 
     async def _bind(self, session: Session) -> Child:
-        """Give the session a kernel of its own: a ready spare, else an idle pool kernel;
-        refill the role it came from. Waits (bounded by queue_timeout) if neither is free."""
+        """Give the session a kernel of its own that never ran anyone's code: a ready
+        spare, else an idle pool kernel that never ran a request (its role is refilled),
+        else a kernel started for the session, waited for at most ``queue_timeout``.
+        Raises Rejected (the code did not run)."""
+        if self.sessions.get(session.name) is not session:
+            raise self._session_closed(session)
+        if self._stopping:
+            raise Rejected("the supervisor is shutting down", code="shutting_down", pool=self.name)
+        if self.dead:
+            raise Rejected(
+                f"every kernel of pool {self.name} is dead", code="pool_dead", pool=self.name
+            )
+        for role in self._BIND_FROM:
+            child = self._first_unused(role)
+            if child is not None:
+                self._roles.bind(child, session.name)
+                self.sup.make_temporary(child)
+                session.child, session.generation = child, child.generation
+                self._roles.assign(self.sup.add_child(), role)
+                self._rebalance()
+                return child
+        sup = self.sup  # the pool's supervisor may be replaced (escalation) while we wait
+        child = sup.add_child()
+        self._roles.bind(child, session.name)
+        sup.make_temporary(child)
+        try:
+            await self._wait_started(child, session)
+        except BaseException:
+            sup.remove_child_soon(child)  # nobody's: it goes, whatever stopped us
+            raise
+        session.child, session.generation = child, child.generation
+        return child
+
+    async def _wait_started(self, child: Child, session: Session) -> None:
+        """Wait until ``child``, started for ``session``, is ready. Raises Rejected when
+        it fails to start, is not ready within ``queue_timeout``, or the session closes."""
         timeout = self.cfg.queue_timeout if self.cfg.queue_timeout > 0 else math.inf
         with trio.move_on_after(timeout):
             while True:
                 if self.sessions.get(session.name) is not session:
+                    raise self._session_closed(session)
+                if child.ready:
+                    return
+                if child.state not in (SlotState.NEW, SlotState.STARTING):
+                    cause = child.last_exit
+                    why = child.status if cause is None else cause.describe()
+                    if cause is not None and cause.detail:
+                        why += f": {cause.detail[:_DETAIL_SHOWN]}"
                     raise Rejected(
-                        f"session {session.name!r} was closed while this request "
-                        "waited for a kernel; it did not run",
-                        code="session_closed",
+                        f"the fresh kernel started for session {session.name!r} did not "
+                        f"start ({why}); the code did not run",
+                        code="shutting_down" if self._stopping else "kernel_unavailable",
                         pool=self.name,
                     )
-                if self.dead:
-                    raise Rejected(
-                        f"every kernel of pool {self.name} is dead",
-                        code="pool_dead",
-                        pool=self.name,
-                    )
-                for role in self._BIND_FROM:
-                    child = self._first_available(role)
-                    if child is not None:
-                        self._roles.bind(child, session.name)
-                        self.sup.make_temporary(child)
-                        session.child, session.generation = child, child.generation
-                        self._roles.assign(self.sup.add_child(), role)
-                        self._rebalance()
-                        return child
                 await self._changed.wait()
         raise Rejected(
-            f"no kernel of pool {self.name} became free for session "
-            f"{session.name!r} within queue_timeout",
+            f"no spare was ready and the fresh kernel started for session "
+            f"{session.name!r} was not ready within queue_timeout = "
+            f"{self.cfg.queue_timeout:g} s; the code did not run",
             code="queue_timeout",
+            pool=self.name,
+        )
+
+    def _session_closed(self, session: Session) -> Rejected:
+        return Rejected(
+            f"session {session.name!r} was closed while this request waited for a kernel; "
+            "it did not run",
+            code="session_closed",
             pool=self.name,
         )
 
@@ -578,6 +665,7 @@ class Pool:
             "spares": self.cfg.spares,
             "queued": len(self._queue),
             "sessions": sorted(self.sessions),
+            "max_sessions": self.max_sessions,
             "ready": sum(1 for c in kids if c.ready),
             "dead": self.dead,
             "strategy": self.sup.supervision.strategy,
