@@ -147,3 +147,25 @@ def assert_nothing_left(path: Path) -> None:
     while _leftovers(path) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _leftovers(path), _leftovers(path)
+
+
+# A kernel's code that starts two processes built to escape: one in a session of its own
+# with a cleaned environment, and a double-forked setsid daemon that also drops its whole
+# environment (so neither the kernel's process group nor the tether's marker finds them).
+# Prints both pids.
+ESCAPE = textwrap.dedent("""
+    import os, subprocess
+    a = subprocess.Popen(["sleep", "4242"], env={"PATH": os.environ["PATH"]},
+                         start_new_session=True).pid
+    r, w = os.pipe()
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            os.write(w, str(os.getpid()).encode()); os.close(w)
+            os.execve("/bin/sleep", ["sleep", "4243"], {})
+        os._exit(0)
+    os.close(w)
+    b = int(os.read(r, 32)); os.close(r)
+    os.waitpid(-1, 0)
+    print(a, b)
+""")

@@ -17,6 +17,7 @@ import psutil
 import trio
 import zmq
 
+from kernelsup.adapters.containment import Limits, Unit
 from kernelsup.adapters.zmqio import Socket, context
 from kernelsup.tree.watchdogs import watch_heartbeat, watch_memory
 
@@ -114,7 +115,9 @@ async def test_memory_over_the_limit_counts_children_too() -> None:
     proc = await trio.lowlevel.open_process([sys.executable, "-c", code])
     try:
         with trio.fail_after(30):
-            cause = await watch_memory(proc.pid, 50)
+            unit = Unit("subreaper", {}, Limits())
+            unit.pid = proc.pid
+            cause = await watch_memory(unit.memory_bytes, 50)
         assert cause is not None and cause.kind == "limit"
         assert cause.detail.endswith("exceeded memory_limit_mb = 50")
     finally:
@@ -123,12 +126,6 @@ async def test_memory_over_the_limit_counts_children_too() -> None:
             p.kill()
         await trio.to_thread.run_sync(lambda: psutil.wait_procs(family, timeout=10))
         await proc.wait()
-
-
-async def test_memory_watch_of_a_process_already_gone_returns_none() -> None:
-    proc = await trio.lowlevel.open_process([sys.executable, "-c", "pass"])
-    await proc.wait()
-    assert await watch_memory(proc.pid, 50) is None
 
 
 class StallingSocket(Socket):

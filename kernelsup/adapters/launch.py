@@ -50,6 +50,7 @@ from jupyter_client.connect import write_connection_file
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from jupyter_client.manager import KernelManager
 
+from kernelsup.adapters.containment import Limits, Unit
 from kernelsup.adapters.io_errors import map_error
 from kernelsup.adapters.runtime import (
     IPC_NAME_LEN,
@@ -262,9 +263,10 @@ _spawner = _SpawnerThread()
 class KernelProcess:
     """A started kernel: its pid, its process group, its exit, its output tail."""
 
-    def __init__(self, popen: subprocess.Popen[bytes], plan: LaunchPlan) -> None:
+    def __init__(self, popen: subprocess.Popen[bytes], plan: LaunchPlan, unit: Unit) -> None:
         self.popen = popen
         self.pid = popen.pid
+        self.unit = unit
         self.pgid = popen.pid  # start_new_session: the kernel leads its own group
         self.plan = plan
         self.returncode: int | None = None
@@ -305,9 +307,16 @@ class KernelProcess:
             pass
 
     async def kill_and_reap(self) -> int:
-        """SIGKILL the group and reap the leader. Bounded: a SIGKILLed process always exits."""
+        """SIGKILL the kernel's whole containment unit and reap the leader: everything it
+        started goes too, whatever group or session it moved to. Bounded: a SIGKILLed
+        process always exits, and the unit's kill loop is bounded."""
+        if self.unit.kind == "subreaper":
+            await self.unit.kill_all()  # while the kernel still holds its tree
         self.signal_group(signal.SIGKILL)
-        return await self.wait()
+        code = await self.wait()
+        if self.unit.kind == "cgroup":
+            await self.unit.kill_all()  # what left the group, now the leader is gone
+        return code
 
     # -- output tail -------------------------------------------------------------
     async def drain_output(self, stream: trio.abc.ReceiveStream) -> None:
@@ -330,10 +339,14 @@ class KernelProcess:
                 path.unlink()
             except FileNotFoundError:
                 pass
+        self.unit.remove()
 
 
-async def spawn(plan: LaunchPlan) -> tuple[KernelProcess, trio.abc.ReceiveStream]:
-    """Start the kernel on the spawner thread; returns it and its output pipe.
+async def spawn(
+    plan: LaunchPlan, unit: Unit | None = None
+) -> tuple[KernelProcess, trio.abc.ReceiveStream]:
+    """Start the kernel on the spawner thread, inside ``unit`` (by default a subreaper
+    unit with no limits); returns it and its output pipe.
 
     Not cancellable half-way: if the caller is cancelled while the fork is in flight, the
     fresh process is killed and reaped before Cancelled propagates.
@@ -343,6 +356,12 @@ async def spawn(plan: LaunchPlan) -> tuple[KernelProcess, trio.abc.ReceiveStream
     box: dict[str, Any] = {}
     read_fd, write_fd = os.pipe()
     parent_pid = os.getpid()
+    unit = unit or Unit("subreaper", {}, Limits())
+    tether = _tether(parent_pid)
+
+    def preexec() -> None:  # in the child, between fork and exec
+        tether()
+        unit.join_in_child()
 
     def job() -> None:
         try:
@@ -355,7 +374,7 @@ async def spawn(plan: LaunchPlan) -> tuple[KernelProcess, trio.abc.ReceiveStream
                 stderr=write_fd,
                 start_new_session=True,
                 close_fds=True,
-                preexec_fn=_tether(parent_pid),
+                preexec_fn=preexec,
             )
         except BaseException as exc:  # delivered to the trio side below
             box["error"] = exc
@@ -369,4 +388,5 @@ async def spawn(plan: LaunchPlan) -> tuple[KernelProcess, trio.abc.ReceiveStream
     if "error" in box:
         os.close(read_fd)
         raise map_error(box["error"], "spawn", plan.argv[0])
-    return KernelProcess(box["popen"], plan), trio.lowlevel.FdStream(read_fd)
+    unit.pid = box["popen"].pid
+    return KernelProcess(box["popen"], plan, unit), trio.lowlevel.FdStream(read_fd)

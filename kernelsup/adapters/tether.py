@@ -32,6 +32,7 @@ from pathlib import Path
 
 import trio
 
+from kernelsup.adapters.containment import sweep_groups
 from kernelsup.adapters.runtime import ipc_dir_for
 from kernelsup.core.errors import RuntimeDirBusy
 
@@ -100,7 +101,7 @@ class Tether:
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._lock_fd = fd
-        self.leftovers = sweep(self.runtime_dir)
+        self.leftovers = sweep(self.runtime_dir) + sweep_groups(self.runtime_dir)
         read_end, write_end = os.pipe()
         try:
             self._reaper = subprocess.Popen(
@@ -143,6 +144,7 @@ def _reaper_main(runtime_dir: str) -> None:
     for _ in range(3):
         if not sweep(Path(runtime_dir)):
             break
+    sweep_groups(Path(runtime_dir))  # and whatever left the marker behind, by cgroup
     remove_ipc_dir(Path(runtime_dir))
 
 

@@ -47,7 +47,8 @@ import trio
 import zmq
 
 from kernelsup.adapters import zmqio
-from kernelsup.adapters.launch import KernelProcess, plan_launch, spawn
+from kernelsup.adapters.containment import Limits, Unit
+from kernelsup.adapters.launch import KernelProcess, LaunchPlan, plan_launch, spawn
 from kernelsup.adapters.runtime import keep_memory_flat
 from kernelsup.core.errors import KernelStartError
 from kernelsup.core.execution import Execution, MessageNumbers
@@ -152,7 +153,8 @@ class KernelActor:
         # kernel (which holds the key and runs as us) can send on them. A full history
         # cost 550 KB per long-lived kernel (measured in the chaos soak's RSS).
         self._wire = Wire(plan.connection.key, plan.connection.signature_scheme, replay_window=0)
-        self.proc, output = await spawn(plan)
+        unit = self._make_unit(plan)
+        self.proc, output = await spawn(plan, unit)
         started = False
         try:
             self._open_sockets()
@@ -335,9 +337,36 @@ class KernelActor:
                 run.request.on_output(out)
 
     # ------------------------------------------------------------------- lifecycle
+    def _make_unit(self, plan: LaunchPlan) -> Unit:
+        opts = self.options
+        limits = Limits(opts.memory_limit_mb, opts.pids_limit, opts.cpu_limit)
+        try:
+            return Unit.create(
+                opts.containment, self.runtime_dir, plan.connection_file.stem, limits
+            )
+        except OSError as exc:
+            plan.connection_file.unlink(missing_ok=True)
+            raise KernelStartError(
+                f"kernel {self.kernel_id} failed to start: cannot contain it "
+                f"(containment = {opts.containment!r}): {exc}",
+                code="start_failure",
+                kernel_id=self.kernel_id,
+            ) from None
+
     async def _watch_process(self) -> None:
         assert self.proc is not None
         code = await self.proc.wait()
+        if code == -signal.SIGKILL and self.proc.unit.oom_kills():
+            # The cgroup's memory limit at work: the kernel's OOM killer chose the kernel.
+            self.finish(
+                ExitCause(
+                    "limit",
+                    signal=signal.SIGKILL,
+                    detail="killed by the OOM killer at memory_limit_mb = "
+                    f"{self.options.memory_limit_mb}",
+                )
+            )
+            return
         # A signal says what happened; the kernel's own last words help otherwise (an exit
         # status, or any exit before it was ready: they say why it could not start).
         tail = (
@@ -398,7 +427,7 @@ class KernelActor:
 
     async def _memory_watch(self) -> None:
         assert self.proc is not None
-        cause = await watch_memory(self.proc.pid, self.options.memory_limit_mb)
+        cause = await watch_memory(self.proc.unit.memory_bytes, self.options.memory_limit_mb)
         if cause is not None:
             self.finish(cause)
 
@@ -406,6 +435,7 @@ class KernelActor:
         assert self.proc is not None
         await self.stop_requested.wait()
         self.state = "stopping"
+        self.proc.unit.remember()  # its descendants, before its exit hands them to init
         if self._running is not None:
             self._running.request.cancel()
         await self._send("control", "shutdown_request", {"restart": False})
@@ -443,6 +473,8 @@ class KernelActor:
             self.state = "busy"
             result = await self._run_one(req)
             req.deliver(result)
+            assert self.proc is not None
+            self.proc.unit.remember()
             if self.state == "busy":
                 self.state = "idle"
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
+from kernelsup.adapters.containment import Unit
 from kernelsup.core.errors import Rejected
 from kernelsup.core.results import ExecuteResult, ExitCause, Output
 from kernelsup.core.slot import KernelState
@@ -47,6 +48,9 @@ class KernelOptions:
     shutdown_grace: float = 2.0
     term_timeout: float = 2.0
     memory_limit_mb: int = 0
+    pids_limit: int = 0
+    cpu_limit: float = 0.0
+    containment: str = "auto"  # auto | cgroup | subreaper (adapters/containment.py)
     iopub_rcvhwm: int = IOPUB_RCVHWM
 
     @classmethod
@@ -122,6 +126,17 @@ class KernelHandle:
     @property
     def state(self) -> KernelState:
         return self._actor.state
+
+    @property
+    def unit(self) -> Unit:
+        """The kernel's containment unit (adapters/containment.py)."""
+        assert self._actor.proc is not None
+        return self._actor.proc.unit
+
+    @property
+    def containment(self) -> str:
+        """``cgroup`` or ``subreaper``: what holds the kernel and all it starts."""
+        return self.unit.kind
 
     @property
     def stats(self) -> ActorStats:

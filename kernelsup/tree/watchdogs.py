@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import psutil
 import trio
 
 from kernelsup.adapters import zmqio
@@ -78,36 +77,15 @@ async def _reply_within(sock: zmqio.Socket, ping: bytes, period: float) -> bool:
         deadline = now + period
 
 
-async def watch_memory(pid: int, limit_mb: int) -> ExitCause | None:
-    """Poll the resident memory of ``pid`` and all its descendants; return the ``limit``
-    cause once it exceeds ``limit_mb``, or None if the process is already gone."""
-    try:
-        root = psutil.Process(pid)
-    except psutil.NoSuchProcess:
-        return None
+async def watch_memory(used_bytes: Callable[[], int], limit_mb: int) -> ExitCause:
+    """Poll ``used_bytes()`` (the resident memory of a kernel's whole containment unit:
+    everything it started, daemons that left its group included); return the ``limit``
+    cause once it exceeds ``limit_mb``."""
     while True:
-        used = _tree_rss(root)
+        used = used_bytes()
         if used > limit_mb * 2**20:
             return ExitCause(
                 "limit",
                 detail=f"memory {used / 2**20:.0f} MB exceeded memory_limit_mb = {limit_mb}",
             )
         await trio.sleep(MEMORY_POLL_S)
-
-
-def _tree_rss(root: psutil.Process) -> int:
-    """Resident memory of a process and all its descendants, in bytes."""
-    total = 0
-    try:
-        procs = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return 0
-    for p in procs:
-        try:
-            total += p.memory_info().rss
-        except psutil.Error:
-            pass  # exited meanwhile
-    return total
-
-
-__all__ = ["MEMORY_POLL_S", "watch_heartbeat", "watch_memory"]
