@@ -276,6 +276,7 @@ class Unit:
         for path in self.dirs.values():
             with contextlib.suppress(OSError):
                 path.rmdir()
+                path.parent.rmdir()  # the supervisor's directory, once its last unit goes
 
 
 # --------------------------------------------------------------------------- sweeping

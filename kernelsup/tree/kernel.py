@@ -391,13 +391,13 @@ class KernelActor:
         a silent ``pass``, so its first real request does not pay the interpreter's
         first-execution cost (about 7 ms, measured in bench/restart); other languages get
         no code at all: nothing here knows what is valid in them."""
-        code = self.options.startup_code
-        if not code and self.language.startswith("python"):
-            code = "pass"
-        if not code:
+        source = self.options.startup_code
+        if not source and self.language.startswith("python"):
+            source = "pass"
+        if not source:
             return
         send, recv = trio.open_memory_channel[ExecuteResult](1)
-        req = ExecuteRequest(code, reply=send, silent=True, timeout=self.options.start_timeout)
+        req = ExecuteRequest(source, reply=send, silent=True, timeout=self.options.start_timeout)
         result = await self._run_one(req)
         recv.close()
         if result.status != "ok":
