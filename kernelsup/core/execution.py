@@ -18,6 +18,11 @@ follows them). A request remembers the highest number seen before it was sent (i
 comes, numbered ``idle``, exactly ``idle - baseline`` messages were sent in between, and
 any shortfall is reported in an ``output_lost`` notice with the count. Kernels whose ids are
 not numbered this way simply are not checked.
+
+A message too big to decode (``Message.oversized``, see core/wire.py) still counts: an
+iopub one becomes an ``oversized`` notice in the output; a reply still finishes the
+request, its status read from the message's first bytes (or, failing that, ``error`` if
+an error was seen).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from typing import Literal
 
 import attrs
 
-from kernelsup.core.outputs import OutputCollector
+from kernelsup.core.outputs import OutputCollector, oversized_notice
 from kernelsup.core.results import ExecuteResult, ExitCause, Output, Status
 from kernelsup.core.wire import Message
 
@@ -109,9 +114,11 @@ class Execution:
         """An iopub message whose parent is this request: its idle status ends the output,
         other statuses mean nothing; anything else is output, returned if it made one."""
         if msg.msg_type == "status":
-            if is_idle(msg):
+            if is_idle(msg) and not msg.oversized:
                 self.idle = True
             return None
+        if msg.oversized:
+            return self.collector.drop_message(msg.msg_type, msg.oversized, msg.content)
         return self.collector.add_message(msg.msg_type, msg.content)
 
     # -- deciding ----------------------------------------------------------------
@@ -127,9 +134,11 @@ class Execution:
 
     def status(self) -> Status:
         """The status of a finished request, from its reply (or, with none, its output)."""
-        if self.reply is None:
+        status = None if self.reply is None else self.reply.content.get("status")
+        if status is None and (self.reply is None or self.reply.oversized):
+            # no reply, or one too big to decode whose status could not be read
             return "error" if self.collector.error is not None else "ok"
-        return "ok" if self.reply.content.get("status") == "ok" else "error"
+        return "ok" if status == "ok" else "error"
 
     @property
     def incomplete(self) -> bool:
@@ -162,7 +171,13 @@ class Execution:
         c = self.collector
         reply = self.reply.content if self.reply is not None else {}
         if c.error is None and reply.get("status") == "error":
-            c.set_error(reply)
+            if self.reply is not None and self.reply.oversized:
+                c.dropped_error(
+                    reply.get("ename"),
+                    oversized_notice("execute_reply", None, self.reply.oversized, c.message_limit),
+                )
+            else:
+                c.set_error(reply)
         outs = c.outputs()
         if self.incomplete:
             outs.append(Output("notice", name="output_incomplete", text=OUTPUT_INCOMPLETE))

@@ -17,6 +17,23 @@ Memory is bounded by the budget, not by the number of messages: adjacent chunks 
 stream are coalesced into pieces of up to ``COALESCE_BYTES`` as they arrive (a flood of
 one-byte prints is a few hundred strings, not a million objects), empty stream chunks and
 empty displays are ignored, and a rich output costs at least ``MIN_RICH_COST`` bytes of budget.
+
+Everything the kernel returns counts: stream text, rich data (every MIME entry and the
+metadata), the value's text (``result`` is the text/plain of the execute_result *as kept*),
+and the error. An error is cut to the tail's half of the budget as it arrives (``ename``,
+``evalue`` and the traceback keep their head and tail, with a marker where the cut is), so
+the error always fits. When the tail must give up bytes and its oldest item is a rich
+output or an error, it is cut to its text (text/plain's head and tail, the other MIME
+entries dropped) when at least ``MIN_SHRINK_BYTES`` of it can stay, else dropped whole.
+
+A message over :func:`message_limit` is never decoded (``core/wire.py``): it arrives as a
+size, and :meth:`OutputCollector.drop_message` puts an ``oversized`` notice in its place.
+
+``truncated_bytes`` counts what the kernel sent, not what it became here: a U+FFFD (which
+ipykernel puts in place of each byte it could not decode as UTF-8, 3 bytes once encoded)
+counts as the one byte it replaced; a message dropped whole counts its payload as sent
+(its JSON included), U+FFFD likewise. The budget itself counts the UTF-8 bytes kept, so
+what is held never exceeds it.
 """
 
 from __future__ import annotations
@@ -32,12 +49,56 @@ from kernelsup.core.results import ErrorInfo, Output
 COALESCE_BYTES = 4096
 # A rich output costs at least this much budget, so a flood of tiny displays is few objects.
 MIN_RICH_COST = 16
+# A rich output or an error is cut to its text only if this much of it can stay; a smaller
+# fragment of a value or a picture is noise, and it is dropped whole instead.
+MIN_SHRINK_BYTES = 256
+# Room in a kernel message beyond its payload: header, parent header, metadata, signature
+# (under 2 KB from ipykernel; 64 KiB leaves room for rich metadata).
+ENVELOPE_HEADROOM = 64 * 1024
+# An error's name is a class name: longer than this is cut.
+ENAME_BYTES = 256
+REPLACEMENT = "\ufffd"
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)")
 
 
 def strip_ansi(text: str) -> str:
     return _ANSI.sub("", text)
+
+
+def message_limit(max_output_bytes: int) -> int:
+    """The largest kernel message decoded for a request with this budget: twice the budget
+    (so a value or a traceback a little over it is cut, head and tail kept, not dropped;
+    JSON escapes and ANSI colour make text bigger on the wire) plus the envelope."""
+    return 2 * max_output_bytes + ENVELOPE_HEADROOM
+
+
+def sent_bytes(text: str) -> int:
+    """The bytes the kernel's program wrote to make ``text``: its UTF-8, a U+FFFD counting
+    as the one undecodable byte it replaced."""
+    if text.isascii():
+        return len(text)
+    return _nbytes(text) - 2 * text.count(REPLACEMENT)
+
+
+def cut_marker(dropped: int) -> str:
+    return f"\n[kernelsup: {dropped} bytes cut]\n"
+
+
+def cut_text(text: str, max_bytes: int) -> tuple[str, int]:
+    """``text`` within ``max_bytes`` UTF-8 bytes: as it is if it fits, else its head and
+    tail around a :func:`cut_marker`; with the bytes cut (as :func:`sent_bytes` counts
+    them). Too little room for the marker gives ``""``."""
+    size = _nbytes(text)
+    if size <= max_bytes:
+        return text, 0
+    room = max_bytes - len(cut_marker(size)) - 4  # 4: the tail may round up by a character
+    if room < 0:
+        return "", sent_bytes(text)
+    head, rest = _split_at(text, room // 2)
+    middle, tail = _split_at(rest, _nbytes(rest) - (room - room // 2))
+    dropped = sent_bytes(middle)
+    return head + cut_marker(dropped) + tail, dropped
 
 
 def _encode(text: str) -> bytes:
@@ -63,6 +124,30 @@ def truncation_marker(dropped: int) -> str:
     return f"\n[kernelsup: output truncated, {dropped} bytes dropped]\n"
 
 
+# Message types an oversized notice names as they are; anything else is "message".
+_NAMED_TYPES = frozenset(
+    {"stream", "display_data", "update_display_data", "execute_result", "error", "execute_reply"}
+)
+
+
+def oversized_notice(msg_type: str, name: str | None, size: int, limit: int) -> str:
+    """The text of the notice that takes the place of a message too big to decode."""
+    what = msg_type if msg_type in _NAMED_TYPES else "message"
+    if msg_type == "stream" and name in ("stdout", "stderr"):
+        what = f"{name} stream"
+    return (
+        f"[kernelsup: the kernel's {what} message of {size:,} bytes was dropped: over the "
+        f"{limit:,}-byte limit per message (twice max_output_bytes, plus 64 KiB)]"
+    )
+
+
+def _data_cost(data: dict[str, Any] | None, metadata: dict[str, Any] | None) -> int:
+    n = 0
+    for key, value in (data or {}).items():
+        n += len(key) + (_nbytes(value) if isinstance(value, str) else len(repr(value)))
+    return n + (len(repr(metadata)) if metadata else 0)
+
+
 class OutputCollector:
     """Accumulates outputs for one request within ``max_bytes``."""
 
@@ -70,13 +155,16 @@ class OutputCollector:
         self.max_bytes = max_bytes
         self.head_budget = max_bytes // 2
         self.tail_budget = max_bytes - self.head_budget
+        self.message_limit = message_limit(max_bytes)
         self.head_closed = False
         self.head: list[Output] = []
         self.head_used = 0
         self.tail: collections.deque[tuple[Output, int]] = collections.deque()
         self.tail_used = 0
-        self.truncated_bytes = 0
+        self.truncated_bytes = 0  # everything dropped or cut, as the kernel sent it
+        self._middle_bytes = 0  # what the head/tail cut dropped: the marker's number
         self._cut_streams: set[str] = set()
+        self._result_output: Output | None = None  # the execute_result, while it is kept
         self.result: str | None = None
         self.error: ErrorInfo | None = None
         self.execution_count: int | None = None
@@ -93,44 +181,106 @@ class OutputCollector:
             data = content.get("data") or {}
             if not isinstance(data, dict):
                 return None
-            if msg_type == "execute_result":
-                count = content.get("execution_count")
-                if isinstance(count, int):
-                    self.execution_count = count
-                plain = data.get("text/plain")
-                self.result = plain if isinstance(plain, str) else None
+            metadata = content.get("metadata") or {}
             out = Output(
                 msg_type if msg_type != "update_display_data" else "display_data",
                 data=data,
-                metadata=content.get("metadata") or {},
+                metadata=metadata if isinstance(metadata, dict) else {},
             )
+            if msg_type == "execute_result":
+                self._take_count(content)
+                plain = data.get("text/plain")
+                self.result = plain if isinstance(plain, str) else None
+                self._result_output = out
         elif msg_type == "error":
             self.set_error(content)
             out = Output("error", text="\n".join(self.error.traceback) if self.error else "")
         elif msg_type == "execute_input":
-            count = content.get("execution_count")
-            if isinstance(count, int):
-                self.execution_count = count
+            self._take_count(content)
         if out is not None:
             self.add(out)
         return out
 
-    def set_error(self, content: dict[str, Any]) -> None:
-        tb = content.get("traceback") or []
-        self.error = ErrorInfo(
-            ename=str(content.get("ename", "")),
-            evalue=str(content.get("evalue", "")),
-            traceback=tuple(strip_ansi(str(line)) for line in tb),
+    def drop_message(self, msg_type: str, size: int, content: dict[str, Any]) -> Output:
+        """A message of this request too big to decode (``size`` bytes of payload, as
+        :func:`sent_bytes` counts them). ``content`` holds what was read without decoding
+        it (see core/wire.py). A stream whose text's head and tail could be read is cut
+        like any other output (head and tail kept, the middle counted, the marker where
+        the cut is); any other message is counted, with an ``oversized`` notice in its
+        place. Returns what takes its place in the output."""
+        name = content.get("name")
+        head, cut, tail = content.get("text"), content.get("cut"), content.get("tail")
+        if (
+            msg_type == "stream"
+            and isinstance(name, str)
+            and isinstance(head, str)
+            and isinstance(cut, int)
+            and isinstance(tail, str)
+        ):
+            return self._cut_stream(name, head, cut, tail)
+        text = oversized_notice(
+            msg_type, name if isinstance(name, str) else None, size, self.message_limit
         )
+        notice = Output("notice", name="oversized", text=text)
+        self.truncated_bytes += size
+        if msg_type == "execute_result":
+            self._take_count(content)
+            self.result = None
+            self._result_output = None
+        elif msg_type == "error" and self.error is None:
+            self.dropped_error(content.get("ename"), text)
+        self.add(notice)
+        return notice
+
+    def _cut_stream(self, name: str, head: str, cut: int, tail: str) -> Output:
+        """A stream message of which only the head and tail of the text were read: the
+        bytes between are the middle of this request's output, so the head closes here."""
+        self.add(Output("stream", name=name, text=head))
+        if not self.head_closed:
+            self._close_head()
+        self.truncated_bytes += cut
+        self._middle_bytes += cut
+        self._cut_streams.add(name)
+        self.add(Output("stream", name=name, text=tail))
+        return Output("stream", name=name, text=head + cut_marker(cut) + tail)
+
+    def dropped_error(self, ename: object, why: str) -> None:
+        """The error of a message too big to decode: its name if it could be read, and why
+        the rest is missing."""
+        name = ename if isinstance(ename, str) else ""
+        self.error = ErrorInfo(ename=cut_text(name, ENAME_BYTES)[0], evalue=why)
+
+    def set_error(self, content: dict[str, Any]) -> None:
+        """The request's error from an ``error`` message or an error ``execute_reply``: no
+        ANSI, and within the tail's half of the budget (what was cut is counted)."""
+        room = self.tail_budget
+        ename, cut_name = cut_text(str(content.get("ename", "")), ENAME_BYTES)
+        evalue, cut_value = cut_text(str(content.get("evalue", "")), room // 4)
+        raw = content.get("traceback") or []
+        lines = [strip_ansi(str(line)) for line in raw] if isinstance(raw, (list, tuple)) else []
+        room -= _nbytes(ename) + _nbytes(evalue)
+        cut_lines = 0
+        if sum(_nbytes(line) for line in lines) + len(lines) > room:
+            joined, cut_lines = cut_text("\n".join(lines), room)
+            lines = joined.split("\n")
+        self.truncated_bytes += cut_name + cut_value + cut_lines
+        self.error = ErrorInfo(ename=ename, evalue=evalue, traceback=tuple(lines))
+
+    def _take_count(self, content: dict[str, Any]) -> None:
+        count = content.get("execution_count")
+        if isinstance(count, int) and not isinstance(count, bool):
+            self.execution_count = count
 
     def _cost(self, out: Output) -> int:
-        size = out.size()
-        return size if out.type == "stream" else max(size, MIN_RICH_COST)
+        if out.type == "stream":
+            return _nbytes(out.text or "")
+        size = _nbytes(out.text) if out.text else 0
+        return max(size + _data_cost(out.data, out.metadata), MIN_RICH_COST)
 
     def add(self, out: Output) -> None:
         if out.type == "stream" and not out.text:
             return
-        if out.type != "stream" and out.type != "error" and not out.data:
+        if out.type in ("display_data", "execute_result") and not out.data:
             return  # an empty display shows nothing
         cost = self._cost(out)
         if self.head_closed:
@@ -167,30 +317,64 @@ class OutputCollector:
             self.tail_used += _push_tail(self.tail, out, self._cost(out))
 
     def _trim_tail(self) -> None:
+        """Give up the tail's oldest bytes until it is within its budget: a stream piece
+        loses its start, a rich output or an error is cut to its text or dropped."""
         while self.tail_used > self.tail_budget and self.tail:
             excess = self.tail_used - self.tail_budget
             first, size = self.tail[0]
-            if first.type == "stream" and first.text is not None and size > excess:
-                _, kept = _split_at(first.text, excess)
-                # _split_at rounds down; drop the partial character too
-                if _nbytes(kept) > size - excess:
-                    kept = kept[1:]
-                kept_size = _nbytes(kept)
-                self.tail[0] = (Output("stream", name=first.name, text=kept), kept_size)
-                dropped = size - kept_size
-            else:
+            kept: Output | None = None
+            if size > excess:
+                kept = self._shrink(first, excess)
+            if kept is None:
                 self.tail.popleft()
-                dropped = size
-            self.tail_used -= dropped
+                kept_size = 0
+            else:
+                kept_size = self._cost(kept)
+                self.tail[0] = (kept, kept_size)
+            if first is self._result_output:
+                self._result_output = kept
+                plain = kept.data.get("text/plain") if kept is not None and kept.data else None
+                self.result = plain if isinstance(plain, str) else None
+            self.tail_used -= size - kept_size
+            if first.type == "notice":
+                continue  # our own words, not the kernel's output
+            if first.type == "stream" and first.text is not None:
+                rest = (kept.text or "") if kept is not None else ""
+                dropped = sent_bytes(first.text[: len(first.text) - len(rest)])
+            else:
+                dropped = size - kept_size
             self.truncated_bytes += dropped
+            self._middle_bytes += dropped
             self._cut_streams.add(first.name if first.type == "stream" and first.name else "stdout")
+
+    def _shrink(self, out: Output, excess: int) -> Output | None:
+        """``out`` less at least ``excess`` bytes of budget, or None to drop it whole."""
+        if out.type == "stream" and out.text is not None:
+            _, kept = _split_at(out.text, excess)
+            # _split_at rounds down; drop the partial character too
+            if _nbytes(kept) > _nbytes(out.text) - excess:
+                kept = kept[1:]
+            return Output("stream", name=out.name, text=kept)
+        target = self._cost(out) - excess
+        if out.type == "error" and out.text is not None:
+            if target < MIN_SHRINK_BYTES:
+                return None
+            return Output("error", text=cut_text(out.text, target)[0])
+        plain = (out.data or {}).get("text/plain")
+        if out.type == "notice" or not isinstance(plain, str):
+            return None
+        room = target - len("text/plain")
+        if room < MIN_SHRINK_BYTES:
+            return None
+        shrunk = Output(out.type, data={"text/plain": cut_text(plain, room)[0]}, metadata={})
+        return shrunk if self._cost(shrunk) < self._cost(out) else None
 
     # -- results -----------------------------------------------------------------
     def outputs(self) -> list[Output]:
         """The collected outputs in order, adjacent stream chunks merged, marker in place."""
         items = list(self.head)
-        if self.truncated_bytes:
-            marker = truncation_marker(self.truncated_bytes)
+        if self._middle_bytes:
+            marker = truncation_marker(self._middle_bytes)
             items.extend(
                 Output("stream", name=name, text=marker) for name in sorted(self._cut_streams)
             )

@@ -52,7 +52,7 @@ from kernelsup.adapters.launch import KernelProcess, LaunchPlan, plan_launch, sp
 from kernelsup.adapters.runtime import keep_memory_flat
 from kernelsup.core.errors import KernelStartError
 from kernelsup.core.execution import Execution, MessageNumbers
-from kernelsup.core.outputs import OutputCollector, strip_ansi
+from kernelsup.core.outputs import OutputCollector, message_limit, strip_ansi
 from kernelsup.core.results import ExecuteResult, ExitCause
 from kernelsup.core.slot import KernelState
 from kernelsup.core.wire import Message, Wire, WireError
@@ -288,7 +288,13 @@ class KernelActor:
         assert self._wire is not None
         frames = await self._sockets[channel].recv_multipart()
         try:
-            msg = self._wire.parse(frames)
+            # A message too big for any request's budget is not decoded (core/wire.py):
+            # it comes back with ``oversized`` set (a stream's text with its head and
+            # tail), and the frames are freed on return.
+            budget = self.options.max_output_bytes
+            msg = self._wire.parse(
+                frames, max_bytes=message_limit(budget), keep=budget - budget // 2
+            )
         except WireError:
             if channel == "iopub":
                 self.stats.iopub_dropped += 1
