@@ -75,8 +75,11 @@ META_STATUS = "kernelsup/status"  # status: the status JSON of the Contract
 INSTRUCTIONS = (
     "Runs Python code in Jupyter kernels kept alive by a supervisor. `execute` returns the "
     "output, the value of the last expression, the traceback of an error and images. "
-    "Without `session` any idle kernel runs the code and nothing carries over between "
-    "calls; give the same `session` name to keep variables between calls. A call past its "
+    "Without `session` the code runs on one of the pool's shared kernels, where other "
+    "calls without a session run too: variables may carry over from anyone's calls, and "
+    "yours may not be there next time; do not rely on them. Give the same `session` name "
+    "to keep variables between calls, on a kernel of its own that nobody else's code has "
+    "run on. A call past its "
     "`timeout` is interrupted (the kernel is restarted if it ignores the interrupt, and "
     "the result says the state was lost). `status` lists the kernels; `interrupt` and "
     "`restart` act on one; `reset_session` starts a session over on a fresh kernel."
