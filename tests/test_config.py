@@ -86,12 +86,15 @@ def test_empty_files_give_the_default_config(text: str) -> None:
         (lambda c: c.pools[0].interrupt_mode, ""),
         (lambda c: c.pools[0].transport, "ipc"),
         (lambda c: c.pools[0].memory_limit_mb, 0),
+        (lambda c: c.pools[0].pids_limit, 0),
+        (lambda c: c.pools[0].cpu_limit, 0.0),
+        (lambda c: c.pools[0].containment, "auto"),
         (lambda c: dict(c.pools[0].env), {}),
         (
             lambda c: c.pools[0].restart,
             RestartConfig(
                 type="permanent",
-                min_delay=0.0,
+                min_delay=0.5,  # real backoff by default: a kernel that cannot start ends
                 max_delay=30.0,
                 multiplier=2.0,
                 jitter="full",

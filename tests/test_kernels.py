@@ -229,3 +229,62 @@ async def test_a_kernel_that_exits_at_start_says_its_status_and_last_words(
     message = info.value.message
     assert "the kernel process ended: start_failure:exit(3)" in message
     assert "cannot find libfoo.so" in message
+
+
+def failing_pool(**extra: Any) -> kernelsup.Config:
+    spec = {
+        **FAST_POOL,
+        "name": "p",
+        "size": 1,
+        "spares": 0,
+        "startup_code": "1 / 0",
+        **extra,
+    }
+    return kernelsup.Config.from_dict({"supervisor": {"intensity": 1000}, "pool": [spec]})
+
+
+async def test_a_pool_whose_kernels_cannot_start_refuses_at_once_with_the_reason(
+    runtime_dir: Path,
+) -> None:
+    cfg = failing_pool(restart={"min_delay": 0.2, "max_delay": 0.5, "max_retries": -1})
+    with trio.fail_after(120):
+        async with kernelsup.open_supervisor(cfg, runtime_dir=runtime_dir) as sup:
+            events = sup.bus.subscribe(name="test")
+            # the first request waits for the first start; when it fails, it is refused
+            r = await run(sup, "1")
+            assert (r.status, r.code) == ("rejected", "pool_unavailable"), r
+            assert "ZeroDivisionError: division by zero" in r.message
+            # later ones are refused at once, not after queue_timeout (300 s here)
+            for _ in range(3):
+                r = await run(sup, "1")
+                assert (r.status, r.code) == ("rejected", "pool_unavailable"), r
+                assert r.queued_s < sup.config.pools[0].queue_timeout
+            (kernel,) = sup.snapshot().kernels
+            assert "ZeroDivisionError" in kernel["start_error"]
+            assert sup.snapshot().pools[0]["unavailable"]
+            async for event in events:
+                if event.kind == "kernel_start_failed":
+                    assert "ZeroDivisionError" in event.data["message"]
+                    break
+
+
+async def test_a_kernel_that_can_never_start_ends_dead_across_pool_restarts(
+    runtime_dir: Path,
+) -> None:
+    """max_retries counts across escalations: the pool's own intensity (2) trips before
+    its kernel's max_retries (4) would, and the root restarts the pool; the kernel's
+    failures keep counting, so it ends dead instead of starting forever."""
+    cfg = failing_pool(
+        intensity=2,
+        restart={"min_delay": 0.01, "max_delay": 0.02, "jitter": "none", "max_retries": 4},
+    )
+    with trio.fail_after(120):
+        async with kernelsup.open_supervisor(cfg, runtime_dir=runtime_dir) as sup:
+            pool = sup.pools["p"]
+            while not pool.dead:
+                await pool.wait_changed()
+            r = await run(sup, "1")
+            assert (r.status, r.code) == ("rejected", "pool_dead"), r
+            (kernel,) = sup.snapshot().kernels
+            assert kernel["state"] == "dead"
+            assert "ZeroDivisionError" in kernel["start_error"]

@@ -117,9 +117,11 @@ def test_no_jitter_draws_nothing() -> None:
 @pytest.mark.parametrize(
     ("cfg", "n", "expected"),
     [
-        (RestartConfig(), 0, 0.0),  # the default min_delay = 0: no backoff at all
-        (RestartConfig(), 50, 0.0),
-        (RestartConfig(), 10**9, 0.0),
+        (RestartConfig(), 0, 0.5),  # the defaults: 0.5 s, doubling, capped at 30 s
+        (RestartConfig(), 5, 16.0),
+        (RestartConfig(), 50, 30.0),
+        (RestartConfig(), 10**9, 30.0),
+        (RestartConfig(min_delay=0.0), 50, 0.0),  # min_delay = 0: no backoff at all
         (CAPPED, 0, 1.0),
         (CAPPED, 4, 16.0),
         (CAPPED, 5, 30.0),
@@ -363,7 +365,7 @@ def crash_loop_trips(
         (cfg_(6.0, 6.0), 10, 60.0, 0.0, None),
         (cfg_(5.0, 5.0), 10, 60.0, 0.0, 55.0),
         (cfg_(5.0, 5.0), 10, 60.0, 1.0, None),
-        # shipped defaults: no backoff (min_delay 0), but max_retries 10 = intensity 10
+        # shipped defaults: 0.5 s backoff doubling to 30 s; and max_retries 10 < intensity + 1
         (RestartConfig(jitter="none"), 10, 60.0, 0.7, None),
         (cfg_(0.0, 30.0), 10, 60.0, 0.7, 7.0),
     ],

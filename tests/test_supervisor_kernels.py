@@ -69,8 +69,9 @@ async def test_crash_looping_startup_code_backs_off_then_dies(runtime_dir: Path)
         },
     )
     async with kernelsup.open_supervisor(config, runtime_dir=runtime_dir, bus=bus) as sup:
-        st = kernels(sup)
-        assert st[0]["state"] == "dead"
+        # open_supervisor returns once the kernel has failed its first start (it does not
+        # wait on a kernel that may never come); then it backs off, retries and gives up
+        await wait_until(sup, lambda: kernels(sup)[0]["state"] == "dead")
         r = await sup.execute("1")
         assert r.status == "rejected" and r.code == "pool_dead"
     seen = bus.recent()

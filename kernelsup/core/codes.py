@@ -139,6 +139,12 @@ _CODE_ROWS = (
     CodeRow("queue_timeout", Rejected, _E.REJECTED, "no kernel became free within `queue_timeout`"),
     CodeRow("pool_dead", Rejected, _E.REJECTED, "every kernel of the pool is dead"),
     CodeRow(
+        "pool_unavailable",
+        Rejected,
+        _E.REJECTED,
+        "no kernel of the pool can start (each failed and is retrying); the start error says why",
+    ),
+    CodeRow(
         "pool_exhausted",
         Rejected,
         _E.REJECTED,

@@ -78,6 +78,7 @@ RestartType: TypeAlias = Literal["permanent", "transient", "temporary"]
 Jitter: TypeAlias = Literal["full", "equal", "none"]
 Transport: TypeAlias = Literal["ipc", "tcp"]
 InterruptMode: TypeAlias = Literal["", "signal", "message"]
+Containment: TypeAlias = Literal["auto", "cgroup", "subreaper"]
 
 _POOL_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
@@ -239,7 +240,7 @@ class RestartConfig:
     """``[pool.restart]``: when a kernel that exited is started again (see core/policy.py)."""
 
     type: RestartType = "permanent"
-    min_delay: float = attrs.field(default=0.0, validator=_within(0, DAY_S))
+    min_delay: float = attrs.field(default=0.5, validator=_within(0, DAY_S))
     max_delay: float = attrs.field(default=30.0, validator=_within(0, DAY_S))
     multiplier: float = attrs.field(default=2.0, validator=_within(1, 1000))
     jitter: Jitter = "full"
@@ -336,6 +337,9 @@ class PoolConfig:
     interrupt_mode: InterruptMode = ""
     transport: Transport = "ipc"
     memory_limit_mb: int = attrs.field(default=0, validator=_within(0, 1024 * 1024))
+    pids_limit: int = attrs.field(default=0, validator=_within(0, 4 * 1024 * 1024))
+    cpu_limit: float = attrs.field(default=0.0, validator=_within(0, 4096))
+    containment: Containment = "auto"
     env: Mapping[str, str] = attrs.field(
         factory=dict, converter=_frozen_env, validator=_check_env, hash=False
     )

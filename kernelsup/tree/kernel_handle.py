@@ -70,6 +70,9 @@ class KernelOptions:
             shutdown_grace=pool.shutdown.grace,
             term_timeout=pool.shutdown.term_timeout,
             memory_limit_mb=pool.memory_limit_mb,
+            pids_limit=pool.pids_limit,
+            cpu_limit=pool.cpu_limit,
+            containment=pool.containment,
         )
 
 

@@ -96,6 +96,8 @@ class Child:
     restarts: int = 0
     started_at: float | None = None
     last_exit: ExitCause | None = None
+    # Why the last start failed (the KernelStartError's message); None once one succeeds.
+    start_error: str | None = None
     next_try: float | None = None
     scope: trio.CancelScope | None = None  # the current incarnation's
 
@@ -142,8 +144,14 @@ class PoolSupervisor:
         *,
         rng: random.Random | None = None,
         on_change: Listener | None = None,
+        policies: dict[str, RestartPolicy] | None = None,
     ) -> None:
         self.name = name
+        # Each slot's restart policy, by slot id. The pool passes the same dict to the
+        # supervisor that replaces this one after an escalation, so a kernel's failures
+        # keep counting towards max_retries across pool restarts (a kernel that can never
+        # start ends dead instead of restarting forever).
+        self._policies = policies if policies is not None else {}
         self._start = start
         self._restart_cfg = restart
         self.supervision = supervision
@@ -168,8 +176,8 @@ class PoolSupervisor:
     # ------------------------------------------------------------------- public
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Start the children added so far (in order), report started once each is ready,
-        dead or gone, and supervise until :meth:`stop`. Raises :class:`PoolEscalated` on
-        escalation."""
+        dead, gone or failed to start, and supervise until :meth:`stop`. Raises
+        :class:`PoolEscalated` on escalation."""
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -199,7 +207,9 @@ class PoolSupervisor:
         """A new child, started now if the supervisor runs (a refill), else by :meth:`run`."""
         child = Child(
             id=f"{self.name}-{self._next_index}",
-            policy=RestartPolicy(self._restart_cfg, self._rng),
+            policy=self._policies.setdefault(
+                f"{self.name}-{self._next_index}", RestartPolicy(self._restart_cfg, self._rng)
+            ),
         )
         self._next_index += 1
         self.children.append(child)
@@ -244,6 +254,7 @@ class PoolSupervisor:
         child.state = transition(child.state, event)
         if child.state is SlotState.REMOVED and child in self.children:
             self.children.remove(child)
+            self._policies.pop(child.id, None)  # bounded: only live slots have one
 
     def _spawn(self, child: Child, *, delay: float, restart: bool, count: bool = True) -> None:
         assert self._nursery is not None
@@ -331,6 +342,7 @@ class PoolSupervisor:
                     failure = exc
                 else:
                     now = trio.current_time()
+                    child.start_error = None
                     child.started_at = now
                     child.policy.on_started(now)
                     self._transition(child, SlotEvent.READY)
@@ -345,6 +357,7 @@ class PoolSupervisor:
         finally:
             child.handle = None
         if failure is not None:
+            child.start_error = failure.message
             cause = failure.data.get("cause")
             if not isinstance(cause, ExitCause):
                 cause = ExitCause("start_failure", detail=str(failure))
@@ -480,9 +493,15 @@ class PoolSupervisor:
             await self._stop_child(child, SlotEvent.STOP)
 
     async def _settled(self, child: Child) -> None:
-        """Wait until a fresh child is ready, dead, or gone."""
+        """Wait until a fresh child is ready, dead, gone, or has failed a start (it keeps
+        retrying with backoff, but nobody should wait on it: see Pool.unavailable)."""
         settled = (SlotState.DEAD, SlotState.REMOVING, SlotState.REMOVED)
-        while not (child.ready or child.state in settled or self._stop.is_set()):
+        while not (
+            child.ready
+            or child.state in settled
+            or child.start_error is not None
+            or self._stop.is_set()
+        ):
             await self._changed.wait()
 
     # ------------------------------------------------------------------- events

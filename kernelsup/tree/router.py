@@ -54,7 +54,7 @@ import trio
 from kernelsup.core import events as ev
 from kernelsup.core.config import Config, PoolConfig
 from kernelsup.core.errors import PoolEscalated, Rejected, SupervisorGaveUp
-from kernelsup.core.policy import IntensityWindow
+from kernelsup.core.policy import IntensityWindow, RestartPolicy
 from kernelsup.core.results import ExecuteResult, ExitCause, Output
 from kernelsup.core.slot import SlotState
 from kernelsup.tree.bus import EventBus
@@ -170,6 +170,8 @@ class Pool:
         self.total_memory = total_memory()
         self.max_sessions = cfg.effective_max_sessions(self.total_memory)
         self._stopping = False
+        # Restart policies by slot id, kept across escalations (see PoolSupervisor).
+        self._policies: dict[str, RestartPolicy] = {}
         self.sup = self._new_supervisor()
         self._roles = Roles()
         self._busy: set[Child] = set()
@@ -187,6 +189,7 @@ class Pool:
             self._bus,
             rng=self._rng,
             on_change=self._on_change,
+            policies=self._policies,
         )
 
     async def _start_kernel(
@@ -235,6 +238,9 @@ class Pool:
                         pool=self.name,
                     ) from None
                 self._bus.publish(ev.POOL_RESTARTED, pool=self.name, reason=str(exc))
+                keep = {f"{self.name}-{i}" for i in range(len(self._initial_roles))}
+                for slot_id in set(self._policies) - keep:  # sessions' slots are gone
+                    del self._policies[slot_id]
                 self.sup = self._new_supervisor()
 
     def stop(self) -> None:
@@ -305,6 +311,8 @@ class Pool:
                         "pool_dead",
                         f"every kernel of pool {self.name} is dead (gave up restarting)",
                     )
+                elif (why := self.unavailable) is not None:
+                    self._reject_queue("pool_unavailable", why)
                 return
             waiter = self._queue.popleft()
             self._busy.add(child)
@@ -322,6 +330,20 @@ class Pool:
         shared = [c for c in self.sup.children if self._roles.of(c) in ("pool", "spare")]
         return bool(shared) and all(c.state is SlotState.DEAD for c in shared)
 
+    @property
+    def unavailable(self) -> str | None:
+        """While no kernel of the pool can start (every one's last start failed, none is
+        up), why: the newest start error. Requests are then refused at once
+        (``pool_unavailable``) rather than left to wait out ``queue_timeout`` for a kernel
+        that is not coming. None as soon as any kernel is up or starts normally."""
+        shared = [c for c in self.sup.children if self._roles.of(c) in ("pool", "spare")]
+        if not shared or any(c.ready or c.start_error is None for c in shared):
+            return None
+        return (
+            f"no kernel of pool {self.name} can start (each failed, retrying with backoff); "
+            f"the latest: {shared[-1].start_error}"
+        )
+
     def _release(self, child: Child) -> None:
         self._busy.discard(child)
         self._dispatch()
@@ -337,6 +359,8 @@ class Pool:
                 code="pool_dead",
                 pool=self.name,
             )
+        if (why := self.unavailable) is not None:
+            raise Rejected(why, code="pool_unavailable", pool=self.name)
         if len(self._queue) >= self.cfg.queue_limit:
             raise Rejected(
                 f"pool {self.name}'s queue is full ({self.cfg.queue_limit} waiting)",
@@ -490,6 +514,8 @@ class Pool:
             raise Rejected(
                 f"every kernel of pool {self.name} is dead", code="pool_dead", pool=self.name
             )
+        if (why := self.unavailable) is not None:
+            raise Rejected(why, code="pool_unavailable", pool=self.name)
         for role in self._BIND_FROM:
             child = self._first_unused(role)
             if child is not None:
@@ -652,6 +678,8 @@ class Pool:
                     "uptime_s": round(uptime, 3) if uptime is not None else None,
                     "last_exit": c.last_exit.to_dict() if c.last_exit else None,
                     "next_try_s": round(c.next_try - now, 3) if c.next_try is not None else None,
+                    "start_error": c.start_error,
+                    "containment": _handle(c).containment if c.handle is not None else None,
                 }
             )
         return out
@@ -668,5 +696,6 @@ class Pool:
             "max_sessions": self.max_sessions,
             "ready": sum(1 for c in kids if c.ready),
             "dead": self.dead,
+            "unavailable": self.unavailable,
             "strategy": self.sup.supervision.strategy,
         }
