@@ -362,3 +362,56 @@ def test_died_result(
     assert result.cause == (cause if died else None)
     assert result.kernel_restarted is died
     assert result.state_lost is died
+
+
+# --- messages too big to decode (core/wire.py gives their size and a few fields) ----------
+
+
+def big(msg_type: str, n: int, size: int, **peeked: Any) -> Message:
+    return Message(msg_type, f"{KERNEL}_{n}", REQ, dict(peeked), oversized=size)
+
+
+@pytest.mark.parametrize(
+    ("msgs", "status"),
+    [
+        ([big("execute_reply", 11, 10**8, status="ok"), idle(12)], "ok"),
+        ([big("execute_reply", 11, 10**8, status="error"), idle(12)], "error"),
+        ([big("error", 11, 10**8, ename="E"), big("execute_reply", 12, 10**8), idle(13)], "error"),
+        ([big("execute_reply", 11, 10**8), idle(12)], "ok"),  # no status read, no error seen
+    ],
+)
+def test_an_oversized_reply_still_finishes_the_request(msgs: list[Message], status: Status) -> None:
+    ex = run(msgs)
+    assert ex.finished(cancelled=False) and not ex.incomplete
+    assert ex.status() == status
+    assert ex.lost == 0  # the oversized messages arrived: they are counted
+
+
+def test_an_oversized_error_keeps_its_name_and_says_why_the_rest_is_missing() -> None:
+    ex = run([big("error", 11, 300_000_000, ename="ValueError"), reply(12, "error"), idle(13)])
+    r = ex.result(ex.status(), kernel_id="k0", now=101.0)
+    assert r.status == "error" and r.error is not None
+    assert r.error.ename == "ValueError"
+    assert "300,000,000 bytes was dropped" in r.error.evalue
+    assert r.truncated_bytes == 300_000_000
+    assert [o.name for o in r.outputs if o.type == "notice"] == ["oversized"]
+
+
+def test_an_error_only_in_an_oversized_reply_is_named_from_it() -> None:
+    ex = run([big("execute_reply", 12, 50_000_000, status="error", ename="KeyError"), idle(13)])
+    r = ex.result(ex.status(), kernel_id="k0", now=101.0)
+    assert r.error is not None and r.error.ename == "KeyError"
+    assert "execute_reply message of 50,000,000 bytes" in r.error.evalue
+    assert r.truncated_bytes == 0  # the reply is not output: its error is the error output's
+
+
+def test_an_oversized_value_gives_no_result_but_its_count() -> None:
+    ex = run([big("execute_result", 11, 10**8, execution_count=5), reply(12), idle(13)])
+    r = ex.result(ex.status(), kernel_id="k0", now=101.0)
+    assert r.result is None and r.execution_count == 5 and r.truncated_bytes == 10**8
+    assert "oversized" in notices(ex)
+
+
+def test_an_oversized_status_is_not_an_idle() -> None:
+    ex = run([big("status", 11, 10**6), reply(12)])
+    assert not ex.idle and ex.incomplete

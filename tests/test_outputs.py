@@ -8,11 +8,26 @@ and a marker goes into each stream that lost bytes plus one ``notice``.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
 
-from kernelsup.core.outputs import OutputCollector, strip_ansi, truncation_marker
+from kernelsup.core.outputs import (
+    CARRY_LIMIT,
+    ENAME_BYTES,
+    MIN_SHRINK_BYTES,
+    STRING_LIMIT,
+    OutputCollector,
+    TerminalFilter,
+    cut_marker,
+    cut_text,
+    message_limit,
+    oversized_notice,
+    sent_bytes,
+    strip_ansi,
+    truncation_marker,
+)
 from kernelsup.core.results import ErrorInfo, Output
 
 Chunk = tuple[str, str]  # (stream name, text)
@@ -573,3 +588,289 @@ def test_flood_of_tiny_chunks_is_a_few_objects() -> None:
     for _ in range(200_000):
         c.add_message("stream", {"name": "stdout", "text": "x"})
     assert len(c.head) + len(c.tail) <= 64
+
+
+# --- everything counts: values, errors, displays, oversized messages ----------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "sent"),
+    [
+        ("", 0),
+        ("abc", 3),
+        ("é中😀", 2 + 3 + 4),
+        ("\ufffd" * 10, 10),  # each stood for one byte the kernel could not decode
+        ("a\ufffdb", 3),
+        ("\ud800", 3),  # a lone surrogate (JSON allows it) is measured, not refused
+    ],
+)
+def test_sent_bytes_counts_a_replacement_character_as_one_byte(text: str, sent: int) -> None:
+    assert sent_bytes(text) == sent
+
+
+@pytest.mark.parametrize("text", ["x" * 10_000, "é中😀" * 3000, "\ufffd" * 5000, "ab\n" * 4000])
+@pytest.mark.parametrize("keep", [100, 257, 4096])
+def test_cut_text_keeps_head_and_tail_within_the_bytes(text: str, keep: int) -> None:
+    cut, dropped = cut_text(text, keep)
+    assert nbytes(cut) <= keep
+    head, tail = cut.split(cut_marker(dropped))
+    assert text.startswith(head) and text.endswith(tail)
+    assert abs(nbytes(head) - nbytes(tail)) <= 4
+    assert dropped == sent_bytes(text[len(head) : len(text) - len(tail)])
+
+
+def test_cut_text_leaves_what_fits_and_drops_what_cannot_hold_its_marker() -> None:
+    assert cut_text("short", 100) == ("short", 0)
+    assert cut_text("y" * 1000, 10) == ("", 1000)
+
+
+def test_message_limit_is_twice_the_budget_plus_the_envelope() -> None:
+    assert message_limit(1024 * 1024) == 2 * 1024 * 1024 + 64 * 1024
+    assert message_limit(1024) == 2048 + 64 * 1024
+
+
+def test_a_value_over_the_budget_keeps_head_and_tail_and_result_is_what_is_kept() -> None:
+    c = OutputCollector(1000)
+    value = "'" + "v" * 3000 + "'"
+    c.add_message("execute_result", {"data": {"text/plain": value}, "execution_count": 3})
+    outs = c.outputs()
+    (kept,) = [o for o in outs if o.type == "execute_result"]
+    assert kept.data is not None and kept.data["text/plain"] == c.result
+    assert c.result is not None and c.result.startswith("'vvv") and c.result.endswith("vvv'")
+    assert nbytes(c.result) <= 500
+    assert c.truncated_bytes == 3002 - (nbytes(c.result) - nbytes(cut_marker(c.truncated_bytes)))
+    assert c.execution_count == 3
+
+
+def test_a_value_pushed_out_of_the_tail_is_no_longer_the_result() -> None:
+    c = OutputCollector(1000)
+    feed(c, [("stdout", "x" * 600)])
+    c.add_message("execute_result", {"data": {"text/plain": "42"}})
+    assert c.result == "42"
+    feed(c, [("stdout", "x" * 3000)])  # a background thread keeps printing after it
+    assert c.result is None
+    assert not [o for o in c.outputs() if o.type == "execute_result"]
+
+
+def test_a_rich_output_cut_in_the_tail_keeps_only_its_text() -> None:
+    c = OutputCollector(4000)
+    feed(c, [("stdout", "h" * 2000)])
+    data = {"text/plain": "p" * 3000, "image/png": "A" * 3000}
+    c.add_message("display_data", {"data": data, "metadata": {"image/png": {"width": 9}}})
+    (shown,) = [o for o in c.outputs() if o.type == "display_data"]
+    assert shown.data is not None and list(shown.data) == ["text/plain"]
+    assert shown.metadata == {}
+    assert "bytes cut" in shown.data["text/plain"]
+    assert c.tail_used <= c.tail_budget
+
+
+def test_metadata_counts_against_the_budget() -> None:
+    c = OutputCollector(1000)
+    c.add_message("display_data", {"data": {"text/plain": "x"}, "metadata": {"m": "y" * 5000}})
+    assert c.truncated_bytes > 5000
+    assert c.head_used + c.tail_used <= 1000
+
+
+def test_a_rich_output_with_too_little_room_left_is_dropped_whole() -> None:
+    c = OutputCollector(1000)
+    feed(c, [("stdout", "h" * 500)])
+    c.add_message("display_data", {"data": {"text/plain": "p" * (500 + MIN_SHRINK_BYTES)}})
+    feed(c, [("stdout", "t" * 400)])
+    assert not [o for o in c.outputs() if o.type == "display_data"]
+
+
+@pytest.mark.parametrize("max_bytes", [1024, 64 * 1024])
+def test_an_error_is_cut_to_half_the_budget_as_it_arrives(max_bytes: int) -> None:
+    c = OutputCollector(max_bytes)
+    content = {
+        "ename": "E" * 1000,
+        "evalue": "v" * 100_000,
+        "traceback": ["\x1b[31mframe\x1b[0m " + str(i) * 200 for i in range(100)]
+        + ["ValueError: " + "v" * 100_000],
+    }
+    c.add_message("error", content)
+    err = c.error
+    assert err is not None
+    size = nbytes(err.ename) + nbytes(err.evalue) + sum(nbytes(line) + 1 for line in err.traceback)
+    assert size <= c.tail_budget
+    assert nbytes(err.ename) <= ENAME_BYTES and err.ename.startswith("EEE")
+    assert err.evalue.startswith("vvv") and "bytes cut" in err.evalue
+    assert err.traceback[0].startswith("frame 0")
+    assert not any("\x1b" in line for line in err.traceback)
+    (out,) = [o for o in c.outputs() if o.type == "error"]
+    assert out.text == "\n".join(err.traceback)
+    assert c.truncated_bytes > 200_000
+
+
+def test_a_small_error_is_kept_whole() -> None:
+    c = OutputCollector(1024)
+    c.add_message("error", {"ename": "E", "evalue": "v", "traceback": ["a", "b"]})
+    assert c.error == ErrorInfo("E", "v", ("a", "b"))
+    assert c.truncated_bytes == 0
+
+
+@pytest.mark.parametrize(
+    ("msg_type", "content", "what"),
+    [
+        ("execute_result", {"execution_count": 4}, "execute_result"),
+        ("display_data", {}, "display_data"),
+        ("error", {"ename": "ValueError"}, "error"),
+        ("stream", {"name": "stderr"}, "stderr stream"),
+        ("stream", {}, "stream"),
+        ("comm_msg", {}, "message"),
+    ],
+)
+def test_an_oversized_message_is_a_notice_in_its_place_and_counted(
+    msg_type: str, content: dict[str, Any], what: str
+) -> None:
+    c = OutputCollector(1000)
+    feed(c, [("stdout", "before\n")])
+    notice = c.drop_message(msg_type, 300_000_000, content)
+    feed(c, [("stdout", "after\n")])
+    assert notice == Output(
+        "notice",
+        name="oversized",
+        text=oversized_notice(msg_type, content.get("name"), 300_000_000, c.message_limit),
+    )
+    assert f"the kernel's {what} message of 300,000,000 bytes was dropped" in (notice.text or "")
+    assert c.truncated_bytes == 300_000_000
+    assert [o.type for o in c.outputs()] == ["stream", "notice", "stream"]
+    assert OutputCollector.stream_text(c.outputs(), "stdout") == "before\nafter\n"
+    if msg_type == "execute_result":
+        assert c.result is None and c.execution_count == 4
+    if msg_type == "error":
+        assert c.error is not None and c.error.ename == "ValueError"
+        assert "dropped" in c.error.evalue
+
+
+def test_an_oversized_value_after_a_kept_one_clears_the_result() -> None:
+    c = OutputCollector(1000)
+    c.add_message("execute_result", {"data": {"text/plain": "1"}})
+    c.drop_message("execute_result", 5_000_000, {})
+    assert c.result is None
+
+
+def test_an_oversized_stream_keeps_the_head_and_tail_it_was_given() -> None:
+    c = OutputCollector(1000)
+    feed(c, [("stdout", "first\n")])
+    shown = c.drop_message(
+        "stream",
+        90_000_000,
+        {"name": "stdout", "text": "H" * 600, "cut": 88_000_000, "tail": "T" * 600},
+    )
+    feed(c, [("stdout", "last\n")])
+    assert shown == Output(
+        "stream", name="stdout", text="H" * 600 + cut_marker(88_000_000) + "T" * 600
+    )
+    text = OutputCollector.stream_text(c.outputs(), "stdout")
+    head, tail = text.split(truncation_marker(c.truncated_bytes))
+    assert head == "first\n" + "H" * 494
+    assert tail == ("T" * 600 + "last\n")[-500:]
+    assert c.truncated_bytes == 106 + 88_000_000 + 105
+    assert not [o for o in c.outputs() if o.name == "oversized"]
+
+
+def test_truncated_bytes_counts_replacement_characters_as_the_bytes_written() -> None:
+    # 30,000 undecodable bytes arrive as 30,000 U+FFFD (90,000 bytes of UTF-8).
+    c = OutputCollector(1000)
+    for _ in range(30):
+        feed(c, [("stdout", "\ufffd" * 1000)])
+    kept = OutputCollector.stream_text(c.outputs(), "stdout").replace(
+        truncation_marker(c.truncated_bytes), ""
+    )
+    assert nbytes(kept) <= 1000  # the budget is what is held: UTF-8 bytes
+    assert c.truncated_bytes == 30_000 - kept.count("\ufffd")
+
+
+# --- a kernel's text on a terminal -------------------------------------------------------
+
+ESC = "\x1b"
+# (what the kernel printed, what the terminal gets): colour stays, nothing else acts.
+TERMINAL: list[tuple[str, str, str]] = [
+    ("plain", "plain text, tabs\tand\nnewlines", "plain text, tabs\tand\nnewlines"),
+    (
+        "sgr colour",
+        f"{ESC}[31mred{ESC}[0m {ESC}[1;4mbold{ESC}[m",
+        f"{ESC}[31mred{ESC}[0m {ESC}[1;4mbold{ESC}[m",
+    ),
+    (
+        "sgr 256 and rgb",
+        f"{ESC}[38;5;196mx{ESC}[48;2;1;2;3my{ESC}[38:2::1:2:3mz",
+        f"{ESC}[38;5;196mx{ESC}[48;2;1;2;3my{ESC}[38:2::1:2:3mz",
+    ),
+    ("carriage return and backspace", "50%\r100%\b!", "50%\r100%\b!"),
+    ("clear screen", f"a{ESC}[2J{ESC}[Hb", "ab"),
+    ("cursor moves", f"a{ESC}[5A{ESC}[10;20Hb{ESC}[2K", "ab"),
+    ("private modes", f"{ESC}[?1049h{ESC}[?25lx{ESC}[?1000h", "x"),
+    ("device status report", f"a{ESC}[6nb{ESC}[c", "ab"),
+    ("scroll region", f"{ESC}[1;5rx", "x"),
+    ("window title, BEL", f"a{ESC}]0;owned{chr(7)}b", "ab"),
+    ("window title, ST", f"a{ESC}]2;owned{ESC}\\b", "ab"),
+    ("clipboard", f"a{ESC}]52;c;ZWNobyBoaQ=={chr(7)}b", "ab"),
+    ("hyperlink", f"{ESC}]8;;http://x{ESC}\\link{ESC}]8;;{ESC}\\", "link"),
+    ("DCS", f'a{ESC}P$q"p{ESC}\\b', "ab"),
+    ("APC, PM, SOS", f"a{ESC}_x{ESC}\\b{ESC}^y{ESC}\\c{ESC}Xz{ESC}\\d", "abcd"),
+    ("string aborted by CAN", f"a{ESC}]0;t{chr(0x18)}b", "ab"),
+    ("reset", f"a{ESC}cb", "ab"),
+    ("charset and keypad", f"a{ESC}(0b{ESC}=c{ESC}7d{ESC}8", "abcd"),
+    ("C0 controls", "a\x00\x01\x07\x0b\x0c\x0e\x1a\x1f\x7fb", "ab"),
+    ("C1 controls", "a\x9b2J\x9d0;t\x07\x85b", "a2J0;tb"),
+    ("lone ESC before text", f"a{ESC}é b{ESC}", "aé b"),
+    ("ESC with intermediate", f"a{ESC} Fb{ESC}#8c", "abc"),
+    ("unicode kept", "héllo 世界 🎉", "héllo 世界 🎉"),
+]
+
+
+@pytest.mark.parametrize(("case", "raw", "shown"), TERMINAL, ids=[t[0] for t in TERMINAL])
+def test_terminal_filter_keeps_colour_only(case: str, raw: str, shown: str) -> None:
+    f = TerminalFilter()
+    assert f.feed(raw) + f.end().replace(f"{ESC}[0m", "") == shown
+
+
+@pytest.mark.parametrize(("case", "raw", "shown"), TERMINAL, ids=[t[0] for t in TERMINAL])
+def test_terminal_filter_is_the_same_however_the_text_is_split(
+    case: str, raw: str, shown: str
+) -> None:
+    for size in (1, 2, 3, 5):
+        f = TerminalFilter()
+        got = "".join(f.feed(raw[i : i + size]) for i in range(0, len(raw), size))
+        assert got == shown, size
+
+
+def test_terminal_filter_resets_colour_it_let_through_at_the_end() -> None:
+    f = TerminalFilter()
+    f.feed(f"{ESC}[31mred")
+    assert f.end() == f"{ESC}[0m"
+    plain = TerminalFilter()
+    plain.feed("no colour")
+    assert plain.end() == ""
+
+
+def test_terminal_filter_holds_an_incomplete_sequence_only_briefly() -> None:
+    f = TerminalFilter()
+    assert f.feed(f"a{ESC}[") == "a"
+    assert f.feed("31mb") == f"{ESC}[31mb"
+    long = TerminalFilter()
+    assert long.feed(f"{ESC}[" + "1;" * CARRY_LIMIT) == "[" + "1;" * CARRY_LIMIT
+    assert long.feed("m") == "m"
+
+
+def test_an_unterminated_string_hides_at_most_string_limit() -> None:
+    f = TerminalFilter()
+    assert f.feed(f"a{ESC}]0;") == "a"
+    assert f.feed("t" * (STRING_LIMIT - 2)) == ""
+    assert f.feed("visible") == "visible"
+    assert f.end() == ""
+
+
+def test_terminal_filter_output_never_holds_another_control() -> None:
+    import random
+
+    rng = random.Random(7)
+    alphabet = [ESC, "[", "]", "P", "\\", "m", "2", ";", "J", "?", "x", chr(7), "\x9b", "\n", "\r"]
+    for _ in range(300):
+        raw = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 60)))
+        f = TerminalFilter()
+        got = "".join(f.feed(raw[i : i + 3]) for i in range(0, len(raw), 3)) + f.end()
+        without_sgr = re.sub(r"\x1b\[[0-9:;]*m", "", got)
+        assert not re.search("[\x00-\x07\x0b-\x0c\x0e-\x1f\x7f-\x9f]", without_sgr), repr(raw)

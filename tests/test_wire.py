@@ -6,6 +6,7 @@ reach the JSON decoding) are signed with jupyter_client's own ``Session.sign``.
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Any
 
@@ -14,7 +15,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jupyter_client.session import Session
 
-from kernelsup.core.wire import Message, Wire, WireError
+from kernelsup.core.wire import (
+    ENVELOPE_PART_LIMIT,
+    Message,
+    Wire,
+    WireError,
+    peek,
+    stream_fragments,
+    text_bytes,
+)
 
 KEY = b"0123456789abcdef-test-key"
 DELIM = b"<IDS|MSG>"
@@ -343,3 +352,153 @@ def test_metadata_that_is_not_an_object_is_a_wire_error(metadata: Any) -> None:
     except WireError:
         return
     assert isinstance(msg.metadata, dict), msg.metadata
+
+
+# --- messages over the size limit ----------------------------------------------------------
+
+
+def kernel_message(msg_type: str, content: dict[str, Any], **header: Any) -> list[bytes]:
+    """A message as ipykernel sends it: jupyter_client's packer (no ASCII escaping)."""
+    session = Session(key=KEY)
+    parent = session.msg_header("execute_request")
+    msg = session.msg(msg_type, content, parent=parent)
+    msg["header"].update(header)
+    return list(session.serialize(msg))
+
+
+def sent(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass")) - 2 * text.count("\ufffd")
+
+
+@pytest.mark.parametrize(
+    ("msg_type", "content", "peeked"),
+    [
+        (
+            "execute_result",
+            {"data": {"text/plain": "y" * 5000}, "execution_count": 7},
+            {"execution_count": 7},
+        ),
+        ("display_data", {"data": {"text/plain": "d" * 5000}, "metadata": {}}, {}),
+        (
+            "error",
+            {"traceback": ["t" * 3000], "ename": "ValueError", "evalue": "v" * 3000},
+            {"ename": "ValueError"},
+        ),
+        (
+            "execute_reply",
+            {
+                "status": "error",
+                "traceback": ["t" * 5000],
+                "ename": "KeyError",
+                "evalue": "",
+                "execution_count": 3,
+            },
+            {"status": "error", "ename": "KeyError", "execution_count": 3},
+        ),
+        ("execute_reply", {"status": "ok", "payload": [{"data": "p" * 5000}]}, {"status": "ok"}),
+    ],
+)
+def test_a_message_over_the_limit_is_verified_routed_and_not_decoded(
+    msg_type: str, content: dict[str, Any], peeked: dict[str, Any]
+) -> None:
+    frames = kernel_message(msg_type, content)
+    whole = Wire(KEY, replay_window=0).parse(frames)
+    msg = Wire(KEY, replay_window=0).parse(frames, max_bytes=4096, keep=100)
+    assert msg.oversized == len(frames[-1])
+    assert (msg.msg_type, msg.msg_id, msg.parent_id) == (
+        whole.msg_type,
+        whole.msg_id,
+        whole.parent_id,
+    )
+    assert msg.content == peeked
+    under = Wire(KEY, replay_window=0).parse(frames, max_bytes=10**6)
+    assert under.oversized == 0 and under.content == content
+
+
+def test_an_oversized_message_with_a_bad_signature_is_still_refused() -> None:
+    frames = kernel_message("stream", {"name": "stdout", "text": "x" * 5000})
+    frames[-1] = frames[-1].replace(b"xxx", b"yyy", 1)
+    with pytest.raises(WireError) as err:
+        Wire(KEY).parse(frames, max_bytes=1000)
+    assert err.value.reason == "bad_signature"
+
+
+def test_an_oversized_message_with_a_huge_header_is_not_routed() -> None:
+    frames = kernel_message(
+        "stream", {"name": "stdout", "text": "x"}, pad="h" * ENVELOPE_PART_LIMIT
+    )
+    msg = Wire(KEY).parse(frames, max_bytes=1000)
+    assert msg.oversized and (msg.msg_type, msg.msg_id, msg.parent_id) == ("", "", None)
+
+
+def test_an_oversized_stream_keeps_its_texts_head_and_tail() -> None:
+    text = "<" + "é" * 3000 + "\n" * 100 + "\ufffd" * 1000 + ">"
+    frames = kernel_message("stream", {"name": "stderr", "text": text})
+    msg = Wire(KEY).parse(frames, max_bytes=1000, keep=300)
+    head, cut, tail = msg.content["text"], msg.content["cut"], msg.content["tail"]
+    assert msg.content["name"] == "stderr"
+    assert text.startswith(head) and text.endswith(tail)
+    assert 290 <= len(head.encode()) <= 300 and 290 <= len(tail.encode()) <= 300
+    assert cut == sent(text[len(head) : len(text) - len(tail)])
+    assert msg.oversized == len(frames[-1]) - 2 * 1000
+
+
+@pytest.mark.parametrize(
+    ("raw", "keys", "found"),
+    [
+        (b'{"status": "ok", "x": 1}', ("status",), {"status": "ok"}),
+        (b'{"a": "status", "status":"error"}', ("status",), {"status": "error"}),
+        (b'{"t": "\\"ename\\": \\"No\\"", "ename": "Yes"}', ("ename",), {"ename": "Yes"}),
+        (
+            b'{"execution_count": 12, "n": -3}',
+            ("execution_count", "n"),
+            {"execution_count": 12, "n": -3},
+        ),
+        (b'{"execution_count": 1.5}', ("execution_count",), {}),
+        (b'{"ename": "' + b"E" * 300 + b'"}', ("ename",), {}),
+        (b'{"ename": "a\\u00e9"}', ("ename",), {"ename": "a\u00e9"}),
+        (b"garbage", ("status",), {}),
+    ],
+)
+def test_peek_reads_short_top_level_values(
+    raw: bytes, keys: tuple[str, ...], found: dict[str, Any]
+) -> None:
+    assert peek(raw, keys) == found
+
+
+# Text whose JSON escapes text_bytes counts exactly: anything but a backslash followed by a
+# control character (``\\\u0001``), which it counts as 4 bytes too many.
+TEXT = st.text(
+    alphabet=st.characters(codec="utf-8")
+    | st.sampled_from(["\\", '"', "\n", "\x1b", "\ufffd", "é", "😀"]),
+    min_size=0,
+    max_size=400,
+).filter(lambda t: not any(a == "\\" and ord(b) < 0x20 for a, b in itertools.pairwise(t)))
+
+
+@given(text=TEXT, keep=st.integers(min_value=1, max_value=120))
+@settings(max_examples=400, deadline=None)
+def test_stream_fragments_are_exact_head_and_tail_and_count_the_middle(
+    text: str, keep: int
+) -> None:
+    raw = json.dumps({"name": "stdout", "text": text}, ensure_ascii=False).encode(
+        "utf-8", "surrogatepass"
+    )
+    fragments = stream_fragments(raw, keep)
+    if fragments is None:
+        return  # too short to cut, or a cut inside a long run of backslashes
+    head, cut, tail = fragments
+    assert text.startswith(head) and text.endswith(tail)
+    assert len(head) + len(tail) <= len(text)
+    assert cut == sent(text[len(head) : len(text) - len(tail)])
+
+
+def test_stream_fragments_need_the_text_last_and_long_enough() -> None:
+    assert stream_fragments(b'{"text": "' + b"x" * 100 + b'", "name": "stdout"}', 10) is None
+    assert stream_fragments(b'{"name": "stdout", "text": "short"}', 10) is None
+    assert stream_fragments(b'{"name": "stdout", "text": "' + b"\\\\" * 200 + b'"}', 10) is None
+
+
+def test_text_bytes_counts_escapes_as_one_byte() -> None:
+    raw = json.dumps('a\nb\\c"d\x01e\ufffd', ensure_ascii=False).encode()
+    assert text_bytes(raw, 1, len(raw) - 1) == sent('a\nb\\c"d\x01e\ufffd')

@@ -27,7 +27,10 @@ output or an error, it is cut to its text (text/plain's head and tail, the other
 entries dropped) when at least ``MIN_SHRINK_BYTES`` of it can stay, else dropped whole.
 
 A message over :func:`message_limit` is never decoded (``core/wire.py``): it arrives as a
-size, and :meth:`OutputCollector.drop_message` puts an ``oversized`` notice in its place.
+size and a few fields, and :meth:`OutputCollector.drop_message` takes it. A stream's comes
+with its text's head and tail, read from the raw message: the head closes there and the
+bytes between are the middle, as if the text had been printed in pieces. Any other takes
+an ``oversized`` notice's place (its size, its type; an error keeps its ``ename``).
 
 ``truncated_bytes`` counts what the kernel sent, not what it became here: a U+FFFD (which
 ipykernel puts in place of each byte it could not decode as UTF-8, 3 bytes once encoded)
@@ -322,13 +325,13 @@ class OutputCollector:
         while self.tail_used > self.tail_budget and self.tail:
             excess = self.tail_used - self.tail_budget
             first, size = self.tail[0]
-            kept: Output | None = None
-            if size > excess:
-                kept = self._shrink(first, excess)
-            if kept is None:
+            shrunk = self._shrink(first, excess) if size > excess else None
+            if shrunk is None:
                 self.tail.popleft()
-                kept_size = 0
+                kept, kept_size = None, 0
+                dropped = sent_bytes(first.text or "") if first.type == "stream" else size
             else:
+                kept, dropped = shrunk
                 kept_size = self._cost(kept)
                 self.tail[0] = (kept, kept_size)
             if first is self._result_output:
@@ -338,36 +341,38 @@ class OutputCollector:
             self.tail_used -= size - kept_size
             if first.type == "notice":
                 continue  # our own words, not the kernel's output
-            if first.type == "stream" and first.text is not None:
-                rest = (kept.text or "") if kept is not None else ""
-                dropped = sent_bytes(first.text[: len(first.text) - len(rest)])
-            else:
-                dropped = size - kept_size
             self.truncated_bytes += dropped
             self._middle_bytes += dropped
             self._cut_streams.add(first.name if first.type == "stream" and first.name else "stdout")
 
-    def _shrink(self, out: Output, excess: int) -> Output | None:
-        """``out`` less at least ``excess`` bytes of budget, or None to drop it whole."""
+    def _shrink(self, out: Output, excess: int) -> tuple[Output, int] | None:
+        """``out`` less at least ``excess`` bytes of budget, with the bytes dropped (as
+        :func:`sent_bytes` counts them); None to drop it whole."""
         if out.type == "stream" and out.text is not None:
             _, kept = _split_at(out.text, excess)
             # _split_at rounds down; drop the partial character too
             if _nbytes(kept) > _nbytes(out.text) - excess:
                 kept = kept[1:]
-            return Output("stream", name=out.name, text=kept)
+            gone = out.text[: len(out.text) - len(kept)]
+            return Output("stream", name=out.name, text=kept), sent_bytes(gone)
         target = self._cost(out) - excess
         if out.type == "error" and out.text is not None:
             if target < MIN_SHRINK_BYTES:
                 return None
-            return Output("error", text=cut_text(out.text, target)[0])
-        plain = (out.data or {}).get("text/plain")
+            text, dropped = cut_text(out.text, target)
+            return Output("error", text=text), dropped
+        data = out.data or {}
+        plain = data.get("text/plain")
         if out.type == "notice" or not isinstance(plain, str):
             return None
         room = target - len("text/plain")
         if room < MIN_SHRINK_BYTES:
             return None
-        shrunk = Output(out.type, data={"text/plain": cut_text(plain, room)[0]}, metadata={})
-        return shrunk if self._cost(shrunk) < self._cost(out) else None
+        text, dropped = cut_text(plain, room)
+        others = {key: value for key, value in data.items() if key != "text/plain"}
+        dropped += _data_cost(others, out.metadata)
+        shrunk = Output(out.type, data={"text/plain": text}, metadata={})
+        return (shrunk, dropped) if self._cost(shrunk) < self._cost(out) else None
 
     # -- results -----------------------------------------------------------------
     def outputs(self) -> list[Output]:
@@ -438,3 +443,103 @@ def _push_tail(tail: collections.deque[tuple[Output, int]], out: Output, cost: i
     else:
         tail.append((out, cost))
     return cost
+
+
+# --- text for a terminal --------------------------------------------------------------
+#
+# What a kernel prints goes to the user's terminal as it is, minus anything that would
+# make the terminal do something other than show coloured text. Kept: SGR (ESC [ ... m:
+# colour, bold, underline), \n, \t, \r and \b. \r and \b only move the cursor back along
+# the current line, so they can overwrite nothing but what this same output wrote there,
+# and progress bars (tqdm, pip) and spinners are made of them. Dropped: every other CSI
+# (cursor moves to other lines, clearing the screen, scroll regions, mode changes, device
+# reports whose answers the terminal types into the user's input), the string sequences
+# OSC, DCS, SOS, PM and APC whole (window title, clipboard, hyperlinks, terminal
+# programming), every other ESC sequence (reset, charsets, keypad modes), the other C0
+# controls, DEL and the C1 controls (U+0080-U+009F, which some terminals obey as 8-bit
+# ESC sequences: U+009B is CSI). What is written is text with SGR only, however the
+# kernel's chunks split a sequence: a sequence cut at a chunk's end is held until the next
+# chunk completes it (at most CARRY_LIMIT characters), and a string sequence is dropped
+# up to its terminator across chunks (BEL, ST, or CAN and SUB which abort it), at most
+# STRING_LIMIT characters of it: the terminal never saw its introducer, so what follows a
+# string that does not end is only text, and a stray ESC ] does not hide the rest.
+
+# An incomplete escape sequence held for the next chunk; a longer one is dropped.
+CARRY_LIMIT = 64
+# The most of a string sequence's payload dropped while waiting for its terminator.
+STRING_LIMIT = 4096
+
+_DROPPED_CONTROL = re.compile("[\x00-\x07\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_SEQUENCE = re.compile(
+    r"(?P<sgr>\x1b\[[0-9:;]*m)"
+    r"|(?P<csi>\x1b\[[0-?]*[ -/]*[@-~])"
+    r"|(?P<string>\x1b[\]PX^_])"
+    # other ESC sequences: intermediates and a final, or a final that introduces nothing
+    r"|(?P<esc>\x1b[ -/]+[0-~]|\x1b[0-OQ-WYZ\\`-~])"
+)
+# What may still become a sequence once more text comes.
+_INCOMPLETE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*|[ -/]*)?")
+_STRING_END = re.compile("[\x07\x18\x1a]|\x1b\\\\")
+
+
+class TerminalFilter:
+    """Makes a kernel's text safe to write to a terminal (see above): one per stream, fed
+    the stream's chunks in order. Pure; holds at most ``CARRY_LIMIT`` characters."""
+
+    def __init__(self) -> None:
+        self._carry = ""  # an incomplete sequence at the end of the last chunk
+        self._string_left = 0  # inside an OSC/DCS/SOS/PM/APC: this much more is dropped
+        self.coloured = False  # an SGR was let through (the writer may reset at the end)
+
+    def feed(self, text: str) -> str:
+        """The part of ``text`` (after what came before) that may go to the terminal."""
+        if self._carry:
+            text, self._carry = self._carry + text, ""
+        out: list[str] = []
+        pos = 0
+        n = len(text)
+        while pos < n:
+            if self._string_left:
+                end = _STRING_END.search(text, pos, pos + self._string_left)
+                if end is None:
+                    if n - pos >= self._string_left:  # too long: what follows is text
+                        pos += self._string_left
+                        self._string_left = 0
+                        continue
+                    self._string_left -= n - pos
+                    if text.endswith("\x1b"):
+                        self._carry = "\x1b"  # perhaps the start of ST
+                    return "".join(out)
+                self._string_left = 0
+                pos = end.end()
+                continue
+            at = _DROPPED_CONTROL.search(text, pos)
+            if at is None:
+                out.append(text[pos:])
+                break
+            out.append(text[pos : at.start()])
+            pos = at.start()
+            if text[pos] != "\x1b":
+                pos += 1  # a control character: dropped
+                continue
+            seq = _SEQUENCE.match(text, pos)
+            if seq is None:
+                rest = _INCOMPLETE.fullmatch(text, pos)
+                if rest is not None and n - pos <= CARRY_LIMIT:
+                    self._carry = text[pos:]
+                    break
+                pos += 1  # a lone ESC: dropped, what follows is text
+                continue
+            if seq.lastgroup == "sgr":
+                out.append(seq.group())
+                self.coloured = True
+            elif seq.lastgroup == "string":
+                self._string_left = STRING_LIMIT
+            pos = seq.end()
+        return "".join(out)
+
+    def end(self) -> str:
+        """The stream is over: drop what is held; a reset if colour was let through."""
+        self._carry = ""
+        self._string_left = 0
+        return "\x1b[0m" if self.coloured else ""
