@@ -429,3 +429,17 @@ async def test_status_follows_the_slot(autojump_clock: trio.testing.MockClock) -
         assert c.status == "dead" and c.handle is None
         sup.stop()
     assert c.state is SlotState.DEAD  # a dead child has nothing to stop
+
+
+async def test_nothing_starts_after_stop(autojump_clock: trio.testing.MockClock) -> None:
+    """A kernel that dies in the moment between stop() (SIGTERM) and the supervisor's own
+    wake-up is not restarted, and a refill added then is not started either."""
+    f = Factory()
+    sup = make_sup(f, min_delay=0.0)
+    async with trio.open_nursery() as n:
+        await run(sup, n, 2)
+        f.crash("p-0")  # dies just as the stop comes in (either order)
+        sup.stop()
+        sup.add_child()  # a refill asked for at that moment
+    assert f.starts() == ["p-0", "p-1"]
+    assert all(c.handle is None for c in sup.children)

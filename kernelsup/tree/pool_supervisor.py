@@ -200,7 +200,10 @@ class PoolSupervisor:
             )
 
     def stop(self) -> None:
-        """Stop every child (reverse start order) and make :meth:`run` return."""
+        """Stop every child (reverse start order) and make :meth:`run` return. From now
+        on nothing is started or restarted (a SIGTERM during a crash loop starts no
+        kernel)."""
+        self._stopping = True
         self._stop.set()
 
     def add_child(self) -> Child:
@@ -213,7 +216,7 @@ class PoolSupervisor:
         )
         self._next_index += 1
         self.children.append(child)
-        if self._nursery is not None:
+        if self._nursery is not None and not self._stopping:
             self._spawn(child, delay=0.0, restart=False)
         return child
 
@@ -302,6 +305,8 @@ class PoolSupervisor:
                 if child.state is SlotState.BACKOFF:
                     self._transition(child, SlotEvent.START)
                 await after.wait()
+                if self._stopping:
+                    return  # stopped while it waited its turn: it never launches
                 cause, exit_seen = await self._run_once(child, gate)
         finally:
             gate.set()

@@ -230,6 +230,8 @@ class Pool:
                 return
             except PoolEscalated as exc:
                 self._lose_sessions()
+                if self._stopping:
+                    return  # escalated as the supervisor stops: nothing starts again
                 if root_window.record(trio.current_time()):
                     self._reject_queue("supervisor_gave_up", str(exc))
                     raise SupervisorGaveUp(
