@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import queue
+import select
 import signal
 import subprocess
 import sys
@@ -135,6 +137,61 @@ def test_exec_shows_the_value_and_reads_stdin(sup: SupervisorProcess) -> None:
     )
     assert proc.returncode == 0
     assert proc.stdout == "to out\n42\n" and proc.stderr == "to err\n"
+
+
+def on_a_terminal(*args: str, timeout: float = 60) -> tuple[int, bytes]:
+    """Run a CLI command with stdout and stderr on a pseudo-terminal, as a user's shell
+    would: its exit status and every byte the terminal received."""
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [*KERNELSUP, *args], stdin=subprocess.DEVNULL, stdout=slave, stderr=slave
+        )
+    finally:
+        os.close(slave)
+    received = []
+    try:
+        while True:
+            ready, _, _ = select.select([master], [], [], timeout)
+            if not ready:
+                proc.kill()
+                raise AssertionError(f"no output for {timeout} s; so far {received!r}")
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the command exited and its side of the terminal closed
+                break
+            if not data:
+                break
+            received.append(data)
+    finally:
+        os.close(master)
+    return proc.wait(timeout=30), b"".join(received)
+
+
+# What a kernel prints that a terminal would obey: colour, then clearing the screen, a
+# window title, a full reset, a device status query (the terminal would type its answer
+# into the user's input), on both streams.
+TERMINAL_CODE = (
+    r"import sys; print('\x1b[31mred\x1b[0m \x1b[2J\x1b]0;owned\x07\x1bcafter'); "
+    r"_ = sys.stderr.write('\x1b[6nerr\x1b[1mbold\n')"
+)
+OBEYED = [b"\x1b[2J", b"\x1b]0;", b"owned", b"\x1bc", b"\x1b[6n"]
+
+
+def test_exec_on_a_terminal_keeps_colour_and_no_other_control(sup: SupervisorProcess) -> None:
+    status, screen = on_a_terminal("exec", "-c", str(sup.config), TERMINAL_CODE)
+    assert status == 0, screen
+    assert b"\x1b[31mred\x1b[0m after" in screen
+    assert b"err\x1b[1mbold" in screen
+    assert screen.endswith(b"\x1b[0m")  # the colour the kernel left on is reset
+    assert not [seq for seq in OBEYED if seq in screen], screen
+
+
+def test_exec_into_a_pipe_writes_what_the_kernel_printed(sup: SupervisorProcess) -> None:
+    proc = cli("exec", "-c", str(sup.config), TERMINAL_CODE)
+    assert proc.returncode == 0
+    assert proc.stdout == "\x1b[31mred\x1b[0m \x1b[2J\x1b]0;owned\x07\x1bcafter\n"
+    assert proc.stderr == "\x1b[6nerr\x1b[1mbold\n"
 
 
 def test_exec_default_config_is_in_the_current_directory(sup: SupervisorProcess) -> None:

@@ -5,6 +5,13 @@ A thin shell over :class:`kernelsup.control.sync_client.SyncClient`. Exit codes 
 Contract: data in :mod:`kernelsup.core.codes`, used through :mod:`kernelsup.cli.exits`
 (``exec`` exits by its result's status, a command ended by an error by its code). Errors
 print as ``<CODE> <ErrorClass>: <message>`` on stderr.
+
+What a kernel prints reaches the user's terminal through
+:class:`~kernelsup.core.outputs.TerminalFilter` when stdout or stderr is a terminal
+(colour kept, no other control sequence: a kernel cannot clear the screen, set the window
+title or make the terminal type into the user's input). A pipe or a file gets the text
+exactly as the kernel printed it, as before: whatever reads it (a log, a parser, ``less
+-R``) decides what to make of it, and ``--json`` escapes every control character anyway.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from kernelsup.cli.exits import Exit, exec_exit, fail
 from kernelsup.control.sync_client import SyncClient
 from kernelsup.core.codes import result_error
 from kernelsup.core.errors import ConfigError, KernelsupError, Rejected
+from kernelsup.core.outputs import TerminalFilter
 from kernelsup.core.results import ExecuteResult, Output, format_status
 
 _X = Exit
@@ -161,48 +169,88 @@ def cmd_exec(args: argparse.Namespace) -> int:
     return _run(args, body)
 
 
+class _Writer:
+    """One of the command's output streams: a kernel's text goes through a
+    :class:`TerminalFilter` when the stream is a terminal, as it is otherwise."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.filter = TerminalFilter() if _is_terminal(stream) else None
+
+    def write(self, text: str) -> None:
+        if self.filter is not None:
+            text = self.filter.feed(text)
+        if text:
+            self.stream.write(text)
+            self.stream.flush()
+
+    def end(self) -> None:
+        """Nothing more comes: a colour the kernel left on is reset."""
+        if self.filter is not None:
+            self.stream.write(self.filter.end())
+            self.stream.flush()
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or closed
+        return False
+
+
+class _Console:
+    """Where ``exec`` writes: stdout and stderr, each with its own filter."""
+
+    def __init__(self) -> None:
+        self.out = _Writer(sys.stdout)
+        self.err = _Writer(sys.stderr)
+
+    def end(self) -> None:
+        self.out.end()
+        self.err.end()
+
+
 def _stream(items: Any) -> int:
+    console = _Console()
     printed_error = False
-    for item in items:
-        if isinstance(item, Output):
-            printed_error |= _print_output(item)
-            continue
-        assert isinstance(item, ExecuteResult)
-        return _finish(item, printed_error)
+    try:
+        for item in items:
+            if isinstance(item, Output):
+                printed_error |= _print_output(console, item)
+                continue
+            assert isinstance(item, ExecuteResult)
+            return _finish(console, item, printed_error)
+    finally:
+        console.end()
     raise AssertionError("the stream ended without a result")
 
 
-def _print_output(out: Output) -> bool:
+def _print_output(console: _Console, out: Output) -> bool:
     """Print one output where a terminal user expects it; True if it was the error."""
     if out.type == "stream":
-        _write(sys.stderr if out.name == "stderr" else sys.stdout, out.text or "")
+        (console.err if out.name == "stderr" else console.out).write(out.text or "")
     elif out.type in ("execute_result", "display_data"):
         data = out.data or {}
         text = data.get("text/plain")
         if not isinstance(text, str):
             text = f"<{out.type}: {', '.join(sorted(data)) or 'empty'}>"
-        _write(sys.stdout, text + "\n")
+        console.out.write(text + "\n")
     elif out.type == "error":
-        _write(sys.stderr, (out.text or "") + "\n")
+        console.err.write((out.text or "") + "\n")
         return True
     elif out.type == "notice":
-        _write(sys.stderr, f"[kernelsup] {out.text or out.name}\n")
+        console.err.write(f"[kernelsup] {out.text or out.name}\n")
     return False
 
 
-def _finish(result: ExecuteResult, printed_error: bool) -> int:
+def _finish(console: _Console, result: ExecuteResult, printed_error: bool) -> int:
     if result.status == "error" and not printed_error and result.error is not None:
         tb = "\n".join(result.error.traceback) or f"{result.error.ename}: {result.error.evalue}"
-        _write(sys.stderr, tb + "\n")
+        console.err.write(tb + "\n")
     err = result_error(result)
-    if err is not None:
-        print(err.describe(), file=sys.stderr, flush=True)
+    if err is not None:  # its message may quote the kernel's last words
+        console.err.write(err.describe() + "\n")
     return exec_exit(result)
-
-
-def _write(stream: TextIO, text: str) -> None:
-    stream.write(text)
-    stream.flush()
 
 
 # --------------------------------------------------------------------------- status
@@ -225,9 +273,11 @@ def cmd_watch(args: argparse.Namespace) -> int:
         try:
             with client.subscribe() as events:
                 print(f"watching {client.endpoint} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+                out = _Writer(sys.stdout)  # an exit's detail quotes the kernel's output
                 for event in events:
                     line = json.dumps(event.to_dict()) if args.json else event.describe()
-                    print(line, flush=True)
+                    out.write(line + "\n")
+                out.end()
             print("the supervisor stopped", file=sys.stderr, flush=True)
         except KeyboardInterrupt:
             pass
