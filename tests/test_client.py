@@ -7,9 +7,13 @@ or a misbehaving one, make their own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import shutil
+import signal
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import aclosing
 from pathlib import Path
 from typing import Any
@@ -28,6 +32,7 @@ from kernelsup.core.results import ExecuteResult, Output
 from tests.supervisor_process import (
     SupervisorProcess,
     private_tmp,
+    stop_and_check,
     supervisor,
     write_config,
 )
@@ -343,19 +348,16 @@ async def test_a_silent_endpoint_is_unreachable_within_the_timeout() -> None:
         assert time.monotonic() - t0 < 5
 
 
-async def test_a_supervisor_that_dies_mid_request_is_unreachable(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A server that answers hello, then nothing: the request ends, it does not hang."""
-    monkeypatch.setattr(connection, "SILENCE_MIN_S", 0.5)
-    key = b"silent-server-key"
+@contextlib.asynccontextmanager
+async def fake_server(key: bytes, *, vanish: bool) -> AsyncIterator[str]:
+    """A TCP ROUTER that answers ``hello``, takes the next request and answers nothing;
+    if ``vanish``, it then closes its socket. Yields its endpoint."""
     codec = proto.Codec(key)
     router = zmqio.Socket(zmqio.context().socket(zmq.ROUTER))
     router.zmq.setsockopt(zmq.LINGER, 0)
     port = router.zmq.bind_to_random_port("tcp://127.0.0.1")
-    endpoint = f"tcp://127.0.0.1:{port}"
 
-    async def fake_server() -> None:
+    async def serve() -> None:
         ident, *frames = await router.recv_multipart()
         hello = codec.decode_request(frames, max_bytes=1 << 20)
         await router.send_multipart(
@@ -363,13 +365,140 @@ async def test_a_supervisor_that_dies_mid_request_is_unreachable(
                 proto.Result({"ping_interval_s": 0.05}), request_id=hello.request_id, identity=ident
             )
         )
-        await trio.sleep_forever()
+        await router.recv_multipart()
+        if vanish:
+            router.close()
 
-    with router, trio.fail_after(20):
+    with router:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(fake_server)
-            async with kernelsup.connect(endpoint, key=key) as client:
-                with pytest.raises(kernelsup.Unreachable) as info:
-                    await client.execute("1")
+            nursery.start_soon(serve)
+            yield f"tcp://127.0.0.1:{port}"
             nursery.cancel_scope.cancel()
-    assert "stopped answering" in info.value.message and endpoint in info.value.message
+
+
+async def test_a_silent_but_connected_server_keeps_the_request_waiting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A server that answers hello, then nothing, while its connection holds (zmq answers
+    the heartbeats): the supervisor is there, just slow, so the request waits. (It used to
+    end with Unreachable after 10 s of silence, though the supervisor might resume.)"""
+    monkeypatch.setattr(connection, "QUIET_CHECK_S", 0.1)
+    monkeypatch.setattr(connection, "TCP_HEARTBEAT_IVL_S", 0.1)
+    monkeypatch.setattr(connection, "TCP_HEARTBEAT_TIMEOUT_S", 1.0)
+    key = b"silent-server-key"
+    async with fake_server(key, vanish=False) as endpoint:
+        async with kernelsup.connect(endpoint, key=key) as client:
+            # Longer than the old rule's 10 s; 100 quiet checks, 10 heartbeat timeouts.
+            with trio.move_on_after(12.0) as waited:
+                await client.execute("1")
+    assert waited.cancelled_caught
+
+
+async def test_a_server_that_goes_away_mid_request_is_unreachable_at_once() -> None:
+    """The server closes its socket while a request waits: the connection broke, so the
+    request ends with Unreachable saying so, without waiting for any timeout."""
+    key = b"vanishing-server-key"
+    async with fake_server(key, vanish=True) as endpoint:
+        async with kernelsup.connect(endpoint, key=key) as client:
+            with (
+                trio.fail_after(connection.RECONNECT_WAIT_S),
+                pytest.raises(kernelsup.Unreachable) as info,
+            ):
+                await client.execute("1")
+    assert "broke" in info.value.message and endpoint in info.value.message
+
+
+# --- a supervisor that stalls, and one that dies ----------------------------------------
+
+STALL_S = 15.0
+SLOW_CODE = "import time; time.sleep(1); 'done'"
+
+
+@pytest.fixture
+def lone_sup() -> Iterator[SupervisorProcess]:
+    """A supervisor of its own (the tests below stop or kill it)."""
+    directory = private_tmp()
+    runtime_dir = directory / "rt"
+    process = SupervisorProcess(write_config(directory, runtime_dir, size=2, spares=1), runtime_dir)
+    try:
+        yield process.start()
+    finally:
+        if process.proc is not None and process.proc.poll() is None:
+            os.kill(process.pid, signal.SIGCONT)  # whatever a failed test left stopped
+        process.cleanup()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+async def wait_in_flight(client: kernelsup.Client, n: int) -> None:
+    """Until the server has ``n`` requests in flight besides the stats request asking."""
+    with trio.fail_after(30):
+        while (await client.server_stats())["in_flight"] < n + 1:
+            await trio.sleep(0.02)
+
+
+async def test_requests_survive_a_supervisor_stopped_for_15_s(lone_sup: SupervisorProcess) -> None:
+    """Requests in flight from trio, asyncio and a SyncClient; the supervisor is stopped
+    (SIGSTOP) for 15 s, then continued: every request gets its real outcome, ok. (Each
+    used to end with Unreachable after 10 s of silence, while the supervisor later ran
+    its code.)"""
+    config = lone_sup.config
+    results: list[Any] = []
+
+    def from_sync() -> None:
+        with kernelsup.SyncClient(config) as c:
+            results.append(c.execute(SLOW_CODE))
+
+    async def from_asyncio() -> None:
+        async with kernelsup.connect(config) as c:
+            results.append(await c.execute(SLOW_CODE))
+
+    with trio.fail_after(STALL_S + 60):
+        async with kernelsup.connect(config) as client:
+
+            async def from_trio() -> None:
+                results.append(await client.execute(SLOW_CODE))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(from_trio)
+                nursery.start_soon(from_trio)
+                nursery.start_soon(trio.to_thread.run_sync, from_sync)
+                nursery.start_soon(trio.to_thread.run_sync, asyncio.run, from_asyncio())
+                await wait_in_flight(client, 4)
+                os.kill(lone_sup.pid, signal.SIGSTOP)
+                try:
+                    await trio.sleep(STALL_S)  # the fault: the supervisor stays stopped
+                finally:
+                    os.kill(lone_sup.pid, signal.SIGCONT)
+    assert [(r.status, r.result) for r in results] == [("ok", "'done'")] * 4, results
+    stop_and_check(lone_sup)
+
+
+async def test_a_killed_supervisor_is_unreachable_at_once(lone_sup: SupervisorProcess) -> None:
+    """SIGKILL while requests wait (trio and a SyncClient): each ends with Unreachable as
+    soon as the connection closes, well before the old 10 s of silence."""
+    config = lone_sup.config
+    errors: list[BaseException] = []
+
+    def from_sync() -> None:
+        with kernelsup.SyncClient(config) as c:
+            try:
+                c.execute("import time; time.sleep(60)")
+            except kernelsup.Unreachable as exc:
+                errors.append(exc)
+
+    async with kernelsup.connect(config) as client:
+
+        async def from_trio() -> None:
+            with pytest.raises(kernelsup.Unreachable) as info:
+                await client.execute("import time; time.sleep(60)")
+            errors.append(info.value)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(from_trio)
+            nursery.start_soon(trio.to_thread.run_sync, from_sync)
+            await wait_in_flight(client, 2)
+            os.kill(lone_sup.pid, signal.SIGKILL)
+            with trio.fail_after(5):  # the rule: at once (the connection closes)
+                while len(errors) < 2:
+                    await trio.sleep(0.02)
+    assert all("broke" in e.message or "is gone" in e.message for e in errors), errors

@@ -6,7 +6,9 @@ socket is driven by ``kernelsup.adapters.zmqio``; under asyncio by pyzmq's own
 ``zmq.asyncio``. :func:`open_transport` picks by ``sniffio``, so anyio on either works too.
 While it is open, a task reads every reply and files it with
 :meth:`Connection.on_frames <kernelsup.control.connection.Connection.on_frames>`, which
-wakes the caller waiting on that request's inbox.
+wakes the caller waiting on that request's inbox; another follows the socket's monitor
+(the connection coming up or breaking: :meth:`Connection.on_monitor`), which fails the
+requests in flight when the connection breaks.
 
 The blocking counterpart, for ``SyncClient``, is sync_transport.py.
 """
@@ -18,7 +20,7 @@ import contextlib
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Protocol
+from typing import Any, Protocol
 
 import sniffio
 import trio
@@ -26,7 +28,15 @@ import zmq
 import zmq.asyncio
 
 from kernelsup.adapters import io_errors, zmqio
-from kernelsup.control.connection import CLEANUP_TIMEOUT_S, Address, Connection, Inbox, dealer
+from kernelsup.control.connection import (
+    CLEANUP_TIMEOUT_S,
+    Address,
+    Connection,
+    Inbox,
+    ServerProcess,
+    dealer,
+    monitor_event,
+)
 from kernelsup.core.errors import ClientError, KernelsupError, raise_lone
 
 if sys.version_info < (3, 11):  # pragma: no cover - trio brings the backport there
@@ -53,24 +63,29 @@ class AsyncTransport(Protocol):
 
 
 @asynccontextmanager
-async def open_transport(address: Address) -> AsyncIterator[AsyncTransport]:
-    """A transport to ``address`` for the running event loop (trio or asyncio), with its
-    reader running for the block's duration; the socket is closed when the block ends."""
+async def open_transport(
+    address: Address, server: ServerProcess | None = None
+) -> AsyncIterator[AsyncTransport]:
+    """A transport to ``address`` (served by ``server``, if known) for the running event
+    loop (trio or asyncio), with its readers running for the block's duration; the socket
+    is closed when the block ends."""
     library = sniffio.current_async_library()
     if library == "trio":
-        async with _TrioTransport(address).running() as transport:
+        async with _TrioTransport(address, server).running() as transport:
             yield transport
     elif library == "asyncio":
-        async with _AsyncioTransport(address).running() as asyncio_transport:
+        async with _AsyncioTransport(address, server).running() as asyncio_transport:
             yield asyncio_transport
     else:
         raise RuntimeError(f"kernelsup.connect works under trio or asyncio, not {library}")
 
 
 class _TrioTransport:
-    def __init__(self, address: Address) -> None:
-        self.conn = Connection(address, trio.current_time)
-        self._sock = zmqio.Socket(dealer(zmqio.context(), address.endpoint))
+    def __init__(self, address: Address, server: ServerProcess | None) -> None:
+        self.conn = Connection(address, trio.current_time, server)
+        raw, mon = dealer(zmqio.context(), self.conn)
+        self._sock = zmqio.Socket(raw)
+        self._monitor = zmqio.Socket(mon) if mon is not None else None
 
     async def send(self, frames: list[bytes]) -> None:
         await self._sock.send_multipart(frames)
@@ -100,9 +115,17 @@ class _TrioTransport:
             except zmq.ZMQError as exc:
                 self.conn.fail(io_errors.map_error(exc, "io", self.conn.endpoint))
 
+        async def follow(mon: zmqio.Socket) -> None:
+            with contextlib.suppress(trio.ClosedResourceError, zmq.ZMQError):
+                while True:
+                    self.conn.on_monitor(monitor_event(await mon.recv_multipart()))
+                    self._wake_all()
+
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(read)
+                if self._monitor is not None:
+                    nursery.start_soon(follow, self._monitor)
                 try:
                     yield self
                 finally:
@@ -111,15 +134,25 @@ class _TrioTransport:
             raise_lone(group)
             raise
         finally:
+            if self._monitor is not None:
+                with contextlib.suppress(zmq.ZMQError):
+                    self._sock.zmq.disable_monitor()
+                self._monitor.close()
             self._sock.close()
+
+    def _wake_all(self) -> None:
+        """Wake every waiting caller: the connection changed, each looks again."""
+        for inbox in list(self.conn.inboxes.values()):
+            if inbox.wake is not None:
+                inbox.wake()
 
 
 class _AsyncioTransport:
-    def __init__(self, address: Address) -> None:
+    def __init__(self, address: Address, server: ServerProcess | None) -> None:
         self._loop = asyncio.get_running_loop()
-        self.conn = Connection(address, self._loop.time)
+        self.conn = Connection(address, self._loop.time, server)
         ctx = zmq.asyncio.Context.shadow(zmqio.context().underlying)
-        self._sock = dealer(ctx, address.endpoint)
+        self._sock, self._monitor = dealer(ctx, self.conn)
 
     async def send(self, frames: list[bytes]) -> None:
         await self._sock.send_multipart(frames)
@@ -150,14 +183,29 @@ class _AsyncioTransport:
             except zmq.ZMQError as exc:
                 self.conn.fail(io_errors.map_error(exc, "io", self.conn.endpoint))
 
-        task = self._loop.create_task(read())
+        async def follow(mon: Any) -> None:
+            with contextlib.suppress(zmq.ZMQError):
+                while True:
+                    self.conn.on_monitor(monitor_event(await mon.recv_multipart()))
+                    for inbox in list(self.conn.inboxes.values()):
+                        if inbox.wake is not None:
+                            inbox.wake()
+
+        tasks = [self._loop.create_task(read())]
+        if self._monitor is not None:
+            tasks.append(self._loop.create_task(follow(self._monitor)))
         try:
             yield self
         finally:
-            task.cancel()
+            for task in tasks:
+                task.cancel()
             try:
-                await asyncio.wait([task])
+                await asyncio.wait(tasks)
             finally:
+                if self._monitor is not None:
+                    with contextlib.suppress(zmq.ZMQError):
+                        self._sock.disable_monitor()
+                    self._monitor.close(linger=0)
                 self._sock.close(linger=0)
 
 

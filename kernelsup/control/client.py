@@ -50,9 +50,10 @@ class Client:
     """A connection to a running supervisor, with the in-process ``Supervisor``'s methods
     (the interface of kernelsup/core/interface.py).
 
-    Many requests may be in flight on one client. Every method raises
-    :class:`Unreachable` if the supervisor stops answering, :class:`AuthenticationError` if
-    it no longer accepts our key. A call left early (cancelled, interrupted by Ctrl-C, a
+    Many requests may be in flight on one client. A call waits while the supervisor is
+    there, however slow; every method raises :class:`Unreachable` once it is gone or the
+    connection broke (the rule is in connection.py), :class:`AuthenticationError` if it no
+    longer accepts our key. A call left early (cancelled, interrupted by Ctrl-C, a
     stream closed before its end) cancels its request on the server: an execute's kernel
     is interrupted.
     """
@@ -79,8 +80,7 @@ class Client:
             context manager or call :meth:`close`. Blocking, with no event loop; for one
             thread (not thread-safe)."""
             address = resolve(target, key=key, key_file=key_file)
-            probe(address.endpoint)
-            self._io = SyncTransport(address)
+            self._io = SyncTransport(address, probe(address.endpoint))
             self._conn = self._io.conn
             try:
                 self._hello(timeout)
@@ -316,12 +316,13 @@ if True:  # ASYNC
         finds its key file beside the socket; ``tcp://...`` needs ``key`` or ``key_file``).
         Works under trio and asyncio. Raises :class:`Unreachable`, naming the endpoint, if
         no supervisor answers within ``timeout`` seconds (at once if its key or socket file
-        is missing), :class:`AuthenticationError` for a wrong key, :class:`ProtocolError`
-        (``protocol_version``) for a server of another protocol version.
+        is missing), :class:`Rejected` (``too_many_connections``) if it holds
+        ``max_connections`` connections, :class:`AuthenticationError` for a wrong key,
+        :class:`ProtocolError` (``protocol_version``) for a server of another protocol
+        version.
         """
         address = resolve(target, key=key, key_file=key_file)
-        probe(address.endpoint)
-        async with open_transport(address) as transport:
+        async with open_transport(address, probe(address.endpoint)) as transport:
             client = Client(transport)
             await client._hello(timeout)
             try:

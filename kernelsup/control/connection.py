@@ -11,10 +11,37 @@ most ``STREAM_BUFFER`` outputs/events; past that they are counted and delivered 
 ``lagged`` marker, while the final reply is kept aside and never dropped. The I/O is the
 transports' (async_transport.py, sync_transport.py); the requests are client.py's.
 
-Liveness: while a request is in flight the server sends something at least every
-``ping_interval_s`` (it says which in ``hello``), so a request that hears nothing for
-``silence_s`` ends with :class:`Unreachable` instead of waiting forever on a supervisor
-that died. Leaving a call early (cancellation, Ctrl-C, breaking out of ``stream``) sends a
+Liveness: when a request ends with ``Unreachable``. A waiting client cannot see the
+supervisor working, only hear it; so the rule is about the supervisor being there, not
+about how soon it answers. A request waits for its reply, however long the supervisor
+takes (stopped with SIGSTOP, its loop busy, its machine swapping), until one of these:
+
+1. **The connection broke** after ``hello`` was answered: zmq reports the connection closed
+   (a socket monitor on the client's DEALER). A unix or TCP connection closes when the
+   supervisor process exits, however it dies, so a SIGKILLed supervisor is seen at once.
+   Over TCP, zmq heartbeats (every ``TCP_HEARTBEAT_IVL_S``) also close a connection
+   whose peer has answered none for ``TCP_HEARTBEAT_TIMEOUT_S``: a host that vanished.
+   Every request in flight then fails: the server cancels what it had of them, so they
+   may or may not have run.
+2. **The supervisor process is gone** (IPC, same machine): when nothing was heard for
+   ``QUIET_CHECK_S`` (or two of the server's ping intervals, if longer), and again every as
+   long, the client looks at the process that served the endpoint when it connected
+   (its pid from ``SO_PEERCRED`` on the probe connection, with its start time from
+   /proc, so a reused pid is not mistaken for it). Missing, a zombie, or another process:
+   gone. This catches what the monitor cannot (a connection held open by a leaked
+   descriptor).
+3. **No connection for** ``RECONNECT_WAIT_S``: a request sent while the connection is
+   down (zmq reconnects by itself) waits that long for it to come back; over IPC it fails
+   at once if the supervisor process is gone.
+
+The pid, not the socket file, is what is checked: a socket file that still accepts
+connections proves nothing while the supervisor is stopped (the kernel queues
+connections for it) and a new supervisor may have replaced it. A stalled supervisor is
+never declared gone; bound your own wait (cancel the call, or trio's ``fail_after``) if
+you need to. The server's pings (``ping_interval_s``, from ``hello``) still tell the
+server a client is there, and reset the quiet clock here.
+
+Leaving a call early (cancellation, Ctrl-C, breaking out of ``stream``) sends a
 ``cancel``; the server interrupts the kernel.
 """
 
@@ -23,6 +50,8 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import socket
+import struct
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -49,16 +78,26 @@ from kernelsup.core.results import ExecuteResult, Output
 
 # How long connecting waits for the server's answer to ``hello``.
 CONNECT_TIMEOUT_S = 5.0
-# A request that hears nothing from the server for this long (at least; 5 ping intervals
-# if the server pings less often) ends with Unreachable: the supervisor is gone.
-SILENCE_MIN_S = 10.0
+# A request that hears nothing for this long (at least; two ping intervals if the server
+# pings less often) looks whether the supervisor process still exists (rule 2 above).
+QUIET_CHECK_S = 2.0
+# How long a request waits for a connection that is down to come back (rule 3).
+RECONNECT_WAIT_S = 5.0
+# zmq heartbeats on a TCP connection: a ping this often, and a peer that answers none for
+# the timeout is gone (rule 1). Generous: a supervisor stopped for a while is not gone.
+TCP_HEARTBEAT_IVL_S = 2.0
+TCP_HEARTBEAT_TIMEOUT_S = 60.0
+# The zmq connection events the client follows (rule 1).
+MONITOR_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
 # Outputs/events one request may hold unread before they are counted instead (the final
 # result is always complete).
 STREAM_BUFFER = 256
 # Bound on a clean-up exchange (closing a session) when the block that opened it ends.
 CLEANUP_TIMEOUT_S = 10.0
-# How long a plain connect() to an IPC socket file may take to be refused.
+# How long a plain connect() to an IPC socket file may take to be refused, retrying every
+# PROBE_RETRY_S while the listen backlog is full.
 PROBE_TIMEOUT_S = 1.0
+PROBE_RETRY_S = 0.005
 
 
 # --- finding the supervisor ----------------------------------------------------------
@@ -145,10 +184,66 @@ def _read_key(path: Path, endpoint: str, hint: str) -> bytes:
     return key
 
 
-def probe(endpoint: str) -> None:
+@attrs.frozen
+class ServerProcess:
+    """The process serving an IPC endpoint, as this client's machine sees it."""
+
+    pid: int
+    started: str  # field 22 of /proc/PID/stat: its start time, in clock ticks since boot
+
+    @classmethod
+    def of(cls, pid: int) -> ServerProcess | None:
+        state = _proc_stat(pid)
+        return None if state is None else cls(pid, state[1])
+
+    def alive(self) -> bool:
+        """Whether it still exists: not gone, not a zombie, not a new process on its pid."""
+        state = _proc_stat(self.pid)
+        return state is not None and state[0] not in ("Z", "X", "x") and state[1] == self.started
+
+
+def _proc_stat(pid: int) -> tuple[str, str] | None:
+    """(state, start time) of ``pid`` from /proc, or None if there is no such process."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rfind(")") + 2 :].split()  # the name may hold spaces and parens
+    return (fields[0], fields[19]) if len(fields) > 19 else None
+
+
+def probe(endpoint: str) -> ServerProcess | None:
     """Fail fast (Unreachable) if an IPC endpoint's socket file is missing or nobody
-    listens on it. Blocks at most PROBE_TIMEOUT_S; a no-op for TCP."""
-    io_errors.probe_ipc(endpoint, PROBE_TIMEOUT_S)
+    listens on it; else the process listening on it (None if it cannot be seen from here:
+    another pid namespace, no /proc). Blocks at most PROBE_TIMEOUT_S; None for TCP."""
+    if not endpoint.startswith("ipc://"):
+        return None
+    name = endpoint[len("ipc://") :]
+    address = "\0" + name[1:] if name.startswith("@") else name
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    deadline = time.monotonic() + PROBE_TIMEOUT_S
+    try:
+        while True:
+            try:
+                sock.connect(address)
+                break
+            except BlockingIOError:
+                # The listen backlog is full: someone listens, busy (a flood, or a
+                # supervisor stopped for now). zmq's own connect will wait for it.
+                if time.monotonic() > deadline:
+                    return None
+                time.sleep(PROBE_RETRY_S)
+            except OSError as exc:
+                raise io_errors.map_error(exc, "probe", endpoint) from None
+        try:
+            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        except OSError:
+            return None
+    finally:
+        sock.close()
+    pid = struct.unpack("3i", creds)[0]
+    return ServerProcess.of(pid) if pid > 0 else None
 
 
 # --- one request's replies -----------------------------------------------------------
@@ -224,16 +319,22 @@ class Inbox:
 class Connection:
     """What both clients share: the codec, the inboxes, dispatch and liveness."""
 
-    def __init__(self, address: Address, now: Callable[[], float]) -> None:
+    def __init__(
+        self, address: Address, now: Callable[[], float], server: ServerProcess | None = None
+    ) -> None:
         self.endpoint = address.endpoint
         self.codec = proto.Codec(address.key)
         self.inboxes: dict[str, Inbox] = {}
         self.now = now
         self.last_heard = now()
-        self.silence_s = SILENCE_MIN_S
+        self.quiet_check_s = QUIET_CHECK_S
         self.broken: KernelsupError | None = None
         self.max_bytes: int | None = None  # the server's limit, from hello
         self.discarded = 0  # replies that failed to verify or decode
+        self.server = server  # the supervisor process (IPC), for rule 2
+        self.up = False  # the zmq connection is established (rule 1)
+        self.down_since = now()
+        self.welcomed = False  # hello was answered: a broken connection now fails requests
 
     def on_frames(self, frames: list[bytes]) -> None:
         self.last_heard = self.now()
@@ -254,7 +355,7 @@ class Connection:
             self.discarded += 1
             return
         if isinstance(received.reply, proto.Notice):
-            self.fail(proto.notice_error(received.reply))
+            self.fail(_notice_error(received.reply))
             return
         if received.request_id is None:
             return  # a ping
@@ -262,8 +363,35 @@ class Connection:
         if inbox is not None:
             inbox.push(received.reply)
 
+    def on_monitor(self, event: int) -> None:
+        """Take in a zmq connection event of the DEALER (see MONITOR_EVENTS)."""
+        if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            self.up = True
+        elif event == zmq.EVENT_DISCONNECTED:
+            was_up, self.up = self.up, False
+            self.down_since = self.now()
+            if was_up and self.welcomed:
+                self.lose(
+                    Unreachable(
+                        f"the connection to the supervisor at {self.endpoint} broke (it "
+                        "exited, or closed the connection): the requests in flight may or "
+                        "may not have run",
+                        endpoint=self.endpoint,
+                    )
+                )
+
+    def unmonitored(self) -> None:
+        """No connection events can be had (the monitor could not be made): take the
+        connection as up, and rely on rule 2."""
+        self.up = True
+
     def fail(self, exc: KernelsupError) -> None:
+        """The connection is unusable from now on: every request fails with ``exc``."""
         self.broken = exc
+        self.lose(exc)
+
+    def lose(self, exc: KernelsupError) -> None:
+        """The requests in flight are lost (later ones may still be sent)."""
         for inbox in list(self.inboxes.values()):
             inbox.fail(exc)
 
@@ -285,33 +413,61 @@ class Connection:
         return rid, frames, inbox
 
     def remaining(self, started: float, deadline: float | None) -> float:
-        """Seconds the caller may still wait; raises Unreachable when none are left."""
+        """Seconds the caller may wait before looking again (see the rules at the top);
+        raises Unreachable when the supervisor is gone."""
         now = self.now()
         if deadline is not None:
             if now >= deadline:
                 raise Unreachable(
-                    f"no answer from the supervisor at {self.endpoint} within the connect timeout",
+                    f"no answer from the supervisor at {self.endpoint} within the connect "
+                    "timeout (is it running, and not at its max_connections?)",
                     endpoint=self.endpoint,
                 )
             return deadline - now
+        if not self.up:
+            self._check_alive()
+            down_for = now - max(self.down_since, started)
+            if down_for >= RECONNECT_WAIT_S:
+                raise Unreachable(
+                    f"no connection to the supervisor at {self.endpoint} for {down_for:.1f} s",
+                    endpoint=self.endpoint,
+                )
+            return min(RECONNECT_WAIT_S - down_for, self.quiet_check_s)
         quiet_since = max(self.last_heard, started)
-        left = quiet_since + self.silence_s - now
+        left = quiet_since + self.quiet_check_s - now
         if left <= 0:
-            raise Unreachable(
-                f"the supervisor at {self.endpoint} stopped answering "
-                f"(nothing heard for {self.silence_s:g} s)",
-                endpoint=self.endpoint,
-            )
+            self._check_alive()
+            self.last_heard = now  # alive: look again after another quiet spell
+            return self.quiet_check_s
         return left
+
+    def _check_alive(self) -> None:
+        if self.server is not None and not self.server.alive():
+            raise Unreachable(
+                f"the supervisor at {self.endpoint} is gone (its process {self.server.pid} "
+                "no longer exists)",
+                endpoint=self.endpoint,
+                pid=self.server.pid,
+            )
 
     def welcome(self, value: dict[str, Any]) -> None:
         """Take in the server's answer to hello."""
+        self.welcomed = True
         interval = value.get("ping_interval_s")
         if isinstance(interval, (int, float)) and not isinstance(interval, bool) and interval > 0:
-            self.silence_s = max(SILENCE_MIN_S, 5 * float(interval))
+            self.quiet_check_s = max(QUIET_CHECK_S, 2 * float(interval))
         limit = value.get("max_message_bytes")
         if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
             self.max_bytes = limit
+
+
+def _notice_error(notice: proto.Notice) -> KernelsupError:
+    """A notice as the error to raise: a refused connection is Rejected (retry later)."""
+    if notice.code == "too_many_connections":
+        return Rejected(
+            f"the supervisor refused the connection: {notice.message}", code=notice.code
+        )
+    return proto.notice_error(notice)
 
 
 def final_value(reply: proto.Reply) -> dict[str, Any]:
@@ -352,26 +508,53 @@ def lag_event(dropped: int, last: Event | None) -> Event:
     )
 
 
-def dealer(ctx: Any, endpoint: str) -> Any:
+def dealer(ctx: Any, conn: Connection) -> tuple[Any, Any | None]:
+    """A DEALER socket connected to ``conn``'s endpoint, and the PAIR socket receiving its
+    MONITOR_EVENTS (attached before connecting, so no event is missed), or None if no
+    monitor can be made: the connection is then taken as up (:meth:`Connection.unmonitored`)
+    and only rule 2 applies."""
     sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
+    mon = None
     try:
-        with io_errors.map_exceptions("connect", endpoint):
-            sock.connect(endpoint)
+        sock.setsockopt(zmq.LINGER, 0)
+        if conn.endpoint.startswith("tcp://"):
+            sock.setsockopt(zmq.HEARTBEAT_IVL, int(TCP_HEARTBEAT_IVL_S * 1000))
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(TCP_HEARTBEAT_TIMEOUT_S * 1000))
+        try:
+            mon = sock.get_monitor_socket(MONITOR_EVENTS)
+        except zmq.ZMQError:
+            conn.unmonitored()
+        with io_errors.map_exceptions("connect", conn.endpoint):
+            sock.connect(conn.endpoint)
     except BaseException:
-        sock.close()
+        if mon is not None:
+            mon.close(linger=0)
+        sock.close(linger=0)
         raise
-    return sock
+    return sock, mon
+
+
+def monitor_event(frames: list[bytes]) -> int:
+    """The event number of a monitor message (its first frame: a 16-bit event, a 32-bit
+    value); 0 for anything else."""
+    if not frames or len(frames[0]) < 2:
+        return 0
+    event: int = struct.unpack("=H", frames[0][:2])[0]
+    return event
 
 
 __all__ = [
     "CONNECT_TIMEOUT_S",
-    "SILENCE_MIN_S",
+    "QUIET_CHECK_S",
+    "RECONNECT_WAIT_S",
     "STREAM_BUFFER",
     "Address",
     "Connection",
     "Inbox",
+    "ServerProcess",
     "StreamItem",
+    "dealer",
+    "monitor_event",
     "probe",
     "resolve",
 ]

@@ -39,9 +39,10 @@ class SyncClient:
     """A connection to a running supervisor, with the in-process ``Supervisor``'s methods
     (the interface of kernelsup/core/interface.py).
 
-    Many requests may be in flight on one client. Every method raises
-    :class:`Unreachable` if the supervisor stops answering, :class:`AuthenticationError` if
-    it no longer accepts our key. A call left early (cancelled, interrupted by Ctrl-C, a
+    Many requests may be in flight on one client. A call waits while the supervisor is
+    there, however slow; every method raises :class:`Unreachable` once it is gone or the
+    connection broke (the rule is in connection.py), :class:`AuthenticationError` if it no
+    longer accepts our key. A call left early (cancelled, interrupted by Ctrl-C, a
     stream closed before its end) cancels its request on the server: an execute's kernel
     is interrupted.
     """
@@ -58,8 +59,7 @@ class SyncClient:
         context manager or call :meth:`close`. Blocking, with no event loop; for one
         thread (not thread-safe)."""
         address = resolve(target, key=key, key_file=key_file)
-        probe(address.endpoint)
-        self._io = SyncTransport(address)
+        self._io = SyncTransport(address, probe(address.endpoint))
         self._conn = self._io.conn
         try:
             self._hello(timeout)
