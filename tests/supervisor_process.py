@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import queue
+import resource
 import shutil
 import signal
 import subprocess
@@ -108,10 +109,32 @@ def wait_for(
         time.sleep(interval)
 
 
+def open_files_limit(soft: int, hard: int | None = None) -> Callable[[], None]:
+    """A ``preexec_fn`` that sets the child's RLIMIT_NOFILE (``hard`` unchanged if None):
+    lowering both means the child cannot raise its limit at all."""
+
+    def apply() -> None:
+        resource.setrlimit(
+            resource.RLIMIT_NOFILE,
+            (soft, hard if hard is not None else resource.getrlimit(resource.RLIMIT_NOFILE)[1]),
+        )
+
+    return apply
+
+
 class SupervisorProcess:
-    def __init__(self, config: Path, runtime_dir: Path) -> None:
+    def __init__(
+        self,
+        config: Path,
+        runtime_dir: Path,
+        *,
+        open_files: tuple[int, int | None] | None = None,
+    ) -> None:
+        """``open_files``: the (soft, hard) RLIMIT_NOFILE to start it under (hard None:
+        unchanged)."""
         self.config = config
         self.runtime_dir = runtime_dir
+        self.open_files = open_files
         self.proc: subprocess.Popen[str] | None = None
         self.endpoint = ""
         self.stderr_path = config.with_suffix(".stderr")
@@ -127,6 +150,7 @@ class SupervisorProcess:
                 stdin=subprocess.DEVNULL,
                 text=True,
                 cwd=self.config.parent,
+                preexec_fn=open_files_limit(*self.open_files) if self.open_files else None,
             )
         finally:
             stderr.close()
@@ -208,11 +232,19 @@ def stop_and_check(sup: SupervisorProcess) -> None:
         assert not (sup.runtime_dir / leftover).exists(), leftover
 
 
-def supervisor(tmp: Path | None = None, **config: Any) -> Iterator[SupervisorProcess]:
-    """Generator for fixtures: start one, yield it, stop and check it, clean up always."""
+def supervisor(
+    tmp: Path | None = None,
+    *,
+    open_files: tuple[int, int | None] | None = None,
+    **config: Any,
+) -> Iterator[SupervisorProcess]:
+    """Generator for fixtures: start one, yield it, stop and check it, clean up always.
+    ``open_files``: the (soft, hard) RLIMIT_NOFILE it runs under."""
     directory = tmp or private_tmp()
     runtime_dir = directory / "rt"
-    sup = SupervisorProcess(write_config(directory, runtime_dir, **config), runtime_dir)
+    sup = SupervisorProcess(
+        write_config(directory, runtime_dir, **config), runtime_dir, open_files=open_files
+    )
     try:
         sup.start()
         yield sup

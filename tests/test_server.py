@@ -12,6 +12,7 @@ import inspect
 import json
 import os
 import random
+import socket
 import stat
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
@@ -25,6 +26,7 @@ import zmq
 
 import kernelsup
 from kernelsup.adapters import zmqio
+from kernelsup.control import gate
 from kernelsup.control import server as srv
 from kernelsup.control.server import serve
 from kernelsup.core import protocol as proto
@@ -223,6 +225,93 @@ async def test_ipc_path_too_long_is_a_config_error(
         with pytest.raises(ConfigError) as info:
             await serve(sup, cfg)
     assert "too long" in info.value.message
+
+
+# --- the gate: connections bounded, silent ones evicted, no descriptor to spare ----------
+
+
+async def test_connections_past_the_bound_are_refused_with_a_notice(
+    nursery: trio.Nursery, runtime_dir: Path
+) -> None:
+    """max_connections = 2: a third client is told too_many_connections at once (Rejected,
+    exit 3), counted; once one leaves, a new client gets in."""
+    cfg = make_config(runtime_dir, max_connections=2)
+    s = await start_served(nursery, cfg)
+    with trio.fail_after(30):
+        async with kernelsup.connect(cfg) as first:
+            async with kernelsup.connect(cfg) as second:
+                with pytest.raises(Rejected) as info:
+                    async with kernelsup.connect(cfg, timeout=20):
+                        pass
+                assert info.value.code == "too_many_connections"
+                assert "max_connections = 2" in info.value.message
+                counters = await first.server_stats()
+                assert counters["connections_refused"] >= 1
+                assert counters["connections"] == 2 and counters["max_connections"] == 2
+                assert (await second.execute("1 + 1")).result == "2"
+            # The second left; once the server has seen it go, there is room again.
+            await poll(lambda: _connections(first, 1))
+            async with kernelsup.connect(cfg) as third:
+                assert (await third.execute("2 + 2")).result == "4"
+    await s.stop()
+
+
+async def _connections(client: kernelsup.Client, n: int) -> bool:
+    return bool((await client.server_stats())["connections"] == n)
+
+
+async def test_a_silent_connection_gives_way_to_a_client(
+    nursery: trio.Nursery, runtime_dir: Path
+) -> None:
+    """Bare connects that never speak fill max_connections: a real client still gets in,
+    in the place of the oldest, which is closed and counted."""
+    cfg = make_config(runtime_dir, max_connections=2)
+    s = await start_served(nursery, cfg)
+    path = s.endpoint[len("ipc://") :]
+    bare = [socket.socket(socket.AF_UNIX) for _ in range(3)]
+    try:
+        for b in bare:
+            b.connect(path)
+        with trio.fail_after(30):
+            async with kernelsup.connect(cfg) as client:
+                assert (await client.execute("3 + 3")).result == "6"
+                counters = await client.server_stats()
+        assert counters["connections_evicted"] >= 2, counters
+        assert counters["connections"] <= 2, counters
+    finally:
+        for b in bare:
+            b.close()
+    await s.stop()
+
+
+async def test_short_of_descriptors_a_client_is_refused_and_the_server_serves_on(
+    nursery: trio.Nursery, runtime_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When a connection would leave fewer than FD_RESERVE descriptors free, it is refused
+    with a notice that says so; with descriptors back, clients are served."""
+    s = await start_served(nursery, make_config(runtime_dir))
+    with trio.fail_after(30):
+        async with kernelsup.connect(s.endpoint) as client:
+            monkeypatch.setattr(gate, "FD_RESERVE", 10**9)
+            with pytest.raises(Rejected) as info:
+                async with kernelsup.connect(s.endpoint, timeout=20):
+                    pass
+            assert info.value.code == "too_many_connections"
+            assert "short of file descriptors" in info.value.message
+            monkeypatch.setattr(gate, "FD_RESERVE", 16)
+            assert (await client.execute("'still'")).result == "'still'"
+            assert (await client.server_stats())["connections_refused"] >= 1
+        async with kernelsup.connect(s.endpoint) as client:
+            assert (await client.execute("'again'")).result == "'again'"
+    await s.stop()
+
+
+def test_the_refusal_is_a_zmtp_greeting_and_a_notice() -> None:
+    greeting, message = gate.refusal("why")
+    assert greeting[:1] == b"\xff" and greeting[9:12] == b"\x7f\x03\x00"
+    assert greeting[12:16] == b"NULL" and greeting[64] == 0x04  # READY, a command
+    assert b"\x05READY" in greeting and b"Socket-Type" in greeting
+    assert proto.NOTICE in message and b"too_many_connections" in message
 
 
 # --- refusals ---------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import ctypes
 import functools
 import hashlib
 import os
+import resource
 import stat
 from pathlib import Path
 
@@ -106,6 +107,28 @@ def keep_memory_flat() -> None:
     mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
     if mallopt is not None:
         mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
+
+
+def raise_open_files_limit() -> tuple[int, int]:
+    """Raise this process's soft RLIMIT_NOFILE to its hard limit (as Go's runtime and
+    systemd's services do: the soft default of 1024 dates from select()); kernels started
+    afterwards inherit it. Returns (soft before, soft now). Where the hard limit is
+    unlimited, the kernel's own ceiling (/proc/sys/fs/nr_open) is the target; if the
+    limit cannot be raised it stays as it was."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard
+    if hard == resource.RLIM_INFINITY:
+        try:
+            target = int(Path("/proc/sys/fs/nr_open").read_text())
+        except (OSError, ValueError):
+            return soft, soft
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (OSError, ValueError):
+            return soft, soft
+        return soft, target
+    return soft, soft
 
 
 def control_endpoint(config: Config) -> str:

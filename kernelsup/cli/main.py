@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import functools
 import os
+import resource
 import signal
 import sys
 from collections.abc import Iterator, Sequence
@@ -71,6 +72,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg = _load(args.config)
     except ConfigError as err:
         return fail(err)
+    too_few = _open_files(cfg, quiet=args.quiet)
+    if too_few is not None:
+        return fail(too_few, Exit.ERROR)
     try:
         with open(os.devnull, "w") if args.quiet else _stderr() as log_stream:
             trio.run(functools.partial(_run, cfg, log_json=args.log_json, log_stream=log_stream))
@@ -80,6 +84,30 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise
         return fail(failure, Exit.ERROR)  # whatever its code: the supervisor failed
     return Exit.OK
+
+
+def _open_files(cfg: Config, *, quiet: bool) -> KernelsupError | None:
+    """Raise the open files limit to the hard limit (said on stderr); the error to exit
+    with if even that is too low for the config's kernels and a few clients."""
+    from kernelsup.adapters.runtime import raise_open_files_limit
+    from kernelsup.control.server import descriptors_needed
+
+    before, limit = raise_open_files_limit()
+    if limit != before and not quiet:
+        print(f"open files limit (RLIMIT_NOFILE) raised from {before} to {limit}", file=sys.stderr)
+    needed = descriptors_needed(cfg)
+    if limit >= needed:
+        return None
+    kernels = sum(pool.size + pool.spares for pool in cfg.pools)
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return KernelsupError(
+        f"the open files limit (RLIMIT_NOFILE) is {limit} (hard limit {hard}); {kernels} "
+        f"kernels, the control endpoint and a few clients need at least {needed}: raise it "
+        f"(ulimit -n {needed}) or run fewer kernels",
+        code="fd_limit",
+        limit=limit,
+        needed=needed,
+    )
 
 
 @contextlib.contextmanager

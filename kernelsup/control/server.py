@@ -50,9 +50,11 @@ import trio
 import zmq
 
 from kernelsup.adapters import zmqio
-from kernelsup.adapters.io_errors import map_exceptions, probe_ipc
+from kernelsup.adapters.io_errors import probe_ipc
 from kernelsup.adapters.runtime import control_endpoint, key_file, runtime_dir_for
 from kernelsup.api import Supervisor
+from kernelsup.control import gate as gate_mod
+from kernelsup.control.gate import Gate, open_listener
 from kernelsup.core import protocol as proto
 from kernelsup.core.config import Config
 from kernelsup.core.errors import ConfigError, KernelsupError, Unreachable
@@ -82,6 +84,30 @@ ZMQ_HEARTBEAT_TIMEOUT_MS = 6000
 CLOSE_LINGER_MS = 500
 # How long the check for a live supervisor on our IPC socket file may block the start.
 SERVED_PROBE_TIMEOUT_S = 1.0
+# After the ROUTER's linger, how much longer the relays may take to hand on its last
+# replies before they are cut.
+DRAIN_EXTRA_S = 0.5
+# sun_path holds 108 bytes with its NUL.
+MAX_IPC_PATH_BYTES = 107
+# Descriptors `kernelsup run` holds besides its kernels (measured: 17, with the event log,
+# the runtime directory's lock, trio's and zmq's own), and per kernel (measured: 10, its
+# zmq sockets with their mailboxes, its pidfd and pipes); a supervisor needs room for at
+# least MIN_CONNECTIONS clients on top.
+FDS_BASE = 24
+FDS_PER_KERNEL = 10
+MIN_CONNECTIONS = 2
+
+
+def descriptors_needed(config: Config) -> int:
+    """The open files limit under which ``config``'s supervisor cannot serve: its kernels,
+    the gate's reserve and room for MIN_CONNECTIONS clients."""
+    kernels = sum(pool.size + pool.spares for pool in config.pools)
+    return (
+        FDS_BASE
+        + FDS_PER_KERNEL * kernels
+        + gate_mod.FD_RESERVE
+        + gate_mod.FDS_PER_CONNECTION * MIN_CONNECTIONS
+    )
 
 
 @attrs.define
@@ -141,9 +167,15 @@ class Server:
     """The control server's state; :func:`serve` runs it."""
 
     def __init__(
-        self, sup: Supervisor, codec: proto.Codec, sock: zmqio.Socket, max_message_bytes: int
+        self,
+        sup: Supervisor,
+        codec: proto.Codec,
+        sock: zmqio.Socket,
+        max_message_bytes: int,
+        gate: Gate | None = None,
     ) -> None:
         self.sup = sup
+        self.gate = gate
         self.codec = codec
         self.sock = sock
         self.max_message_bytes = max_message_bytes
@@ -323,6 +355,7 @@ class Server:
     def stats(self) -> dict[str, Any]:
         return {
             **attrs.asdict(self.counters),
+            **(self.gate.snapshot() if self.gate is not None else {}),
             "clients": len(self.clients),
             "in_flight": self.in_flight,
             "queued": sum(len(c.outbox) for c in self.clients.values()),
@@ -442,46 +475,68 @@ async def serve(
     an IPC path too long), and :class:`KernelsupError` (``endpoint_in_use``) if another
     supervisor serves it. Never raises for anything a client sends. On cancellation the
     socket is closed and its files are removed.
+
+    The endpoint's listener is the gate's (control/gate.py), never zmq's: no zmq socket
+    here listens, so libzmq cannot abort the process for want of a descriptor.
     """
     endpoint = control_endpoint(config)
     runtime_dir = runtime_dir_for(config)
     _check_endpoint(endpoint, config.server.allow_remote)
+    _check_relay_paths(runtime_dir)
     if endpoint.startswith("ipc://"):
         _check_not_served(endpoint)
     key = secrets.token_hex(32).encode()
     kfile = key_file(config)
     efile = runtime_dir / proto.ENDPOINT_FILE
-    sock = zmqio.Socket(zmqio.context().socket(zmq.ROUTER))
     owned: list[Path] = []  # files to remove at the end: only those this server made
+    listener, bound_endpoint, socket_file = open_listener(endpoint)
+    if socket_file is not None:
+        owned.append(socket_file)
+    sock = zmqio.Socket(zmqio.context().socket(zmq.ROUTER))
     try:
         z = sock.zmq
         z.setsockopt(zmq.ROUTER_MANDATORY, 1)
         z.setsockopt(zmq.MAXMSGSIZE, config.server.max_message_bytes)
         z.setsockopt(zmq.SNDHWM, SEND_HWM)
         z.setsockopt(zmq.LINGER, 0)
-        z.setsockopt(zmq.HEARTBEAT_IVL, ZMQ_HEARTBEAT_IVL_MS)
-        z.setsockopt(zmq.HEARTBEAT_TIMEOUT, ZMQ_HEARTBEAT_TIMEOUT_MS)
-        with map_exceptions("bind", endpoint):
-            z.bind(endpoint)
-        bound = z.getsockopt(zmq.LAST_ENDPOINT)
-        bound_endpoint = bound.decode() if isinstance(bound, bytes) else endpoint
-        if bound_endpoint.startswith("ipc://") and not bound_endpoint.startswith("ipc://@"):
-            ipc_path = Path(bound_endpoint[len("ipc://") :])
-            owned.append(ipc_path)
-            os.chmod(ipc_path, 0o600)
+        # The ROUTER connects to each admitted client's relay (control/gate.py). IMMEDIATE:
+        # a client's pipe exists only while its connection does, so a relay that closes
+        # ends the pipe from zmq's own side, after the messages already in it are read,
+        # and the gate's disconnect() afterwards only stops the redialling. (Ending a pipe
+        # from the socket's side, as disconnect() or RECONNECT_IVL = -1 do otherwise, can
+        # cut a multipart message being read: libzmq asserts !_more in fq.cpp and aborts.)
+        z.setsockopt(zmq.IMMEDIATE, 1)
+        if bound_endpoint.startswith("tcp://"):
+            # A unix connection closes when its peer dies; a TCP peer can vanish silently.
+            z.setsockopt(zmq.HEARTBEAT_IVL, ZMQ_HEARTBEAT_IVL_MS)
+            z.setsockopt(zmq.HEARTBEAT_TIMEOUT, ZMQ_HEARTBEAT_TIMEOUT_MS)
+        gate = Gate(
+            listener,
+            runtime_dir,
+            connect=z.connect,
+            disconnect=z.disconnect,
+            max_connections=config.server.max_connections,
+        )
         # The key goes to disk only now: a client cannot sign for a socket not yet bound.
         owned += [kfile, efile]
         _write_private(kfile, key + b"\n")
         _write_private(efile, bound_endpoint.encode() + b"\n")
-        server = Server(sup, proto.Codec(key), sock, config.server.max_message_bytes)
-        try:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(server.run)
-                task_status.started(bound_endpoint)
-        finally:
-            server.flush()
-            sock.close(linger=CLOSE_LINGER_MS)
+        server = Server(sup, proto.Codec(key), sock, config.server.max_message_bytes, gate)
+        async with trio.open_nursery() as relays:
+            # The gate's tasks are shielded from our cancellation (Gate.scope) so that the
+            # last replies still reach their clients; drain() ends them, bounded.
+            await relays.start(gate.run)
+            try:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(server.run)
+                    task_status.started(bound_endpoint)
+            finally:
+                gate.close_listener()
+                server.flush()
+                sock.close(linger=CLOSE_LINGER_MS)
+                await gate.drain(CLOSE_LINGER_MS / 1000 + DRAIN_EXTRA_S)
     finally:
+        listener.close()
         sock.close()
         for path in owned:
             try:
@@ -501,6 +556,18 @@ def _check_endpoint(endpoint: str, allow_remote: bool) -> None:
             f"$.server.endpoint: {endpoint} is not a loopback address; set "
             "allow_remote = true to serve it",
             path="$.server.endpoint",
+        )
+
+
+def _check_relay_paths(runtime_dir: Path) -> None:
+    """The gate's relay sockets live in the runtime directory: their paths must fit."""
+    longest = runtime_dir / f"r-{2**63}"
+    if len(os.fsencode(longest)) > MAX_IPC_PATH_BYTES:
+        raise ConfigError(
+            f"$.supervisor.runtime_dir: {runtime_dir} is too long for the control "
+            f"endpoint's relay sockets ({len(os.fsencode(longest))} > {MAX_IPC_PATH_BYTES} "
+            "bytes); set a shorter [supervisor] runtime_dir",
+            path="$.supervisor.runtime_dir",
         )
 
 
@@ -540,5 +607,6 @@ __all__ = [
     "PING_INTERVAL_S",
     "Counters",
     "Server",
+    "descriptors_needed",
     "serve",
 ]

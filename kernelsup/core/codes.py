@@ -93,6 +93,12 @@ _CODE_ROWS = (
     CodeRow("endpoint_in_use", KernelsupError, _E.ERROR, "another supervisor serves the endpoint"),
     CodeRow("endpoint_unavailable", KernelsupError, _E.ERROR, "the endpoint cannot be bound"),
     CodeRow(
+        "fd_limit",
+        KernelsupError,
+        _E.ERROR,
+        "the open files limit (RLIMIT_NOFILE) is too low for the config's kernels",
+    ),
+    CodeRow(
         "pool_escalated",
         PoolEscalated,
         _E.ERROR,
@@ -154,6 +160,12 @@ _CODE_ROWS = (
     CodeRow("session_closed", Rejected, _E.REJECTED, "the session was closed before the code ran"),
     CodeRow("shutting_down", Rejected, _E.REJECTED, "the supervisor or the kernel is stopping"),
     CodeRow("server_busy", Rejected, _E.REJECTED, "too many requests in flight; retry later"),
+    CodeRow(
+        "too_many_connections",
+        Rejected,
+        _E.REJECTED,
+        "the endpoint holds `max_connections` connections, or is short of descriptors",
+    ),
     # -- the control endpoint, seen from a client
     CodeRow("client_error", ClientError, _E.REJECTED, "the client side of the endpoint failed"),
     CodeRow("client_closed", ClientError, _E.REJECTED, "the client was closed"),

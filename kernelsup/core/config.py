@@ -228,6 +228,9 @@ class ServerConfig:
     endpoint: str = ""
     allow_remote: bool = False
     max_message_bytes: int = attrs.field(default=16 * 1024 * 1024, validator=_within(1024, GIB))
+    # Client connections open at once; each holds about 4 descriptors of the supervisor
+    # (control/gate.py), so the open files limit may bound them further.
+    max_connections: int = attrs.field(default=256, validator=_within(1, 65_536))
 
     def __attrs_post_init__(self) -> None:
         reason = _check_endpoint(self.endpoint, self.allow_remote)
