@@ -10,8 +10,9 @@ take requests from one seeded plan and send them one at a time: plain code, sess
 (four session names shared by every client), errors, ``while True: pass`` under a 0.5 s
 timeout, loops that ignore SIGINT, output floods, memory hogs, ``os._exit(1)``, and code
 that leaves a child process behind. Meanwhile a chaos task, seeded too, SIGKILLs or
-SIGSTOPs a random kernel, sends ``os._exit(1)`` into a random session, or closes one;
-sessions also expire when idle.
+SIGSTOPs a random kernel, sends ``os._exit(1)`` into a random session, closes one, or
+floods the control endpoint with ``FLOOD_CONNECTIONS`` bare connects (more than its
+``max_connections``) held for a moment; sessions also expire when idle.
 
 Every request's code first appends ``<id> <pid>`` to a ledger file, so the kernels
 themselves say what ran. At the end :func:`audit` (pure, table-tested) checks:
@@ -31,9 +32,10 @@ heap has reached its working set) and at the end; the slowest request against a 
 limit, no session kernel left once every session is closed, no internal error in the
 server; then SIGTERM: exit status 0 and no process tethered to the runtime directory.
 
-A supervisor that stops answering (a client hears nothing for 10 s) ends the soak early:
-it is sent SIGABRT, and faulthandler (enabled through PYTHONFAULTHANDLER when it was
-started) writes every thread's stack to its log, which the report quotes.
+A supervisor that stops answering (a request waits ``HANG_S`` with no outcome, or a client
+finds it gone) ends the soak early: it is sent SIGABRT, and faulthandler (enabled through
+PYTHONFAULTHANDLER when it was started) writes every thread's stack to its log, which the
+report quotes. (A client itself waits as long as the supervisor process is there.)
 
 Any failed invariant is listed in ``extra["violations"]`` and makes the command exit 1.
 """
@@ -46,6 +48,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -156,7 +159,19 @@ KINDS: tuple[Kind, ...] = (
 CHAOS_EXIT = Kind("chaos_exit", 0, "import os\nos._exit(1)", session=True)
 KIND_BY_NAME = {k.name: k for k in (*KINDS, CHAOS_EXIT)}
 
-CHAOS_ACTIONS = {"sigkill": 4, "sigstop": 2, "session_exit": 2, "close_session": 3}
+CHAOS_ACTIONS = {
+    "sigkill": 4,
+    "sigstop": 2,
+    "session_exit": 2,
+    "close_session": 3,
+    "conn_flood": 1,
+}
+# The endpoint's bound in the soak, and a flood of bare connects past it (the clients'
+# own connections have spoken, so the flood's give way: control/gate.py).
+MAX_CONNECTIONS = 64
+FLOOD_CONNECTIONS = 2 * MAX_CONNECTIONS
+FLOOD_HOLD_S = 0.2
+FLOOD_TIMEOUT_S = 5.0
 
 
 @attrs.frozen
@@ -306,7 +321,9 @@ def write_config(directory: Path) -> tuple[Path, Path]:
         shutdown={"grace": 0.5, "term_timeout": 0.5},
     )
     path = directory / "chaos.toml"
-    path.write_text(to_toml(config_dict(pool, runtime_dir=rt)))
+    config = config_dict(pool, runtime_dir=rt)
+    config["server"] = {"max_connections": MAX_CONNECTIONS}
+    path.write_text(to_toml(config))
     return path, rt
 
 
@@ -500,9 +517,40 @@ class Soak:
             self.chaos_seq += 1
             p = Planned(f"x{self.chaos_seq:05d}", CHAOS_EXIT.name, rng.choice(SESSIONS))
             nursery.start_soon(self.one, self.control, p)
+        elif action == "conn_flood":
+            await self._flood()
         else:
             await self.control.close_session(rng.choice(SESSIONS))
         self.actions[action] += 1
+
+    async def _flood(self) -> None:
+        """FLOOD_CONNECTIONS unix connects that never speak, held FLOOD_HOLD_S, closed."""
+        endpoint = self.control.endpoint
+        if not endpoint.startswith("ipc://"):
+            return
+        socks: list[socket.socket] = []
+        try:
+            with trio.move_on_after(FLOOD_TIMEOUT_S):
+                while len(socks) < FLOOD_CONNECTIONS:
+                    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                    s.setblocking(False)
+                    try:
+                        while True:
+                            try:
+                                s.connect(endpoint[len("ipc://") :])
+                                break
+                            except BlockingIOError:  # the backlog is full: let it drain
+                                await trio.sleep(0.001)
+                    except BaseException:
+                        s.close()
+                        raise
+                    socks.append(s)
+            await trio.sleep(FLOOD_HOLD_S)
+        except OSError:
+            pass  # refused: the flood is over
+        finally:
+            for s in socks:
+                s.close()
 
     def _ours(self, pid: int) -> bool:
         """A pid from status is still one of our kernels (not a reused pid)."""
@@ -831,6 +879,7 @@ async def _main_phase(
     with trio.move_on_after(deadline_s) as scope:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_progress, soak, len(plan))
+            nursery.start_soon(_hang_watch, soak, scope)
             async with trio.open_nursery() as chaos:
                 chaos.start_soon(soak.chaos, seed, interval, stop)
                 async with trio.open_nursery() as senders:
@@ -840,6 +889,19 @@ async def _main_phase(
                 chaos.cancel_scope.deadline = trio.current_time() + DRAIN_TIMEOUT_S
             nursery.cancel_scope.cancel()
     return scope.cancelled_caught or bool(soak.running)
+
+
+async def _hang_watch(soak: Soak, scope: trio.CancelScope) -> None:
+    """A request waiting HANG_S with no outcome: the supervisor stopped answering (its
+    clients wait for as long as its process exists). Ends the phase."""
+    while True:
+        await trio.sleep(1.0)
+        if soak.running:
+            rid, since = min(soak.running.items(), key=lambda item: item[1])
+            if time.perf_counter() - since > HANG_S:
+                soak.fail(f"request {rid} has waited {HANG_S:g} s with no outcome")
+                scope.cancel()
+                return
 
 
 async def _progress(soak: Soak, total: int) -> None:
