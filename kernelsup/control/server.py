@@ -2,7 +2,10 @@
 
 Theory of operation
 -------------------
-``serve`` binds the endpoint (IPC in the private runtime directory unless configured),
+``serve`` listens on the endpoint (IPC in the private runtime directory unless
+configured) through the gate (control/gate.py: no zmq socket here listens, since libzmq
+aborts the process on EMFILE in an IPC accept; the gate bounds connections at
+``max_connections`` and relays each admitted one to the ROUTER, which connects to it),
 writes a fresh random key to a 0600 file beside it, and runs two kinds of task:
 
 * one receiver: takes each message off the socket, decodes it (``core/protocol.py``), and
@@ -28,8 +31,10 @@ Disconnects. A send to a client whose connection is gone fails with EHOSTUNREACH
 ``ROUTER_MANDATORY``). While a client has requests in flight and nothing was sent to it
 for ``PING_INTERVAL_S``, its writer sends a ``ping``: so a client that went away is noticed
 within about a ping interval, and its requests are cancelled (a running execute's kernel
-is interrupted). zmq's own heartbeats (``HEARTBEAT_IVL``) turn a silently dead TCP peer
-into a closed connection. The same pings tell a waiting client the server is alive.
+is interrupted). A client's connection closing (its relay ends) is seen the same way.
+zmq's own heartbeats (``HEARTBEAT_IVL``, on a TCP endpoint) turn a silently dead TCP peer
+into a closed connection. The pings also reset a waiting client's quiet clock (its rule
+for a supervisor that is gone is in connection.py).
 
 Shutdown. When ``serve`` is cancelled, each request still running is answered
 ``shutting_down``, queued replies get one last non-blocking send, the socket closes
@@ -50,7 +55,7 @@ import trio
 import zmq
 
 from kernelsup.adapters import zmqio
-from kernelsup.adapters.io_errors import probe_ipc
+from kernelsup.adapters.io_errors import map_exceptions, probe_ipc
 from kernelsup.adapters.runtime import control_endpoint, key_file, runtime_dir_for
 from kernelsup.api import Supervisor
 from kernelsup.control import gate as gate_mod
@@ -492,7 +497,14 @@ async def serve(
     listener, bound_endpoint, socket_file = open_listener(endpoint)
     if socket_file is not None:
         owned.append(socket_file)
-    sock = zmqio.Socket(zmqio.context().socket(zmq.ROUTER))
+    try:
+        with map_exceptions("bind", endpoint):  # EMFILE: no descriptor for its mailbox
+            sock = zmqio.Socket(zmqio.context().socket(zmq.ROUTER))
+    except BaseException:
+        listener.close()
+        if socket_file is not None:
+            socket_file.unlink(missing_ok=True)
+        raise
     try:
         z = sock.zmq
         z.setsockopt(zmq.ROUTER_MANDATORY, 1)
