@@ -389,4 +389,13 @@ async def spawn(
         os.close(read_fd)
         raise map_error(box["error"], "spawn", plan.argv[0])
     unit.pid = box["popen"].pid
-    return KernelProcess(box["popen"], plan, unit), trio.lowlevel.FdStream(read_fd)
+    try:
+        proc = KernelProcess(box["popen"], plan, unit)
+    except OSError as exc:  # out of descriptors for the pidfd: a start failure, not a crash
+        popen = box["popen"]
+        os.killpg(popen.pid, signal.SIGKILL)
+        await trio.to_thread.run_sync(popen.wait)
+        await unit.kill_all()
+        os.close(read_fd)
+        raise map_error(exc, "spawn", plan.argv[0]) from None
+    return proc, trio.lowlevel.FdStream(read_fd)

@@ -157,7 +157,11 @@ class KernelActor:
         self.proc, output = await spawn(plan, unit)
         started = False
         try:
-            self._open_sockets()
+            try:
+                self._open_sockets()
+            except (OSError, zmq.ZMQError) as exc:  # out of descriptors, say
+                self.finish(ExitCause("start_failure", detail=f"cannot open its sockets: {exc}"))
+                raise _NoSockets from None
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self.proc.drain_output, output)
@@ -184,6 +188,8 @@ class KernelActor:
                     nursery.start_soon(self._executor)
                     nursery.start_soon(self._shutdown_ladder)
                     task_status.started(KernelHandle(self))
+        except _NoSockets:
+            pass  # a start failure: cleaned up and reported below
         finally:
             with trio.CancelScope(shield=True):
                 await self._cleanup()
@@ -559,6 +565,10 @@ class KernelActor:
         self._running = None
         self.stats.iopub_lost += run.execution.lost
         return run.execution
+
+
+class _NoSockets(Exception):
+    """The kernel's sockets could not be opened (the cause is already recorded)."""
 
 
 # How much of a failed startup_code's traceback goes into the start failure's reason.
