@@ -115,6 +115,8 @@ SAMPLE_EVERY_S = 1.0
 ROOT = str(Path(__file__).resolve().parent.parent)  # where `-m bench.tether` is found
 RUN_ARGV = [sys.executable, "-m", "kernelsup", "run"]  # a diagnosis may run a wrapper
 MB = 1024 * 1024
+# The escaping processes' sleep arguments, by which the soak finds any that outlived it.
+ESCAPE_SLEEP = ("91731", "91732")
 
 
 # --------------------------------------------------------------------------- the plan
@@ -154,6 +156,21 @@ KINDS: tuple[Kind, ...] = (
     ),
     Kind("exit", 10, "import os\nos._exit(1)"),
     Kind("child", 5, "import subprocess\nsubprocess.Popen(['sleep', '1000'])\n{tag}"),
+    # Two processes built to escape: a new session with a cleaned environment, and a
+    # setsid double-forked daemon with none (no group, session or marker to find them by).
+    Kind(
+        "escape",
+        5,
+        "import os, subprocess\n"
+        "subprocess.Popen(['sleep', '" + ESCAPE_SLEEP[0] + "'], env={{'PATH': os.environ['PATH']}},"
+        " start_new_session=True)\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"
+        "    if os.fork() == 0:\n"
+        "        os.execve('/bin/sleep', ['sleep', '" + ESCAPE_SLEEP[1] + "'], {{}})\n"
+        "    os._exit(0)\n"
+        "os.waitpid(-1, 0)\n{tag}",
+    ),
 )
 # Sent by the chaos task into a random session, not part of the plan.
 CHAOS_EXIT = Kind("chaos_exit", 0, "import os\nos._exit(1)", session=True)
@@ -335,6 +352,7 @@ class Served:
     pid: int
     exit_code: int | None = None
     left_after_stop: list[int] = attrs.field(factory=list)
+    escaped_after_stop: list[int] = attrs.field(factory=list)
 
     async def terminate(self, rt: Path) -> None:
         """SIGTERM ``kernelsup run`` itself; record its exit status and what is left."""
@@ -346,9 +364,23 @@ class Served:
         deadline = trio.current_time() + TETHER_LEFT_WAIT_S
         while True:  # a process killed a moment ago may still be in the table
             self.left_after_stop = _live(tethered_pids(rt))
-            if not self.left_after_stop or trio.current_time() > deadline:
+            self.escaped_after_stop = _escaped()
+            if not (self.left_after_stop or self.escaped_after_stop):
+                break
+            if trio.current_time() > deadline:
                 break
             await trio.sleep(0.05)
+
+
+def _escaped() -> list[int]:
+    """Live processes started by the escape kind (found by their sleep argument)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        with contextlib.suppress(psutil.Error):
+            cmd = proc.info["cmdline"] or []
+            if len(cmd) == 2 and cmd[1] in ESCAPE_SLEEP and proc.info["status"] != "zombie":
+                found.append(proc.pid)
+    return found
 
 
 def _detail(r: kernelsup.ExecuteResult, own: bool | None) -> str:
@@ -818,6 +850,7 @@ async def _soak(
         samples=soak.samples,
         exit_code=served.exit_code,
         left=served.left_after_stop,
+        escaped=served.escaped_after_stop,
         broken=soak.broken,
     )
     return facts
@@ -1036,6 +1069,12 @@ def _fill(rep: Report, f: dict[str, Any]) -> None:
         f["exit_code"] == 0,
     )
     check("processes tethered to the runtime dir after it", len(f["left"]), "0", not f["left"])
+    check(
+        "escaped daemons (own session, no environment) after it",
+        len(f["escaped"]),
+        "0",
+        not f["escaped"],
+    )
     if f["deadline_hit"]:
         violations.append(
             f"the run hit its deadline; {len(f['pending'])} requests pending: {f['pending'][:10]}"
@@ -1074,6 +1113,7 @@ def _fill(rep: Report, f: dict[str, Any]) -> None:
             "warmup_leaked": f["warmup_leaked"],
             "exit_code": f["exit_code"],
             "left_after_sigterm": f["left"],
+            "escaped_after_sigterm": f["escaped"],
             "samples": f["samples"][:: max(1, len(f["samples"]) // 600)],
             "failures": [
                 attrs.asdict(o)
