@@ -188,3 +188,29 @@ def test_check_accepts_the_shipped_config() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "valid" in proc.stdout
+
+
+def test_run_says_when_its_kernels_cannot_start(tmp_path: Path, runtime_dir: Path) -> None:
+    """It does not wait forever for kernels that cannot start: its ready line says how
+    many are not up and why, exec is refused at once (pool_unavailable, exit 3), and a
+    SIGTERM stops it cleanly."""
+    cfg = write_config(tmp_path / "supervisor.toml", runtime_dir, pool='startup_code = "1 / 0"')
+    running = Running(cfg)
+    try:
+        line = running.ready_line()
+        assert line.startswith("kernelsup ready: 2 kernels in 1 pool(s); endpoint "), line
+        assert "2 of them not up (2 failed to start:" in line, line
+        assert "ZeroDivisionError" in line, line
+        out = subprocess.run(
+            [*KERNELSUP, "exec", "-c", str(cfg), "1"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 3, out
+        assert out.stderr.startswith("pool_unavailable Rejected:"), out.stderr
+        running.proc.send_signal(signal.SIGTERM)
+        assert running.proc.wait(timeout=60) == 0
+        assert kernel_pids(runtime_dir) == []
+    finally:
+        running.stop()

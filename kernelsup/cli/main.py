@@ -15,13 +15,16 @@ import resource
 import signal
 import sys
 from collections.abc import Iterator, Sequence
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import trio
 
 from kernelsup.cli.exits import Exit, fail, supervisor_failure
 from kernelsup.core.config import Config, load_config
 from kernelsup.core.errors import ConfigError, KernelsupError
+
+if TYPE_CHECKING:
+    from kernelsup.api import Supervisor
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
@@ -55,16 +58,28 @@ async def _run(cfg: Config, *, log_json: bool, log_stream: TextIO | None) -> Non
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with open_supervisor(cfg, bus=bus) as sup:
                 endpoint = await nursery.start(server.serve, sup, cfg)
-                print(
-                    f"kernelsup ready: {sup.kernel_count()} kernels in "
-                    f"{len(cfg.pools)} pool(s); endpoint {endpoint}",
-                    flush=True,
-                )
+                print(_ready_line(sup, endpoint), flush=True)
                 async for signum in signals:
                     await sup.aclose(f"received {signal.Signals(signum).name}")
                     break
         nursery.cancel_scope.cancel()
     bus.close()
+
+
+def _ready_line(sup: Supervisor, endpoint: str) -> str:
+    """``kernelsup ready: N kernels in P pool(s); endpoint E``, and when some kernels are
+    not up (each has failed a start and retries with backoff), how many, and why."""
+    report = sup.snapshot()
+    total = len(report.kernels)
+    up = sum(1 for k in report.kernels if k.get("state") in ("idle", "busy"))
+    line = f"kernelsup ready: {total} kernels in {len(report.pools)} pool(s); endpoint {endpoint}"
+    if up < total:
+        failed = [k for k in report.kernels if k.get("start_error")]
+        line += f"; {total - up} of them not up"
+        if failed:
+            reason = str(failed[-1]["start_error"]).splitlines()[0]
+            line += f" ({len(failed)} failed to start: {reason})"
+    return line
 
 
 def cmd_run(args: argparse.Namespace) -> int:
