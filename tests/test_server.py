@@ -264,7 +264,9 @@ async def test_a_silent_connection_gives_way_to_a_client(
     nursery: trio.Nursery, runtime_dir: Path
 ) -> None:
     """Bare connects that never speak fill max_connections: a real client still gets in,
-    in the place of the oldest, which is closed and counted."""
+    in the place of the oldest, which is closed and counted, once they have had the
+    grace every connection gets to speak (a burst of real clients must not evict each
+    other before their first bytes arrive)."""
     cfg = make_config(runtime_dir, max_connections=2)
     s = await start_served(nursery, cfg)
     path = s.endpoint[len("ipc://") :]
@@ -272,6 +274,7 @@ async def test_a_silent_connection_gives_way_to_a_client(
     try:
         for b in bare:
             b.connect(path)
+        await trio.sleep(gate.EVICT_GRACE_S)  # the rule under test is this grace itself
         with trio.fail_after(30):
             async with kernelsup.connect(cfg) as client:
                 assert (await client.execute("3 + 3")).result == "6"

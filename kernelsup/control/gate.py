@@ -73,6 +73,10 @@ MAX_REFUSING = 8
 REFUSE_TIMEOUT_S = 1.0
 # A connection that sends nothing for this long is closed (a zmq client speaks at once).
 SILENT_TIMEOUT_S = 10.0
+# A connection is evicted for silence only once it has had this long to speak: a real
+# client's zmq greeting comes within milliseconds, a flood's never; without the grace a
+# burst of real clients at the bound evicted each other (and they saw `unreachable`).
+EVICT_GRACE_S = 0.5
 # How long the ROUTER has to connect to an admitted connection's relay socket.
 JOIN_TIMEOUT_S = 5.0
 # Out of descriptors with nothing to free: wait this long before accepting again.
@@ -120,6 +124,7 @@ class _Conn:
     sock: trio.socket.SocketType
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     spoke: bool = False
+    opened: float = attrs.field(factory=trio.current_time)
 
 
 class Gate:
@@ -249,9 +254,13 @@ class Gate:
 
     def _evict_one(self) -> bool:
         """Close the oldest connection that has sent nothing; False if there is none."""
+        now = trio.current_time()
         for conn in self._conns.values():
-            if conn.spoke or _has_bytes(conn.raw):
+            if conn.spoke:
                 continue
+            peer = _peer(conn.raw)
+            if peer == "data" or (peer == "quiet" and now - conn.opened < EVICT_GRACE_S):
+                continue  # a client speaking, or one that has not had time to
             self._forget(conn)
             conn.scope.cancel()
             conn.sock.close()
@@ -385,12 +394,15 @@ async def _send_all(sock: trio.socket.SocketType, data: bytes) -> None:
         view = view[sent:]
 
 
-def _has_bytes(raw: socket.socket) -> bool:
-    """Whether the peer has sent something not read yet (a hang-up is not something)."""
+def _peer(raw: socket.socket) -> str:
+    """``data`` (sent something not read yet), ``gone`` (hung up, or the connection
+    failed: a probe, say) or ``quiet`` (connected, nothing yet)."""
     try:
-        return bool(raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
-    except OSError:  # nothing yet (EAGAIN), or the connection failed
-        return False
+        return "data" if raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) else "gone"
+    except BlockingIOError:
+        return "quiet"
+    except OSError:
+        return "gone"
 
 
 def _peer_pid(sock: trio.socket.SocketType) -> int:
