@@ -6,6 +6,10 @@ Fixtures stay in conftest.py; everything a test imports by name lives here.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import textwrap
 import time
 from collections.abc import Callable
@@ -169,3 +173,32 @@ ESCAPE = textwrap.dedent("""
     os.waitpid(-1, 0)
     print(a, b)
 """)
+
+
+def sigkill_supervisor(script: str, runtime_dir: Path, expect: int) -> list[int]:
+    """Run ``script`` (a supervisor in a subprocess that prints ``expect`` pids of
+    processes it owns, then waits), SIGKILL it, and return those of the pids still alive
+    after 10 s; everything is killed afterwards, whatever the outcome."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, str(runtime_dir)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parent.parent,
+    )
+    pids: list[int] = []
+    try:
+        assert proc.stdout is not None
+        pids = [int(p) for p in proc.stdout.readline().split()]
+        assert len(pids) == expect and all(alive(p) for p in pids), pids
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        return wait_all_gone(pids, within=10.0)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in pids:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        if proc.stdout:
+            proc.stdout.close()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -20,7 +19,7 @@ import trio
 
 from kernelsup.adapters import containment
 from kernelsup.adapters.containment import Limits, Unit
-from tests.helpers import ESCAPE, FAST, alive, start_kernel, wait_all_gone
+from tests.helpers import ESCAPE, FAST, alive, sigkill_supervisor, start_kernel, wait_all_gone
 
 KINDS = [
     pytest.param(
@@ -190,26 +189,4 @@ SUPERVISOR = textwrap.dedent("""
 @cgroup_only
 @pytest.mark.timeout(60)
 def test_a_sigkilled_supervisor_leaves_no_escaped_process(runtime_dir: Path) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", SUPERVISOR, str(runtime_dir)],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=Path(__file__).parent.parent,
-    )
-    pids: list[int] = []
-    try:
-        assert proc.stdout is not None
-        pids = [int(p) for p in proc.stdout.readline().split()]
-        assert len(pids) == 2 and all(alive(p) for p in pids)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-        assert wait_all_gone(pids, within=10.0) == []
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for pid in pids:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
-        if proc.stdout:
-            proc.stdout.close()
+    assert sigkill_supervisor(SUPERVISOR, runtime_dir, expect=2) == []

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -13,7 +11,15 @@ import pytest
 
 import kernelsup
 from kernelsup.adapters.tether import RuntimeDirBusy, Tether, tethered_pids
-from tests.helpers import FAST_POOL, LEAVE_BEHIND, alive, kernels, wait_all_gone, wait_until
+from tests.helpers import (
+    FAST_POOL,
+    LEAVE_BEHIND,
+    alive,
+    kernels,
+    sigkill_supervisor,
+    wait_all_gone,
+    wait_until,
+)
 
 
 async def test_memory_limit_kills_only_the_hog(runtime_dir: Path) -> None:
@@ -68,30 +74,8 @@ SUPERVISOR = textwrap.dedent("""
 
 @pytest.mark.timeout(60)
 def test_sigkilled_supervisor_leaves_nothing(runtime_dir: Path) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", SUPERVISOR, str(runtime_dir)],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=Path(__file__).parent.parent,
-    )
-    pids: list[int] = []
-    try:
-        assert proc.stdout is not None
-        pids = [int(p) for p in proc.stdout.readline().split()]
-        assert len(pids) == 4 and all(alive(p) for p in pids)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-        assert wait_all_gone(pids, within=5.0) == []
-        assert tethered_pids(runtime_dir) == []
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for pid in pids:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
-        if proc.stdout:
-            proc.stdout.close()
+    assert sigkill_supervisor(SUPERVISOR, runtime_dir, expect=4) == []
+    assert tethered_pids(runtime_dir) == []
 
 
 async def test_a_second_supervisor_on_the_same_dir_is_refused(runtime_dir: Path) -> None:
