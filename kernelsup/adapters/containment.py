@@ -141,6 +141,15 @@ class Unit:
         kind: Kind = available() if want == "auto" else want  # type: ignore[assignment]
         if kind == "subreaper":
             return cls("subreaper", {}, limits)
+        if want == "auto":
+            try:
+                return cls._cgroup(runtime_dir, name, limits)
+            except OSError:  # this one could not be made: hold the kernel the other way
+                return cls("subreaper", {}, limits)
+        return cls._cgroup(runtime_dir, name, limits)
+
+    @classmethod
+    def _cgroup(cls, runtime_dir: Path, name: str, limits: Limits) -> Unit:
         hierarchies = _hierarchies()
         if "freezer" not in hierarchies or "memory" not in hierarchies:
             raise OSError('containment = "cgroup": no writable cgroup hierarchies here')
