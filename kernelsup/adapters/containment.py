@@ -38,6 +38,7 @@ import functools
 import hashlib
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -299,7 +300,7 @@ def sweep_groups(runtime_dir: Path) -> list[int]:
     parent_name = group_dir_name(runtime_dir)
     freezer = hierarchies.get("freezer")
     parent = freezer / parent_name if freezer is not None else None
-    for _ in range(3):
+    for _ in range(KILL_ROUNDS):  # until every member has left (killed ones take a moment)
         if parent is None or not parent.is_dir():
             break
         units = [d for d in parent.iterdir() if d.is_dir()]
@@ -311,6 +312,7 @@ def sweep_groups(runtime_dir: Path) -> list[int]:
         killed += [pid for pid in pids if _kill(pid)]
         for unit in units:
             _write(unit / "freezer.state", "THAWED", quiet=True)
+        time.sleep(KILL_ROUND_WAIT_S)  # the reaper, or a start before anything runs
     for base in hierarchies.values():
         parent = base / parent_name
         if parent.is_dir():
