@@ -185,18 +185,6 @@ class Unit:
                 self.dirs["cpu"] / "cpu.cfs_quota_us", str(max(1000, int(lim.cpu * CPU_PERIOD_US)))
             )
 
-    def enforced(self) -> dict[str, str]:
-        """Which limits are enforced, and how (for status)."""
-        how = "cgroup" if self.kind == "cgroup" else "watch"
-        out: dict[str, str] = {}
-        if self.limits.memory_mb:
-            out["memory_mb"] = how
-        if self.limits.pids:
-            out["pids"] = "cgroup" if "pids" in self.dirs else "not enforced"
-        if self.limits.cpu:
-            out["cpu"] = "cgroup" if "cpu" in self.dirs else "not enforced"
-        return out
-
     # -- in the child, between fork and exec -------------------------------------------
     def join_in_child(self) -> None:
         """Runs in the kernel's child process before exec: enter the unit."""

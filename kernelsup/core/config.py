@@ -116,22 +116,6 @@ def _invalid(rel: str, reason: str) -> ConfigError:
     return ConfigError(f"{rel}: {reason}", path=rel, rel=rel, reason=reason)
 
 
-def _ge(bound: float) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
-    def check(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if value is not None and value < bound:
-            raise _invalid(attribute.name, f"must be >= {bound} (got {value!r})")
-
-    return check
-
-
-def _gt(bound: float) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
-    def check(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if value is not None and value <= bound:
-            raise _invalid(attribute.name, f"must be > {bound} (got {value!r})")
-
-    return check
-
-
 def _within(
     low: float, high: float, *, above: bool = False
 ) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
