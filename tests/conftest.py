@@ -32,6 +32,7 @@ FAST_MODULES = frozenset(
         "test_policy",
         "test_protocol",
         "test_slot",
+        "test_snapshots",
         "test_supervisor",
         "test_unasync",
         "test_watchdogs",
