@@ -16,6 +16,7 @@ from kernelsup.core.config import (
     Config,
     HeartbeatConfig,
     PoolConfig,
+    RayConfig,
     RestartConfig,
     ServerConfig,
     ShutdownConfig,
@@ -632,6 +633,7 @@ def test_example_supervisor_toml_documents_every_key() -> None:
             RestartConfig,
             HeartbeatConfig,
             ShutdownConfig,
+            RayConfig,
         )
         for f in attrs.fields(cls)
     }
@@ -828,3 +830,62 @@ def test_run_refuses_a_runtime_dir_it_cannot_create(tmp_path: Path) -> None:
         f"supervisor.runtime_dir: cannot create the runtime directory: File exists: '{blocker}'"
     )
     assert info.value.data["path"] == "$.supervisor.runtime_dir"
+
+
+# --- placement on a Ray cluster --------------------------------------------------------
+
+RAY_POOL = """
+[ray]
+address = "127.0.0.1:6379"
+[[pool]]
+placement = "ray"
+ray_resources = { kernel_slot = 1, num_cpus = 0.5 }
+"""
+
+
+def test_a_ray_pool_reads_its_resources_and_the_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("kernelsup.core.config.ray_installed", lambda: True)
+    cfg = parse_config(RAY_POOL)
+    assert cfg.ray.address == "127.0.0.1:6379"
+    assert cfg.pools[0].placement == "ray"
+    assert dict(cfg.pools[0].ray_resources) == {"kernel_slot": 1.0, "num_cpus": 0.5}
+    assert Config.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            '[[pool]]\nplacement = "ray"\n',
+            '$.pool[0].placement: "ray" needs the cluster\'s address in [ray] address',
+        ),
+        ('[[pool]]\nplacement = "moon"\n', "$.pool[0].placement: must be one of local, ray"),
+        (
+            "[[pool]]\nray_resources = { kernel_slot = -1 }\n",
+            "$.pool[0].ray_resources['kernel_slot']: must be >= 0",
+        ),
+        (
+            '[[pool]]\nray_resources = { kernel_slot = "one" }\n',
+            "$.pool[0].ray_resources.kernel_slot: expected float, got 'one'",
+        ),
+        (
+            "[ray]\nlease_interval = 5.0\nlease_timeout = 5.0\n",
+            "$.ray.lease_timeout: must be > lease_interval (5.0 <= 5.0)",
+        ),
+        ('[ray]\nnamespace = ""\n', "$.ray.namespace: must be 1-128 characters long (got 0)"),
+        ("[ray]\nport = 1\n", "$.ray.port: unknown key"),
+    ],
+)
+def test_ray_settings_that_cannot_work_are_errors(text: str, message: str) -> None:
+    assert message in str(error_of(text))
+
+
+def test_a_ray_pool_without_ray_installed_says_how_to_get_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("kernelsup.core.config.ray_installed", lambda: False)
+    err = error_of(RAY_POOL)
+    assert err.data["path"] == "$.pool[0].placement"
+    assert "pip install 'kernelsup[ray]'" in str(err)
+    monkeypatch.setattr("kernelsup.core.config.ray_installed", lambda: True)
+    parse_config(RAY_POOL)  # the same file is fine once it is there

@@ -29,6 +29,7 @@ effective values as a :class:`Supervision`.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import re
@@ -59,7 +60,9 @@ __all__ = [
     "HeartbeatConfig",
     "InterruptMode",
     "Jitter",
+    "Placement",
     "PoolConfig",
+    "RayConfig",
     "RestartConfig",
     "RestartType",
     "ServerConfig",
@@ -79,6 +82,7 @@ Jitter: TypeAlias = Literal["full", "equal", "none"]
 Transport: TypeAlias = Literal["ipc", "tcp"]
 InterruptMode: TypeAlias = Literal["", "signal", "message"]
 Containment: TypeAlias = Literal["auto", "cgroup", "subreaper"]
+Placement: TypeAlias = Literal["local", "ray"]
 
 _POOL_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
@@ -96,6 +100,9 @@ HOUR_S = 3_600  # start, heartbeat, interrupt and shutdown waits
 MAX_KERNELS = 1_024  # size, spares
 MAX_COUNT = 1_000_000  # intensity, queue_limit, max_retries
 GIB = 1024 * 1024 * 1024
+# ray_resources: a resource name's length, and the largest amount (Ray's memory is bytes).
+RESOURCE_NAME_MAX = 128
+MAX_RESOURCE = 2.0**50
 
 # max_sessions = 0 ("auto") is sized from the machine's memory (see auto_max_sessions).
 SESSION_FOOTPRINT_MIB = 128  # a fresh python3 kernel is ~75 MiB resident; room to work
@@ -127,6 +134,18 @@ def _within(
             return
         if (value <= low if above else value < low) or value > high:
             raise _invalid(attribute.name, f"must be {first} and <= {high} (got {value!r})")
+
+    return check
+
+
+def _within_length(low: int, high: int) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
+    """A string of ``low`` to ``high`` characters."""
+
+    def check(_inst: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+        if not low <= len(value) <= high:
+            raise _invalid(
+                attribute.name, f"must be {low}-{high} characters long (got {len(value)})"
+            )
 
     return check
 
@@ -220,6 +239,55 @@ class ServerConfig:
         reason = _check_endpoint(self.endpoint, self.allow_remote)
         if reason is not None:
             raise _invalid("endpoint", reason)
+
+
+def _check_resources(
+    _inst: Any, attribute: attrs.Attribute[Any], resources: Mapping[str, float]
+) -> None:
+    for name, amount in resources.items():
+        if not name or len(name) > RESOURCE_NAME_MAX or "\0" in name:
+            raise _invalid(
+                f"{attribute.name}[{name!r}]",
+                f"a resource name must be 1-{RESOURCE_NAME_MAX} characters, without NUL",
+            )
+        if not 0 <= amount <= MAX_RESOURCE:
+            raise _invalid(
+                f"{attribute.name}[{name!r}]",
+                f"must be >= 0 and <= {MAX_RESOURCE} (got {amount!r})",
+            )
+
+
+def _frozen_resources(resources: Mapping[str, float]) -> Mapping[str, float]:
+    return MappingProxyType(dict(resources))
+
+
+def ray_installed() -> bool:
+    """Whether the optional ``ray`` package can be imported (``kernelsup[ray]``)."""
+    return importlib.util.find_spec("ray") is not None
+
+
+@attrs.frozen
+class RayConfig:
+    """``[ray]``: the Ray cluster that pools with ``placement = "ray"`` start kernels on
+    (adapters/ray_host.py). Unused while no pool asks for it."""
+
+    # "HOST:PORT" of the cluster's head (its GCS), or "auto" (RAY_ADDRESS, else a cluster
+    # started on this machine); "" = none.
+    address: str = ""
+    namespace: str = attrs.field(default="kernelsup", validator=_within_length(1, 128))
+    # The supervisor renews each host actor's lease this often; a host that hears nothing
+    # for lease_timeout kills its kernel (a supervisor cut off or gone).
+    lease_interval: float = attrs.field(default=1.0, validator=_within(0, HOUR_S, above=True))
+    lease_timeout: float = attrs.field(default=10.0, validator=_within(0, HOUR_S, above=True))
+    # A host actor not placed on a node within this long: the start fails with no_capacity.
+    placement_timeout: float = attrs.field(default=30.0, validator=_within(0, HOUR_S, above=True))
+
+    def __attrs_post_init__(self) -> None:
+        if self.lease_timeout <= self.lease_interval:
+            raise _invalid(
+                "lease_timeout",
+                f"must be > lease_interval ({self.lease_timeout!r} <= {self.lease_interval!r})",
+            )
 
 
 @attrs.frozen
@@ -327,6 +395,12 @@ class PoolConfig:
     pids_limit: int = attrs.field(default=0, validator=_within(0, 4 * 1024 * 1024))
     cpu_limit: float = attrs.field(default=0.0, validator=_within(0, 4096))
     containment: Containment = "auto"
+    # "ray": each kernel starts on a node of the [ray] cluster, inside a host actor that
+    # asks for ray_resources (num_cpus, num_gpus, memory, or custom names like kernel_slot).
+    placement: Placement = "local"
+    ray_resources: Mapping[str, float] = attrs.field(
+        factory=dict, converter=_frozen_resources, validator=_check_resources, hash=False
+    )
     env: Mapping[str, str] = attrs.field(
         factory=dict, converter=_frozen_env, validator=_check_env, hash=False
     )
@@ -377,7 +451,24 @@ class Config:
     pools: tuple[PoolConfig, ...] = attrs.field(
         factory=lambda: (PoolConfig(),), converter=_to_pools, validator=_check_pools
     )
+    ray: RayConfig = attrs.field(factory=RayConfig)
     source: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        for i, pool in enumerate(self.pools):
+            if pool.placement != "ray":
+                continue
+            if not self.ray.address:
+                raise _invalid(
+                    f"pool[{i}].placement",
+                    '"ray" needs the cluster\'s address in [ray] address (e.g. "127.0.0.1:6379")',
+                )
+            if not ray_installed():
+                raise _invalid(
+                    f"pool[{i}].placement",
+                    '"ray" needs the ray package, which is not installed: '
+                    "pip install 'kernelsup[ray]'",
+                )
 
     @classmethod
     def default(cls) -> Config:
@@ -479,6 +570,22 @@ def _structure_env(value: Any, _type: Any) -> dict[str, str]:
     return dict(value)
 
 
+def _structure_resources(value: Any, _type: Any) -> dict[str, float]:
+    if not isinstance(value, dict):
+        raise _invalid("", f"expected a table of numbers, got {_describe(value)}")
+    errors: list[Exception] = []
+    result: dict[str, float] = {}
+    for key, item in value.items():
+        try:
+            result[key] = _structure_float(item, float)
+        except ConfigError as exc:
+            exc.__notes__ = [IterableValidationNote(f"resource @ key {key!r}", key, float)]  # type: ignore[attr-defined]  # as in _structure_env
+            errors.append(exc)
+    if errors:
+        raise IterableValidationError("While structuring ray_resources", errors, dict)
+    return result
+
+
 def _make_pools_hook(converter: cattrs.Converter) -> Callable[[Any, Any], tuple[PoolConfig, ...]]:
     def structure(value: Any, _type: Any) -> tuple[PoolConfig, ...]:
         if not isinstance(value, list):
@@ -520,6 +627,7 @@ def _make_converter() -> cattrs.Converter:
     c.register_structure_hook(bool, _structure_bool)
     c.register_structure_hook_func(_is_literal, _structure_literal)
     c.register_structure_hook_func(lambda t: t == Mapping[str, str], _structure_env)
+    c.register_structure_hook_func(lambda t: t == Mapping[str, float], _structure_resources)
     c.register_structure_hook_func(lambda t: t == tuple[PoolConfig, ...], _make_pools_hook(c))
     for cls in (
         SupervisorConfig,
@@ -528,6 +636,7 @@ def _make_converter() -> cattrs.Converter:
         HeartbeatConfig,
         ShutdownConfig,
         PoolConfig,
+        RayConfig,
     ):
         c.register_structure_hook(cls, _table_hook(c, cls))
     c.register_structure_hook(
@@ -539,6 +648,7 @@ def _make_converter() -> cattrs.Converter:
         make_dict_unstructure_fn(PoolConfig, c, strategy=unset, intensity=unset, period=unset),
     )
     c.register_unstructure_hook_func(lambda t: t == Mapping[str, str], dict)
+    c.register_unstructure_hook_func(lambda t: t == Mapping[str, float], dict)
     c.register_unstructure_hook(
         Config,
         make_dict_unstructure_fn(
