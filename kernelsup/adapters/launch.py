@@ -261,7 +261,10 @@ _spawner = _SpawnerThread()
 
 
 class KernelProcess:
-    """A started kernel: its pid, its process group, its exit, its output tail."""
+    """A started kernel: its pid, its process group, its exit, its output tail (the exec
+    implementation of ``adapters/started.py``'s ``StartedKernel``)."""
+
+    launch = "exec"
 
     def __init__(self, popen: subprocess.Popen[bytes], plan: LaunchPlan, unit: Unit) -> None:
         self.popen = popen

@@ -48,8 +48,9 @@ import zmq
 
 from kernelsup.adapters import zmqio
 from kernelsup.adapters.containment import Limits, Unit
-from kernelsup.adapters.launch import KernelProcess, LaunchPlan, plan_launch, spawn
+from kernelsup.adapters.launch import LaunchPlan, plan_launch
 from kernelsup.adapters.runtime import keep_memory_flat
+from kernelsup.adapters.started import EXEC, Launcher, StartedKernel
 from kernelsup.core.errors import KernelStartError
 from kernelsup.core.execution import Execution, MessageNumbers
 from kernelsup.core.outputs import OutputCollector, message_limit, strip_ansi
@@ -89,15 +90,17 @@ class KernelActor:
         runtime_dir: Path,
         on_state: Callable[[KernelState], None] | None = None,
         on_exit: Callable[[ExitCause], None] | None = None,
+        launcher: Launcher = EXEC,
     ) -> None:
         self.kernel_id = kernel_id
+        self.launcher = launcher
         self.options = options
         self.runtime_dir = runtime_dir
         self._state: KernelState = "starting"
         self._on_state = on_state
         self._on_exit = on_exit
         self.stats = ActorStats()
-        self.proc: KernelProcess | None = None
+        self.proc: StartedKernel | None = None
         self.kernel_info: dict[str, Any] = {}
         self.cause: ExitCause | None = None
         self.stop_requested = trio.Event()
@@ -154,7 +157,7 @@ class KernelActor:
         # cost 550 KB per long-lived kernel (measured in the chaos soak's RSS).
         self._wire = Wire(plan.connection.key, plan.connection.signature_scheme, replay_window=0)
         unit = self._make_unit(plan)
-        self.proc, output = await spawn(plan, unit)
+        self.proc, output = await self.launcher.start(plan, unit)
         started = False
         try:
             try:
@@ -599,6 +602,7 @@ async def run_kernel(
     *,
     on_state: Callable[[KernelState], None] | None = None,
     on_exit: Callable[[ExitCause], None] | None = None,
+    launcher: Launcher = EXEC,
     task_status: trio.TaskStatus[KernelHandle] = trio.TASK_STATUS_IGNORED,
 ) -> ExitCause:
     """Run one kernel until it exits; return why.
@@ -610,8 +614,10 @@ async def run_kernel(
     the kernel's process group at once; ``handle.shutdown()`` stops it gracefully.
     ``on_state`` is called synchronously on every state change (idle, busy, ...), and
     ``on_exit`` with the exit cause the moment it is known (before clean-up).
+    ``launcher`` starts the process (adapters/started.py): exec by default.
     """
-    return await KernelActor(kernel_id, options, runtime_dir, on_state, on_exit).run(task_status)
+    actor = KernelActor(kernel_id, options, runtime_dir, on_state, on_exit, launcher)
+    return await actor.run(task_status)
 
 
 __all__ = ["run_kernel"]

@@ -41,26 +41,39 @@ supervisor owns the slots and their processes, and the router asks it for change
 from __future__ import annotations
 
 import collections
+import weakref
 import math
 import os
 import random
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import attrs
 import trio
 
+from kernelsup.adapters.started import EXEC, Launcher
 from kernelsup.core import events as ev
 from kernelsup.core.config import Config, PoolConfig
 from kernelsup.core.errors import PoolEscalated, Rejected, SupervisorGaveUp
 from kernelsup.core.policy import IntensityWindow, RestartPolicy
+from kernelsup.core.records import SessionInfo
 from kernelsup.core.results import ExecuteResult, ExitCause, Output
 from kernelsup.core.slot import SlotState
 from kernelsup.tree.bus import EventBus
 from kernelsup.tree.kernel import run_kernel
 from kernelsup.tree.kernel_handle import KernelHandle, KernelOptions
 from kernelsup.tree.pool_supervisor import Child, PoolSupervisor
+from kernelsup.tree.sessions import (
+    ADAPT_TIMEOUT_S,
+    adapt_code,
+    is_python,
+    make_private_dir,
+    remove_private_dir,
+    session_options,
+    session_root,
+)
 
 # Names of sessions that expired, remembered so their next request is told its state is
 # gone; bounded because names come from clients.
@@ -139,12 +152,49 @@ class Session:
     lost: bool = False
     last_used: float = 0.0
     lock: trio.Lock = attrs.field(factory=trio.Lock)
+    # Its place (tree/sessions.py): every kernel it gets runs in cwd with env.
+    cwd: str = ""
+    env: Mapping[str, str] = attrs.field(factory=dict)
+    own_dir: bool = False  # cwd is a private directory made for it: removed at close
+    idle_timeout: float | None = None  # None: the pool's session_idle_timeout
+    lifetime: float | None = None  # closed this long after it opened; None: no bound
+    created: float = 0.0  # trio clock
+    created_wall: float = 0.0  # epoch seconds, for SessionInfo
+    last_used_wall: float = 0.0
+    executions: int = 0
+    binding: bool = False
+
+    def info(self) -> SessionInfo:
+        child = self.child
+        if self.lock.locked() and not self.binding:
+            state = "busy"
+        elif self.binding:
+            state = "starting"
+        elif child is not None and child.ready and child.generation == self.generation:
+            state = "idle"
+        else:
+            state = "unbound"
+        return SessionInfo(
+            name=self.name,
+            pool=self.pool,
+            kernel_id=child.id if child is not None else None,
+            cwd=self.cwd,
+            env=tuple(sorted(self.env)),
+            created=self.created_wall,
+            last_used=self.last_used_wall,
+            state=state,
+            executions=self.executions,
+        )
 
 
 def _handle(child: Child) -> KernelHandle:
     """The router's children are always kernel actors (the supervisor is generic)."""
     assert isinstance(child.handle, KernelHandle)
     return child.handle
+
+
+def _percent(value: float | None) -> float | None:
+    return round(value, 1) if value is not None else None
 
 
 def rejected(code: str, message: str, **data: Any) -> ExecuteResult:
@@ -164,6 +214,9 @@ class Pool:
         self._runtime_dir = runtime_dir
         self._rng = rng
         self._options = KernelOptions.from_pool(cfg)
+        # How the pool's kernels come to exist (adapters/started.py): the seam a fork
+        # server or a remote placement plugs into.
+        self.launcher: Launcher = EXEC
         pool: tuple[Role, ...] = ("pool",)
         spare: tuple[Role, ...] = ("spare",)
         self._initial_roles = pool * cfg.size + spare * cfg.spares
@@ -179,6 +232,10 @@ class Pool:
         self.sessions: dict[str, Session] = {}
         self._changed = trio.Event()
         self._expired: collections.OrderedDict[str, None] = collections.OrderedDict()
+        # Heartbeat pings left unanswered over the pool's life: those of kernels that
+        # ended (kept as each ends) and those of the running ones (their actors count).
+        self._misses_ended = 0
+        self._ended: weakref.WeakSet[KernelHandle] = weakref.WeakSet()
 
     def _new_supervisor(self) -> PoolSupervisor:
         return PoolSupervisor(
@@ -199,14 +256,32 @@ class Pool:
         on_exit: Callable[[ExitCause], None],
         task_status: trio.TaskStatus[KernelHandle],
     ) -> Any:
+        def exited(cause: ExitCause) -> None:
+            for c in self.sup.children:  # its actor counted its heartbeat misses: keep them
+                if c.id == kernel_id and isinstance(c.handle, KernelHandle):
+                    if c.handle not in self._ended:
+                        self._ended.add(c.handle)
+                        self._misses_ended += c.handle.stats.heartbeat_misses
+            on_exit(cause)
+
         return await run_kernel(
             kernel_id,
-            self._options,
+            self._options_for(kernel_id),
             self._runtime_dir,
             on_state=lambda state: self._dispatch(),
-            on_exit=on_exit,
+            on_exit=exited,
+            launcher=self.launcher,
             task_status=task_status,
         )
+
+    def _options_for(self, kernel_id: str) -> KernelOptions:
+        """A session's kernel starts in the session's directory with its variables."""
+        child = self.sup.child(kernel_id)
+        name = self._roles.session(child) if child is not None else None
+        session = self.sessions.get(name) if name is not None else None
+        if session is None:
+            return self._options
+        return session_options(self._options, session.cwd, session.env)
 
     # ------------------------------------------------------------------- supervision
     async def run(
@@ -400,6 +475,7 @@ class Pool:
         *,
         timeout: float | None = None,
         on_output: Callable[[Output], None] | None = None,
+        on_start: Callable[[str], None] | None = None,
     ) -> ExecuteResult:
         t0 = trio.current_time()
         while True:
@@ -411,6 +487,8 @@ class Pool:
             handle = _handle(child)
             child.mark_used()  # no checkpoint between this and the hand-over
             try:
+                if on_start is not None:
+                    on_start(child.id)
                 result = await handle.execute(code, timeout=timeout, on_output=on_output)
             except Rejected:
                 # The kernel went away before taking it: it never ran. Yield before
@@ -429,26 +507,20 @@ class Pool:
         *,
         timeout: float | None = None,
         on_output: Callable[[Output], None] | None = None,
+        on_start: Callable[[str], None] | None = None,
     ) -> ExecuteResult:
+        """Run ``code`` in session ``name`` (opened with the defaults if it is not open).
+        ``on_start`` is called with the kernel's id as the kernel is handed the code."""
         session = self.sessions.get(name)
         if session is None:
-            if len(self.sessions) >= self.max_sessions:
-                return rejected(
-                    "pool_exhausted",
-                    f"pool {self.name} holds {len(self.sessions)} open sessions "
-                    f"(max_sessions = {self.max_sessions}), so session {name!r} was not "
-                    "opened and the code did not run; close a session, or wait for idle "
-                    "ones to expire (session_idle_timeout = "
-                    f"{self.cfg.session_idle_timeout:g} s)",
-                    session=name,
-                )
-            session = self.sessions[name] = Session(name, self.name)
-            if self._expired.pop(name, 0) is None:
-                session.lost = True  # it existed, expired, and its kernel is gone
-            self._bus.publish(ev.SESSION_OPENED, pool=self.name, session=name)
+            try:
+                session = self._new_session(name)
+            except Rejected as exc:
+                return rejected(exc.code, exc.message + "; the code did not run", session=name)
         t0 = trio.current_time()
         async with session.lock:
             session.last_used = trio.current_time()
+            session.last_used_wall = time.time()
             while True:
                 child = session.child
                 # A kernel that is not ready is gone for the session (it exited, or is
@@ -459,9 +531,12 @@ class Pool:
                     if self.sessions.get(name) is not session:
                         return self._closed_meanwhile(name)
                     try:
+                        session.binding = True
                         child = await self._bind(session)
                     except Rejected as exc:
                         return rejected(exc.code, exc.message, session=name)
+                    finally:
+                        session.binding = False
                     if self.sessions.get(name) is not session:
                         # closed while we waited for a kernel: that kernel is nobody's
                         await self.sup.remove_child(child)
@@ -470,6 +545,8 @@ class Pool:
                 handle = _handle(child)
                 child.mark_used()
                 try:
+                    if on_start is not None:
+                        on_start(child.id)
                     result = await handle.execute(code, timeout=timeout, on_output=on_output)
                 except Rejected:
                     # Never started: its kernel is on its way out. Bind a fresh one, after
@@ -480,6 +557,8 @@ class Pool:
                     continue
                 break
             session.last_used = trio.current_time()
+            session.last_used_wall = time.time()
+            session.executions += 1
             result = attrs.evolve(result, kernel_id=child.id, session=name, queued_s=queued)
             if session.lost and not result.state_lost:
                 result = attrs.evolve(
@@ -668,6 +747,7 @@ class Pool:
         out = []
         for c in self.sup.children:
             uptime = c.uptime(now)
+            usage = _handle(c).unit.usage() if c.handle is not None else None
             out.append(
                 {
                     "id": c.id,
@@ -682,9 +762,20 @@ class Pool:
                     "next_try_s": round(c.next_try - now, 3) if c.next_try is not None else None,
                     "start_error": c.start_error,
                     "containment": _handle(c).containment if c.handle is not None else None,
+                    "memory_bytes": usage.memory_bytes if usage else None,
+                    "cpu_percent": _percent(usage.cpu_percent) if usage else None,
                 }
             )
         return out
+
+    def heartbeat_misses(self) -> int:
+        """Heartbeat pings the pool's kernels left unanswered, ever (it only grows)."""
+        live = sum(
+            c.handle.stats.heartbeat_misses
+            for c in self.sup.children
+            if isinstance(c.handle, KernelHandle) and c.handle not in self._ended
+        )
+        return self._misses_ended + live
 
     def pool_status(self) -> dict[str, Any]:
         kids = self.sup.children
@@ -700,4 +791,5 @@ class Pool:
             "dead": self.dead,
             "unavailable": self.unavailable,
             "strategy": self.sup.supervision.strategy,
+            "heartbeat_misses": self.heartbeat_misses(),
         }
