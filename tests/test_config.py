@@ -15,6 +15,7 @@ from kernelsup.api import open_supervisor
 from kernelsup.core.config import (
     Config,
     HeartbeatConfig,
+    McpConfig,
     PoolConfig,
     RayConfig,
     RestartConfig,
@@ -629,6 +630,7 @@ def test_example_supervisor_toml_documents_every_key() -> None:
         for cls in (
             SupervisorConfig,
             ServerConfig,
+            McpConfig,
             PoolConfig,
             RestartConfig,
             HeartbeatConfig,

@@ -60,6 +60,7 @@ __all__ = [
     "HeartbeatConfig",
     "InterruptMode",
     "Jitter",
+    "McpConfig",
     "Placement",
     "PoolConfig",
     "RayConfig",
@@ -325,6 +326,25 @@ class ShutdownConfig:
     term_timeout: float = attrs.field(default=2.0, validator=_within(0, HOUR_S))
 
 
+# mcp.max_output_chars: below this the cut marker alone would take much of a result; above
+# that one result would be a sizeable share of any model's context.
+MCP_OUTPUT_CHARS_MIN = 1_000
+MCP_OUTPUT_CHARS_MAX = 1_000_000
+
+
+@attrs.frozen
+class McpConfig:
+    """``[mcp]``: what ``kernelsup mcp`` hands the model (kernelsup/mcp/)."""
+
+    # Characters of text one tool result gives the model; past it the middle is cut (the
+    # rest pageable with job_output). A tool call may ask for another value in the range.
+    max_output_chars: int = attrs.field(
+        default=20_000, validator=_within(MCP_OUTPUT_CHARS_MIN, MCP_OUTPUT_CHARS_MAX)
+    )
+    # execute waits this long for the code to finish; then it answers with a job id.
+    block_for: float = attrs.field(default=10.0, validator=_within(0, HOUR_S))
+
+
 def _check_pool_name(_inst: Any, attribute: attrs.Attribute[Any], value: str) -> None:
     if not _POOL_NAME.fullmatch(value):
         raise _invalid(attribute.name, f"must match [A-Za-z0-9_.-]+ (got {value!r})")
@@ -448,6 +468,7 @@ class Config:
 
     supervisor: SupervisorConfig = attrs.field(factory=SupervisorConfig)
     server: ServerConfig = attrs.field(factory=ServerConfig)
+    mcp: McpConfig = attrs.field(factory=McpConfig)
     pools: tuple[PoolConfig, ...] = attrs.field(
         factory=lambda: (PoolConfig(),), converter=_to_pools, validator=_check_pools
     )
@@ -632,6 +653,7 @@ def _make_converter() -> cattrs.Converter:
     for cls in (
         SupervisorConfig,
         ServerConfig,
+        McpConfig,
         RestartConfig,
         HeartbeatConfig,
         ShutdownConfig,
