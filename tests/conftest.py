@@ -27,6 +27,7 @@ FAST_MODULES = frozenset(
         "test_events",
         "test_execution",
         "test_interface",
+        "test_mcp_text",
         "test_outbox",
         "test_outputs",
         "test_policy",

@@ -21,6 +21,7 @@ import attrs
 
 from kernelsup.core.codes import result_error
 from kernelsup.core.results import ExecuteResult, Output
+from kernelsup.mcp import text as plaintext
 
 # MIME types sent as MCP image content (the ones MCP clients and models accept), in order
 # of preference when one output carries several.
@@ -50,10 +51,16 @@ class Rendered:
 def render_result(
     result: ExecuteResult,
     *,
+    max_chars: int | None = None,
+    hint: str = "",
     max_image_bytes: int = MAX_IMAGE_BYTES,
 ) -> Rendered:
     """The text, images and summary of one result; images beyond ``max_image_bytes``
-    (base64 bytes, all together) are left out with a line saying so."""
+    (base64 bytes, all together) are left out with a line saying so.
+
+    The text is plain (:func:`kernelsup.mcp.text.plain`: no escape sequences) and, given
+    ``max_chars``, clipped to it around a marker line ending with ``hint``; the summary's
+    ``chars_cut`` counts what the cut left out."""
     text = _Text(max_image_bytes)
     saw_value = saw_error = False
     for out in result.outputs:
@@ -95,7 +102,14 @@ def render_result(
     }
     summary["images"] = len(text.images)
     summary["images_omitted"] = text.omitted
-    return Rendered(text.value(), tuple(text.images), result.status != "ok", summary)
+    value = plaintext.plain(text.value())
+    clipped = (
+        plaintext.Clipped(value)
+        if max_chars is None
+        else plaintext.clip(value, max_chars, hint=hint)
+    )
+    summary["chars_cut"] = clipped.cut_chars
+    return Rendered(clipped.text, tuple(text.images), result.status != "ok", summary)
 
 
 def footer(result: ExecuteResult) -> str:
@@ -125,7 +139,7 @@ def footer(result: ExecuteResult) -> str:
 def progress_message(out: Output) -> str | None:
     """A one-line summary of an output for a progress notification, or None."""
     if out.type == "stream":
-        lines = [ln for ln in (out.text or "").splitlines() if ln.strip()]
+        lines = [ln for ln in plaintext.plain(out.text or "").splitlines() if ln.strip()]
         text = lines[-1] if lines else None
     elif out.type in ("execute_result", "display_data"):
         data = out.data or {}
@@ -139,13 +153,13 @@ def progress_message(out: Output) -> str | None:
             else f"<{out.type}>"
         )
     elif out.type == "error":
-        lines = (out.text or "").strip().splitlines()
+        lines = plaintext.plain(out.text or "").strip().splitlines()
         text = lines[-1] if lines else "error"
     else:
         text = out.text or out.name
+    text = plaintext.plain(text or "").strip()
     if not text:
         return None
-    text = text.strip()
     if len(text) > PROGRESS_MESSAGE_CHARS:
         text = text[: PROGRESS_MESSAGE_CHARS - 3] + "..."
     return text
