@@ -28,6 +28,7 @@ FAST_MODULES = frozenset(
         "test_execution",
         "test_interface",
         "test_mcp_text",
+        "test_lean",
         "test_outbox",
         "test_outputs",
         "test_policy",

@@ -127,6 +127,17 @@ def test_exec_prints_output_and_exits_0(sup: SupervisorProcess) -> None:
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, "1\n", "")
 
 
+def test_exec_imports_no_supervisor_code(sup: SupervisorProcess) -> None:
+    """A whole ``kernelsup exec "1"`` against a running supervisor imports no event loop,
+    no kernel actors, no jupyter_client (tests/test_lean.py has the rest)."""
+    from tests.test_lean import imported_by_command, supervisor_modules
+
+    proc, modules = imported_by_command("exec", "-c", str(sup.config), "1", cwd=sup.config.parent)
+    assert (proc.returncode, proc.stdout) == (0, "1\n"), proc.stderr[-2000:]
+    assert "kernelsup.control.sync_transport" in modules
+    assert supervisor_modules(modules) == []
+
+
 def test_exec_shows_the_value_and_reads_stdin(sup: SupervisorProcess) -> None:
     proc = cli(
         "exec",

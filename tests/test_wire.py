@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import warnings
 from typing import Any
 
 import pytest
@@ -502,3 +503,40 @@ def test_stream_fragments_need_the_text_last_and_long_enough() -> None:
 def test_text_bytes_counts_escapes_as_one_byte() -> None:
     raw = json.dumps('a\nb\\c"d\x01e\ufffd', ensure_ascii=False).encode()
     assert text_bytes(raw, 1, len(raw) - 1) == sent('a\nb\\c"d\x01e\ufffd')
+
+
+@given(
+    content=st.dictionaries(
+        st.text(max_size=8),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+            lambda inner: (
+                st.lists(inner, max_size=3)
+                | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+            ),
+            max_leaves=8,
+        ),
+        max_size=4,
+    )
+)
+@settings(max_examples=200, deadline=None)
+def test_build_writes_what_jupyter_clients_session_writes(content: dict[str, Any]) -> None:
+    """Wire writes its messages itself (so a client need not import jupyter_client): the
+    frames are jupyter_client's, byte for byte, apart from the random ids and the date,
+    and jupyter_client's Session reads them back (signature checked)."""
+    wire = Wire(KEY)
+    parent = wire.parse(wire.build("execute_request", {"code": "1"})[1])
+    with warnings.catch_warnings():  # both warn, alike, about a NaN they had to clean
+        warnings.simplefilter("ignore")
+        msg_id, frames = wire.build("execute_reply", content, parent=parent, identities=[b"id"])
+        session = Session(key=KEY, username="kernelsup", session=wire.session_id)
+        idents, rest = session.feed_identities(frames)
+        assert idents == [b"id"]
+        msg = session.deserialize(rest)
+        assert msg["header"]["msg_id"] == msg_id
+        assert msg["parent_header"]["msg_id"] == parent.msg_id
+        theirs = session.msg("execute_reply", content, parent=parent.header, header=msg["header"])
+        ours_header = json.loads(rest[1])
+        assert ours_header["date"].endswith("Z")
+        assert session.pack(ours_header) == session.pack(theirs["header"])
+        assert rest[1:5] == session.serialize(theirs)[2:6]

@@ -17,8 +17,6 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
-import trio
-
 from kernelsup.cli.exits import Exit, fail, supervisor_failure
 from kernelsup.core.config import Config, load_config
 from kernelsup.core.errors import ConfigError, KernelsupError
@@ -47,6 +45,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- run
 async def _run(cfg: Config, *, log_json: bool, log_stream: TextIO | None) -> None:
+    import trio
+
     from kernelsup.api import open_supervisor
     from kernelsup.control import server
     from kernelsup.tree.bus import EventBus, EventLog
@@ -90,6 +90,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     too_few = _open_files(cfg, quiet=args.quiet)
     if too_few is not None:
         return fail(too_few, Exit.ERROR)
+    import trio  # here, not at the top: the client commands need no event loop
+
     try:
         with open(os.devnull, "w") if args.quiet else _stderr() as log_stream:
             trio.run(functools.partial(_run, cfg, log_json=args.log_json, log_stream=log_stream))

@@ -13,8 +13,6 @@ import functools
 import sys
 from typing import Any
 
-import trio
-
 from kernelsup.cli.exits import Exit, fail, supervisor_failure
 from kernelsup.core.config import Config, load_config
 from kernelsup.core.errors import ConfigError, KernelsupError
@@ -71,6 +69,8 @@ def cmd_mcp(args: argparse.Namespace) -> int:
             target = load_config(args.config)
     except ConfigError as err:
         return fail(err)
+    import trio  # here: the other commands of the CLI do not need it (tests/test_lean.py)
+
     try:
         reason = trio.run(
             functools.partial(

@@ -1,8 +1,12 @@
 """Build, sign, verify and parse Jupyter messages.
 
-Pure: no trio, no sockets. Signing and the wire format are jupyter_client's ``Session``;
-this module only gives it a small, typed face and turns its assorted exceptions (ValueError,
-TypeError, KeyError, JSON errors) into one :class:`WireError` that the caller counts.
+Pure: no trio, no sockets. Signing and the wire format are jupyter_client's ``Session``'s,
+written out here (:class:`_Session`: its header, ids, JSON packing and HMAC, the parts we
+use) so that a client need not import jupyter_client, whose package imports its kernel
+launch code, traitlets and asyncio (about 0.1 s; tests/test_wire.py checks both sign and
+pack alike). This module gives it a small, typed face and turns the assorted exceptions
+of decoding (ValueError, TypeError, KeyError, JSON errors) into one :class:`WireError`
+that the caller counts.
 
 A message bigger than the caller's ``max_bytes`` is verified but never decoded: decoding
 makes a second and third copy of it (the JSON text, then the objects), and what is in it
@@ -26,16 +30,19 @@ peer is disconnected). So a size limit there would cost the kernel its channels.
 from __future__ import annotations
 
 import collections
+import datetime
+import hashlib
 import hmac
 import json
+import os
 import re
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any
 
 import attrs
-from jupyter_client.session import Session
 
 PROTOCOL_VERSION = "5.3"
+DELIMITER = b"<IDS|MSG>"
 # Signatures remembered to refuse replayed messages (about 550 KB when full): the recent
 # past is where a replay would come from, and a bound keeps a long-lived peer's memory flat.
 REPLAY_WINDOW = 4096
@@ -87,6 +94,77 @@ class Message:
     oversized: int = 0
 
 
+def _new_id() -> str:
+    """jupyter_client's ``new_id``: 16 random bytes as hex, ``8-24`` characters."""
+    buf = os.urandom(16)
+    return f"{buf[:4].hex()}-{buf[4:].hex()}"
+
+
+def pack(obj: Any) -> bytes:
+    """JSON as jupyter_client's ``json_packer`` writes it (UTF-8, no NaN). What it cannot
+    write plainly (a NaN, a datetime, bytes) goes to jupyter_client's packer, which
+    cleans it (and warns), imported only then."""
+    try:
+        return json.dumps(obj, ensure_ascii=False, allow_nan=False).encode(
+            "utf8", errors="surrogateescape"
+        )
+    except (TypeError, ValueError):
+        from jupyter_client.session import json_packer
+
+        return json_packer(obj)
+
+
+def unpack(data: bytes) -> Any:
+    """jupyter_client's ``json_unpacker``: undecodable UTF-8 replaced, then JSON."""
+    return json.loads(bytes(data).decode("utf8", "replace"))
+
+
+class _Session:
+    """The part of jupyter_client's ``Session`` a :class:`Wire` uses, byte for byte alike:
+    headers (``<session>_<pid>_<n>`` ids, a UTC date ending in Z), packing and signing."""
+
+    def __init__(self, key: bytes, signature_scheme: str, username: str) -> None:
+        if not signature_scheme.startswith("hmac-"):
+            raise ValueError(f"signature_scheme must start with 'hmac-', got {signature_scheme!r}")
+        digest = getattr(hashlib, signature_scheme.split("-", 1)[1], None)
+        if digest is None:
+            raise ValueError(f"hashlib has no such attribute: {signature_scheme[5:]}")
+        self.auth = hmac.HMAC(key, digestmod=digest) if key else None
+        self.username = username
+        self.session = _new_id()
+        self._pid = os.getpid()
+        self._count = 0
+
+    def sign(self, parts: Sequence[bytes]) -> bytes:
+        if self.auth is None:
+            return b""
+        h = self.auth.copy()
+        for part in parts:
+            h.update(part)
+        return h.hexdigest().encode()
+
+    def serialize(
+        self,
+        msg_type: str,
+        content: dict[str, Any],
+        parent: dict[str, Any] | None,
+        identities: Sequence[bytes],
+    ) -> tuple[str, list[bytes]]:
+        msg_id = f"{self.session}_{self._pid}_{self._count}"
+        self._count += 1
+        now = datetime.datetime.now(datetime.timezone.utc)
+        header = {
+            "msg_id": msg_id,
+            "msg_type": msg_type,
+            "username": self.username,
+            "session": self.session,
+            "date": now.isoformat().replace("+00:00", "Z"),
+            "version": PROTOCOL_VERSION,
+        }
+        parts = [pack(header), pack(parent or {}), b"{}", pack(content)]
+        return msg_id, [*identities, DELIMITER, self.sign(parts), *parts]
+
+
 class Wire:
     """One signing identity: builds requests and parses what comes back."""
 
@@ -100,10 +178,7 @@ class Wire:
     ) -> None:
         """``replay_window`` signatures are remembered to refuse a replayed message; 0
         turns the check off (signatures are still verified)."""
-        # check_pid=False: the supervisor never forks after creating its sessions.
-        self._session = Session(
-            key=key, signature_scheme=signature_scheme, username=username, check_pid=False
-        )
+        self._session = _Session(key, signature_scheme, username)
         self._recent: collections.deque[bytes] = collections.deque(maxlen=replay_window)
         self._seen: set[bytes] = set()
 
@@ -121,9 +196,7 @@ class Wire:
     ) -> tuple[str, list[bytes]]:
         """Return ``(msg_id, frames)`` for a new, signed message."""
         parent_header = parent.header if parent is not None else None
-        msg = self._session.msg(msg_type, content or {}, parent=parent_header)
-        frames = self._session.serialize(msg, ident=list(identities) or None)
-        return str(msg["header"]["msg_id"]), frames
+        return self._session.serialize(msg_type, content or {}, parent_header, identities)
 
     def _verify(self, rest: Sequence[bytes]) -> None:
         """Signature and replay checks, as ``Session.deserialize`` does them, but verifying
@@ -154,14 +227,14 @@ class Wire:
         decoded: see the module's docstring and ``Message.oversized``; of a stream
         message's text, the first and last ``keep`` bytes are."""
         try:
-            idents, parts = self._session.feed_identities(list(frames))
-            rest = cast("list[bytes]", parts)
+            frames = list(frames)
+            at = frames.index(DELIMITER)
+            idents, rest = frames[:at], frames[at + 1 :]
             self._verify(rest)
             if len(rest) < 5:
                 raise WireError("malformed message: fewer than 5 frames after the delimiter")
             if max_bytes is not None and sum(len(part) for part in rest[1:]) > max_bytes:
                 return self._oversized(rest, idents, keep)
-            unpack = self._session.unpack
             header, parent, metadata, content = (unpack(part) for part in rest[1:5])
             parent = parent or {}
             metadata = metadata or {}
@@ -194,7 +267,7 @@ class Wire:
         header: Any = {}
         parent: Any = {}
         if len(rest[1]) <= ENVELOPE_PART_LIMIT and len(rest[2]) <= ENVELOPE_PART_LIMIT:
-            header, parent = (self._session.unpack(part) for part in rest[1:3])
+            header, parent = (unpack(part) for part in rest[1:3])
         if not isinstance(header, dict):
             header = {}
         msg_type = str(header.get("msg_type", ""))
