@@ -160,10 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_client_commands(sub: Any) -> None:
     """exec, status, watch, interrupt, restart: see kernelsup/cli/client_commands.py."""
-    from kernelsup.cli import client_commands, mcp_command
+    from kernelsup.cli import client_commands, mcp_command, nb_command
 
     client_commands.register(sub)
     mcp_command.register(sub)
+    nb_command.register(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
