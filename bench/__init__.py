@@ -19,6 +19,6 @@ Shared pieces: ``common`` (statistics, table, JSON, plot, machine line), ``kerne
 
 from __future__ import annotations
 
-BENCHMARKS = ("restart", "hang", "execute", "storm", "idle")
+BENCHMARKS = ("restart", "hang", "execute", "storm", "idle", "cli")
 
 __all__ = ["BENCHMARKS"]
