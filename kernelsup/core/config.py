@@ -84,6 +84,7 @@ Transport: TypeAlias = Literal["ipc", "tcp"]
 InterruptMode: TypeAlias = Literal["", "signal", "message"]
 Containment: TypeAlias = Literal["auto", "cgroup", "subreaper"]
 Placement: TypeAlias = Literal["local", "ray"]
+Launch: TypeAlias = Literal["fork", "exec"]
 
 _POOL_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
@@ -382,6 +383,29 @@ def _frozen_env(env: Mapping[str, str]) -> Mapping[str, str]:
     return MappingProxyType(dict(env))
 
 
+# preload: how many modules, and the longest dotted name.
+MAX_PRELOAD = 256
+MODULE_NAME_MAX = 256
+_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def _check_preload(inst: Any, attribute: attrs.Attribute[Any], modules: tuple[str, ...]) -> None:
+    if len(modules) > MAX_PRELOAD:
+        raise _invalid(
+            attribute.name, f"must name at most {MAX_PRELOAD} modules (got {len(modules)})"
+        )
+    for i, name in enumerate(modules):
+        if not isinstance(name, str) or len(name) > MODULE_NAME_MAX or not _MODULE.fullmatch(name):
+            raise _invalid(
+                f"{attribute.name}[{i}]",
+                f"must be a module name like 'numpy' or 'os.path' (got {_shown(str(name))})",
+            )
+    if modules and inst.launch != "fork":
+        raise _invalid(
+            attribute.name, 'needs launch = "fork" (modules are preloaded in the zygote)'
+        )
+
+
 @attrs.frozen
 class PoolConfig:
     """``[[pool]]``: a group of kernels of one kernelspec, under one supervisor.
@@ -415,6 +439,12 @@ class PoolConfig:
     pids_limit: int = attrs.field(default=0, validator=_within(0, 4 * 1024 * 1024))
     cpu_limit: float = attrs.field(default=0.0, validator=_within(0, 4096))
     containment: Containment = "auto"
+    # "fork": Python kernels are forked from a warm zygote (adapters/forkserver.py); other
+    # kernels, and any while the zygote is not ready, are exec'ed as with "exec".
+    launch: Launch = "fork"
+    preload: tuple[str, ...] = attrs.field(default=(), converter=tuple, validator=_check_preload)
+    # Kernels kept started and never used, for execute(fresh=True).
+    fresh_spares: int = attrs.field(default=0, validator=_within(0, MAX_KERNELS))
     # "ray": each kernel starts on a node of the [ray] cluster, inside a host actor that
     # asks for ray_resources (num_cpus, num_gpus, memory, or custom names like kernel_slot).
     placement: Placement = "local"

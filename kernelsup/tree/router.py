@@ -53,6 +53,7 @@ from typing import Any, Literal
 import attrs
 import trio
 
+from kernelsup.adapters.forkserver import ForkServer
 from kernelsup.adapters.started import EXEC, Launcher
 from kernelsup.core import events as ev
 from kernelsup.core.config import Config, PoolConfig
@@ -88,7 +89,9 @@ STATE_LOST_MARKER = (
 )
 
 
-Role = Literal["pool", "spare", "session"]
+Role = Literal["pool", "spare", "session", "fresh"]
+# What a kernel taken for one fresh request is bound to (not a valid session name).
+FRESH = "(fresh)"
 
 
 def total_memory() -> int:
@@ -217,9 +220,16 @@ class Pool:
         # How the pool's kernels come to exist (adapters/started.py): the seam a fork
         # server or a remote placement plugs into.
         self.launcher: Launcher = EXEC
+        # launch = "fork": Python kernels forked from the pool's zygote (exec for a pool
+        # that runs its kernels as another user, or elsewhere).
+        self.fork_server: ForkServer | None = None
+        if cfg.launch == "fork" and cfg.placement == "local" and not getattr(cfg, "user", ""):
+            self.fork_server = ForkServer(cfg.preload)
+            self.launcher = self.fork_server
         pool: tuple[Role, ...] = ("pool",)
         spare: tuple[Role, ...] = ("spare",)
-        self._initial_roles = pool * cfg.size + spare * cfg.spares
+        fresh: tuple[Role, ...] = ("fresh",)
+        self._initial_roles = pool * cfg.size + spare * cfg.spares + fresh * cfg.fresh_spares
         self.total_memory = total_memory()
         self.max_sessions = cfg.effective_max_sessions(self.total_memory)
         self._stopping = False
@@ -289,8 +299,20 @@ class Pool:
         root_window: IntensityWindow,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Run the pool's supervisor; restart it when it escalates, under the root's
-        window. Raises :class:`SupervisorGaveUp` when that window trips."""
+        """Run the pool's supervisor (and its fork server); restart the supervisor when it
+        escalates, under the root's window. Raises :class:`SupervisorGaveUp` when that
+        window trips."""
+        async with trio.open_nursery() as nursery:
+            if self.fork_server is not None:
+                nursery.start_soon(self.fork_server.run)
+            try:
+                await self._supervise(root_window, task_status)
+            finally:
+                nursery.cancel_scope.cancel()  # the zygote goes after the kernels
+
+    async def _supervise(
+        self, root_window: IntensityWindow, task_status: trio.TaskStatus[None]
+    ) -> None:
         first = True
         while True:
             self._roles.clear()
@@ -498,6 +520,91 @@ class Pool:
             finally:
                 self._release(child)
             return attrs.evolve(result, kernel_id=child.id, queued_s=queued)
+
+    # ------------------------------------------------------------------- fresh
+    _FRESH_FROM: tuple[Role, ...] = ("fresh", "spare")
+
+    async def fresh_execute(
+        self,
+        code: str,
+        *,
+        timeout: float | None = None,
+        on_output: Callable[[Output], None] | None = None,
+        on_start: Callable[[str], None] | None = None,
+    ) -> ExecuteResult:
+        """Run ``code`` on a kernel that never ran anything, and remove that kernel after
+        (killed: its state is nobody's). The kernel: a ready ``fresh`` kernel
+        (``fresh_spares``) or spare, whose role is refilled at once, else one started for
+        this request alone, waited for at most ``queue_timeout``."""
+        t0 = trio.current_time()
+        if self._stopping:
+            return rejected("shutting_down", "the supervisor is shutting down")
+        if self.dead:
+            return rejected("pool_dead", f"every kernel of pool {self.name} is dead")
+        if (why := self.unavailable) is not None:
+            return rejected("pool_unavailable", why)
+        sup = self.sup
+        for role in self._FRESH_FROM:
+            child = self._first_unused(role)
+            if child is not None:
+                self._roles.bind(child, FRESH)
+                sup.make_temporary(child)
+                self._roles.assign(sup.add_child(), role)
+                self._rebalance()
+                break
+        else:
+            child = sup.add_child()
+            self._roles.bind(child, FRESH)
+            sup.make_temporary(child)
+            try:
+                await self._wait_fresh(child)
+            except Rejected as exc:
+                sup.remove_child_soon(child)
+                return rejected(exc.code, exc.message, queued_s=trio.current_time() - t0)
+            except BaseException:
+                sup.remove_child_soon(child)
+                raise
+        queued = trio.current_time() - t0
+        handle = _handle(child)
+        child.mark_used()
+        try:
+            if on_start is not None:
+                on_start(child.id)
+            result = await handle.execute(code, timeout=timeout, on_output=on_output)
+        except Rejected:
+            return rejected(
+                "kernel_unavailable",
+                f"the fresh kernel {child.id} went away before it ran the code; it did not run",
+                queued_s=queued,
+            )
+        finally:
+            sup.remove_child_soon(child)
+            handle.kill("a fresh kernel is used once")
+        return attrs.evolve(result, kernel_id=child.id, queued_s=queued)
+
+    async def _wait_fresh(self, child: Child) -> None:
+        """Wait until ``child``, started for one fresh request, is ready. Raises Rejected
+        when it fails to start or is not ready within ``queue_timeout``."""
+        timeout = self.cfg.queue_timeout if self.cfg.queue_timeout > 0 else math.inf
+        with trio.move_on_after(timeout):
+            while not child.ready:
+                if child.state not in (SlotState.NEW, SlotState.STARTING):
+                    cause = child.last_exit
+                    why = child.status if cause is None else cause.describe()
+                    raise Rejected(
+                        f"the fresh kernel started for this request did not start ({why}); "
+                        "the code did not run",
+                        code="shutting_down" if self._stopping else "kernel_unavailable",
+                        pool=self.name,
+                    )
+                await self._changed.wait()
+            return
+        raise Rejected(
+            "no fresh kernel was ready and the one started for this request was not ready "
+            f"within queue_timeout = {self.cfg.queue_timeout:g} s; the code did not run",
+            code="queue_timeout",
+            pool=self.name,
+        )
 
     # ------------------------------------------------------------------- sessions
     async def session_execute(
