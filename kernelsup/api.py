@@ -12,9 +12,10 @@ from __future__ import annotations
 import os
 import random
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import attrs
 import trio
@@ -83,6 +84,10 @@ class Supervisor:
         self._stop = trio.Event()
         self._stopped = trio.Event()
         self._closing = False
+        # Told (pool name or None, result) of every request's outcome: the metrics' hook.
+        self.result_observers: list[Callable[[str | None, ExecuteResult], None]] = []
+        # A part's counters by name (the control server's "control"), read by the metrics.
+        self.stats_sources: dict[str, Callable[[], Mapping[str, Any]]] = {}
 
     # ------------------------------------------------------------------- lifecycle
     async def _run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -155,17 +160,28 @@ class Supervisor:
         if not isinstance(code, str):
             raise TypeError(f"code must be str, not {type(code).__name__}")
         if timeout is not None and not (timeout > 0):
-            return rejected("bad_request", f"timeout must be > 0 (got {timeout!r})")
+            return self._told(
+                None, rejected("bad_request", f"timeout must be > 0 (got {timeout!r})")
+            )
         if session is not None:
             problem = session_name_problem(session)
             if problem is not None:
-                return rejected("bad_request", problem)
+                return self._told(None, rejected("bad_request", problem))
         target = self._pool_for(pool, session)
         if isinstance(target, ExecuteResult):
-            return target
+            return self._told(None, target)
         if session is None:
-            return await target.execute(code, timeout=timeout, on_output=on_output)
-        return await target.session_execute(session, code, timeout=timeout, on_output=on_output)
+            result = await target.execute(code, timeout=timeout, on_output=on_output)
+        else:
+            result = await target.session_execute(
+                session, code, timeout=timeout, on_output=on_output
+            )
+        return self._told(target.name, result)
+
+    def _told(self, pool: str | None, result: ExecuteResult) -> ExecuteResult:
+        for observe in self.result_observers:
+            observe(pool, result)
+        return result
 
     async def stream(
         self,

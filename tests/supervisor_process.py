@@ -137,6 +137,7 @@ class SupervisorProcess:
         self.open_files = open_files
         self.proc: subprocess.Popen[str] | None = None
         self.endpoint = ""
+        self.ready_line = ""
         self.stderr_path = config.with_suffix(".stderr")
         self._lines: queue.Queue[str | None] = queue.Queue()
 
@@ -163,6 +164,7 @@ class SupervisorProcess:
             ) from None
         if line is None or not line.startswith(READY):
             raise AssertionError(f"expected the ready line, got {line!r}; stderr:\n{self.stderr()}")
+        self.ready_line = line
         self.endpoint = line.rsplit("endpoint ", 1)[1].strip()
         return self
 

@@ -16,6 +16,7 @@ from kernelsup.core.config import (
     Config,
     HeartbeatConfig,
     McpConfig,
+    MetricsConfig,
     PoolConfig,
     RayConfig,
     RestartConfig,
@@ -636,6 +637,7 @@ def test_example_supervisor_toml_documents_every_key() -> None:
             HeartbeatConfig,
             ShutdownConfig,
             RayConfig,
+            MetricsConfig,
         )
         for f in attrs.fields(cls)
     }
@@ -891,3 +893,38 @@ def test_a_ray_pool_without_ray_installed_says_how_to_get_it(
     assert "pip install 'kernelsup[ray]'" in str(err)
     monkeypatch.setattr("kernelsup.core.config.ray_installed", lambda: True)
     parse_config(RAY_POOL)  # the same file is fine once it is there
+
+
+# --- [metrics] -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:9464", "localhost:0", "[::1]:9464", "127.0.0.2:1"])
+def test_metrics_listen_on_loopback_is_valid(listen: str) -> None:
+    assert parse_config(f'[metrics]\nlisten = "{listen}"').metrics.listen == listen
+
+
+def test_metrics_are_off_unless_listen_is_set() -> None:
+    assert Config.default().metrics == MetricsConfig(listen="", allow_remote=False)
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0:9464", "10.1.2.3:9464", "[::]:9464", "example.org:80"])
+def test_metrics_listen_refuses_a_host_that_is_not_loopback(listen: str) -> None:
+    err = error_of(f'[metrics]\nlisten = "{listen}"')
+    assert err.data["path"] == "$.metrics.listen"
+    assert "is not loopback" in str(err) and "[metrics] allow_remote = true" in str(err)
+    allowed = parse_config(f'[metrics]\nlisten = "{listen}"\nallow_remote = true')
+    assert allowed.metrics.listen == listen
+
+
+@pytest.mark.parametrize(
+    ("listen", "says"),
+    [
+        ("9464", 'expected "HOST:PORT"'),
+        (":9464", 'expected "HOST:PORT"'),
+        ("127.0.0.1:http", "port must be 0-65535"),
+        ("127.0.0.1:65536", "port must be 0-65535"),
+    ],
+)
+def test_metrics_listen_that_is_not_host_port_is_an_error(listen: str, says: str) -> None:
+    err = error_of(f'[metrics]\nlisten = "{listen}"')
+    assert err.data["path"] == "$.metrics.listen" and says in str(err)

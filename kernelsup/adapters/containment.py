@@ -6,7 +6,7 @@ A kernel's code can start processes that leave its process group and session (``
 a double fork) and clean their environment, so neither the group nor the tether's
 environment marker can find them. The unit that can:
 
-* **cgroup** (v1 hierarchies ``memory``, ``pids``, ``cpu``, ``freezer``, where this
+* **cgroup** (v1 hierarchies ``memory``, ``pids``, ``cpu``, ``cpuacct``, ``freezer``, where this
   process may create cgroups). Each kernel gets its own cgroup in every one of them,
   ``<our cgroup>/kernelsup-<runtime dir hash>/<kernel id>-<nonce>``, and joins them
   between fork and exec, so everything it ever starts is born inside. The members are
@@ -47,13 +47,16 @@ import psutil
 import trio
 
 Kind = Literal["cgroup", "subreaper"]
-CONTROLLERS = ("memory", "pids", "cpu", "freezer")
+CONTROLLERS = ("memory", "pids", "cpu", "cpuacct", "freezer")
 # CFS period for cpu_limit: 100 ms, the kernel's default.
 CPU_PERIOD_US = 100_000
 # Rounds of freeze / kill / thaw before giving up on a unit that will not empty (each
 # round waits a little for killed members to leave). Bounded: cleanup must end.
 KILL_ROUNDS = 100
 KILL_ROUND_WAIT_S = 0.01
+# A unit's CPU % is its CPU time over the last window at least this long (status and a
+# metrics scrape may sample it moments apart; a shorter window would be mostly noise).
+CPU_WINDOW_S = 0.5
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _PR_SET_CHILD_SUBREAPER = 36
@@ -66,6 +69,19 @@ class Limits:
     memory_mb: int = 0
     pids: int = 0
     cpu: float = 0.0
+
+
+@attrs.frozen
+class Usage:
+    """What one unit uses now: ``memory_bytes`` resident (a cgroup's working set:
+    ``memory.usage_in_bytes`` less ``total_inactive_file``, as cAdvisor counts it; else the
+    RSS of every process in the kernel's tree), ``cpu_seconds`` used so far by its live
+    members (a cgroup's ``cpuacct.usage`` counts the dead ones too) and ``cpu_percent`` of
+    one core over the last window (None until one has passed)."""
+
+    memory_bytes: int
+    cpu_seconds: float
+    cpu_percent: float | None
 
 
 # --------------------------------------------------------------------------- discovery
@@ -134,6 +150,9 @@ class Unit:
         # subreaper: descendants seen so far (pid -> start time), for when the kernel's
         # death has handed its orphans to init
         self._seen: dict[int, float] = {}
+        # the last CPU sample a percentage is measured from: (monotonic time, cpu seconds)
+        self._cpu_ref = (time.monotonic(), 0.0)
+        self._cpu_percent: float | None = None
 
     @classmethod
     def create(cls, want: str, runtime_dir: Path, name: str, limits: Limits) -> Unit:
@@ -220,6 +239,51 @@ class Unit:
             with contextlib.suppress(psutil.Error):
                 total += psutil.Process(pid).memory_info().rss
         return total
+
+    def usage(self) -> Usage:
+        """Memory and CPU of the whole unit now (see :class:`Usage`). Reads a few cgroup
+        files, or walks the kernel's process tree: cheap, blocking only on procfs."""
+        memory = self._cgroup_memory() if self.kind == "cgroup" else None
+        cpu = self._cgroup_cpu() if self.kind == "cgroup" else None
+        if memory is None or cpu is None:
+            tree_memory, tree_cpu = 0, 0.0
+            for pid in self.members():
+                with contextlib.suppress(psutil.Error):
+                    proc = psutil.Process(pid)
+                    with proc.oneshot():
+                        tree_memory += proc.memory_info().rss
+                        times = proc.cpu_times()
+                    tree_cpu += times.user + times.system
+            memory = tree_memory if memory is None else memory
+            cpu = tree_cpu if cpu is None else cpu
+        now = time.monotonic()
+        since, cpu_before = self._cpu_ref
+        if now - since >= CPU_WINDOW_S:
+            self._cpu_percent = max(0.0, 100.0 * (cpu - cpu_before) / (now - since))
+            self._cpu_ref = (now, cpu)
+        return Usage(memory, cpu, self._cpu_percent)
+
+    def _cgroup_memory(self) -> int | None:
+        path = self.dirs.get("memory")
+        if path is None:
+            return None
+        try:
+            used = int((path / "memory.usage_in_bytes").read_text())
+            stat = (path / "memory.stat").read_text().split()
+        except (OSError, ValueError):
+            return None
+        fields = dict(zip(stat[::2], stat[1::2], strict=False))
+        inactive = int(fields.get("total_inactive_file", "0"))
+        return max(0, used - inactive)
+
+    def _cgroup_cpu(self) -> float | None:
+        path = self.dirs.get("cpuacct")
+        if path is None:
+            return None
+        try:
+            return int((path / "cpuacct.usage").read_text()) / 1e9
+        except (OSError, ValueError):
+            return None
 
     def oom_kills(self) -> int:
         """OOM kills inside the unit since it was made (a cgroup memory limit at work)."""
@@ -338,4 +402,13 @@ def _write(path: Path, value: str, *, quiet: bool = False) -> None:
             raise
 
 
-__all__ = ["CONTROLLERS", "Kind", "Limits", "Unit", "available", "group_dir_name", "sweep_groups"]
+__all__ = [
+    "CONTROLLERS",
+    "Kind",
+    "Limits",
+    "Unit",
+    "Usage",
+    "available",
+    "group_dir_name",
+    "sweep_groups",
+]

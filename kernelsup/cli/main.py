@@ -58,7 +58,12 @@ async def _run(cfg: Config, *, log_json: bool, log_stream: TextIO | None) -> Non
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with open_supervisor(cfg, bus=bus) as sup:
                 endpoint = await nursery.start(server.serve, sup, cfg)
-                print(_ready_line(sup, endpoint), flush=True)
+                url = None
+                if cfg.metrics.listen:
+                    from kernelsup import metrics
+
+                    url = await nursery.start(metrics.serve, sup, cfg.metrics)
+                print(_ready_line(sup, endpoint, metrics=url), flush=True)
                 async for signum in signals:
                     await sup.aclose(f"received {signal.Signals(signum).name}")
                     break
@@ -66,13 +71,15 @@ async def _run(cfg: Config, *, log_json: bool, log_stream: TextIO | None) -> Non
     bus.close()
 
 
-def _ready_line(sup: Supervisor, endpoint: str) -> str:
-    """``kernelsup ready: N kernels in P pool(s); endpoint E``, and when some kernels are
-    not up (each has failed a start and retries with backoff), how many, and why."""
+def _ready_line(sup: Supervisor, endpoint: str, *, metrics: str | None = None) -> str:
+    """``kernelsup ready: N kernels in P pool(s); [metrics URL; ]endpoint E``, and when
+    some kernels are not up (each has failed a start and retries with backoff), how many,
+    and why."""
     report = sup.snapshot()
     total = len(report.kernels)
     up = sum(1 for k in report.kernels if k.get("state") in ("idle", "busy"))
-    line = f"kernelsup ready: {total} kernels in {len(report.pools)} pool(s); endpoint {endpoint}"
+    line = f"kernelsup ready: {total} kernels in {len(report.pools)} pool(s); "
+    line += (f"metrics {metrics}; " if metrics else "") + f"endpoint {endpoint}"
     if up < total:
         failed = [k for k in report.kernels if k.get("start_error")]
         line += f"; {total - up} of them not up"

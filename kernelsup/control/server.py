@@ -534,6 +534,7 @@ async def serve(
         _write_private(kfile, key + b"\n")
         _write_private(efile, bound_endpoint.encode() + b"\n")
         server = Server(sup, proto.Codec(key), sock, config.server.max_message_bytes, gate)
+        sup.stats_sources["control"] = server.stats  # read by the metrics (kernelsup/metrics/)
         async with trio.open_nursery() as relays:
             # The gate's tasks are shielded from our cancellation (Gate.scope) so that the
             # last replies still reach their clients; drain() ends them, bounded.
@@ -548,6 +549,7 @@ async def serve(
                 sock.close(linger=CLOSE_LINGER_MS)
                 await gate.drain(CLOSE_LINGER_MS / 1000 + DRAIN_EXTRA_S)
     finally:
+        sup.stats_sources.pop("control", None)
         listener.close()
         sock.close()
         for path in owned:

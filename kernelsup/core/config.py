@@ -61,6 +61,7 @@ __all__ = [
     "InterruptMode",
     "Jitter",
     "McpConfig",
+    "MetricsConfig",
     "Placement",
     "PoolConfig",
     "RayConfig",
@@ -241,6 +242,36 @@ class ServerConfig:
         reason = _check_endpoint(self.endpoint, self.allow_remote)
         if reason is not None:
             raise _invalid("endpoint", reason)
+
+
+@attrs.frozen
+class MetricsConfig:
+    """``[metrics]``: the Prometheus endpoint (kernelsup/metrics/). Off unless ``listen``."""
+
+    # "HOST:PORT" to serve /metrics on (port 0: any free port); "" = no metrics endpoint.
+    listen: str = ""
+    # Let ``listen`` name a host that is not loopback.
+    allow_remote: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        reason = _check_listen(self.listen, self.allow_remote)
+        if reason is not None:
+            raise _invalid("listen", reason)
+
+
+def _check_listen(listen: str, allow_remote: bool) -> str | None:
+    """The reason ``listen`` (``HOST:PORT``, or "") is unusable, or None if it is fine."""
+    if listen == "":
+        return None
+    host, colon, port = listen.rpartition(":")
+    if not colon or not host:
+        return f'expected "HOST:PORT", e.g. "127.0.0.1:9464" (got {listen!r})'
+    if not (port.isdigit() and 0 <= int(port) <= 65535):
+        return f"port must be 0-65535 (got {port!r})"
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if bare not in ("localhost", "::1") and not bare.startswith("127.") and not allow_remote:
+        return f"host {host!r} is not loopback (set [metrics] allow_remote = true to listen on it)"
+    return None
 
 
 def _check_resources(
@@ -503,6 +534,7 @@ class Config:
         factory=lambda: (PoolConfig(),), converter=_to_pools, validator=_check_pools
     )
     ray: RayConfig = attrs.field(factory=RayConfig)
+    metrics: MetricsConfig = attrs.field(factory=MetricsConfig)
     source: str | None = None
 
     def __attrs_post_init__(self) -> None:
@@ -689,6 +721,7 @@ def _make_converter() -> cattrs.Converter:
         ShutdownConfig,
         PoolConfig,
         RayConfig,
+        MetricsConfig,
     ):
         c.register_structure_hook(cls, _table_hook(c, cls))
     c.register_structure_hook(

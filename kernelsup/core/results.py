@@ -315,7 +315,20 @@ class StatusReport:
 
 # --- status as a table (the CLI's `status` and the MCP `status` tool) ----------------
 
-COLUMNS = ("ID", "POOL", "ROLE", "STATE", "PID", "RESTARTS", "SESSION", "UPTIME", "LAST EXIT")
+COLUMNS = (
+    "ID",
+    "POOL",
+    "ROLE",
+    "STATE",
+    "PID",
+    "RESTARTS",
+    "SESSION",
+    "UPTIME",
+    "CPU",
+    "MEM",
+    "UNIT",
+    "LAST EXIT",
+)
 
 
 def format_status(report: StatusReport) -> str:
@@ -336,6 +349,9 @@ def format_status(report: StatusReport) -> str:
                 str(k.get("restarts", 0)),
                 _dash(k.get("session")),
                 _duration(k.get("uptime_s")),
+                _number(k.get("cpu_percent"), "{:.0f}%"),
+                _bytes(k.get("memory_bytes")),
+                _dash(k.get("containment")),
                 str(last.get("text", "")) if isinstance(last, dict) else "-",
             )
         )
@@ -359,6 +375,23 @@ def format_status(report: StatusReport) -> str:
 
 def _dash(value: object) -> str:
     return "-" if value is None or value == "" else str(value)
+
+
+def _number(value: object, fmt: str) -> str:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return "-"
+    return fmt.format(value)
+
+
+def _bytes(value: object) -> str:
+    """Memory as a person reads it: ``512K``, ``87M``, ``1.2G``."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        return "-"
+    if value < 2**20:
+        return f"{value // 2**10}K"
+    if value < 2**30:
+        return f"{value // 2**20}M"
+    return f"{value / 2**30:.1f}G"
 
 
 def _duration(value: object) -> str:

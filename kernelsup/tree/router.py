@@ -41,11 +41,11 @@ supervisor owns the slots and their processes, and the router asks it for change
 from __future__ import annotations
 
 import collections
-import weakref
 import math
 import os
 import random
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -871,6 +871,7 @@ class Pool:
                     "containment": _handle(c).containment if c.handle is not None else None,
                     "memory_bytes": usage.memory_bytes if usage else None,
                     "cpu_percent": _percent(usage.cpu_percent) if usage else None,
+                    "cpu_seconds": round(usage.cpu_seconds, 3) if usage else None,
                 }
             )
         return out
