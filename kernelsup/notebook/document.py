@@ -148,10 +148,6 @@ def outputs_of(result: ExecuteResult) -> list[NotebookNode]:
                 )
             else:
                 found.append(error_output("Error", "", tuple((out.text or "").splitlines())))
-    if result.status == "error" and result.error is not None:
-        if not any(o.output_type == "error" for o in found):  # a kernel that sent no error message
-            err = result.error
-            found.append(error_output(err.ename, err.evalue, err.traceback))
     return found
 
 

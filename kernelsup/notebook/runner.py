@@ -205,7 +205,8 @@ class NotebookRun:
             cell = self.nb.cells[index]
             if cell.get("cell_type") != "code":
                 continue
-            if not str(cell.source).strip():
+            if not str(cell.source).strip():  # nbclient sends no empty cell either
+                cell.metadata[doc.META] = {"status": "skipped"}
                 self._set(index, CellReport(index, cell.id, "skipped"))
                 continue
             cell_timeout = self.cell_timeout
