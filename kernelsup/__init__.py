@@ -28,6 +28,7 @@ if TYPE_CHECKING:
         Unreachable,
     )
     from kernelsup.core.interface import SupervisorInterface, SyncSupervisorInterface
+    from kernelsup.core.records import JobInfo, JobOutput, SessionInfo
     from kernelsup.core.results import ErrorInfo, ExecuteResult, ExitCause, Output, StatusReport
 
 # Where each public name lives. Importing ``kernelsup`` imports none of them: a name's
@@ -69,6 +70,7 @@ _WHERE: dict[str, str] = {
         name: "kernelsup.core.results"
         for name in ("ErrorInfo", "ExecuteResult", "ExitCause", "Output", "StatusReport")
     },
+    **{name: "kernelsup.core.records" for name in ("JobInfo", "JobOutput", "SessionInfo")},
 }
 
 
@@ -98,6 +100,8 @@ __all__ = [
     "ErrorInfo",
     "ExecuteResult",
     "ExitCause",
+    "JobInfo",
+    "JobOutput",
     "KernelDied",
     "KernelError",
     "KernelStartError",
@@ -107,6 +111,7 @@ __all__ = [
     "Rejected",
     "RequestError",
     "SessionHandle",
+    "SessionInfo",
     "StatusReport",
     "Supervisor",
     "SupervisorGaveUp",

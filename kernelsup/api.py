@@ -9,8 +9,10 @@ the whole tree stops and :class:`SupervisorGaveUp` comes out of ``open_superviso
 
 from __future__ import annotations
 
+import math
 import os
 import random
+import secrets
 import sys
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -27,9 +29,13 @@ from kernelsup.core.config import Config, load_config
 from kernelsup.core.errors import ConfigError, Rejected, raise_lone
 from kernelsup.core.interface import StreamItem
 from kernelsup.core.policy import IntensityWindow
+from kernelsup.core.records import JobInfo, JobOutput, SessionInfo, env_problem
 from kernelsup.core.results import ExecuteResult, Output, StatusReport
+from kernelsup.tree import files
 from kernelsup.tree.bus import EventBus
+from kernelsup.tree.jobs import DEFAULT_PAGE_BYTES, MAX_PAGE_BYTES, Jobs
 from kernelsup.tree.router import Pool, rejected
+from kernelsup.tree.sessions import cwd_problem
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
@@ -84,6 +90,13 @@ class Supervisor:
         self._stop = trio.Event()
         self._stopped = trio.Event()
         self._closing = False
+        self._jobs = Jobs(
+            self.execute,
+            runtime_dir / "jobs",
+            max_output_bytes=root.max_job_output_bytes,
+            max_spool_bytes=root.max_job_spool_bytes,
+            retention=root.job_retention,
+        )
         # Told (pool name or None, result) of every request's outcome: the metrics' hook.
         self.result_observers: list[Callable[[str | None, ExecuteResult], None]] = []
         # A part's counters by name (the control server's "control"), read by the metrics.
@@ -99,12 +112,15 @@ class Supervisor:
                         starting.start_soon(nursery.start, pool.run, self.window)
                 for pool in self.pools.values():
                     nursery.start_soon(pool.expire_sessions)
+                await nursery.start(self._jobs.run)
                 self.bus.publish(ev.SUPERVISOR_READY, kernels=self.kernel_count())
                 task_status.started()
                 await self._stop.wait()
+                await self._jobs.stop()  # each unfinished job ends cancelled, and says so
                 for pool in reversed(list(self.pools.values())):
                     pool.stop()
                     await pool.wait_stopped()
+                    pool.drop_session_dirs()
                 nursery.cancel_scope.cancel()
         finally:
             self._stopped.set()
@@ -152,9 +168,11 @@ class Supervisor:
         session: str | None = None,
         timeout: float | None = None,
         on_output: Callable[[Output], None] | None = None,
+        on_start: Callable[[str], None] | None = None,
     ) -> ExecuteResult:
         """Run ``code`` and return its one outcome (never raises for kernel trouble: the
         result's ``status`` says ``error``, ``timeout``, ``died`` or ``rejected``).
+        ``on_start`` is called with the kernel's id as a kernel is handed the code.
 
         Cancelling the caller interrupts the kernel running the code."""
         if not isinstance(code, str):
@@ -171,10 +189,12 @@ class Supervisor:
         if isinstance(target, ExecuteResult):
             return self._told(None, target)
         if session is None:
-            result = await target.execute(code, timeout=timeout, on_output=on_output)
+            result = await target.execute(
+                code, timeout=timeout, on_output=on_output, on_start=on_start
+            )
         else:
             result = await target.session_execute(
-                session, code, timeout=timeout, on_output=on_output
+                session, code, timeout=timeout, on_output=on_output, on_start=on_start
             )
         return self._told(target.name, result)
 
@@ -305,14 +325,180 @@ class Supervisor:
             async for event in subscription:
                 yield event
 
-    async def interrupt(self, kernel_id: str) -> None:
-        """Interrupt whatever the kernel is running. Raises Rejected (``unknown_kernel``,
-        or ``kernel_unavailable`` when it has no process now)."""
-        await self._pool_of(kernel_id).interrupt(kernel_id)
+    async def interrupt(self, kernel_id: str | None = None, *, session: str | None = None) -> None:
+        """Interrupt whatever the kernel (or the session's kernel) is running. Raises
+        Rejected (``unknown_kernel``, ``unknown_session``, or ``kernel_unavailable`` when
+        it has no process now)."""
+        if _one_target(kernel_id, session) == "session":
+            assert session is not None
+            await self._live_session(session).interrupt_session(session)
+        else:
+            assert kernel_id is not None
+            await self._pool_of(kernel_id).interrupt(kernel_id)
 
-    async def restart(self, kernel_id: str) -> None:
-        """Restart the kernel now (a dead one too); returns once it is starting."""
-        await self._pool_of(kernel_id).restart(kernel_id)
+    async def restart(self, kernel_id: str | None = None, *, session: str | None = None) -> None:
+        """Restart the kernel now (a dead one too); returns once it is starting. For a
+        ``session``: its kernel is replaced by one in the session's directory with its
+        variables, ready on return (its state is gone)."""
+        if _one_target(kernel_id, session) == "session":
+            assert session is not None
+            await self._live_session(session).restart_session(session)
+        else:
+            assert kernel_id is not None
+            await self._pool_of(kernel_id).restart(kernel_id)
+
+    # ------------------------------------------------------------------- sessions
+    def _live_session(self, name: str) -> Pool:
+        """The pool where session ``name`` is open; Rejected (``unknown_session``)."""
+        _check_session_name(name)
+        for p in self.pools.values():
+            if name in p.sessions:
+                return p
+        raise Rejected(f"no open session {name!r}", code="unknown_session", session=name)
+
+    async def open_session(
+        self,
+        name: str | None = None,
+        *,
+        pool: str | None = None,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        idle_timeout: float | None = None,
+        lifetime: float | None = None,
+    ) -> SessionInfo:
+        """Open a session (a name is made when ``name`` is None) and bind it a kernel of
+        its own; returns once that kernel is ready. Its kernel, and every replacement,
+        runs in ``cwd`` (an absolute directory; default: a private directory removed at
+        close) with ``env`` over the pool's variables. ``idle_timeout`` overrides the
+        pool's ``session_idle_timeout`` (0: never); ``lifetime`` closes it that many
+        seconds after it opened. Raises Rejected: ``bad_request``, ``unknown_pool``,
+        ``session_exists``, ``pool_exhausted``, or why no kernel could be had."""
+        if self._closing:
+            raise Rejected("the supervisor is shutting down", code="shutting_down")
+        if name is None:
+            name = self._new_session_name()
+        _check_session_name(name)
+        for problem in (
+            cwd_problem(cwd) if cwd is not None else None,
+            env_problem(env) if env is not None else None,
+            _seconds_problem("idle_timeout", idle_timeout, zero=True),
+            _seconds_problem("lifetime", lifetime, zero=False),
+        ):
+            if problem is not None:
+                raise Rejected(problem, code="bad_request")
+        for p in self.pools.values():
+            if name in p.sessions:
+                raise Rejected(
+                    f"session {name!r} is already open in pool {p.name}",
+                    code="session_exists",
+                    session=name,
+                )
+        target = self._pool_for(pool, None)
+        if isinstance(target, ExecuteResult):
+            raise Rejected(target.message, code=target.code or "rejected")
+        return await target.open_session(
+            name, cwd=cwd, env=env, idle_timeout=idle_timeout, lifetime=lifetime
+        )
+
+    def _new_session_name(self) -> str:
+        while True:
+            name = "session-" + secrets.token_hex(4)
+            if all(name not in p.sessions for p in self.pools.values()):
+                return name
+
+    async def sessions(self) -> list[SessionInfo]:
+        """Every open session, in every pool."""
+        return [info for p in self.pools.values() for info in p.session_infos()]
+
+    # ------------------------------------------------------------------- jobs
+    async def submit(
+        self,
+        code: str,
+        *,
+        session: str | None = None,
+        pool: str | None = None,
+        timeout: float | None = None,
+    ) -> JobInfo:
+        """Start ``code`` as a job and return at once. The job runs detached from the
+        caller (cancelling or disconnecting does not cancel it); follow it by id with
+        ``job``, ``wait``, ``job_output``, ``cancel``. Raises Rejected for a request that
+        could never run (``bad_request``, ``unknown_pool``, ``shutting_down``,
+        ``too_many_jobs``); everything else is the job's result."""
+        if not isinstance(code, str):
+            raise Rejected(f"code must be a string, not {type(code).__name__}", code="bad_request")
+        problem = _seconds_problem("timeout", timeout, zero=False)
+        if problem is None and session is not None:
+            problem = session_name_problem(session)
+        if problem is not None:
+            raise Rejected(problem, code="bad_request")
+        target = self._pool_for(pool, session)
+        if isinstance(target, ExecuteResult):
+            raise Rejected(target.message, code=target.code or "rejected")
+        return self._jobs.submit(code, session=session, pool=pool, timeout=timeout)
+
+    async def job(self, job_id: str) -> JobInfo:
+        """The job's status; Rejected (``unknown_job``)."""
+        return self._jobs.info(job_id)
+
+    async def wait(self, job_id: str, timeout: float | None = None) -> ExecuteResult | None:
+        """The job's result once done; None if it still runs after ``timeout`` seconds."""
+        problem = _seconds_problem("timeout", timeout, zero=True)
+        if problem is not None:
+            raise Rejected(problem, code="bad_request")
+        return await self._jobs.wait(job_id, timeout)
+
+    async def job_output(
+        self, job_id: str, offset: int = 0, limit: int = DEFAULT_PAGE_BYTES
+    ) -> JobOutput:
+        """A page of the job's whole output, from byte ``offset`` of its spool (at most
+        ``limit`` bytes, 1 to 1 MiB); pass ``next_offset`` back for the next page."""
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise Rejected(f"offset must be an integer >= 0 (got {offset!r})", code="bad_request")
+        if (
+            isinstance(limit, bool)
+            or not isinstance(limit, int)
+            or not 1 <= limit <= MAX_PAGE_BYTES
+        ):
+            raise Rejected(
+                f"limit must be an integer from 1 to {MAX_PAGE_BYTES} (got {limit!r})",
+                code="bad_request",
+            )
+        return await self._jobs.output(job_id, offset, limit)
+
+    async def cancel(self, job_id: str) -> bool:
+        """Cancel the job (its kernel is interrupted); False if it had already ended."""
+        return self._jobs.cancel(job_id)
+
+    async def jobs(self) -> list[JobInfo]:
+        """Every job remembered, the most recently submitted first."""
+        return self._jobs.list()
+
+    # ------------------------------------------------------------------- files
+    def _session_cwd(self, session: str) -> str:
+        cwd = self._live_session(session).session_cwd(session)
+        assert cwd is not None
+        return cwd
+
+    async def put_file(self, session: str, path: str, data: bytes) -> None:
+        """Write ``data`` to ``path`` in the session's directory (parents made). Raises
+        Rejected: ``unknown_session``, ``path_outside_session``, ``file_too_large``."""
+        cwd = self._session_cwd(session)
+        limit = self.config.supervisor.max_file_bytes
+        await trio.to_thread.run_sync(files.put_file, cwd, path, data, limit)
+
+    async def get_file(self, session: str, path: str) -> bytes:
+        """The bytes of ``path`` in the session's directory. Raises Rejected:
+        ``unknown_session``, ``path_outside_session``, ``file_too_large``,
+        ``file_not_found``."""
+        cwd = self._session_cwd(session)
+        limit = self.config.supervisor.max_file_bytes
+        return await trio.to_thread.run_sync(files.get_file, cwd, path, limit)
+
+    async def list_files(self, session: str, path: str = ".") -> list[str]:
+        """The names in directory ``path`` of the session's directory, sorted;
+        directories end with "/"."""
+        cwd = self._session_cwd(session)
+        return await trio.to_thread.run_sync(files.list_files, cwd, path)
 
 
 @attrs.define
@@ -328,6 +514,31 @@ class SessionHandle:
 
     def stream(self, code: str, *, timeout: float | None = None) -> AsyncIterator[StreamItem]:
         return self.sup.stream(code, pool=self.pool, session=self.name, timeout=timeout)
+
+
+def _one_target(kernel_id: str | None, session: str | None) -> str:
+    """``kernel`` or ``session``: which one a call names (exactly one, else bad_request)."""
+    if (kernel_id is None) == (session is None):
+        raise Rejected("name exactly one of kernel_id and session", code="bad_request")
+    if session is not None:
+        return "session"
+    if not isinstance(kernel_id, str):
+        raise Rejected(
+            f"kernel_id must be a string, not {type(kernel_id).__name__}", code="bad_request"
+        )
+    return "kernel"
+
+
+def _seconds_problem(name: str, value: object, *, zero: bool) -> str | None:
+    """Why ``value`` is not a number of seconds (``> 0``, or ``>= 0`` when ``zero``;
+    None passes), or None."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"{name} must be a number of seconds, not {type(value).__name__}"
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+        return f"{name} must be a finite number {'>=' if zero else '>'} 0 (got {value!r})"
+    return None
 
 
 def _make_runtime_dir(config: Config, runtime_dir: str | os.PathLike[str] | None) -> Path:

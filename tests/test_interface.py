@@ -66,6 +66,17 @@ def test_the_interfaces_are_not_empty() -> None:
             "interrupt",
             "restart",
             "watch",
+            "open_session",
+            "sessions",
+            "submit",
+            "job",
+            "wait",
+            "job_output",
+            "cancel",
+            "jobs",
+            "put_file",
+            "get_file",
+            "list_files",
         }
     )
     assert set(methods(SessionInterface)) == {"execute", "stream"}

@@ -308,8 +308,8 @@ REFUSALS: list[tuple[str, Any, type[KernelsupError], str, str | None]] = [
         "'pool'",
     ),
     (
-        "kernel id null",
-        lambda: signed("interrupt", {"v": 1, "kernel_id": None}),
+        "kernel id not a string",
+        lambda: signed("interrupt", {"v": 1, "kernel_id": 5}),
         ProtocolError,
         "malformed",
         "'kernel_id'",

@@ -59,6 +59,7 @@ from kernelsup.adapters.io_errors import map_exceptions, probe_ipc
 from kernelsup.adapters.runtime import control_endpoint, key_file, runtime_dir_for
 from kernelsup.api import Supervisor
 from kernelsup.control import gate as gate_mod
+from kernelsup.control.agent_requests import agent_request
 from kernelsup.control.gate import Gate, open_listener
 from kernelsup.core import protocol as proto
 from kernelsup.core.config import Config
@@ -324,13 +325,16 @@ class Server:
         if isinstance(req, proto.Status):
             return proto.Result(sup.snapshot().to_dict())
         if isinstance(req, proto.Interrupt):
-            await sup.interrupt(req.kernel_id)
+            await sup.interrupt(req.kernel_id, session=req.session)
             return proto.Result({})
         if isinstance(req, proto.Restart):
-            await sup.restart(req.kernel_id)
+            await sup.restart(req.kernel_id, session=req.session)
             return proto.Result({})
         if isinstance(req, proto.CloseSession):
             return proto.Result({"closed": await sup.close_session(req.session)})
+        agent = await agent_request(sup, req)  # sessions, jobs, files
+        if agent is not None:
+            return agent
         if isinstance(req, proto.Cancel):
             target = client.requests.get(req.request_id)
             if target is not None:

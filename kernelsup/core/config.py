@@ -221,6 +221,16 @@ class SupervisorConfig:
     period: float = attrs.field(default=60.0, validator=_within(0, DAY_S, above=True))
     runtime_dir: str = attrs.field(default="", validator=_path)
     log_file: str = attrs.field(default="", validator=_path)
+    # Jobs (submit): each job's whole output is spooled to disk in the runtime directory,
+    # up to max_job_output_bytes per job and max_job_spool_bytes for all jobs together;
+    # a finished job is kept job_retention seconds.
+    max_job_output_bytes: int = attrs.field(default=64 * 1024 * 1024, validator=_within(1024, GIB))
+    max_job_spool_bytes: int = attrs.field(
+        default=1024 * 1024 * 1024, validator=_within(1024, 1024 * GIB)
+    )
+    job_retention: float = attrs.field(default=3600.0, validator=_within(0, MONTH_S))
+    # put_file / get_file: the largest file moved in one call (bytes).
+    max_file_bytes: int = attrs.field(default=8 * 1024 * 1024, validator=_within(1, GIB))
 
     def supervision(self) -> Supervision:
         """The root supervisor's settings (also the pools' defaults)."""
@@ -470,6 +480,9 @@ class PoolConfig:
     pids_limit: int = attrs.field(default=0, validator=_within(0, 4 * 1024 * 1024))
     cpu_limit: float = attrs.field(default=0.0, validator=_within(0, 4096))
     containment: Containment = "auto"
+    # Root of the sessions' private working directories (one per session that names no
+    # cwd of its own, removed when it closes); "" = "sessions" in the runtime directory.
+    workdir: str = attrs.field(default="", validator=_path)
     # "fork": Python kernels are forked from a warm zygote (adapters/forkserver.py); other
     # kernels, and any while the zygote is not ready, are exec'ed as with "exec".
     launch: Launch = "fork"

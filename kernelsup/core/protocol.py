@@ -18,8 +18,20 @@ Requests (client -> server), and what comes back::
     execute {code, pool?, session?, timeout?, stream?}
                                              -> output* (stream only), result {ExecuteResult}
     status                                   -> result {StatusReport}
-    interrupt {kernel_id} | restart {kernel_id} -> result {}
+    interrupt {kernel_id | session} | restart {kernel_id | session} -> result {}
     close_session {session}                  -> result {closed}
+    open_session {name?, pool?, cwd?, env?, idle_timeout?, lifetime?}
+                                             -> result {session: SessionInfo}
+    sessions                                 -> result {sessions: [SessionInfo]}
+    submit {code, session?, pool?, timeout?} -> result {job: JobInfo}
+    job {job_id}                             -> result {job: JobInfo}
+    wait {job_id, timeout?}                  -> result {result: ExecuteResult | null}
+    job_output {job_id, offset?, limit?}     -> result {JobOutput}
+    cancel_job {job_id}                      -> result {cancelled}
+    jobs                                     -> result {jobs: [JobInfo]}
+    put_file {session, path, data (base64)}  -> result {size}
+    get_file {session, path}                 -> result {data (base64)}
+    list_files {session, path?}              -> result {names}
     watch                                    -> subscribed, event*, until cancelled
     cancel {request_id}                      -> result {cancelled}; the target request ends
                                                 with its own final reply
@@ -105,19 +117,100 @@ class Status:
 @attrs.frozen
 class Interrupt:
     TYPE: ClassVar[str] = "interrupt"
-    kernel_id: str
+    kernel_id: str | None = None
+    session: str | None = None
 
 
 @attrs.frozen
 class Restart:
     TYPE: ClassVar[str] = "restart"
-    kernel_id: str
+    kernel_id: str | None = None
+    session: str | None = None
 
 
 @attrs.frozen
 class CloseSession:
     TYPE: ClassVar[str] = "close_session"
     session: str
+
+
+@attrs.frozen
+class OpenSession:
+    TYPE: ClassVar[str] = "open_session"
+    name: str | None = None
+    pool: str | None = None
+    cwd: str | None = None
+    env: dict[str, Any] | None = None
+    idle_timeout: float | None = None
+    lifetime: float | None = None
+
+
+@attrs.frozen
+class Sessions:
+    TYPE: ClassVar[str] = "sessions"
+
+
+@attrs.frozen
+class Submit:
+    TYPE: ClassVar[str] = "submit"
+    code: str
+    session: str | None = None
+    pool: str | None = None
+    timeout: float | None = None
+
+
+@attrs.frozen
+class JobQuery:
+    TYPE: ClassVar[str] = "job"
+    job_id: str
+
+
+@attrs.frozen
+class WaitJob:
+    TYPE: ClassVar[str] = "wait"
+    job_id: str
+    timeout: float | None = None
+
+
+@attrs.frozen
+class JobOutputQuery:
+    TYPE: ClassVar[str] = "job_output"
+    job_id: str
+    offset: int = 0
+    limit: int = 65536
+
+
+@attrs.frozen
+class CancelJob:
+    TYPE: ClassVar[str] = "cancel_job"
+    job_id: str
+
+
+@attrs.frozen
+class Jobs:
+    TYPE: ClassVar[str] = "jobs"
+
+
+@attrs.frozen
+class PutFile:
+    TYPE: ClassVar[str] = "put_file"
+    session: str
+    path: str
+    data: str  # base64
+
+
+@attrs.frozen
+class GetFile:
+    TYPE: ClassVar[str] = "get_file"
+    session: str
+    path: str
+
+
+@attrs.frozen
+class ListFiles:
+    TYPE: ClassVar[str] = "list_files"
+    session: str
+    path: str = "."
 
 
 @attrs.frozen
@@ -137,7 +230,26 @@ class ServerStats:
 
 
 Request: TypeAlias = (
-    Hello | Execute | Status | Interrupt | Restart | CloseSession | Watch | Cancel | ServerStats
+    Hello
+    | Execute
+    | Status
+    | Interrupt
+    | Restart
+    | CloseSession
+    | OpenSession
+    | Sessions
+    | Submit
+    | JobQuery
+    | WaitJob
+    | JobOutputQuery
+    | CancelJob
+    | Jobs
+    | PutFile
+    | GetFile
+    | ListFiles
+    | Watch
+    | Cancel
+    | ServerStats
 )
 
 
@@ -261,6 +373,27 @@ def _timeout(name: str, value: object) -> float | None:
     return float(value)
 
 
+def _opt_seconds(name: str, value: object) -> float | None:
+    """None, or a finite number >= 0 (the supervisor checks the finer rules)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _malformed(f"field {name!r} must be a number or null", field=name)
+    if not (math.isfinite(value) and value >= 0):
+        raise _malformed(f"field {name!r} must be a finite number >= 0 (got {value!r})", field=name)
+    return float(value)
+
+
+def _offset(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise _malformed(f"field {name!r} must be an integer >= 0", field=name)
+    return value
+
+
+def _opt_object(name: str, value: object) -> dict[str, Any] | None:
+    return None if value is None else _object(name, value)
+
+
 def _bool(name: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise _malformed(f"field {name!r} must be true or false", field=name)
@@ -298,9 +431,41 @@ _REQUESTS: dict[str, _Spec] = {
         },
     ),
     Status.TYPE: (Status, {}),
-    Interrupt.TYPE: (Interrupt, {"kernel_id": (_str, True)}),
-    Restart.TYPE: (Restart, {"kernel_id": (_str, True)}),
+    Interrupt.TYPE: (Interrupt, {"kernel_id": (_opt_str, False), "session": (_opt_str, False)}),
+    Restart.TYPE: (Restart, {"kernel_id": (_opt_str, False), "session": (_opt_str, False)}),
     CloseSession.TYPE: (CloseSession, {"session": (_str, True)}),
+    OpenSession.TYPE: (
+        OpenSession,
+        {
+            "name": (_opt_str, False),
+            "pool": (_opt_str, False),
+            "cwd": (_opt_str, False),
+            "env": (_opt_object, False),
+            "idle_timeout": (_opt_seconds, False),
+            "lifetime": (_opt_seconds, False),
+        },
+    ),
+    Sessions.TYPE: (Sessions, {}),
+    Submit.TYPE: (
+        Submit,
+        {
+            "code": (_str, True),
+            "session": (_opt_str, False),
+            "pool": (_opt_str, False),
+            "timeout": (_timeout, False),
+        },
+    ),
+    JobQuery.TYPE: (JobQuery, {"job_id": (_str, True)}),
+    WaitJob.TYPE: (WaitJob, {"job_id": (_str, True), "timeout": (_opt_seconds, False)}),
+    JobOutputQuery.TYPE: (
+        JobOutputQuery,
+        {"job_id": (_str, True), "offset": (_offset, False), "limit": (_count, False)},
+    ),
+    CancelJob.TYPE: (CancelJob, {"job_id": (_str, True)}),
+    Jobs.TYPE: (Jobs, {}),
+    PutFile.TYPE: (PutFile, {"session": (_str, True), "path": (_str, True), "data": (_str, True)}),
+    GetFile.TYPE: (GetFile, {"session": (_str, True), "path": (_str, True)}),
+    ListFiles.TYPE: (ListFiles, {"session": (_str, True), "path": (_str, False)}),
     Watch.TYPE: (Watch, {}),
     Cancel.TYPE: (Cancel, {"request_id": (_str, True)}),
     ServerStats.TYPE: (ServerStats, {}),
@@ -589,26 +754,37 @@ __all__ = [
     "REPLY_TYPES",
     "REQUEST_TYPES",
     "Cancel",
+    "CancelJob",
     "CloseSession",
     "Codec",
     "Error",
     "EventMsg",
     "Execute",
+    "GetFile",
     "Hello",
     "Incoming",
     "Interrupt",
+    "JobOutputQuery",
+    "JobQuery",
+    "Jobs",
     "Lagged",
+    "ListFiles",
     "Notice",
+    "OpenSession",
     "OutputMsg",
     "Ping",
+    "PutFile",
     "Received",
     "Reply",
     "Request",
     "Restart",
     "Result",
     "ServerStats",
+    "Sessions",
     "Status",
+    "Submit",
     "Subscribed",
+    "WaitJob",
     "Watch",
     "decode_notice",
     "encode_notice",

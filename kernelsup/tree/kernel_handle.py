@@ -155,8 +155,10 @@ class KernelHandle:
         *,
         timeout: float | None = None,
         on_output: Callable[[Output], None] | None = None,
+        silent: bool = False,
     ) -> ExecuteResult:
-        """Run ``code`` and return its single outcome.
+        """Run ``code`` and return its single outcome (``silent``: the kernel neither
+        counts it nor keeps it in its history, as for the supervisor's own code).
 
         Waits while the kernel is busy with another request. Raises ``Rejected``
         (code ``kernel_unavailable``) when the kernel stopped before taking the request:
@@ -170,6 +172,7 @@ class KernelHandle:
             code=code,
             reply=send,
             on_output=on_output,
+            silent=silent,
             timeout=self._actor.options.exec_timeout if timeout is None else timeout,
         )
         with recv:

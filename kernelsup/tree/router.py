@@ -680,6 +680,150 @@ class Pool:
             session.lost = False
             return result
 
+    def _new_session(
+        self,
+        name: str,
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        idle_timeout: float | None = None,
+        lifetime: float | None = None,
+    ) -> Session:
+        """Open session ``name`` (not open yet) with no kernel: its first request binds
+        one. With no ``cwd``, a private directory is made for it. Raises Rejected
+        (``pool_exhausted``, or ``rejected`` when the directory cannot be made)."""
+        if len(self.sessions) >= self.max_sessions:
+            raise Rejected(
+                f"pool {self.name} holds {len(self.sessions)} open sessions "
+                f"(max_sessions = {self.max_sessions}), so session {name!r} was not "
+                "opened; close a session, or wait for idle ones to expire "
+                f"(session_idle_timeout = {self.cfg.session_idle_timeout:g} s)",
+                code="pool_exhausted",
+                pool=self.name,
+            )
+        own = cwd is None
+        if cwd is None:
+            root = session_root(self.cfg.workdir, self._runtime_dir)
+            try:
+                cwd = str(make_private_dir(root, name))
+            except OSError as exc:
+                raise Rejected(
+                    f"cannot make a directory for session {name!r} under {str(root)!r} "
+                    f"(pool {self.name}'s workdir): {exc.strerror or exc}",
+                    code="rejected",
+                    pool=self.name,
+                ) from None
+        now, wall = trio.current_time(), time.time()
+        session = self.sessions[name] = Session(
+            name,
+            self.name,
+            last_used=now,
+            cwd=cwd,
+            env=dict(env or {}),
+            own_dir=own,
+            idle_timeout=idle_timeout,
+            lifetime=lifetime,
+            created=now,
+            created_wall=wall,
+            last_used_wall=wall,
+        )
+        if self._expired.pop(name, 0) is None:
+            session.lost = True  # it existed, expired, and its kernel is gone
+        self._bus.publish(ev.SESSION_OPENED, pool=self.name, session=name)
+        self._wake()  # the expiry loop learns its deadlines
+        return session
+
+    async def open_session(
+        self,
+        name: str,
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        idle_timeout: float | None = None,
+        lifetime: float | None = None,
+    ) -> SessionInfo:
+        """Open session ``name`` and bind it a kernel in its directory with its variables;
+        returns once that kernel is ready. Raises Rejected: ``session_exists``,
+        ``pool_exhausted``, or why no kernel could be had (then the session is closed)."""
+        if name in self.sessions:
+            raise Rejected(
+                f"session {name!r} is already open in pool {self.name}",
+                code="session_exists",
+                session=name,
+            )
+        session = self._new_session(
+            name, cwd=cwd, env=env, idle_timeout=idle_timeout, lifetime=lifetime
+        )
+        async with session.lock:
+            session.binding = True
+            try:
+                child = await self._bind(session)
+            except Rejected:
+                with trio.CancelScope(shield=True):
+                    await self.close_session(name)
+                raise
+            finally:
+                session.binding = False
+            if self.sessions.get(name) is not session:
+                await self.sup.remove_child(child)
+                raise self._session_closed(session)
+        return session.info()
+
+    def session_infos(self) -> list[SessionInfo]:
+        return [s.info() for s in self.sessions.values()]
+
+    def session_cwd(self, name: str) -> str | None:
+        session = self.sessions.get(name)
+        return session.cwd if session is not None else None
+
+    def _session_kernel(self, name: str) -> Child:
+        session = self.sessions.get(name)
+        if session is None:
+            raise Rejected(f"no open session {name!r}", code="unknown_session", session=name)
+        child = session.child
+        if child is None or not child.ready or child.generation != session.generation:
+            raise Rejected(
+                f"session {name!r} has no kernel running now (its next request binds one)",
+                code="kernel_unavailable",
+                session=name,
+            )
+        return child
+
+    async def interrupt_session(self, name: str) -> None:
+        """Interrupt what session ``name``'s kernel runs. Raises Rejected
+        (``unknown_session``, ``kernel_unavailable``)."""
+        await self.interrupt(self._session_kernel(name).id)
+
+    async def restart_session(self, name: str) -> None:
+        """Replace session ``name``'s kernel: the one it has is shut down (a request it
+        runs ends ``died``) and a new one is bound now, in the session's directory with
+        its variables; its state is gone (the next result says ``state_lost``). Raises
+        Rejected (``unknown_session``, or why no kernel could be had)."""
+        session = self.sessions.get(name)
+        if session is None:
+            raise Rejected(f"no open session {name!r}", code="unknown_session", session=name)
+        old = session.child
+        if old is not None:
+            session.child = None
+            session.lost = True
+            await self.sup.remove_child(old)
+        async with session.lock:
+            if session.child is None and self.sessions.get(name) is session:
+                session.binding = True
+                try:
+                    child = await self._bind(session)
+                finally:
+                    session.binding = False
+                if self.sessions.get(name) is not session:
+                    await self.sup.remove_child(child)
+
+    def drop_session_dirs(self) -> None:
+        """At the supervisor's stop: remove the private directories of sessions still open
+        (blocking; their kernels are gone)."""
+        for session in self.sessions.values():
+            if session.own_dir:
+                remove_private_dir(Path(session.cwd))
+
     def _closed_meanwhile(self, name: str) -> ExecuteResult:
         return rejected(
             "session_closed",
@@ -706,13 +850,16 @@ class Pool:
             raise Rejected(why, code="pool_unavailable", pool=self.name)
         for role in self._BIND_FROM:
             child = self._first_unused(role)
-            if child is not None:
-                self._roles.bind(child, session.name)
-                self.sup.make_temporary(child)
+            if child is None or not is_python(_handle(child)):
+                continue  # another language is started afresh in the session's place
+            self._roles.bind(child, session.name)
+            self.sup.make_temporary(child)
+            self._roles.assign(self.sup.add_child(), role)
+            self._rebalance()
+            if await self._adapt(child, session):
                 session.child, session.generation = child, child.generation
-                self._roles.assign(self.sup.add_child(), role)
-                self._rebalance()
                 return child
+            break  # it failed (and is going): start one for the session
         sup = self.sup  # the pool's supervisor may be replaced (escalation) while we wait
         child = sup.add_child()
         self._roles.bind(child, session.name)
@@ -724,6 +871,24 @@ class Pool:
             raise
         session.child, session.generation = child, child.generation
         return child
+
+    async def _adapt(self, child: Child, session: Session) -> bool:
+        """Give a warm Python kernel, already bound to ``session``, the session's directory
+        and variables (tree/sessions.py). False, with the kernel on its way out, when that
+        fails: the caller starts a fresh one."""
+        code = adapt_code(session.cwd, session.env)
+        generation = child.generation
+        try:
+            result = await _handle(child).execute(code, timeout=ADAPT_TIMEOUT_S, silent=True)
+        except Rejected:
+            result = None  # it went away first
+        except BaseException:
+            self.sup.remove_child_soon(child)
+            raise
+        if result is not None and result.ok and child.generation == generation:
+            return True
+        self.sup.remove_child_soon(child)
+        return False
 
     async def _wait_started(self, child: Child, session: Session) -> None:
         """Wait until ``child``, started for ``session``, is ready. Raises Rejected when
@@ -778,6 +943,8 @@ class Pool:
         self._bus.publish(ev.SESSION_CLOSED, pool=self.name, session=name)
         if session.child is not None:
             await self.sup.remove_child(session.child)
+        if session.own_dir:
+            await trio.to_thread.run_sync(remove_private_dir, Path(session.cwd))
         return True
 
     def expired_recently(self, name: str) -> bool:
@@ -789,23 +956,29 @@ class Pool:
             session.child = None
             session.lost = True
 
+    def _due(self, s: Session) -> float:
+        """When session ``s`` expires: at the end of its ``lifetime``, or once idle (not
+        running a request) for its idle timeout (its own, else ``session_idle_timeout``;
+        0 = never)."""
+        due = math.inf if s.lifetime is None else s.created + s.lifetime
+        idle = s.idle_timeout if s.idle_timeout is not None else self.cfg.session_idle_timeout
+        if idle > 0 and not s.lock.locked():
+            due = min(due, s.last_used + idle)
+        return due
+
     async def expire_sessions(self) -> None:
-        """Close sessions idle for ``session_idle_timeout`` (a no-op when it is 0)."""
-        idle = self.cfg.session_idle_timeout
-        if idle <= 0:
-            await trio.sleep_forever()
-
-        def idle_too_long(s: Session) -> bool:
-            return not s.lock.locked() and trio.current_time() - s.last_used >= idle
-
+        """Close sessions as they expire (:meth:`_due`)."""
         while True:
             now = trio.current_time()
-            for s in [s for s in self.sessions.values() if idle_too_long(s)]:
+            for s in [s for s in self.sessions.values() if self._due(s) <= now]:
                 # Closing one waits for its kernel; a request may take another meanwhile.
-                if self.sessions.get(s.name) is s and idle_too_long(s):
+                if self.sessions.get(s.name) is s and self._due(s) <= trio.current_time():
                     await self.close_session(s.name, expired=True)
-            next_due = min((s.last_used + idle for s in self.sessions.values()), default=now + idle)
-            await trio.sleep_until(max(next_due, now + 0.01))
+            now = trio.current_time()
+            next_due = min((self._due(s) for s in self.sessions.values()), default=math.inf)
+            # A change (a request ending, a session opening) may move a deadline.
+            with trio.move_on_at(max(next_due, now + 0.01)):
+                await self._changed.wait()
 
     # ------------------------------------------------------------------- kernels
     def kernel_count(self) -> int:
