@@ -13,7 +13,13 @@ import psutil
 import pytest
 import trio
 
-from tests.helpers import RunningKernel, processes_mentioning, start_kernel
+from tests.helpers import (
+    RunningKernel,
+    launched_by,
+    launcher_for,
+    processes_mentioning,
+    start_kernel,
+)
 
 # The fast subset, `pytest -m fast` (about 30 s on 2 cores): the modules that test pure
 # decisions, virtual time (MockClock) and sockets in one process. Every other module
@@ -69,9 +75,15 @@ def fake_kernels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-async def kernel(nursery: trio.Nursery, runtime_dir: Path) -> AsyncIterator[RunningKernel]:
-    """A real ipykernel under a kernel actor; killed when the test ends, pass or fail."""
-    rk = await start_kernel(nursery, runtime_dir)
+async def kernel(
+    request: pytest.FixtureRequest, nursery: trio.Nursery, runtime_dir: Path
+) -> AsyncIterator[RunningKernel]:
+    """A real ipykernel under a kernel actor; killed when the test ends, pass or fail.
+    Exec'ed, or forked with ``@pytest.mark.parametrize("kernel", LAUNCHES, indirect=True)``
+    (then it is checked to have been forked, not exec'ed as a fallback)."""
+    launch = getattr(request, "param", "exec")
+    rk = await start_kernel(nursery, runtime_dir, launcher=await launcher_for(nursery, launch))
+    assert launched_by(rk) == launch
     yield rk
     rk.handle.kill("test finished")
     with trio.move_on_after(10):

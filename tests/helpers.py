@@ -20,6 +20,8 @@ import attrs
 import psutil
 import trio
 
+from kernelsup.adapters.forkserver import ForkServer
+from kernelsup.adapters.started import EXEC, Launcher
 from kernelsup.api import Supervisor
 from kernelsup.core.results import ExitCause
 from kernelsup.tree.kernel import run_kernel
@@ -43,6 +45,29 @@ FAST_POOL: dict[str, Any] = {
 }
 
 
+# The ways a kernel process comes to exist (adapters/started.py): tests of launch, death,
+# kill and containment run over each.
+LAUNCHES = ["exec", "fork"]
+
+
+async def launcher_for(
+    nursery: trio.Nursery, launch: str, preload: tuple[str, ...] = ()
+) -> Launcher:
+    """``exec``, or a fork server running in ``nursery`` (its zygote goes with it)."""
+    if launch == "exec":
+        return EXEC
+    server = ForkServer(preload)
+    nursery.start_soon(server.run)
+    return server
+
+
+def launched_by(rk: RunningKernel) -> str:
+    """How the kernel's process was started: ``exec`` or ``fork``."""
+    proc = rk.handle._actor.proc
+    assert proc is not None
+    return proc.launch
+
+
 @attrs.define
 class RunningKernel:
     """A kernel actor started in the test's nursery, with its exit cause once it ends."""
@@ -59,7 +84,11 @@ class RunningKernel:
 
 
 async def start_kernel(
-    nursery: trio.Nursery, runtime_dir: Path, options: KernelOptions = FAST, kernel_id: str = "k0"
+    nursery: trio.Nursery,
+    runtime_dir: Path,
+    options: KernelOptions = FAST,
+    kernel_id: str = "k0",
+    launcher: Launcher = EXEC,
 ) -> RunningKernel:
     done = trio.Event()
     box: dict[str, Any] = {}
@@ -67,7 +96,7 @@ async def start_kernel(
     async def runner(task_status: trio.TaskStatus[KernelHandle]) -> None:
         try:
             box["cause"] = await run_kernel(
-                kernel_id, options, runtime_dir, task_status=task_status
+                kernel_id, options, runtime_dir, launcher=launcher, task_status=task_status
             )
         finally:
             done.set()

@@ -19,7 +19,18 @@ import trio
 
 from kernelsup.adapters import containment
 from kernelsup.adapters.containment import Limits, Unit
-from tests.helpers import ESCAPE, FAST, alive, sigkill_supervisor, start_kernel, wait_all_gone
+from tests.helpers import (
+    ESCAPE,
+    FAST,
+    LAUNCHES,
+    RunningKernel,
+    alive,
+    launched_by,
+    launcher_for,
+    sigkill_supervisor,
+    start_kernel,
+    wait_all_gone,
+)
 
 KINDS = [
     pytest.param(
@@ -39,6 +50,17 @@ def options(kind: str, **extra: object) -> object:
     return attrs.evolve(FAST, containment=kind, **extra)
 
 
+async def contained_kernel(
+    nursery: trio.Nursery, runtime_dir: Path, launch: str, kind: str, **extra: object
+) -> RunningKernel:
+    """A kernel in a unit of ``kind``, exec'ed or forked (checked: no silent fallback)."""
+    launcher = await launcher_for(nursery, launch)
+    rk = await start_kernel(nursery, runtime_dir, options(kind, **extra), launcher=launcher)
+    assert launched_by(rk) == launch
+    assert rk.handle.containment == kind
+    return rk
+
+
 async def escaped(rk: object) -> list[int]:
     r = await rk.handle.execute(ESCAPE)  # type: ignore[attr-defined]
     assert r.status == "ok", r
@@ -47,13 +69,13 @@ async def escaped(rk: object) -> list[int]:
     return pids
 
 
+@pytest.mark.parametrize("launch", LAUNCHES)
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("how", ["shutdown", "kill"])
 async def test_escaped_processes_end_with_their_kernel(
-    nursery: trio.Nursery, runtime_dir: Path, kind: str, how: str
+    nursery: trio.Nursery, runtime_dir: Path, kind: str, how: str, launch: str
 ) -> None:
-    rk = await start_kernel(nursery, runtime_dir, options(kind))
-    assert rk.handle.containment == kind
+    rk = await contained_kernel(nursery, runtime_dir, launch, kind)
     pids = await escaped(rk)
     try:
         if how == "shutdown":
@@ -69,10 +91,11 @@ async def test_escaped_processes_end_with_their_kernel(
 
 
 @cgroup_only
+@pytest.mark.parametrize("launch", LAUNCHES)
 async def test_escaped_processes_end_when_the_kernel_dies_by_itself(
-    nursery: trio.Nursery, runtime_dir: Path
+    nursery: trio.Nursery, runtime_dir: Path, launch: str
 ) -> None:
-    rk = await start_kernel(nursery, runtime_dir, options("cgroup"))
+    rk = await contained_kernel(nursery, runtime_dir, launch, "cgroup")
     pids = await escaped(rk)
     try:
         r = await rk.handle.execute("import os; os._exit(1)")
@@ -86,14 +109,15 @@ async def test_escaped_processes_end_when_the_kernel_dies_by_itself(
                 os.kill(pid, signal.SIGKILL)
 
 
+@pytest.mark.parametrize("launch", LAUNCHES)
 @pytest.mark.parametrize("kind", KINDS)
 async def test_the_memory_limit_counts_a_double_forked_daemon(
-    nursery: trio.Nursery, runtime_dir: Path, kind: str
+    nursery: trio.Nursery, runtime_dir: Path, kind: str, launch: str
 ) -> None:
     """The kernel is small; a daemon it left behind (own session, no environment) takes
     400 MB. Under memory_limit_mb = 250 it may not keep it: the unit is killed (the watch)
     or the daemon is (the cgroup's OOM killer), and a kernel that died says `limit`."""
-    rk = await start_kernel(nursery, runtime_dir, options(kind, memory_limit_mb=250))
+    rk = await contained_kernel(nursery, runtime_dir, launch, kind, memory_limit_mb=250)
     hog = ESCAPE.replace(
         'os.execve("/bin/sleep", ["sleep", "4243"], {})',
         'import time; b = b"x" * (400 * 2**20); time.sleep(120); os._exit(0)',
@@ -116,10 +140,11 @@ async def test_the_memory_limit_counts_a_double_forked_daemon(
 
 
 @cgroup_only
+@pytest.mark.parametrize("launch", LAUNCHES)
 async def test_pids_limit_bounds_everything_the_kernel_starts(
-    nursery: trio.Nursery, runtime_dir: Path
+    nursery: trio.Nursery, runtime_dir: Path, launch: str
 ) -> None:
-    rk = await start_kernel(nursery, runtime_dir, options("cgroup", pids_limit=24))
+    rk = await contained_kernel(nursery, runtime_dir, launch, "cgroup", pids_limit=24)
     code = textwrap.dedent("""
         import subprocess
         started, refused = [], 0

@@ -19,7 +19,10 @@ from kernelsup.core.results import ExecuteResult
 from kernelsup.tree.kernel import run_kernel
 from kernelsup.tree.kernel_handle import KernelOptions
 from tests.fakekernel import install_kernelspec
-from tests.helpers import FAST, RunningKernel, start_kernel
+from tests.helpers import FAST, LAUNCHES, RunningKernel, start_kernel
+
+# Tests of launch, death, kill and containment run on exec'ed and forked kernels alike.
+FORK_TOO = pytest.mark.parametrize("kernel", LAUNCHES, indirect=True)
 
 
 def _alive_now(pids: list[int]) -> list[int]:
@@ -41,6 +44,7 @@ async def _descendants_alive(pids: list[int], within: float = 5.0) -> list[int]:
     return _alive_now(pids)
 
 
+@FORK_TOO
 async def test_print_and_result(kernel: RunningKernel) -> None:
     r = await kernel.handle.execute('print("hi"); 40 + 2')
     assert r.status == "ok", r
@@ -100,6 +104,7 @@ async def test_empty_code(kernel: RunningKernel) -> None:
     assert r.stdout == "" and r.result is None
 
 
+@FORK_TOO
 async def test_os_exit_mid_request_is_died(kernel: RunningKernel) -> None:
     r = await kernel.handle.execute("print('before', flush=True); import os; os._exit(1)")
     assert r.status == "died"
@@ -110,6 +115,7 @@ async def test_os_exit_mid_request_is_died(kernel: RunningKernel) -> None:
     assert cause.kind == "failure" and cause.describe() == "exit(1)"
 
 
+@FORK_TOO
 async def test_sigkill_while_idle(kernel: RunningKernel) -> None:
     assert kernel.handle.pid is not None
     os.kill(kernel.handle.pid, signal.SIGKILL)
@@ -118,6 +124,7 @@ async def test_sigkill_while_idle(kernel: RunningKernel) -> None:
     assert cause.describe() == "signal(9)"
 
 
+@FORK_TOO
 async def test_sigstop_is_heartbeat(kernel: RunningKernel) -> None:
     pid = kernel.handle.pid
     assert pid is not None
@@ -146,6 +153,7 @@ async def test_busy_kernel_is_not_frozen(kernel: RunningKernel, code: str) -> No
     assert not kernel.done.is_set()
 
 
+@FORK_TOO
 async def test_timeout_interrupts_and_keeps_state(kernel: RunningKernel) -> None:
     assert (await kernel.handle.execute("kept = 41")).status == "ok"
     r = await kernel.handle.execute("while True: pass", timeout=1.0)
@@ -157,6 +165,7 @@ async def test_timeout_interrupts_and_keeps_state(kernel: RunningKernel) -> None
     assert r2.result == "42"
 
 
+@FORK_TOO
 async def test_timeout_kills_kernel_that_ignores_sigint(kernel: RunningKernel) -> None:
     r = await kernel.handle.execute(
         "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True: pass", timeout=1.0
@@ -198,6 +207,7 @@ def _children_of_kernel(kernel_pid: int) -> list[int]:
 
 
 @pytest.mark.parametrize("how", ["shutdown", "kill"])
+@FORK_TOO
 async def test_background_children_are_reaped(kernel: RunningKernel, how: str) -> None:
     r = await kernel.handle.execute(
         "import subprocess; p = subprocess.Popen(['sleep', '1000']); p.pid"
@@ -217,6 +227,7 @@ async def test_background_children_are_reaped(kernel: RunningKernel, how: str) -
     assert await _descendants_alive([pid, child]) == []
 
 
+@FORK_TOO
 async def test_graceful_shutdown_is_normal(kernel: RunningKernel) -> None:
     kernel.handle.shutdown()
     cause = await kernel.wait_exit()
@@ -348,6 +359,7 @@ async def test_no_heartbeat_fake_is_heartbeat(
     assert cause.kind == "heartbeat"
 
 
+@FORK_TOO
 async def test_cancelled_caller_interrupts(kernel: RunningKernel) -> None:
     with trio.move_on_after(1.0):
         await kernel.handle.execute("while True: pass")
@@ -374,6 +386,7 @@ async def test_failing_startup_code_is_start_failure(runtime_dir: Path) -> None:
     assert info.value.data["cause"].code == 3
 
 
+@FORK_TOO
 async def test_files_are_private_and_removed(kernel: RunningKernel, runtime_dir: Path) -> None:
     assert oct(runtime_dir.stat().st_mode & 0o777) == oct(0o700)
     files = list(runtime_dir.iterdir())
