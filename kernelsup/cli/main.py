@@ -167,11 +167,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_client_commands(sub: Any) -> None:
     """exec, status, watch, interrupt, restart: see kernelsup/cli/client_commands.py."""
-    from kernelsup.cli import client_commands, mcp_command, nb_command
+    from kernelsup.cli import client_commands, console, mcp_command, nb_command, top
 
     client_commands.register(sub)
     mcp_command.register(sub)
     nb_command.register(sub)
+    console.register(sub)
+    top.register(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
