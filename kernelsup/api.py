@@ -31,6 +31,8 @@ from kernelsup.core.interface import StreamItem
 from kernelsup.core.policy import IntensityWindow
 from kernelsup.core.records import JobInfo, JobOutput, SessionInfo, env_problem
 from kernelsup.core.results import ExecuteResult, Output, StatusReport
+from kernelsup.notebook import runner as notebooks
+from kernelsup.notebook.report import NotebookReport
 from kernelsup.tree import files
 from kernelsup.tree.bus import EventBus
 from kernelsup.tree.jobs import DEFAULT_PAGE_BYTES, MAX_PAGE_BYTES, Jobs
@@ -499,6 +501,35 @@ class Supervisor:
         directories end with "/"."""
         cwd = self._session_cwd(session)
         return await trio.to_thread.run_sync(files.list_files, cwd, path)
+
+    async def run_notebook(
+        self,
+        notebook: notebooks.NotebookSource,
+        *,
+        output: str | os.PathLike[str] | None = None,
+        parameters: dict[str, object] | None = None,
+        cell_timeout: float | None = None,
+        timeout: float | None = None,
+        allow_errors: bool = False,
+        pool: str | None = None,
+        kernel: str | None = None,
+        session: str | None = None,
+    ) -> NotebookReport:
+        """Run a notebook's code cells in order in one fresh kernel (or in ``session``),
+        writing it back after every cell (to ``output``, else in place), with papermill's
+        ``parameters``; returns its report. The rules are kernelsup/notebook/runner.py's."""
+        return await notebooks.run_notebook(
+            self,
+            notebook,
+            output=output,
+            parameters=parameters,
+            cell_timeout=cell_timeout,
+            timeout=timeout,
+            allow_errors=allow_errors,
+            pool=pool,
+            kernel=kernel,
+            session=session,
+        )
 
 
 @attrs.define

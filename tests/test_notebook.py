@@ -8,6 +8,7 @@ notebooks are compared cell by cell. Every output notebook must pass nbformat.va
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -17,9 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import nbformat
+import papermill
 import pytest
 
-import papermill
+import kernelsup as kernelsup_pkg
+from kernelsup.control.sync_client import SyncClient
+from tests.supervisor_process import SupervisorProcess, supervisor
 
 PAPERMILL_NOTEBOOKS = Path(papermill.__file__).parent / "tests" / "notebooks"
 CLI_TIMEOUT = 240
@@ -300,7 +304,8 @@ def test_the_notebook_is_written_after_every_cell(tmp_path: Path) -> None:
     nb = tmp_path / "self.ipynb"
     reader = (
         f"import json; d = json.load(open({str(nb)!r}))\n"
-        "print(d['cells'][0]['outputs'][0]['text'], d['cells'][1]['metadata']['kernelsup']['status'])"
+        "print(d['cells'][0]['outputs'][0]['text'],"
+        " d['cells'][1]['metadata']['kernelsup']['status'])"
     )
     write_nb(nb, ["print('first')", reader])
     assert kernelsup(tmp_path, "nb", "run", str(nb)).returncode == 0
@@ -346,3 +351,54 @@ def test_a_bash_notebook_with_parameters(tmp_path: Path, bash_spec: Path) -> Non
     assert cells[1].source == "# Parameters\nn=21\n"
     assert "hello 42" in _streams(cells[2]).get("stdout", "")
     assert status_of(cells[3]) == "error" and _enames(cells[3])
+
+
+# --------------------------------------------------------------------------- the API
+async def test_supervisor_run_notebook_in_process(tmp_path: Path, runtime_dir: Path) -> None:
+    cfg = kernelsup_pkg.Config.from_dict({"pool": [{"size": 1, "spares": 1}]})
+    nb = write_nb(tmp_path / "a.ipynb", ["x = 20", "x + 1"], tags={0: ["parameters"]})
+    async with kernelsup_pkg.open_supervisor(cfg, runtime_dir=runtime_dir) as sup:
+        report = await sup.run_notebook(nb, output=tmp_path / "o.ipynb", parameters={"x": 41})
+        assert report.ok and report.status == "ok" and report.pool == "default"
+        assert [c.status for c in report.cells] == ["ok", "ok", "ok"]
+        # its fresh session was closed: no session is left open
+        assert all(not p["sessions"] for p in (await sup.status()).pools)
+        # a pool that does not exist: refused, nothing written
+        refused = await sup.run_notebook(nb, output=tmp_path / "no.ipynb", pool="nope")
+        assert refused.status == "rejected" and refused.exit_code == 3
+        assert "no pool named 'nope'" in refused.message
+        assert not (tmp_path / "no.ipynb").exists()
+    out = valid(tmp_path / "o.ipynb")
+    assert code_cells(out)[2].outputs[0].data["text/plain"] == "42"
+    assert nbformat.read(str(nb), as_version=4).cells[1].source == "x + 1"  # input untouched
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[SupervisorProcess]:
+    yield from supervisor(size=1, spares=1)
+
+
+def test_a_running_supervisor_is_used_by_the_cli_and_the_clients(
+    served: SupervisorProcess, tmp_path: Path
+) -> None:
+    nb = write_nb(tmp_path / "s.ipynb", ["import os; os.getpid()", "print('hi')"])
+    done = kernelsup(tmp_path, "nb", "run", "-c", str(served.config), str(nb), "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["ran_on"] == f"the supervisor at {served.endpoint}"
+    assert report["notebooks"][0]["status"] == "ok"
+    valid(nb)
+
+    with SyncClient(served.config) as client:
+        report = client.run_notebook(nb, output=tmp_path / "sync.ipynb")
+        assert report.ok and report.cells_run == 2
+        assert not any(p["sessions"] for p in client.status().pools)
+    assert _streams(code_cells(valid(tmp_path / "sync.ipynb"))[1]) == {"stdout": "hi\n"}
+
+    async def through_asyncio() -> Any:
+        async with kernelsup_pkg.connect(served.config) as client:
+            return await client.run_notebook(nb, output=tmp_path / "aio.ipynb", timeout=60)
+
+    report = asyncio.run(through_asyncio())
+    assert report.ok
+    assert _streams(code_cells(valid(tmp_path / "aio.ipynb"))[1]) == {"stdout": "hi\n"}

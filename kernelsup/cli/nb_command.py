@@ -191,7 +191,8 @@ async def open_target(
 # --------------------------------------------------------------------------- run
 async def run_all(
     args: argparse.Namespace, config: Config | None, outputs: list[str]
-) -> list[NotebookReport]:
+) -> tuple[list[NotebookReport], str]:
+    """Every notebook's report, in the order given, and which supervisor ran them."""
     parameters = {name: parse_value(value) for name, value in args.parameter}
     kernels = [args.kernel] if args.kernel else _kernels_named(args.notebooks)
     reports: list[NotebookReport | None] = [None] * len(args.notebooks)
@@ -207,7 +208,7 @@ async def run_all(
         async with trio.open_nursery() as nursery:
             for i in range(len(args.notebooks)):
                 nursery.start_soon(one, i)
-    return [r for r in reports if r is not None]
+    return [r for r in reports if r is not None], where
 
 
 async def _run_one(
@@ -270,7 +271,7 @@ def cmd_nb_run(args: argparse.Namespace) -> int:
     except ConfigError as err:
         return fail(err)
     try:
-        reports = trio.run(functools.partial(run_all, args, config, outputs))
+        reports, where = trio.run(functools.partial(run_all, args, config, outputs))
     except (KeyboardInterrupt, KernelsupError, BaseExceptionGroup) as exc:
         if any(isinstance(e, KeyboardInterrupt) for e in leaves(exc)):
             print(
@@ -284,7 +285,8 @@ def cmd_nb_run(args: argparse.Namespace) -> int:
         return fail(failure, Exit.ERROR)  # the supervisor failed (gave up, cannot start)
     exit_code = next((r.exit_code for r in reports if r.exit_code != Exit.OK), Exit.OK)
     if args.json:
-        print(json.dumps({"exit_code": exit_code, "notebooks": [r.to_dict() for r in reports]}))
+        notebooks = [r.to_dict() for r in reports]
+        print(json.dumps({"exit_code": exit_code, "ran_on": where, "notebooks": notebooks}))
     elif len(reports) == 1:
         print(_one_line(reports[0]))
     else:

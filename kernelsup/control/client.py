@@ -43,6 +43,8 @@ from kernelsup.core.records import JobInfo, JobOutput, SessionInfo
 from kernelsup.core.results import ExecuteResult, StatusReport
 from kernelsup.notebook import runner as notebooks
 from kernelsup.notebook.report import NotebookReport
+from kernelsup.notebook import runner as notebooks
+from kernelsup.notebook.report import NotebookReport
 
 if True:  # ASYNC
     from kernelsup.control.async_transport import AsyncTransport, open_transport
@@ -317,6 +319,38 @@ class Client:
         if not all(isinstance(n, str) for n in names):
             raise ProtocolError("malformed list_files reply", code="malformed")
         return list(names)
+
+    async def run_notebook(
+        self,
+        notebook: notebooks.NotebookSource,
+        *,
+        output: str | os.PathLike[str] | None = None,
+        parameters: dict[str, object] | None = None,
+        cell_timeout: float | None = None,
+        timeout: float | None = None,
+        allow_errors: bool = False,
+        pool: str | None = None,
+        kernel: str | None = None,
+        session: str | None = None,
+    ) -> NotebookReport:
+        """Run a notebook's code cells in order in one fresh kernel (or in ``session``),
+        writing it back after every cell (to ``output``, else in place), as
+        ``Supervisor.run_notebook`` does: the notebook is read and written here, the
+        cells run on the supervisor."""
+        options: dict[str, Any] = {
+            "output": output,
+            "parameters": parameters,
+            "cell_timeout": cell_timeout,
+            "timeout": timeout,
+            "allow_errors": allow_errors,
+            "pool": pool,
+            "kernel": kernel,
+            "session": session,
+        }
+        if True:  # ASYNC
+            return await notebooks.run_notebook(self, notebook, **options)
+        else:
+            return notebooks.run_notebook_sync(self, notebook, **options)
 
     async def run_notebook(
         self,

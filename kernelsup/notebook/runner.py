@@ -92,6 +92,9 @@ class Step:
 
 
 CellHook = Callable[[NotebookNode, int], None]
+# A notebook to run: a path (written back in place unless ``output`` says where), or a
+# NotebookNode (changed in place; written only to ``output``).
+NotebookSource = str | os.PathLike[str] | NotebookNode
 
 
 def choose_pool(
@@ -489,6 +492,7 @@ CLOSE_TIMEOUT_S = 10.0
 __all__ = [
     "AsyncTarget",
     "NotebookRun",
+    "NotebookSource",
     "Step",
     "SyncTarget",
     "choose_pool",
