@@ -7,13 +7,15 @@ socket is sync_transport.py's.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 import attrs
+
 from kernelsup.control.connection import (
     CLEANUP_TIMEOUT_S,
     CONNECT_TIMEOUT_S,
@@ -31,6 +33,7 @@ from kernelsup.core.config import Config
 from kernelsup.core.errors import ClientError, KernelsupError, ProtocolError
 from kernelsup.core.events import Event
 from kernelsup.core.interface import StreamItem
+from kernelsup.core.records import JobInfo, JobOutput, SessionInfo
 from kernelsup.core.results import ExecuteResult, StatusReport
 from kernelsup.notebook import runner as notebooks
 from kernelsup.notebook.report import NotebookReport
@@ -197,13 +200,127 @@ class SyncClient:
         """Every kernel's state, pid, restarts, session, uptime and last exit; the pools."""
         return StatusReport.from_dict(self._call(proto.Status()))
 
-    def interrupt(self, kernel_id: str) -> None:
-        """Interrupt whatever the kernel runs. Raises Rejected (``unknown_kernel``...)."""
-        self._call(proto.Interrupt(kernel_id))
+    def interrupt(self, kernel_id: str | None = None, *, session: str | None = None) -> None:
+        """Interrupt whatever the kernel (or the session's kernel) runs. Raises Rejected
+        (``unknown_kernel``, ``unknown_session``...)."""
+        self._call(proto.Interrupt(kernel_id, session))
 
-    def restart(self, kernel_id: str) -> None:
-        """Restart the kernel now; returns once it is starting. Raises Rejected."""
-        self._call(proto.Restart(kernel_id))
+    def restart(self, kernel_id: str | None = None, *, session: str | None = None) -> None:
+        """Restart the kernel now; returns once it is starting. For a ``session``, its
+        kernel is replaced by a ready one in the session's directory. Raises Rejected."""
+        self._call(proto.Restart(kernel_id, session))
+
+    # -- sessions, jobs, files (see the Supervisor's methods of the same names) --
+
+    def open_session(
+        self,
+        name: str | None = None,
+        *,
+        pool: str | None = None,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        idle_timeout: float | None = None,
+        lifetime: float | None = None,
+    ) -> SessionInfo:
+        """Open a session with a kernel of its own, in ``cwd`` (default: a private
+        directory) with ``env``; a name is made when ``name`` is None."""
+        value = self._call(
+            proto.OpenSession(
+                name, pool, cwd, dict(env) if env is not None else None, idle_timeout, lifetime
+            )
+        )
+        return SessionInfo.from_dict(value.get("session"))
+
+    def sessions(self) -> list[SessionInfo]:
+        """Every open session."""
+        value = self._call(proto.Sessions())
+        return [SessionInfo.from_dict(s) for s in _list(value, "sessions")]
+
+    def submit(
+        self,
+        code: str,
+        *,
+        session: str | None = None,
+        pool: str | None = None,
+        timeout: float | None = None,
+    ) -> JobInfo:
+        """Start ``code`` as a job, detached from this client; returns at once."""
+        value = self._call(proto.Submit(code, session, pool, timeout))
+        return JobInfo.from_dict(value.get("job"))
+
+    def job(self, job_id: str) -> JobInfo:
+        """The job's status. Raises Rejected (``unknown_job``)."""
+        return JobInfo.from_dict((self._call(proto.JobQuery(job_id))).get("job"))
+
+    def wait(self, job_id: str, timeout: float | None = None) -> ExecuteResult | None:
+        """The job's result once done; None if it still runs after ``timeout`` seconds.
+        Leaving early does not cancel the job."""
+        value = self._call(proto.WaitJob(job_id, timeout))
+        result = value.get("result")
+        return ExecuteResult.from_dict(result) if result is not None else None
+
+    def job_output(self, job_id: str, offset: int = 0, limit: int = 65536) -> JobOutput:
+        """A page of the job's whole output from byte ``offset`` of its spool."""
+        return JobOutput.from_dict(self._call(proto.JobOutputQuery(job_id, offset, limit)))
+
+    def cancel(self, job_id: str) -> bool:
+        """Cancel the job; False if it had already ended."""
+        return bool((self._call(proto.CancelJob(job_id))).get("cancelled"))
+
+    def jobs(self) -> list[JobInfo]:
+        """Every job the supervisor remembers, the most recently submitted first."""
+        return [JobInfo.from_dict(j) for j in _list(self._call(proto.Jobs()), "jobs")]
+
+    def put_file(self, session: str, path: str, data: bytes) -> None:
+        """Write ``data`` to ``path`` in the session's directory."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data must be bytes, not {type(data).__name__}")
+        encoded = base64.b64encode(bytes(data)).decode("ascii")
+        self._call(proto.PutFile(session, path, encoded))
+
+    def get_file(self, session: str, path: str) -> bytes:
+        """The bytes of ``path`` in the session's directory."""
+        value = self._call(proto.GetFile(session, path))
+        data = value.get("data")
+        if not isinstance(data, str):
+            raise ProtocolError("malformed get_file reply: no data", code="malformed")
+        return base64.b64decode(data)
+
+    def list_files(self, session: str, path: str = ".") -> list[str]:
+        """The names in ``path`` of the session's directory; directories end with "/"."""
+        names = _list(self._call(proto.ListFiles(session, path)), "names")
+        if not all(isinstance(n, str) for n in names):
+            raise ProtocolError("malformed list_files reply", code="malformed")
+        return list(names)
+
+    def run_notebook(
+        self,
+        notebook: notebooks.NotebookSource,
+        *,
+        output: str | os.PathLike[str] | None = None,
+        parameters: dict[str, object] | None = None,
+        cell_timeout: float | None = None,
+        timeout: float | None = None,
+        allow_errors: bool = False,
+        pool: str | None = None,
+        kernel: str | None = None,
+        session: str | None = None,
+    ) -> NotebookReport:
+        """Run a notebook's code cells in order in one fresh kernel (or in ``session``),
+        writing it back after every cell (to ``output``, else in place), as
+        ``Supervisor.run_notebook`` does: the notebook is read and written here, the
+        cells run on the supervisor."""
+        options: dict[str, Any] = {
+            "output": output,
+            "parameters": parameters,
+            "cell_timeout": cell_timeout,
+            "timeout": timeout,
+            "allow_errors": allow_errors,
+            "pool": pool,
+            "kernel": kernel,
+            "session": session,
+        }
+        return notebooks.run_notebook_sync(self, notebook, **options)
 
     def run_notebook(
         self,
@@ -259,6 +376,13 @@ class SyncClient:
         subscription ends with the block."""
         with self.subscribe() as events:
             yield from events
+
+
+def _list(value: dict[str, Any], key: str) -> list[Any]:
+    items = value.get(key)
+    if not isinstance(items, list):
+        raise ProtocolError(f"malformed reply: {key!r} is not a list", code="malformed")
+    return items
 
 
 class _Events:
