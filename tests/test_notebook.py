@@ -402,3 +402,13 @@ def test_a_running_supervisor_is_used_by_the_cli_and_the_clients(
     report = asyncio.run(through_asyncio())
     assert report.ok
     assert _streams(code_cells(valid(tmp_path / "aio.ipynb"))[1]) == {"stdout": "hi\n"}
+
+
+def test_the_kernel_runs_in_the_notebooks_directory(tmp_path: Path) -> None:
+    """As Jupyter runs a notebook: relative paths are the notebook's directory's."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "data.txt").write_text("beside the notebook")
+    nb = write_nb(tmp_path / "sub" / "n.ipynb", ["print(open('data.txt').read())"])
+    done = kernelsup(tmp_path, "nb", "run", str(nb))
+    assert done.returncode == 0, done.stdout
+    assert _streams(code_cells(valid(nb))[0]) == {"stdout": "beside the notebook\n"}

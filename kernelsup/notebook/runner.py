@@ -12,10 +12,17 @@ code runs, through the same queues, timeouts and restarts.
 
 One kernel: every cell is an execute in one session, a fresh one (``nb-`` and random
 hex, closed at the end: its kernel never ran anyone else's code and is shut down after),
-or the caller's ``session``, which is left open. The pool is ``pool`` if given, else the
-pool whose ``kernel`` is ``kernel`` or the notebook's ``metadata.kernelspec.name``, else
-(a notebook naming no kernel) the first pool; no pool for that kernel is a Rejected
-(``unknown_pool``) naming the pools and their kernels.
+or the caller's ``session``, which is left open. A fresh session is opened in ``cwd``
+(default: the notebook's directory, as Jupyter runs a notebook's kernel; for a
+NotebookNode, this process's directory) when the supervisor offers ``open_session``; if
+it cannot be (a directory the supervisor cannot use: it runs on another machine), the
+first cell opens it in a private directory, and any other refusal comes back to the
+first cell, which shows it.
+
+The pool is ``pool`` if given, else the pool whose ``kernel`` is ``kernel`` or the
+notebook's ``metadata.kernelspec.name``, else (a notebook naming no kernel) the first
+pool; no pool for that kernel is a Rejected (``unknown_pool``) naming the pools and their
+kernels.
 
 A cell's timeout is ``cell_timeout`` (else the pool's ``exec_timeout``), cut to what is
 left of the notebook's ``timeout``. The run stops at a cell whose status is not ``ok``:
@@ -137,6 +144,7 @@ class NotebookRun:
         pool: str | None = None,
         kernel: str | None = None,
         session: str | None = None,
+        cwd: str | os.PathLike[str] | None = None,
         on_cell_start: CellHook | None = None,
         on_cell_end: CellHook | None = None,
         prepare: bool = True,
@@ -161,6 +169,9 @@ class NotebookRun:
         self.kernel = kernel or doc.kernel_name(self.nb)
         self.own_session = session is None
         self.session = session or f"{SESSION_PREFIX}{uuid.uuid4().hex[:16]}"
+        if cwd is None:
+            cwd = Path(self.input).parent if default_out is not None else Path.cwd()
+        self.cwd = os.path.abspath(cwd)
         self.on_cell_start = on_cell_start
         self.on_cell_end = on_cell_end
         self._prepare = prepare
@@ -422,6 +433,12 @@ async def run_notebook(
     except Rejected as err:
         return run.refused(err)
     try:
+        opener = getattr(target, "open_session", None) if run.own_session else None
+        if opener is not None:
+            try:
+                await opener(run.session, pool=run.pool, cwd=run.cwd)
+            except Rejected:
+                pass  # the first cell opens it, or shows why it cannot (above)
         while (step := run.next_step()) is not None:
             result = await target.execute(
                 step.code, pool=run.pool, session=run.session, timeout=step.timeout
@@ -469,6 +486,12 @@ def run_notebook_sync(
     except Rejected as err:
         return run.refused(err)
     try:
+        opener = getattr(target, "open_session", None) if run.own_session else None
+        if opener is not None:
+            try:
+                opener(run.session, pool=run.pool, cwd=run.cwd)
+            except Rejected:
+                pass  # the first cell opens it, or shows why it cannot (above)
         while (step := run.next_step()) is not None:
             result = target.execute(
                 step.code, pool=run.pool, session=run.session, timeout=step.timeout
