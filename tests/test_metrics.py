@@ -223,6 +223,36 @@ def test_metrics_count_requests_deaths_and_restarts_as_they_happen(
     assert value(m, "kernelsup_metrics_events_missed_total") == 0
 
 
+def test_metrics_show_jobs_by_status(metered: SupervisorProcess, tmp_path: Path) -> None:
+    url = metrics_url(metered)
+    gate = tmp_path / "go"
+    with kernelsup.SyncClient(metered.config) as client:
+        waiting = client.submit(
+            f"import os, time\nwhile not os.path.exists({str(gate)!r}): time.sleep(0.01)\n"
+            "print('x' * 1000)"
+        )
+        failing = client.submit("1 / 0")
+        assert client.wait(failing.id, timeout=60) is not None
+        deadline = time.monotonic() + 60
+        while client.job(waiting.id).status != "running":
+            assert time.monotonic() < deadline, "the job never started"
+            time.sleep(0.05)
+        m = scrape(url)
+        assert value(m, "kernelsup_jobs", status="running") == 1
+        assert value(m, "kernelsup_jobs", status="error") == 1
+        assert value(m, "kernelsup_jobs", status="queued") == 0
+        gate.touch()
+        result = client.wait(waiting.id, timeout=60)
+        assert result is not None and result.status == "ok"
+        spooled = sum(job.output_bytes for job in client.jobs())
+    m = scrape(url)
+    assert value(m, "kernelsup_jobs", status="running") == 0
+    assert value(m, "kernelsup_jobs", status="ok") == 1
+    assert value(m, "kernelsup_job_spool_bytes") == spooled >= 1000
+    # a job's run is a request like any other
+    assert value(m, "kernelsup_requests_total", pool="default", status="ok", code="") == 1
+
+
 def junk(endpoint: str) -> None:
     """One message the control endpoint must refuse (it is not a signed request)."""
     ctx = zmq.Context.instance()

@@ -14,8 +14,9 @@ Three sources, each read where it is cheapest and exact:
 * **State**, read at scrape time (:class:`_Status`): kernels by pool and state, each
   kernel's memory and CPU (its containment unit, ``adapters/containment.py``), sessions
   and queued requests, heartbeat misses (counted by the pools), the control endpoint's
-  refusals (``Supervisor.stats_sources``), and the supervisor's own CPU and memory
-  (prometheus_client's ``ProcessCollector``: the standard ``process_*`` series).
+  refusals (``Supervisor.stats_sources``), jobs by status (``tree/jobs.py``), and the
+  supervisor's own CPU and memory (prometheus_client's ``ProcessCollector``: the
+  standard ``process_*`` series).
 
 Every label value comes from the config (pool names, kernel ids) or from a fixed set
 (states, statuses, codes, causes, refusal reasons): nothing a client sends becomes a
@@ -34,7 +35,8 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
 from kernelsup.core import events as ev
-from kernelsup.core.results import ExecuteResult, ExitKind
+from kernelsup.core.records import JobInfo
+from kernelsup.core.results import ExecuteResult, ExitKind, Status
 from kernelsup.core.slot import KernelStatus
 
 if TYPE_CHECKING:
@@ -49,6 +51,7 @@ QUEUE_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60
 RUN_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 600, 3600)
 
 STATES: tuple[str, ...] = get_args(KernelStatus)
+JOB_STATUSES: tuple[str, ...] = ("queued", "running", *get_args(Status))
 EXIT_CAUSES: frozenset[str] = frozenset(get_args(ExitKind))
 # The control endpoint's counters that are refusals (control/server.py Counters), and the
 # gate's: the reason label of kernelsup_control_refusals_total.
@@ -214,6 +217,8 @@ class _Status(Collector):
         control = self.sup.stats_sources.get("control")
         if control is not None:
             yield from _control_families(control())
+        # The supervisor's jobs (tree/jobs.py): Jobs.list() is its synchronous view.
+        yield from _job_families(self.sup._jobs.list())
 
     def describe(self) -> Iterable[Metric]:
         return ()  # the series depend on the pools; describe nothing, collect at scrape
@@ -270,6 +275,35 @@ def _pool_families(pools: Iterable[Mapping[str, Any]]) -> Iterator[Metric]:
         queued.add_metric(name, p.get("queued") or 0)
         misses.add_metric(name, p.get("heartbeat_misses") or 0)
     yield from (sessions, max_sessions, queued, misses)
+
+
+def _job_families(jobs: Iterable[JobInfo]) -> Iterator[Metric]:
+    by_status = GaugeMetricFamily(
+        "kernelsup_jobs",
+        "Jobs remembered, by status: queued, running, or their result's status.",
+        labels=["status"],
+    )
+    counts = dict.fromkeys(JOB_STATUSES, 0)
+    spooled = dropped = 0
+    for job in jobs:
+        status = job.status if job.status in counts else "other"
+        counts[status] = counts.get(status, 0) + 1
+        spooled += job.output_bytes
+        dropped += job.dropped_bytes
+    for status, n in counts.items():
+        by_status.add_metric([status], n)
+    yield by_status
+    yield GaugeMetricFamily(
+        "kernelsup_job_spool_bytes",
+        "Output bytes the remembered jobs' spools hold.",
+        value=spooled,
+    )
+    yield GaugeMetricFamily(
+        "kernelsup_job_dropped_bytes",
+        "Output bytes the remembered jobs could not spool (max_job_output_bytes, "
+        "max_job_spool_bytes).",
+        value=dropped,
+    )
 
 
 def _control_families(stats: Mapping[str, Any]) -> Iterator[Metric]:
