@@ -171,10 +171,13 @@ class Supervisor:
         timeout: float | None = None,
         on_output: Callable[[Output], None] | None = None,
         on_start: Callable[[str], None] | None = None,
+        fresh: bool = False,
     ) -> ExecuteResult:
         """Run ``code`` and return its one outcome (never raises for kernel trouble: the
         result's ``status`` says ``error``, ``timeout``, ``died`` or ``rejected``).
         ``on_start`` is called with the kernel's id as a kernel is handed the code.
+        ``fresh``: on a kernel of the pool that never ran anything, destroyed after (no
+        request sees another's state; ``fresh_spares`` keeps such kernels ready).
 
         Cancelling the caller interrupts the kernel running the code."""
         if not isinstance(code, str):
@@ -187,10 +190,23 @@ class Supervisor:
             problem = session_name_problem(session)
             if problem is not None:
                 return self._told(None, rejected("bad_request", problem))
+        if fresh and session is not None:
+            return self._told(
+                None,
+                rejected(
+                    "bad_request",
+                    "fresh and session exclude each other: a fresh execute runs on a kernel "
+                    "of its own that is destroyed after",
+                ),
+            )
         target = self._pool_for(pool, session)
         if isinstance(target, ExecuteResult):
             return self._told(None, target)
-        if session is None:
+        if fresh:
+            result = await target.fresh_execute(
+                code, timeout=timeout, on_output=on_output, on_start=on_start
+            )
+        elif session is None:
             result = await target.execute(
                 code, timeout=timeout, on_output=on_output, on_start=on_start
             )
@@ -212,6 +228,7 @@ class Supervisor:
         pool: str | None = None,
         session: str | None = None,
         timeout: float | None = None,
+        fresh: bool = False,
     ) -> AsyncIterator[StreamItem]:
         """Yield outputs as they arrive, then the final :class:`ExecuteResult`.
 
@@ -237,7 +254,12 @@ class Supervisor:
             async with send:
                 with scope:
                     result = await self.execute(
-                        code, pool=pool, session=session, timeout=timeout, on_output=on_output
+                        code,
+                        pool=pool,
+                        session=session,
+                        timeout=timeout,
+                        on_output=on_output,
+                        fresh=fresh,
                     )
                     try:
                         if skipped:

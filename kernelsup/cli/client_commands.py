@@ -61,6 +61,11 @@ def register(sub: Any) -> None:
     p.add_argument("--pool", help="pool to run in (default: the first pool)")
     p.add_argument("--session", help="run in this named session (state persists)")
     p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="run on a kernel that never ran anything, destroyed after (not with --session)",
+    )
+    p.add_argument(
         "--timeout",
         type=_positive_float,
         help="seconds the code may run (default: the pool's exec_timeout)",
@@ -155,6 +160,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
             "pool": args.pool,
             "session": args.session,
             "timeout": args.timeout,
+            "fresh": args.fresh,
         }
         try:
             if args.json:

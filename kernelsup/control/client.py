@@ -170,11 +170,13 @@ class Client:
         pool: str | None = None,
         session: str | None = None,
         timeout: float | None = None,
+        fresh: bool = False,
     ) -> ExecuteResult:
         """Run ``code``; the result's ``status`` says how it went (kernel trouble is never
-        raised). ``timeout`` defaults to the pool's ``exec_timeout``."""
+        raised). ``timeout`` defaults to the pool's ``exec_timeout``. ``fresh``: on a kernel
+        that never ran anything, destroyed after."""
         return execute_result(
-            await self._final(proto.Execute(code, pool, session, timeout, stream=False)), session
+            await self._final(proto.Execute(code, pool, session, timeout, False, fresh)), session
         )
 
     async def stream(
@@ -184,6 +186,7 @@ class Client:
         pool: str | None = None,
         session: str | None = None,
         timeout: float | None = None,
+        fresh: bool = False,
     ) -> AsyncGenerator[StreamItem, None]:
         """Yield each :class:`Output` as it arrives, then the final ExecuteResult.
 
@@ -193,7 +196,7 @@ class Client:
         interrupted) when the generator is closed: wrap the loop in
         ``contextlib.aclosing(...)`` when you may leave it early, so that happens at once."""
         rid, inbox, started = await self._begin(
-            proto.Execute(code, pool, session, timeout, stream=True)
+            proto.Execute(code, pool, session, timeout, True, fresh)
         )
         try:
             while True:

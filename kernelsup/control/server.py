@@ -318,6 +318,7 @@ class Server:
                 session=req.session,
                 timeout=req.timeout,
                 on_output=on_output,
+                fresh=req.fresh,
             )
             return proto.Result(result.to_dict())
         if isinstance(req, proto.Watch):

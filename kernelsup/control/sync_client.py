@@ -145,11 +145,13 @@ class SyncClient:
         pool: str | None = None,
         session: str | None = None,
         timeout: float | None = None,
+        fresh: bool = False,
     ) -> ExecuteResult:
         """Run ``code``; the result's ``status`` says how it went (kernel trouble is never
-        raised). ``timeout`` defaults to the pool's ``exec_timeout``."""
+        raised). ``timeout`` defaults to the pool's ``exec_timeout``. ``fresh``: on a kernel
+        that never ran anything, destroyed after."""
         return execute_result(
-            self._final(proto.Execute(code, pool, session, timeout, stream=False)), session
+            self._final(proto.Execute(code, pool, session, timeout, False, fresh)), session
         )
 
     def stream(
@@ -159,6 +161,7 @@ class SyncClient:
         pool: str | None = None,
         session: str | None = None,
         timeout: float | None = None,
+        fresh: bool = False,
     ) -> Generator[StreamItem, None, None]:
         """Yield each :class:`Output` as it arrives, then the final ExecuteResult.
 
@@ -167,7 +170,7 @@ class SyncClient:
         result has everything. Leaving the loop early cancels the request (the kernel is
         interrupted) when the generator is closed: wrap the loop in
         ``contextlib.closing(...)`` when you may leave it early, so that happens at once."""
-        rid, inbox, started = self._begin(proto.Execute(code, pool, session, timeout, stream=True))
+        rid, inbox, started = self._begin(proto.Execute(code, pool, session, timeout, True, fresh))
         try:
             while True:
                 reply = self._next(inbox, started)

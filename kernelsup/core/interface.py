@@ -49,6 +49,7 @@ class SupervisorInterface(Protocol):
         pool: str | None = None,
         session: str | None = None,
         timeout: float | None = None,
+        fresh: bool = False,
     ) -> ExecuteResult: ...
     def stream(
         self,
@@ -57,6 +58,7 @@ class SupervisorInterface(Protocol):
         pool: str | None = None,
         session: str | None = None,
         timeout: float | None = None,
+        fresh: bool = False,
     ) -> AsyncIterator[StreamItem]: ...
     def session(
         self, name: str, *, pool: str | None = None
@@ -121,6 +123,7 @@ class SyncSupervisorInterface(Protocol):
         pool: str | None = None,
         session: str | None = None,
         timeout: float | None = None,
+        fresh: bool = False,
     ) -> ExecuteResult: ...
     def stream(
         self,
@@ -129,6 +132,7 @@ class SyncSupervisorInterface(Protocol):
         pool: str | None = None,
         session: str | None = None,
         timeout: float | None = None,
+        fresh: bool = False,
     ) -> Iterator[StreamItem]: ...
     def session(
         self, name: str, *, pool: str | None = None

@@ -15,7 +15,7 @@ Requests (client -> server), and what comes back::
 
     hello                                    -> result {protocol, server, ping_interval_s,
                                                          max_message_bytes}
-    execute {code, pool?, session?, timeout?, stream?}
+    execute {code, pool?, session?, timeout?, stream?, fresh?}
                                              -> output* (stream only), result {ExecuteResult}
     status                                   -> result {StatusReport}
     interrupt {kernel_id | session} | restart {kernel_id | session} -> result {}
@@ -107,6 +107,7 @@ class Execute:
     session: str | None = None
     timeout: float | None = None
     stream: bool = False
+    fresh: bool = False  # on a kernel that never ran anything, destroyed after
 
 
 @attrs.frozen
@@ -428,6 +429,7 @@ _REQUESTS: dict[str, _Spec] = {
             "session": (_opt_str, False),
             "timeout": (_timeout, False),
             "stream": (_bool, False),
+            "fresh": (_bool, False),
         },
     ),
     Status.TYPE: (Status, {}),
