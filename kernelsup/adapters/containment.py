@@ -17,7 +17,8 @@ environment marker can find them. The unit that can:
   is classified ``limit``), ``pids_limit`` (``pids.max``), ``cpu_limit`` in cores (CFS
   quota over a 100 ms period). The supervisor's own directory of cgroups is named by its
   runtime directory, so the reaper (tether.py) and the next start find and empty it even
-  after a SIGKILLed supervisor.
+  after a SIGKILLed supervisor. The unit's files stay root's (the supervisor's) even when
+  the kernel runs as another user: it cannot leave its cgroup, raise its limits or thaw.
 * **subreaper** (no cgroups to be had). The kernel process is made a child subreaper
   (``PR_SET_CHILD_SUBREAPER``, kept across exec), so orphans of anything it started are
   re-parented to it rather than to init: every descendant stays in the kernel's process
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import functools
 import hashlib
 import os
@@ -54,6 +56,10 @@ CPU_PERIOD_US = 100_000
 # round waits a little for killed members to leave). Bounded: cleanup must end.
 KILL_ROUNDS = 100
 KILL_ROUND_WAIT_S = 0.01
+# Tries at removing an emptied cgroup: rmdir says EBUSY until its last killed member has
+# left (exited, not only been signalled). Bounded (0.5 s): a unit that stays is swept by
+# the tether when the supervisor ends, and by the next start.
+RMDIR_TRIES = 50
 # A unit's CPU % is its CPU time over the last window at least this long (status and a
 # metrics scrape may sample it moments apart; a shorter window would be mostly noise).
 CPU_WINDOW_S = 0.5
@@ -334,11 +340,12 @@ class Unit:
         return killed
 
     def remove(self) -> None:
-        """Remove the unit's cgroups (empty by now; one that is not stays, harmlessly)."""
+        """Remove the unit's cgroups, waiting (bounded) for members killed a moment ago to
+        leave; then the supervisor's directory, once its last unit has gone."""
         for path in self.dirs.values():
-            with contextlib.suppress(OSError):
-                path.rmdir()
-                path.parent.rmdir()  # the supervisor's directory, once its last unit goes
+            if _rmdir(path):
+                with contextlib.suppress(OSError):  # not empty: other kernels' units
+                    path.parent.rmdir()
 
 
 # --------------------------------------------------------------------------- sweeping
@@ -369,11 +376,17 @@ def sweep_groups(runtime_dir: Path) -> list[int]:
         parent = base / parent_name
         if parent.is_dir():
             for unit in parent.iterdir():
-                with contextlib.suppress(OSError):
-                    unit.rmdir()
-            with contextlib.suppress(OSError):
-                parent.rmdir()
+                if unit.is_dir():
+                    _rmdir(unit)
+            _rmdir(parent)
     return killed
+
+
+def leftover_groups(runtime_dir: Path) -> list[Path]:
+    """The cgroup directories of the supervisor with this runtime directory that still
+    exist (none, once it has ended cleanly or been swept)."""
+    name = group_dir_name(runtime_dir)
+    return [base / name for base in _hierarchies().values() if (base / name).exists()]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -384,6 +397,22 @@ def _procs(path: Path) -> list[int]:
         return [int(x) for x in (path / "cgroup.procs").read_text().split()]
     except (OSError, ValueError):
         return []
+
+
+def _rmdir(path: Path) -> bool:
+    """Remove an empty cgroup directory; True once it is gone. A cgroup whose killed
+    members have not all left yet is busy (EBUSY): try again, a bounded number of times."""
+    for _ in range(RMDIR_TRIES):
+        try:
+            path.rmdir()
+            return True
+        except FileNotFoundError:
+            return True
+        except OSError as exc:
+            if exc.errno != errno.EBUSY:
+                return False
+        time.sleep(KILL_ROUND_WAIT_S)
+    return False
 
 
 def _kill(pid: int) -> bool:
@@ -410,5 +439,6 @@ __all__ = [
     "Usage",
     "available",
     "group_dir_name",
+    "leftover_groups",
     "sweep_groups",
 ]

@@ -83,9 +83,11 @@ State = Literal["idle", "starting", "ready", "down"]
 
 
 def forkable(plan: LaunchPlan) -> bool:
-    """Whether the zygote can become this kernel: ipykernel, started the standard way."""
+    """Whether the zygote can become this kernel: ipykernel, started the standard way, as
+    the supervisor's own user (a pool's ``user`` is exec'ed: launch.spawn drops to it)."""
     return (
-        plan.language.lower().startswith("python")
+        plan.run_as is None
+        and plan.language.lower().startswith("python")
         and len(plan.argv) >= 3
         and os.path.isabs(plan.argv[0])
         and tuple(plan.argv[1:3]) == ("-m", "ipykernel_launcher")

@@ -27,6 +27,13 @@ Theory of operation
   reserved until we reap it, so the group is killed *before* the leader is reaped.
 * The kernel's stdout and stderr go to one pipe that a task drains into a bounded tail
   (kept for error messages); the kernel never inherits the supervisor's fd 0, 1 or 2.
+* Another user (a pool's ``user``, kernelsup running as root): the plan carries a
+  :class:`RunAs`. The connection file and IPC sockets go to a directory of that user's
+  (``runtime.user_dir``), the environment gets its ``HOME``, ``USER`` and ``LOGNAME``, and
+  the plan is refused with a reason naming the path when the user cannot execute the
+  interpreter (or reach the kernelspec's directory, the working directory). In the child:
+  join the containment unit (its files are root's), then ``setgroups``, ``setgid``,
+  ``setuid``, and only then the parent-death signal: a change of credentials clears it.
 """
 
 from __future__ import annotations
@@ -34,8 +41,10 @@ from __future__ import annotations
 import collections
 import ctypes
 import os
+import pwd
 import queue
 import secrets
+import shutil
 import signal
 import string
 import subprocess
@@ -58,6 +67,7 @@ from kernelsup.adapters.runtime import (
     ipc_dir_for,
     own_private_dir,
     private_dir,
+    user_dir,
 )
 from kernelsup.adapters.tether import TETHER_ENV
 from kernelsup.core.errors import KernelStartError
@@ -96,6 +106,84 @@ class ConnectionInfo:
 
 
 @attrs.frozen
+class RunAs:
+    """The user a kernel runs as (a pool's ``user``): who it is and where it lives."""
+
+    name: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    home: str
+
+    @classmethod
+    def lookup(cls, name: str) -> RunAs:
+        """The user called ``name``; raises KernelStartError if there is none, or if this
+        process may not become it (only root may)."""
+        try:
+            pw = pwd.getpwnam(name)
+        except KeyError:
+            raise KernelStartError(f"no user named {name!r} here", code="start_failure") from None
+        if os.geteuid() not in (0, pw.pw_uid):
+            raise KernelStartError(
+                f"kernels run as user {name!r} only when kernelsup runs as root "
+                f"(it runs as uid {os.geteuid()})",
+                code="start_failure",
+            )
+        groups = tuple(os.getgrouplist(name, pw.pw_gid))
+        return cls(name, pw.pw_uid, pw.pw_gid, groups, pw.pw_dir)
+
+    def become(self) -> None:
+        """In the child before exec: this user's groups, then its gid, then its uid (for
+        good: real, effective and saved)."""
+        os.setgroups(list(self.groups))
+        os.setgid(self.gid)
+        os.setuid(self.uid)
+
+    def denied(self, path: str, want: int) -> str | None:
+        """Why this user cannot ``want`` (``os.R_OK | os.X_OK`` bits) ``path``, judged by
+        mode bits along the path as given and as resolved; None if it can."""
+        for target in dict.fromkeys([os.path.abspath(path), os.path.realpath(path)]):
+            chain = [*reversed(Path(target).parents), Path(target)]
+            for i, step in enumerate(chain):
+                need = want if i == len(chain) - 1 else os.X_OK
+                try:
+                    st = os.stat(step)
+                except OSError as exc:
+                    return f"{step}: {exc.strerror}"
+                if not self._may(st, need):
+                    owner = _owner_name(st.st_uid)
+                    what = "enter" if step != chain[-1] else _verbs(want)
+                    return f"it may not {what} {step} (mode {stat_mode(st.st_mode)}, owner {owner})"
+        return None
+
+    def _may(self, st: os.stat_result, need: int) -> bool:
+        if self.uid == 0:
+            return True
+        if st.st_uid == self.uid:
+            bits = st.st_mode >> 6
+        elif st.st_gid in self.groups or st.st_gid == self.gid:
+            bits = st.st_mode >> 3
+        else:
+            bits = st.st_mode
+        return bits & need == need
+
+
+def stat_mode(mode: int) -> str:
+    return format(mode & 0o7777, "04o")
+
+
+def _verbs(want: int) -> str:
+    return " and ".join(v for bit, v in ((os.R_OK, "read"), (os.X_OK, "execute")) if want & bit)
+
+
+def _owner_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+@attrs.frozen
 class LaunchPlan:
     """Everything needed to exec one kernel, decided before any process exists."""
 
@@ -106,6 +194,7 @@ class LaunchPlan:
     connection: ConnectionInfo
     connection_file: Path
     language: str
+    run_as: RunAs | None = None  # the kernel runs as this user (a pool's `user`)
 
 
 def plan_launch(
@@ -118,8 +207,11 @@ def plan_launch(
     interrupt_mode: str = "",
     cwd: str | None = None,
     spec_manager: KernelSpecManager | None = None,
+    user: str = "",
 ) -> LaunchPlan:
-    """Resolve the kernelspec and write the connection file. Raises KernelStartError."""
+    """Resolve the kernelspec and write the connection file. Raises KernelStartError.
+    With ``user``, the kernel is to run as that user (see :class:`RunAs`)."""
+    run_as = RunAs.lookup(user) if user else None
     ksm = spec_manager or KernelSpecManager()
     try:
         spec = ksm.get_kernel_spec(kernel_name)
@@ -136,8 +228,9 @@ def plan_launch(
     runtime_dir = private_dir(runtime_dir)
     nonce = secrets.token_hex(4)
     conn_file = runtime_dir / f"kernel-{kernel_id}-{nonce}.json"
+    own_dir = _user_dir(runtime_dir, run_as) if run_as is not None else None
     if transport == "ipc":
-        ip = _ipc_base(runtime_dir)
+        ip = _ipc_base(runtime_dir) if own_dir is None else _free_base(own_dir)
     elif transport == "tcp":
         ip = "127.0.0.1"
     else:
@@ -147,6 +240,8 @@ def plan_launch(
         str(conn_file), ip=ip, key=key, transport=transport, kernel_name=kernel_name
     )
     conn_file.chmod(0o600)
+    if own_dir is not None and run_as is not None:
+        conn_file = _hand_over(conn_file, own_dir, run_as)
     conn = ConnectionInfo(
         transport=transport,
         ip=ip,
@@ -164,15 +259,88 @@ def plan_launch(
         kernel_name=kernel_name, kernel_spec_manager=ksm, connection_file=str(conn_file)
     )
     argv = tuple(os.path.expanduser(arg) for arg in km.format_kernel_cmd())
+    env = _kernel_env(spec.env or {}, spec.language, argv, extra_env or {}, runtime_dir)
+    if run_as is not None:
+        env.update(HOME=run_as.home, USER=run_as.name, LOGNAME=run_as.name)
+        env.pop("XDG_RUNTIME_DIR", None)  # ours, not the user's
+        if cwd is None:  # ours may be closed to it: its home, else /
+            cwd = run_as.home if os.path.isdir(run_as.home) else "/"
+        try:
+            _check_reach(run_as, argv, env, spec.resource_dir, cwd, own_dir)
+        except KernelStartError:
+            conn_file.unlink(missing_ok=True)
+            raise
     return LaunchPlan(
         argv=argv,
-        env=_kernel_env(spec.env or {}, spec.language, argv, extra_env or {}, runtime_dir),
+        env=env,
         cwd=cwd,
         interrupt_mode=mode,  # type: ignore[arg-type]
         connection=conn,
         connection_file=conn_file,
         language=spec.language,
+        run_as=run_as,
     )
+
+
+def _user_dir(runtime_dir: Path, run_as: RunAs) -> Path:
+    try:
+        return user_dir(runtime_dir, run_as.uid, run_as.gid)
+    except OSError as exc:
+        raise KernelStartError(
+            f"cannot make a directory for the kernels of user {run_as.name!r}: {exc}",
+            code="start_failure",
+        ) from None
+
+
+def _hand_over(conn_file: Path, own_dir: Path, run_as: RunAs) -> Path:
+    """Move the connection file into the user's directory, as that user's (0600). Made
+    there with O_EXCL | O_NOFOLLOW: nothing the user planted there is written through."""
+    target = own_dir / conn_file.name
+    data = conn_file.read_bytes()
+    conn_file.unlink()
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise KernelStartError(
+            f"cannot write a connection file for user {run_as.name!r}: {exc}",
+            code="start_failure",
+        ) from None
+    try:
+        os.fchown(fd, run_as.uid, run_as.gid)
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    return target
+
+
+def _check_reach(
+    run_as: RunAs,
+    argv: tuple[str, ...],
+    env: Mapping[str, str],
+    resource_dir: str,
+    cwd: str,
+    own_dir: Path | None,
+) -> None:
+    """Refuse, naming the path, a kernel its user could not start: the interpreter it may
+    not execute, the kernelspec directory its argv uses, the working directory, its own
+    directory (under /tmp, which must let every user in)."""
+    program = argv[0] if os.path.isabs(argv[0]) else shutil.which(argv[0], path=env.get("PATH"))
+    checks = [(program or argv[0], os.X_OK, "execute the kernel's program")]
+    if any(resource_dir and resource_dir in arg for arg in argv[1:]):
+        checks.append((resource_dir, os.R_OK | os.X_OK, "read the kernelspec"))
+    checks.append((cwd, os.X_OK, "enter the working directory"))
+    if own_dir is not None:
+        checks.append((str(own_dir), os.X_OK, "enter its directory"))
+    for path, want, what in checks:
+        reason = run_as.denied(path, want)
+        if reason is not None:
+            raise KernelStartError(
+                f"user {run_as.name!r} cannot {what} {path}: {reason}; give it access "
+                '(README: "Kernels as another user") or run the pool as another user',
+                code="start_failure",
+                path=path,
+                user=run_as.name,
+            )
 
 
 def _ipc_base(runtime_dir: Path) -> str:
@@ -189,9 +357,13 @@ def _ipc_base(runtime_dir: Path) -> str:
                 f"{MAX_IPC_ENDPOINT - IPC_NAME_LEN - 10} bytes",
                 code="start_failure",
             ) from None
+    return _free_base(directory)
+
+
+def _free_base(directory: Path) -> str:
     while True:  # a name none of whose five socket files exists yet
         base = str(directory / secrets.token_hex(IPC_NAME_LEN // 2))
-        if not any(os.path.exists(f"{base}-{n}") for n in range(1, 6)):
+        if not any(os.path.lexists(f"{base}-{n}") for n in range(1, 6)):
             return base
 
 
@@ -363,8 +535,10 @@ async def spawn(
     tether = _tether(parent_pid)
 
     def preexec() -> None:  # in the child, between fork and exec
-        tether()
-        unit.join_in_child()
+        unit.join_in_child()  # as root: the unit's files are root's alone
+        if plan.run_as is not None:
+            plan.run_as.become()
+        tether()  # after become(): a change of credentials clears the parent-death signal
 
     def job() -> None:
         try:

@@ -9,10 +9,12 @@ short enough for IPC socket paths. ``[supervisor] runtime_dir`` overrides it.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
 import os
+import re
 import resource
 import stat
 from pathlib import Path
@@ -88,6 +90,52 @@ def own_private_dir(path: Path) -> Path:
     if stat.S_IMODE(st.st_mode) != 0o700:
         os.chmod(path, 0o700)
     return path
+
+
+# The list, in the runtime directory, of the directories made for pools that run as
+# another user (see user_dir); the tether removes them when the supervisor ends.
+USER_DIRS_FILE = "user-dirs"
+
+
+def user_dir_for(runtime_dir: Path, uid: int) -> Path:
+    """Where the kernels of a pool that runs as user ``uid`` find their connection files
+    and bind their IPC sockets: ``/tmp/ks<hash>`` of the runtime directory and the uid, as
+    short as :func:`ipc_dir_for`'s (the runtime directory itself is the supervisor's
+    alone, mode 0700, and stays so)."""
+    digest = hashlib.sha256(os.fsencode(f"{os.path.abspath(runtime_dir)}\0{uid}")).hexdigest()
+    return Path("/tmp") / f"ks{digest[:8]}"
+
+
+def user_dir(runtime_dir: Path, uid: int, gid: int) -> Path:
+    """:func:`user_dir_for`, made (or taken over) for that user: owned by it, mode 0700,
+    listed in the runtime directory first so the tether removes it however we end.
+    Refuses a symlink, or a directory someone else owns. Raises OSError."""
+    path = user_dir_for(runtime_dir, uid)
+    listed = runtime_dir / USER_DIRS_FILE
+    if str(path) not in user_dirs(runtime_dir):
+        with open(listed, "a") as f:
+            f.write(f"{path}\n")
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)  # a symlink: ELOOP
+    try:
+        st = os.fstat(fd)
+        if st.st_uid not in (os.getuid(), uid):
+            raise PermissionError(f"{path} exists and belongs to uid {st.st_uid}")
+        os.fchown(fd, uid, gid)
+        os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
+    return path
+
+
+def user_dirs(runtime_dir: Path) -> list[str]:
+    """The directories :func:`user_dir` made for this runtime directory (its list)."""
+    try:
+        lines = (runtime_dir / USER_DIRS_FILE).read_text().splitlines()
+    except OSError:
+        return []
+    return [line for line in lines if re.fullmatch(r"/tmp/ks[0-9a-f]{8}", line)]
 
 
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter

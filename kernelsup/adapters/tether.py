@@ -33,7 +33,7 @@ from pathlib import Path
 import trio
 
 from kernelsup.adapters.containment import sweep_groups
-from kernelsup.adapters.runtime import ipc_dir_for
+from kernelsup.adapters.runtime import ipc_dir_for, user_dirs
 from kernelsup.core.errors import RuntimeDirBusy
 
 __all__ = ["TETHER_ENV", "RuntimeDirBusy", "Tether", "marker", "sweep", "tethered_pids"]
@@ -102,6 +102,7 @@ class Tether:
         os.write(fd, str(os.getpid()).encode())
         self._lock_fd = fd
         self.leftovers = sweep(self.runtime_dir) + sweep_groups(self.runtime_dir)
+        remove_ipc_dir(self.runtime_dir)  # stale sockets of a previous supervisor's kernels
         read_end, write_end = os.pipe()
         try:
             self._reaper = subprocess.Popen(
@@ -128,6 +129,9 @@ class Tether:
             if reaper.returncode is None:
                 reaper.kill()
                 await trio.to_thread.run_sync(reaper.wait)
+        # The reaper swept already; what it could not remove yet (a cgroup whose last
+        # member was still leaving), and the IPC directories, go now.
+        sweep_groups(self.runtime_dir)
         remove_ipc_dir(self.runtime_dir)
         if self._lock_fd is not None:
             os.close(self._lock_fd)
@@ -150,10 +154,14 @@ def _reaper_main(runtime_dir: str) -> None:
 
 def remove_ipc_dir(runtime_dir: Path) -> None:
     """Remove the short IPC socket directory of ``runtime_dir`` (if it has one of its own)
-    once its kernels are gone; what is left in it are stale socket files."""
+    and the directories of its pools that run as another user, once its kernels are gone;
+    what is left in them are stale socket and connection files. (``rmtree`` does not follow
+    symlinks a kernel may have left there.)"""
     ipc_dir = ipc_dir_for(runtime_dir)
     if ipc_dir != runtime_dir:
         shutil.rmtree(ipc_dir, ignore_errors=True)
+    for path in user_dirs(runtime_dir):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import pwd
 import re
 import sys
 from collections.abc import Callable, Iterable, Mapping
@@ -420,6 +421,33 @@ def _check_env(_inst: Any, attribute: attrs.Attribute[Any], env: Mapping[str, st
             raise _invalid(f"{attribute.name}[{key!r}]", "must not contain a NUL character")
 
 
+# A user name as useradd accepts it (POSIX portable characters, 32 at most).
+_USER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,30}\$?")
+
+
+def _check_user(_inst: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    """A pool's ``user``: a user of this machine, and one this process may become (the
+    only lookup the config makes: check and run must agree on it)."""
+    if value == "":
+        return
+    if not _USER_NAME.fullmatch(value):
+        raise _invalid(
+            attribute.name,
+            f"must be a user name, [A-Za-z0-9_][A-Za-z0-9_.-]* of at most 32 characters "
+            f"(got {_shown(value)})",
+        )
+    try:
+        uid = pwd.getpwnam(value).pw_uid
+    except KeyError:
+        raise _invalid(attribute.name, f"no user named {value!r} on this machine") from None
+    if os.geteuid() not in (0, uid):
+        raise _invalid(
+            attribute.name,
+            f"running kernels as user {value!r} needs kernelsup to run as root "
+            f"(this process runs as uid {os.geteuid()})",
+        )
+
+
 def _frozen_env(env: Mapping[str, str]) -> Mapping[str, str]:
     return MappingProxyType(dict(env))
 
@@ -480,6 +508,7 @@ class PoolConfig:
     pids_limit: int = attrs.field(default=0, validator=_within(0, 4 * 1024 * 1024))
     cpu_limit: float = attrs.field(default=0.0, validator=_within(0, 4096))
     containment: Containment = "auto"
+    user: str = attrs.field(default="", validator=_check_user)
     # Root of the sessions' private working directories (one per session that names no
     # cwd of its own, removed when it closes); "" = "sessions" in the runtime directory.
     workdir: str = attrs.field(default="", validator=_path)

@@ -150,6 +150,7 @@ class KernelActor:
             extra_env=opts.env,
             interrupt_mode=opts.interrupt_mode,
             cwd=opts.cwd,
+            user=opts.user,
         )
         # Signatures are verified, but no replay history is kept: these sockets are our
         # connections to ones the kernel bound in our private directory, so only the

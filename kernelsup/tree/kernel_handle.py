@@ -51,6 +51,7 @@ class KernelOptions:
     pids_limit: int = 0
     cpu_limit: float = 0.0
     containment: str = "auto"  # auto | cgroup | subreaper (adapters/containment.py)
+    user: str = ""  # run the kernel as this user ("": as the supervisor; adapters/launch.py)
     iopub_rcvhwm: int = IOPUB_RCVHWM
 
     @classmethod
@@ -73,6 +74,7 @@ class KernelOptions:
             pids_limit=pool.pids_limit,
             cpu_limit=pool.cpu_limit,
             containment=pool.containment,
+            user=pool.user,
         )
 
 

@@ -1,0 +1,320 @@
+"""A pool's ``user``: kernels run as another user of the machine, so their code cannot
+signal, stop or kill the supervisor, and containment holds for them as for any kernel.
+
+The supervisor is a real ``kernelsup run`` (as root). This machine's interpreter lives
+under /root (mode 0700) and /tmp is mode 1700, so user ``nobody`` could reach neither: the
+supervisor runs in a private mount namespace (``unshare --mount``) where /root is a 0755
+tmpfs with the real /root/.pyenv bound back in, and /tmp a fresh 1777 tmpfs. Nothing on
+the host changes. The same machine without that namespace is what a real user meets, and
+one test checks the start failure it gets: the path its user cannot reach, named.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psutil
+import pytest
+
+import kernelsup
+from kernelsup.adapters import containment
+from kernelsup.adapters.containment import leftover_groups
+from kernelsup.adapters.launch import plan_launch
+from kernelsup.core.errors import ConfigError, KernelStartError
+from tests.helpers import ESCAPE, alive, wait_all_gone
+
+USER = "nobody"
+
+
+def _have_user() -> bool:
+    try:
+        pwd.getpwnam(USER)
+    except KeyError:
+        return False
+    return True
+
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="kernels run as another user only under root"),
+    pytest.mark.skipif(not _have_user(), reason=f"no user {USER!r} here"),
+]
+in_namespace = pytest.mark.skipif(
+    shutil.which("unshare") is None or not os.path.isdir("/root/.pyenv"),
+    reason="needs unshare, and the interpreter under /root/.pyenv that the namespace exposes",
+)
+UID = pwd.getpwnam(USER).pw_uid if _have_user() else -1
+KINDS = [
+    pytest.param(
+        "cgroup",
+        marks=pytest.mark.skipif(
+            containment.available() != "cgroup", reason="no writable cgroup hierarchies here"
+        ),
+    ),
+    "subreaper",
+]
+
+# Run in the new mount namespace as root, then exec the supervisor: /root/.pyenv set
+# aside, a 0755 tmpfs over /root, /root/.pyenv bound back; a fresh 1777 tmpfs over /tmp.
+NAMESPACE = textwrap.dedent("""
+    set -e
+    aside=$1; shift
+    mount --bind /root/.pyenv "$aside"
+    mount -t tmpfs -o mode=0755,size=1m kernelsup-test /root
+    mkdir /root/.pyenv
+    mount --bind "$aside" /root/.pyenv
+    mount -t tmpfs -o mode=1777 kernelsup-test /tmp
+    exec "$@"
+""")
+READY_S = 90
+
+
+class UserSupervisor:
+    """``kernelsup run`` in the namespace, its config, and what it printed."""
+
+    def __init__(self, base: Path, pool: str) -> None:
+        self.base = base
+        self.runtime_dir = base / "rt"
+        self.config = base / "supervisor.toml"
+        self.config.write_text(
+            textwrap.dedent(f"""
+                [supervisor]
+                runtime_dir = "{self.runtime_dir}"
+                [[pool]]
+                name = "u"
+                size = 1
+                spares = 1
+                user = "{USER}"
+                start_timeout = 60
+                restart = {{ min_delay = 0.0, max_delay = 0.5, max_retries = -1 }}
+                """)
+            + pool
+        )
+        (base / "pyenv").mkdir()
+        (base / "ns.sh").write_text(NAMESPACE)
+        self.proc = subprocess.Popen(
+            [
+                *("unshare", "--mount", "--propagation", "private", "sh", str(base / "ns.sh")),
+                *(str(base / "pyenv"), sys.executable, "-m", "kernelsup", "run", str(self.config)),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            cwd=Path(__file__).parent.parent,
+        )
+        self.ready = self._ready_line()
+
+    def _ready_line(self) -> str:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()  # the supervisor prints it once its kernels are up
+        assert line.startswith("kernelsup ready:"), line
+        return line
+
+    def client(self) -> kernelsup.SyncClient:
+        return kernelsup.SyncClient(str(self.config))
+
+    def kernel_pids(self) -> list[int]:
+        with self.client() as c:
+            return [k["pid"] for k in c.status().kernels if k.get("pid")]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+@contextmanager
+def user_supervisor(pool: str = "") -> Iterator[UserSupervisor]:
+    """A supervisor whose pool ``u`` runs as ``nobody``; stopped, and everything it or its
+    kernels started killed, when the block ends (pass or fail)."""
+    base = Path(tempfile.mkdtemp(prefix="ksu-", dir="/var/tmp"))
+    sup: UserSupervisor | None = None
+    try:
+        sup = UserSupervisor(base, pool)
+        yield sup
+    finally:
+        if sup is not None:
+            sup.stop()
+        for proc in psutil.process_iter(["uids", "cmdline"]):  # nothing of the test's left
+            try:
+                if proc.info["uids"] and proc.info["uids"].real == UID:
+                    env = proc.environ()
+                    if env.get("KERNELSUP_TETHER", "").startswith(str(base)):
+                        proc.kill()
+            except psutil.Error:
+                continue
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def run(sup: UserSupervisor, code: str, **kw: object) -> kernelsup.ExecuteResult:
+    with sup.client() as c:
+        return c.execute(code, pool="u", **kw)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- the user
+
+
+@in_namespace
+@pytest.mark.timeout(180)
+def test_a_user_pools_kernel_runs_as_that_user_and_cannot_reach_the_supervisor() -> None:
+    with user_supervisor() as sup:
+        assert "not up" not in sup.ready, sup.ready
+        r = run(sup, "import os; print(os.getuid(), os.geteuid(), os.getgid(), os.environ['HOME'])")
+        pw = pwd.getpwnam(USER)
+        assert r.status == "ok", r
+        assert r.stdout.split() == [str(pw.pw_uid), str(pw.pw_uid), str(pw.pw_gid), pw.pw_dir]
+
+        # Finding 6: the kernel's code tries to stop, then kill, its parent (the supervisor).
+        for sig in ("SIGSTOP", "SIGKILL"):
+            code = f"import os, signal\nos.kill(os.getppid(), signal.{sig})"
+            r = run(sup, code)
+            assert r.status == "error", r
+            assert r.error is not None and r.error.ename == "PermissionError", r.error
+        supervisor = psutil.Process(sup.proc.pid)
+        assert supervisor.status() != psutil.STATUS_STOPPED
+        assert run(sup, "6 * 7").result == "42"  # it serves on
+
+        # Nor can it leave its containment unit: the cgroup files are root's.
+        if containment.available() == "cgroup":
+            escape = textwrap.dedent("""
+                import os
+                line = [l for l in open("/proc/self/cgroup") if ":freezer:" in l][0]
+                unit = "/sys/fs/cgroup/freezer" + line.split(":", 2)[2].strip()
+                with open(os.path.dirname(unit) + "/cgroup.procs", "w") as f:
+                    f.write(str(os.getpid()))
+            """)
+            r = run(sup, escape)
+            assert r.error is not None and r.error.ename == "PermissionError", r
+
+
+@in_namespace
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("kind", KINDS)
+def test_containment_holds_for_a_user_pool(kind: str) -> None:
+    """A setsid, double-forked daemon with a cleaned environment, started by the user's
+    kernel, goes when its session closes, when its kernel dies, and (in a cgroup) with a
+    SIGKILLed supervisor."""
+    pids: list[int] = []
+    with user_supervisor(f'containment = "{kind}"\n') as sup:
+        try:
+            # a session closed
+            with sup.client() as c:
+                # cwd: a session's default private directory is made under the runtime
+                # directory, which only the supervisor may enter
+                c.open_session("s1", pool="u", cwd="/")
+                r = c.execute(ESCAPE, session="s1", pool="u")
+                assert r.status == "ok", r
+                escaped = [int(p) for p in r.stdout.split()]
+                pids += escaped
+                assert all(psutil.Process(p).uids().real == UID for p in escaped)
+                assert c.close_session("s1")
+            assert wait_all_gone(escaped, within=10.0) == []
+
+            # the kernel dies by itself
+            with sup.client() as c:
+                c.open_session("s2", pool="u", cwd="/")
+                r = c.execute(ESCAPE, session="s2", pool="u")
+                escaped = [int(p) for p in r.stdout.split()]
+                pids += escaped
+                r = c.execute("import os; os.kill(os.getpid(), 9)", session="s2", pool="u")
+                assert r.status == "died", r
+            assert wait_all_gone(escaped, within=10.0) == []
+
+            if kind == "subreaper":
+                return  # what the dying kernel orphans goes to init: README says so
+            # the supervisor is SIGKILLed: the reaper sweeps
+            r = run(sup, ESCAPE)
+            escaped = [int(p) for p in r.stdout.split()]
+            pids += escaped
+            kernels = sup.kernel_pids()
+            assert kernels and all(psutil.Process(p).uids().real == UID for p in kernels)
+            os.kill(sup.proc.pid, signal.SIGKILL)
+            sup.proc.wait(timeout=10)
+            assert wait_all_gone(escaped + kernels, within=10.0) == []
+            deadline = time.monotonic() + 10
+            while leftover_groups(sup.runtime_dir) and time.monotonic() < deadline:
+                time.sleep(0.05)  # the reaper removes them once their members have left
+            assert leftover_groups(sup.runtime_dir) == []
+        finally:
+            for pid in pids:
+                if alive(pid):
+                    os.kill(pid, signal.SIGKILL)
+
+
+@in_namespace
+@pytest.mark.timeout(180)
+def test_a_user_pools_memory_limit_counts_its_daemon() -> None:
+    hog = ESCAPE.replace(
+        'os.execve("/bin/sleep", ["sleep", "4243"], {})',
+        'import time; b = b"x" * (400 * 2**20); time.sleep(120); os._exit(0)',
+    )
+    with user_supervisor("memory_limit_mb = 250\n") as sup:
+        r = run(sup, hog)
+        assert r.status == "ok", r
+        daemon = int(r.stdout.split()[1])
+        assert wait_all_gone([daemon], within=60.0) == []  # killed at the limit
+
+
+# --------------------------------------------------------------------------- what goes wrong
+
+
+def test_a_user_that_does_not_exist_is_a_config_error() -> None:
+    with pytest.raises(ConfigError) as info:
+        kernelsup.Config.from_dict({"pool": [{"user": "no-such-user-here"}]})
+    assert info.value.data["path"] == "$.pool[0].user"
+    assert "no user named 'no-such-user-here' on this machine" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        kernelsup.Config.from_dict({"pool": [{"user": "two words"}]})
+    assert "must be a user name" in str(info.value)
+
+
+def test_check_names_a_bad_user(tmp_path: Path) -> None:
+    config = tmp_path / "supervisor.toml"
+    config.write_text('[[pool]]\nuser = "no-such-user-here"\n')
+    proc = subprocess.run(
+        [sys.executable, "-m", "kernelsup", "check", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0
+    assert "$.pool[0].user: no user named 'no-such-user-here'" in proc.stderr
+
+
+def test_an_interpreter_the_user_cannot_execute_is_named(runtime_dir: Path) -> None:
+    """On this machine as it is (no namespace): the venv's python resolves under /root,
+    which nobody may enter. The start fails with the path and what to do."""
+    interpreter = os.path.realpath(sys.executable)
+    blocked = next(
+        (
+            str(p)
+            for p in Path(interpreter).parents
+            if p != Path("/") and not os.stat(p).st_mode & 1
+        ),
+        None,
+    )
+    if blocked is None:
+        pytest.skip("every directory above the interpreter lets others in")
+    with pytest.raises(KernelStartError) as info:
+        plan_launch("k0", "python3", runtime_dir, user=USER)
+    message = info.value.message
+    assert f"user {USER!r} cannot execute the kernel's program" in message
+    assert f"it may not enter {blocked}" in message, message
+    assert "Kernels as another user" in message
+    assert not list(runtime_dir.glob("kernel-*.json"))  # its connection file went
