@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import importlib.util
 import os
 import shutil
@@ -36,7 +37,22 @@ from kernelsup.mcp import render
 from kernelsup.mcp.server import META_RESULT, META_STATUS
 from tests.supervisor_process import SupervisorProcess, private_tmp, supervisor, write_config
 
-TOOLS = {"execute", "status", "interrupt", "restart", "reset_session"}
+TOOLS = {
+    "execute",
+    "job_status",
+    "job_output",
+    "cancel_job",
+    "list_jobs",
+    "open_session",
+    "list_sessions",
+    "close_session",
+    "put_file",
+    "get_file",
+    "list_files",
+    "status",
+    "interrupt",
+    "restart",
+}
 # How long the client waits for the server to exit by itself after closing its stdin
 # before it escalates to SIGTERM (the mcp default, 2 s, is tight for stopping kernels on a
 # busy CI machine). A test fails if the server needed the escalation.
@@ -124,9 +140,10 @@ def mcp_server_process() -> psutil.Process:
 class Mcp:
     """An initialized client session plus what the tests need to check the server."""
 
-    def __init__(self, session: ClientSession, work: Workdir) -> None:
+    def __init__(self, session: ClientSession, work: Workdir, init: types.InitializeResult) -> None:
         self.session = session
         self.work = work
+        self.instructions = init.instructions or ""
         self.process = mcp_server_process()
 
     async def call(
@@ -183,8 +200,8 @@ async def open_mcp(work: Workdir, *args: str) -> AsyncIterator[Mcp]:
     with work.stderr_path.open("w") as errlog:
         async with stdio_client(params, errlog=errlog) as (read, write):
             async with ClientSession(read, write) as session:
-                await session.initialize()
-                yield Mcp(session, work)
+                init = await session.initialize()
+                yield Mcp(session, work, init)
 
 
 @contextlib.asynccontextmanager
@@ -220,6 +237,9 @@ async def test_embedded_tools_results_and_clean_exit(work: Workdir) -> None:
         async with embedded(work) as client:
             tools = (await client.session.list_tools()).tools
             assert {tool.name for tool in tools} == TOOLS
+            # The instructions tell the state model as it is.
+            assert "this connection's own session" in client.instructions
+            assert "closed" in client.instructions and "`block_for`" in client.instructions
             execute = next(tool for tool in tools if tool.name == "execute")
             assert execute.input_schema["required"] == ["code"]
 
@@ -314,12 +334,13 @@ async def test_progress_sessions_and_kernel_tools(work: Workdir) -> None:
             values = [value for value, _, _ in seen]
             assert values == sorted(values) and len(set(values)) == len(values)
             assert all(total == 30 for _, total, _ in seen)
-            assert "step 0" in [message for _, _, message in seen]
+            messages = {message for _, _, message in seen} - {None}
+            assert messages and messages <= {f"step {i}" for i in range(4)}, seen
 
             check_ok(await client.execute("x = 41", session="agent"))
             text = check_ok(await client.execute("x + 1", session="agent"))
             assert "42" in text and "session agent" in text
-            result = await client.call("reset_session", {"session": "agent"})
+            result = await client.call("close_session", {"session": "agent"})
             assert not result.is_error and "closed" in text_of(result)
             result = await client.execute("x", session="agent")
             assert result.is_error and "NameError" in text_of(result)
@@ -337,6 +358,83 @@ async def test_progress_sessions_and_kernel_tools(work: Workdir) -> None:
             result = await client.call("restart", {"kernel_id": kernel["id"]})
             assert not result.is_error, text_of(result)
             check_ok(await client.execute("print('still serving')"))
+
+
+async def test_embedded_sessions_files_and_jobs(work: Workdir) -> None:
+    """The session, file and job tools on the in-process supervisor (the agent flow
+    against `kernelsup run` is tests/test_mcp_agent.py)."""
+    project = work.path / "project"
+    project.mkdir()
+    with trio.fail_after(120):
+        async with embedded(work) as client:
+            result = await client.call(
+                "open_session", {"name": "s", "cwd": str(project), "env": {"FLAVOUR": "mint"}}
+            )
+            assert not result.is_error and "session 's' open" in text_of(result), text_of(result)
+            result = await client.call("put_file", {"session": "s", "path": "in.txt", "text": "hi"})
+            assert not result.is_error, text_of(result)
+            code = "import os\nprint(open('in.txt').read(), os.environ['FLAVOUR'], os.getcwd())"
+            text = check_ok(await client.execute(code, session="s"))
+            assert f"hi mint {project}\n" in text, text
+            result = await client.call("list_files", {"session": "s"})
+            assert text_of(result).split() == ["in.txt"]
+
+            result = await client.execute(
+                "import time\nprint('begun', flush=True)\ntime.sleep(600)", session="s", block_for=0
+            )
+            job_id = result.meta["kernelsup/job"]["id"] if result.meta else ""
+            assert job_id and job_id in text_of(result), text_of(result)
+            with trio.fail_after(30):
+                while "begun" not in text_of(
+                    out := await client.call("job_output", {"job_id": job_id})
+                ):
+                    await trio.sleep(0.1)
+            assert "job running" in text_of(out), text_of(out)
+            assert job_id in text_of(await client.call("list_jobs"))
+            result = await client.call("cancel_job", {"job_id": job_id})
+            assert "cancelled" in text_of(result), text_of(result)
+            with trio.fail_after(30):
+                while "cancelled" not in text_of(
+                    status := await client.call("job_status", {"job_id": job_id})
+                ):
+                    await trio.sleep(0.1)
+            assert status.is_error is not True
+
+            # An execute the client gives up on while it waits cancels its job: nobody
+            # has the job's id to follow or stop it.
+            with trio.move_on_after(30) as waiting:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(
+                        functools.partial(
+                            client.execute,
+                            "import time; time.sleep(600)",
+                            session="s",
+                            block_for=600,
+                        )
+                    )
+                    while not (jobs := await running_jobs(client)):
+                        await trio.sleep(0.1)
+                    nursery.cancel_scope.cancel()
+            assert not waiting.cancelled_caught
+            with trio.fail_after(30):
+                while await running_jobs(client):
+                    await trio.sleep(0.1)
+            [job] = [j for j in jobs_of(await client.call("list_jobs")) if j["id"] == jobs[0]]
+            assert job["status"] == "cancelled", job
+
+            result = await client.call("close_session", {"session": "s"})
+            assert "closed" in text_of(result), text_of(result)
+    assert (project / "in.txt").read_text() == "hi"  # a directory the user gave is kept
+
+
+def jobs_of(result: types.CallToolResult) -> list[dict[str, Any]]:
+    assert result.meta is not None, text_of(result)
+    jobs: list[dict[str, Any]] = result.meta["kernelsup/jobs"]
+    return jobs
+
+
+async def running_jobs(client: Mcp) -> list[str]:
+    return [j["id"] for j in jobs_of(await client.call("list_jobs")) if j["status"] == "running"]
 
 
 async def test_sigterm_stops_the_embedded_tree_mid_call(work: Workdir) -> None:

@@ -12,7 +12,8 @@ from kernelsup.core.config import MCP_OUTPUT_CHARS_MAX, MCP_OUTPUT_CHARS_MIN, pa
 from kernelsup.core.errors import ConfigError
 from kernelsup.core.results import ErrorInfo, ExecuteResult, Output
 from kernelsup.mcp import render
-from kernelsup.mcp.text import Clipped, clip, plain
+from kernelsup.mcp.handlers import _whole_lines
+from kernelsup.mcp.text import MIN_CLIP_CHARS, Clipped, clip, plain
 
 # What IPython prints for `1/0` in a terminal-coloured traceback (abridged).
 COLOURED_TRACEBACK = (
@@ -62,7 +63,7 @@ def test_clip_keeps_head_and_tail_within_the_budget_on_line_boundaries() -> None
     lines = [f"line {i}" for i in range(20_000)]
     text = "\n".join(lines) + "\n"
     hint = 'read it all with job_output(job_id="j-1")'
-    for budget in (MCP_OUTPUT_CHARS_MIN, 5_000, 20_000):
+    for budget in (MIN_CLIP_CHARS, MCP_OUTPUT_CHARS_MIN, 5_000, 20_000):
         clipped = clip(text, budget, hint=hint)
         assert len(clipped.text) <= budget
         assert len(clipped.text) > budget * 0.7  # the budget is used, not wasted
@@ -89,8 +90,8 @@ def test_clip_one_long_line_is_cut_mid_line() -> None:
 
 
 def test_clip_refuses_a_budget_below_the_minimum() -> None:
-    with pytest.raises(ValueError, match="max_chars must be >= 1000"):
-        clip("x", MCP_OUTPUT_CHARS_MIN - 1)
+    with pytest.raises(ValueError, match="max_chars must be >= 500"):
+        clip("x", MIN_CLIP_CHARS - 1)
 
 
 def test_config_range_of_max_output_chars() -> None:
@@ -146,3 +147,20 @@ def _split_at_marker(text: str) -> tuple[str, str, str]:
         start = text.index("[kernelsup: ", start + 1)
     end = text.index("\n", start)
     return text[:start], text[start:end], text[end + 1 :]
+
+
+@pytest.mark.parametrize(
+    ("text", "offset", "next_offset", "done", "expected"),
+    [
+        ("a\nb\nparti", 10, 19, False, ("a\nb\n", 14)),  # cut back to the last newline
+        ("a\nb\n", 10, 14, False, ("a\nb\n", 14)),  # already whole lines
+        ("no newline at all", 0, 17, False, ("no newline at all", 17)),
+        ("a\nlast words", 0, 12, True, ("a\nlast words", 12)),  # the last page is whole
+        ("é\nx", 0, 4, False, ("é\n", 3)),  # offsets in bytes, not characters
+        ("\ufffd\nx", 1, 4, False, ("\ufffd\nx", 4)),  # bytes are not its text: as it is
+    ],
+)
+def test_job_output_pages_end_on_whole_lines(
+    text: str, offset: int, next_offset: int, done: bool, expected: tuple[str, int]
+) -> None:
+    assert _whole_lines(text, offset, next_offset, done) == expected

@@ -21,11 +21,9 @@ import re
 
 import attrs
 
-# The budget's range, for the config key and the per-call override alike. Below the
-# minimum the cut marker alone would take most of it; above the maximum a single result
-# would be a sizeable share of any model's context.
-MIN_OUTPUT_CHARS = 1000
-MAX_OUTPUT_CHARS = 1_000_000
+# The smallest budget clip takes: room for the marker line and a little of each end. (The
+# budget a user sets has its own range: [mcp] max_output_chars in the config.)
+MIN_CLIP_CHARS = 500
 # The tail's share of what is kept when the middle is cut.
 TAIL_SHARE = 0.6
 # A cut moves to a line boundary when one lies within this share of the kept part, so the
@@ -81,9 +79,9 @@ def clip(text: str, max_chars: int, *, hint: str = "") -> Clipped:
     """``text`` itself if it fits in ``max_chars``; else its head and tail around a marker
     line naming what was cut (and ``hint``: how to read it), all within ``max_chars``.
 
-    ``max_chars`` must be at least :data:`MIN_OUTPUT_CHARS` (ValueError otherwise)."""
-    if max_chars < MIN_OUTPUT_CHARS:
-        raise ValueError(f"max_chars must be >= {MIN_OUTPUT_CHARS} (got {max_chars})")
+    ``max_chars`` must be at least :data:`MIN_CLIP_CHARS` (ValueError otherwise)."""
+    if max_chars < MIN_CLIP_CHARS:
+        raise ValueError(f"max_chars must be >= {MIN_CLIP_CHARS} (got {max_chars})")
     if len(text) <= max_chars:
         return Clipped(text)
     # The marker's length depends on the numbers in it, which depend on the room left:
@@ -118,4 +116,4 @@ def _snap_forward(text: str, start: int) -> int:
     return newline + 1 if newline >= 0 else start
 
 
-__all__ = ["MAX_OUTPUT_CHARS", "MIN_OUTPUT_CHARS", "Clipped", "clip", "plain"]
+__all__ = ["MIN_CLIP_CHARS", "Clipped", "clip", "plain"]
