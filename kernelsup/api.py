@@ -130,6 +130,7 @@ class Supervisor:
     async def aclose(self, reason: str = "requested") -> None:
         """Stop the tree gracefully: refuse new requests, stop pools in reverse order."""
         if not self._closing:
+            self._jobs.cancel_all()  # first: a job refused from now on was cancelled
             self._closing = True
             self.bus.publish(ev.SUPERVISOR_STOPPING, reason=reason)
         self._stop.set()

@@ -47,6 +47,7 @@ import trio
 from kernelsup.core.errors import Rejected
 from kernelsup.core.records import JobInfo, JobOutput, page_end, spool_text
 from kernelsup.core.results import ExecuteResult, Output
+from kernelsup.tree.kernel_handle import JOB_MESSAGE_BYTES
 
 # Jobs queued or running at once: each is a task, an open spool file and a request in a
 # pool's queue (which has its own queue_limit).
@@ -57,6 +58,10 @@ MAX_KEPT_JOBS = 1024
 # The most one job_output call returns (bytes of the spool).
 MAX_PAGE_BYTES = 1024 * 1024
 DEFAULT_PAGE_BYTES = 65536
+# The largest kernel message a job decodes whole (a bigger one is cut, head and tail kept
+# and the cut marked in the spool): one message is decoded at a time, so this bounds the
+# memory a job's output takes in the supervisor whatever max_job_output_bytes is.
+JOB_MESSAGE_MAX = 16 * 1024 * 1024
 
 
 class RunFn(Protocol):
@@ -157,14 +162,19 @@ class Jobs:
                 self._close_spool(job)
             shutil.rmtree(self.spool_dir, ignore_errors=True)
 
-    async def stop(self) -> None:
-        """Cancel every unfinished job (``cancelled``, code ``shutting_down``) and wait
-        for their outcomes. Later submits are refused."""
+    def cancel_all(self) -> None:
+        """At the supervisor's stop, before anything else refuses requests: cancel every
+        unfinished job (``cancelled``, code ``shutting_down``); later submits are
+        refused. Returns at once."""
         self._stopping = True
-        live = [j for j in self._jobs.values() if not j.done.is_set()]
-        for job in live:
-            self._cancel(job, "shutting_down", "the supervisor stopped while the job ran")
-        for job in live:
+        for job in self._jobs.values():
+            if not job.done.is_set():
+                self._cancel(job, "shutting_down", "the supervisor stopped while the job ran")
+
+    async def stop(self) -> None:
+        """:meth:`cancel_all`, then wait for every job's outcome."""
+        self.cancel_all()
+        for job in list(self._jobs.values()):
             await job.done.wait()
 
     # ------------------------------------------------------------------- calls
@@ -276,6 +286,9 @@ class Jobs:
             job.status = "running"
             job.started = time.time()
 
+        # Decode the kernel's messages whole (up to JOB_MESSAGE_MAX, one at a time), so
+        # the spool is not cut where the request's bounded result is.
+        JOB_MESSAGE_BYTES.set(JOB_MESSAGE_MAX)
         try:
             with job.scope:
                 result = await self._run(
@@ -287,7 +300,9 @@ class Jobs:
                     on_start=on_start,
                 )
         finally:
-            if result is None:
+            # Cancelled before it ran (a rejection because of the stop is the same event
+            # seen from the pool), or while it ran: the cancel is what ended it.
+            if result is None or (job.scope.cancel_called and result.status == "rejected"):
                 result = ExecuteResult(
                     "cancelled",
                     code=job.cancel_code,

@@ -302,9 +302,11 @@ class KernelActor:
             # it comes back with ``oversized`` set (a stream's text with its head and
             # tail), and the frames are freed on return.
             budget = self.options.max_output_bytes
-            msg = self._wire.parse(
-                frames, max_bytes=message_limit(budget), keep=budget - budget // 2
-            )
+            limit = message_limit(budget)
+            run = self._running
+            if run is not None and run.request.message_bytes > limit:
+                limit = run.request.message_bytes  # a job's spool wants its output whole
+            msg = self._wire.parse(frames, max_bytes=limit, keep=budget - budget // 2)
         except WireError:
             if channel == "iopub":
                 self.stats.iopub_dropped += 1

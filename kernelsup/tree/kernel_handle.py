@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,14 @@ if TYPE_CHECKING:
 # let a CI run's supervisor grow by 80 MB during a flood). Beyond it the kernel's PUB
 # socket drops, and the request's result reports how many messages were lost.
 IOPUB_RCVHWM = 2000
+
+# Set by a job's task (tree/jobs.py) for the requests it makes: the largest kernel message
+# decoded whole for them, so the job's spool gets its output whole (ExecuteRequest's
+# ``message_bytes``). A context variable, so it follows the job's own task down through
+# the supervisor, the pool and the session without a parameter at every level.
+JOB_MESSAGE_BYTES: contextvars.ContextVar[int] = contextvars.ContextVar(
+    "JOB_MESSAGE_BYTES", default=0
+)
 
 
 @attrs.frozen
@@ -98,6 +107,9 @@ class ExecuteRequest:
     reply: trio.MemorySendChannel[ExecuteResult]
     on_output: Callable[[Output], None] | None = None
     silent: bool = False
+    # The largest kernel message decoded whole for this request, when more than its
+    # max_output_bytes allows (a job's spool: tree/jobs.py); 0 = as max_output_bytes says.
+    message_bytes: int = 0
     cancel_requested: bool = False
     scope: trio.CancelScope | None = None
 
@@ -175,6 +187,7 @@ class KernelHandle:
             reply=send,
             on_output=on_output,
             silent=silent,
+            message_bytes=JOB_MESSAGE_BYTES.get(),
             timeout=self._actor.options.exec_timeout if timeout is None else timeout,
         )
         with recv:
