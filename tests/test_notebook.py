@@ -137,7 +137,7 @@ def compared(
     exits = {}
     for name, values in COMPARED:
         source = PAPERMILL_NOTEBOOKS / name
-        subprocess.run(
+        theirs_done = subprocess.run(
             [
                 sys.executable,
                 "-m",
@@ -158,6 +158,7 @@ def compared(
         done = kernelsup(base, "nb", "run", str(source), "-o", str(ours / name), *_params(values))
         assert (ours / name).exists(), done.stdout + done.stderr
         exits[name] = done.returncode
+        exits[f"papermill:{name}"] = theirs_done.returncode
     yield ours, theirs, exits
 
 
@@ -412,3 +413,54 @@ def test_the_kernel_runs_in_the_notebooks_directory(tmp_path: Path) -> None:
     done = kernelsup(tmp_path, "nb", "run", str(nb))
     assert done.returncode == 0, done.stdout
     assert _streams(code_cells(valid(nb))[0]) == {"stdout": "beside the notebook\n"}
+
+
+# --------------------------------------------------------------------------- the papermill engine
+def papermill_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "papermill", "--no-progress-bar", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT,
+    )
+
+
+@pytest.mark.parametrize("name", ["simple_execute.ipynb", "broken1.ipynb", "test_logging.ipynb"])
+def test_papermill_engine_kernelsup_gives_what_the_default_engine_gives(
+    compared: tuple[Path, Path, dict[str, int]], tmp_path: Path, name: str
+) -> None:
+    _ours_dir, theirs_dir, exits = compared
+    values = dict(COMPARED)[name]
+    done = papermill_cli(
+        tmp_path,
+        "--engine",
+        "kernelsup",
+        str(PAPERMILL_NOTEBOOKS / name),
+        "out.ipynb",
+        *_params(values),
+    )
+    assert done.returncode == exits[f"papermill:{name}"], done.stderr[-2000:]
+    ours = valid(tmp_path / "out.ipynb")
+    theirs = nbformat.read(str(theirs_dir / name), as_version=4)
+    assert [c.cell_type for c in ours.cells] == [c.cell_type for c in theirs.cells]
+    for i, (a, b) in enumerate(zip(code_cells(ours), code_cells(theirs), strict=True)):
+        assert _streams(a) == _streams(b), i
+        assert _enames(a) == _enames(b), i
+        assert _values(a) == _values(b), i
+        assert a.execution_count == b.execution_count, i
+        assert a.metadata["papermill"]["status"] == b.metadata["papermill"]["status"], i
+    assert ours.metadata["papermill"]["exception"] == theirs.metadata["papermill"]["exception"]
+
+
+def test_papermill_engine_shows_a_kernel_death_in_its_cell(tmp_path: Path) -> None:
+    nb = write_nb(tmp_path / "die.ipynb", ["print('before')", "import os; os._exit(3)", "1"])
+    done = papermill_cli(tmp_path, "--engine", "kernelsup", str(nb), "out.ipynb")
+    assert done.returncode == 1
+    assert "DeadKernelError" in done.stderr
+    out = valid(tmp_path / "out.ipynb")
+    before, dying, after = code_cells(out)
+    assert _streams(before) == {"stdout": "before\n"}
+    assert _enames(dying) == ["DeadKernelError"]
+    assert dying.metadata["papermill"]["status"] == "failed"
+    assert after.outputs == [] and after.execution_count is None

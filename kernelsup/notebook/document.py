@@ -152,9 +152,10 @@ def outputs_of(result: ExecuteResult) -> list[NotebookNode]:
 
 
 def error_output(ename: str, evalue: str, traceback: tuple[str, ...] | list[str]) -> NotebookNode:
-    out: NotebookNode = _nbf.v4.new_output(
-        "error", ename=ename, evalue=evalue, traceback=list(traceback)
-    )
+    """An error output; with no traceback, the ``ename: evalue`` line stands for one (what
+    Jupyter's frontends and papermill's error report show)."""
+    lines = list(traceback) or [f"{ename}: {evalue}"]
+    out: NotebookNode = _nbf.v4.new_output("error", ename=ename, evalue=evalue, traceback=lines)
     return out
 
 
