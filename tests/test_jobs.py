@@ -92,17 +92,17 @@ async def test_cancel_and_bad_input(runtime_dir: Path) -> None:
         assert (await sup.execute("1 + 1")).result == "2"
 
         for call, code, names in [
-            (sup.job("job-nope"), "unknown_job", "job-nope"),
-            (sup.cancel("job-nope"), "unknown_job", "job-nope"),
-            (sup.job_output(job.id, -1), "bad_request", "offset"),
-            (sup.job_output(job.id, 0, 0), "bad_request", "limit"),
-            (sup.job_output(job.id, 10**6), "bad_request", "past the end"),
-            (sup.wait(job.id, timeout=-1), "bad_request", "timeout"),
-            (sup.submit("1", timeout=0), "bad_request", "timeout"),
-            (sup.submit("1", pool="nope"), "unknown_pool", "nope"),
+            (lambda: sup.job("job-nope"), "unknown_job", "job-nope"),
+            (lambda: sup.cancel("job-nope"), "unknown_job", "job-nope"),
+            (lambda: sup.job_output(job.id, -1), "bad_request", "offset"),
+            (lambda: sup.job_output(job.id, 0, 0), "bad_request", "limit"),
+            (lambda: sup.job_output(job.id, 10**6), "bad_request", "past the end"),
+            (lambda: sup.wait(job.id, timeout=-1), "bad_request", "timeout"),
+            (lambda: sup.submit("1", timeout=0), "bad_request", "timeout"),
+            (lambda: sup.submit("1", pool="nope"), "unknown_pool", "nope"),
         ]:
             with pytest.raises(Rejected) as info:
-                await call
+                await call()
             assert info.value.code == code and names in info.value.message, info.value
 
 
