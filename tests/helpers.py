@@ -20,7 +20,9 @@ import attrs
 import psutil
 import trio
 
+from kernelsup.adapters.containment import leftover_groups
 from kernelsup.adapters.forkserver import ForkServer
+from kernelsup.adapters.runtime import ipc_dir_for, user_dirs
 from kernelsup.adapters.started import EXEC, Launcher
 from kernelsup.api import Supervisor
 from kernelsup.core.results import ExitCause
@@ -174,12 +176,32 @@ def _leftovers(path: Path) -> list[str]:
     return [f"{p.pid}: {' '.join(p.info['cmdline'] or [])}" for p in processes_mentioning(path)]
 
 
-def assert_nothing_left(path: Path) -> None:
-    """No live process mentions ``path``; one being reaped a moment late gets 5 s."""
+def leftovers_of(runtime_dir: Path) -> list[str]:
+    """What a supervisor (or a kernel actor) with this runtime directory left on the
+    machine besides processes: its cgroups, its own short IPC directory, the directories
+    of its pools that run as another user."""
+    left = [str(p) for p in leftover_groups(runtime_dir)]
+    ipc = ipc_dir_for(runtime_dir)
+    if ipc != runtime_dir and os.path.lexists(ipc):
+        left.append(str(ipc))
+    return left + [d for d in user_dirs(runtime_dir) if os.path.lexists(d)]
+
+
+def _everything_left(path: Path, runtime_dirs: tuple[Path, ...]) -> list[str]:
+    found = [lock.parent for lock in path.rglob("supervisor.lock")] if path.is_dir() else []
+    return _leftovers(path) + [
+        f"{rd}: {left}" for rd in {*runtime_dirs, *found} if (left := leftovers_of(rd))
+    ]
+
+
+def assert_nothing_left(path: Path, *runtime_dirs: Path) -> None:
+    """No live process mentions ``path``, and no supervisor whose runtime directory is
+    under ``path`` (or is one of ``runtime_dirs``) left a cgroup or an IPC directory
+    (:func:`leftovers_of`); what is being reaped or removed a moment late gets 5 s."""
     deadline = time.monotonic() + 5
-    while _leftovers(path) and time.monotonic() < deadline:
+    while _everything_left(path, runtime_dirs) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not _leftovers(path), _leftovers(path)
+    assert not _everything_left(path, runtime_dirs), _everything_left(path, runtime_dirs)
 
 
 # A kernel's code that starts two processes built to escape: one in a session of its own
@@ -207,7 +229,8 @@ ESCAPE = textwrap.dedent("""
 def sigkill_supervisor(script: str, runtime_dir: Path, expect: int) -> list[int]:
     """Run ``script`` (a supervisor in a subprocess that prints ``expect`` pids of
     processes it owns, then waits), SIGKILL it, and return those of the pids still alive
-    after 10 s; everything is killed afterwards, whatever the outcome."""
+    after 10 s (having checked its reaper left nothing else: assert_nothing_left);
+    everything is killed afterwards, whatever the outcome."""
     proc = subprocess.Popen(
         [sys.executable, "-c", script, str(runtime_dir)],
         stdout=subprocess.PIPE,
@@ -221,7 +244,9 @@ def sigkill_supervisor(script: str, runtime_dir: Path, expect: int) -> list[int]
         assert len(pids) == expect and all(alive(p) for p in pids), pids
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
-        return wait_all_gone(pids, within=10.0)
+        survivors = wait_all_gone(pids, within=10.0)
+        assert_nothing_left(runtime_dir, runtime_dir)  # the reaper removed its cgroups
+        return survivors
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -27,6 +27,7 @@ from tests.helpers import (
     alive,
     launched_by,
     launcher_for,
+    leftovers_of,
     sigkill_supervisor,
     start_kernel,
     wait_all_gone,
@@ -84,6 +85,7 @@ async def test_escaped_processes_end_with_their_kernel(
             rk.handle.kill("test")
         await rk.wait_exit()
         assert wait_all_gone(pids) == []
+        assert leftovers_of(runtime_dir) == []  # its cgroups went with it
     finally:
         for pid in pids:
             if alive(pid):
@@ -103,6 +105,7 @@ async def test_escaped_processes_end_when_the_kernel_dies_by_itself(
         cause = await rk.wait_exit()
         assert cause.code == 1
         assert wait_all_gone(pids) == []
+        assert leftovers_of(runtime_dir) == []
     finally:
         for pid in pids:
             if alive(pid):

@@ -111,6 +111,7 @@ def test_ipc_plan_is_private_and_every_endpoint_fits_31_bytes(
         assert path.parent == sockets
         assert conn.endpoint(channel) == f"ipc://{path}"
         assert len(conn.endpoint(channel).encode()) <= 31
+    remove_ipc_dir(rd)  # what the tether does when the supervisor ends
 
 
 def test_a_short_ipc_dir_planted_by_someone_else_is_refused(

@@ -17,6 +17,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from kernelsup.adapters.containment import sweep_groups
+
 SUPERVISOR = textwrap.dedent("""
     import sys, trio
     from pathlib import Path
@@ -84,6 +86,9 @@ def test_kernel_lives_a_minute_and_dies_with_a_sigkilled_supervisor(runtime_dir:
             proc.wait()
         if kernel_pid and _alive(kernel_pid):
             os.killpg(kernel_pid, signal.SIGKILL)
+        # This supervisor is a bare kernel actor, with no tether to sweep its kernel's
+        # cgroup after a SIGKILL (api.open_supervisor's reaper does): remove it here.
+        sweep_groups(runtime_dir)
         for stream in (proc.stdin, proc.stdout):
             if stream:
                 stream.close()

@@ -32,7 +32,7 @@ from kernelsup.adapters import containment
 from kernelsup.adapters.containment import leftover_groups
 from kernelsup.adapters.launch import plan_launch
 from kernelsup.core.errors import ConfigError, KernelStartError
-from tests.helpers import ESCAPE, alive, wait_all_gone
+from tests.helpers import ESCAPE, alive, assert_nothing_left, wait_all_gone
 
 USER = "nobody"
 
@@ -175,10 +175,21 @@ def run(sup: UserSupervisor, code: str, **kw: object) -> kernelsup.ExecuteResult
 def test_a_user_pools_kernel_runs_as_that_user_and_cannot_reach_the_supervisor() -> None:
     with user_supervisor() as sup:
         assert "not up" not in sup.ready, sup.ready
-        r = run(sup, "import os; print(os.getuid(), os.geteuid(), os.getgid(), os.environ['HOME'])")
+        who = "import os; print(os.getuid(), os.geteuid(), os.getgid(), os.environ['HOME'])"
+        r = run(sup, who)
         pw = pwd.getpwnam(USER)
         assert r.status == "ok", r
         assert r.stdout.split() == [str(pw.pw_uid), str(pw.pw_uid), str(pw.pw_gid), pw.pw_dir]
+        # Its connection file and sockets: in a directory of its own, which only it (and
+        # root) may enter.
+        where = textwrap.dedent("""
+            import os
+            from ipykernel.kernelapp import IPKernelApp
+            st = os.stat(os.path.dirname(IPKernelApp.instance().connection_file))
+            print(os.getppid(), st.st_uid, oct(st.st_mode & 0o777))
+        """)
+        r = run(sup, where)
+        assert r.stdout.split() == [str(sup.proc.pid), str(pw.pw_uid), "0o700"], r
 
         # Finding 6: the kernel's code tries to stop, then kill, its parent (the supervisor).
         for sig in ("SIGSTOP", "SIGKILL"):
@@ -201,6 +212,10 @@ def test_a_user_pools_kernel_runs_as_that_user_and_cannot_reach_the_supervisor()
             """)
             r = run(sup, escape)
             assert r.error is not None and r.error.ename == "PermissionError", r
+
+        sup.stop()
+        assert sup.proc.returncode == 0
+        assert_nothing_left(sup.base, sup.runtime_dir)  # its kernels, reaper and cgroups
 
 
 @in_namespace
