@@ -167,9 +167,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_client_commands(sub: Any) -> None:
     """exec, status, watch, interrupt, restart: see kernelsup/cli/client_commands.py."""
-    from kernelsup.cli import client_commands, console, mcp_command, nb_command, top
+    from kernelsup.cli import (
+        client_commands,
+        console,
+        mcp_command,
+        nb_command,
+        session_commands,
+        top,
+    )
 
     client_commands.register(sub)
+    session_commands.register(sub)
     mcp_command.register(sub)
     nb_command.register(sub)
     console.register(sub)
