@@ -214,7 +214,8 @@ async def execute(conn: Connection, ctx: Context, args: Mapping[str, Any]) -> ty
     progress = _Progress(ctx.session.report_progress, backend, job.id, timeout)
     outcome: ExecuteResult | KernelsupError | None
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(progress.run)
+        if ctx.meta is not None and ctx.meta.get("progress_token") is not None:
+            nursery.start_soon(progress.run)  # the client asked for progress: poll for it
         try:
             outcome = await backend.wait(job.id, timeout=block_for)
         except KernelsupError as err:  # raised outside the nursery: not in a group
