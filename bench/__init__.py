@@ -11,7 +11,9 @@ module per benchmark, each with ``async def run(mode) -> Report``:
 * ``execute``  a trivial execute round trip in-process and through the control endpoint,
   against raw pyzmq and jupyter_client's clients on the same kernel; executes per second;
 * ``storm``    every kernel of a pool SIGKILLed at once while requests keep arriving;
-* ``idle``     the supervisor process's CPU and memory per idle kernel.
+* ``idle``     the supervisor process's CPU and memory per idle kernel;
+* ``sessions`` ``open_session`` with cwd and env on an adapted warm spare against a
+  kernel started for the session; a job's spooled output against the same ``execute``.
 
 Shared pieces: ``common`` (statistics, table, JSON, plot, machine line), ``kernels``
 (kernelsup's side), ``worker`` (the anchors' process).
@@ -19,6 +21,6 @@ Shared pieces: ``common`` (statistics, table, JSON, plot, machine line), ``kerne
 
 from __future__ import annotations
 
-BENCHMARKS = ("restart", "hang", "execute", "storm", "idle", "cli")
+BENCHMARKS = ("restart", "hang", "execute", "storm", "idle", "cli", "sessions")
 
 __all__ = ["BENCHMARKS"]
