@@ -39,6 +39,7 @@ FAST_MODULES = frozenset(
         "test_outputs",
         "test_policy",
         "test_protocol",
+        "test_records",
         "test_slot",
         "test_snapshots",
         "test_supervisor",
