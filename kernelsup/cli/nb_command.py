@@ -28,17 +28,15 @@ import sys
 import tempfile
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any
-
-import trio
+from typing import TYPE_CHECKING, Any
 
 from kernelsup.cli.exits import Exit, fail, supervisor_failure
 from kernelsup.core.config import Config, PoolConfig, load_config
 from kernelsup.core.errors import ConfigError, KernelsupError, Rejected, Unreachable, leaves
-from kernelsup.notebook import NotebookReport, format_table, run_notebook
-from kernelsup.notebook import document as doc
-from kernelsup.notebook.parameters import parse_value
-from kernelsup.notebook.runner import AsyncTarget
+
+if TYPE_CHECKING:  # imported where used: the other commands need neither (tests/test_lean.py)
+    from kernelsup.notebook import NotebookReport
+    from kernelsup.notebook.runner import AsyncTarget
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
@@ -193,6 +191,10 @@ async def run_all(
     args: argparse.Namespace, config: Config | None, outputs: list[str]
 ) -> tuple[list[NotebookReport], str]:
     """Every notebook's report, in the order given, and which supervisor ran them."""
+    import trio
+
+    from kernelsup.notebook.parameters import parse_value
+
     parameters = {name: parse_value(value) for name, value in args.parameter}
     kernels = [args.kernel] if args.kernel else _kernels_named(args.notebooks)
     reports: list[NotebookReport | None] = [None] * len(args.notebooks)
@@ -218,6 +220,8 @@ async def _run_one(
     output: str,
     parameters: dict[str, Any],
 ) -> NotebookReport:
+    from kernelsup.notebook import NotebookReport, run_notebook
+
     try:
         return await run_notebook(
             target,
@@ -244,6 +248,8 @@ async def _run_one(
 def _kernels_named(notebooks: Sequence[str]) -> list[str]:
     """The kernels the notebooks name (those that can be read: the others fail later,
     each in its own row)."""
+    from kernelsup.notebook import document as doc
+
     found = []
     for path in notebooks:
         try:
@@ -270,6 +276,10 @@ def cmd_nb_run(args: argparse.Namespace) -> int:
             config = load_config(path)
     except ConfigError as err:
         return fail(err)
+    import trio
+
+    from kernelsup.notebook import format_table
+
     try:
         reports, where = trio.run(functools.partial(run_all, args, config, outputs))
     except (KeyboardInterrupt, KernelsupError, BaseExceptionGroup) as exc:
