@@ -19,7 +19,7 @@ import contextlib
 import os
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -41,10 +41,10 @@ from kernelsup.core.events import Event
 from kernelsup.core.interface import StreamItem
 from kernelsup.core.records import JobInfo, JobOutput, SessionInfo
 from kernelsup.core.results import ExecuteResult, StatusReport
-from kernelsup.notebook import runner as notebooks
-from kernelsup.notebook.report import NotebookReport
-from kernelsup.notebook import runner as notebooks
-from kernelsup.notebook.report import NotebookReport
+
+if TYPE_CHECKING:  # imported by run_notebook: a client that runs none needs neither
+    from kernelsup.notebook import runner as notebooks
+    from kernelsup.notebook.report import NotebookReport
 
 if True:  # ASYNC
     from kernelsup.control.async_transport import AsyncTransport, open_transport
@@ -350,6 +350,8 @@ class Client:
             "kernel": kernel,
             "session": session,
         }
+        from kernelsup.notebook import runner as notebooks
+
         if True:  # ASYNC
             return await notebooks.run_notebook(self, notebook, **options)
         else:
@@ -382,6 +384,8 @@ class Client:
             "kernel": kernel,
             "session": session,
         }
+        from kernelsup.notebook import runner as notebooks
+
         if True:  # ASYNC
             return await notebooks.run_notebook(self, notebook, **options)
         else:

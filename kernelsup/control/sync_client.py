@@ -12,10 +12,9 @@ import contextlib
 import os
 from collections.abc import Generator, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
-
 from kernelsup.control.connection import (
     CLEANUP_TIMEOUT_S,
     CONNECT_TIMEOUT_S,
@@ -27,7 +26,6 @@ from kernelsup.control.connection import (
     probe,
     resolve,
 )
-from kernelsup.control.sync_transport import SyncTransport
 from kernelsup.core import protocol as proto
 from kernelsup.core.config import Config
 from kernelsup.core.errors import ClientError, KernelsupError, ProtocolError
@@ -35,8 +33,12 @@ from kernelsup.core.events import Event
 from kernelsup.core.interface import StreamItem
 from kernelsup.core.records import JobInfo, JobOutput, SessionInfo
 from kernelsup.core.results import ExecuteResult, StatusReport
-from kernelsup.notebook import runner as notebooks
-from kernelsup.notebook.report import NotebookReport
+
+if TYPE_CHECKING:  # imported by run_notebook: a client that runs none needs neither
+    from kernelsup.notebook import runner as notebooks
+    from kernelsup.notebook.report import NotebookReport
+
+from kernelsup.control.sync_transport import SyncTransport
 
 
 class SyncClient:
@@ -323,6 +325,8 @@ class SyncClient:
             "kernel": kernel,
             "session": session,
         }
+        from kernelsup.notebook import runner as notebooks
+
         return notebooks.run_notebook_sync(self, notebook, **options)
 
     def run_notebook(
@@ -352,6 +356,8 @@ class SyncClient:
             "kernel": kernel,
             "session": session,
         }
+        from kernelsup.notebook import runner as notebooks
+
         return notebooks.run_notebook_sync(self, notebook, **options)
 
     def server_stats(self) -> dict[str, Any]:

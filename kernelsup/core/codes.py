@@ -121,6 +121,12 @@ _CODE_ROWS = (
     CodeRow(
         "start_timeout", KernelStartError, _E.ERROR, "a kernel was not ready within `start_timeout`"
     ),
+    CodeRow(
+        "ray_unavailable",
+        KernelStartError,
+        _E.ERROR,
+        "the Ray cluster of `[ray] address` cannot be joined (a kernel placed there cannot start)",
+    ),
     CodeRow("kernel_died", KernelDied, _E.DIED, "the kernel died while the code ran"),
     CodeRow("memory_limit", KernelDied, _E.DIED, "the kernel was killed at `memory_limit_mb`"),
     CodeRow("died", KernelDied, _E.DIED, "the kernel died (no more specific code)"),
@@ -171,6 +177,12 @@ _CODE_ROWS = (
         Rejected,
         _E.REJECTED,
         "the pool holds `max_sessions` open sessions: a new one is refused",
+    ),
+    CodeRow(
+        "no_capacity",
+        Rejected,
+        _E.REJECTED,
+        "no node of the Ray cluster had room for the kernel within `placement_timeout`",
     ),
     CodeRow("kernel_unavailable", Rejected, _E.REJECTED, "the kernel is not running"),
     CodeRow("session_closed", Rejected, _E.REJECTED, "the session was closed before the code ran"),

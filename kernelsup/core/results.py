@@ -15,7 +15,19 @@ import attrs
 from kernelsup.core.errors import ProtocolError
 
 Status = Literal["ok", "error", "timeout", "died", "rejected", "cancelled"]
-ExitKind = Literal["normal", "failure", "heartbeat", "start_timeout", "start_failure", "limit"]
+# node_lost / host_lost: a kernel on a Ray node (adapters/ray_host.py) whose node, or host
+# actor, died; no_capacity: no node took its host within placement_timeout.
+ExitKind = Literal[
+    "normal",
+    "failure",
+    "heartbeat",
+    "start_timeout",
+    "start_failure",
+    "limit",
+    "node_lost",
+    "host_lost",
+    "no_capacity",
+]
 
 _STATUSES: frozenset[str] = frozenset(get_args(Status))
 

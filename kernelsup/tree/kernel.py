@@ -227,6 +227,9 @@ class KernelActor:
             self.cause = ExitCause("normal", detail="supervisor stopped")
         with trio.move_on_after(REAP_TIMEOUT_S):
             await self.proc.kill_and_reap()
+        lost = getattr(self.proc, "lost", None)  # see _watch_process
+        if isinstance(lost, ExitCause) and self.cause.kind == "heartbeat":
+            self.cause = lost  # the heartbeat stopped because the node or host went
         rc = self.proc.returncode
         if (
             self.cause.code is None
@@ -374,6 +377,12 @@ class KernelActor:
     async def _watch_process(self) -> None:
         assert self.proc is not None
         code = await self.proc.wait()
+        # A kernel on a Ray node (adapters/ray_host.py) can be lost with its host or node:
+        # that is its cause, not the SIGKILL its status stands for.
+        lost = getattr(self.proc, "lost", None)
+        if isinstance(lost, ExitCause):
+            self.finish(lost)
+            return
         if code == -signal.SIGKILL and self.proc.unit.oom_kills():
             # The cgroup's memory limit at work: the kernel's OOM killer chose the kernel.
             self.finish(

@@ -67,7 +67,8 @@ class KernelOptions:
     def from_pool(cls, pool: PoolConfig) -> KernelOptions:
         return cls(
             kernel_name=pool.kernel,
-            transport=pool.transport,
+            # A kernel on a Ray node is reached over TCP, whatever `transport` says.
+            transport="tcp" if pool.placement == "ray" else pool.transport,
             interrupt_mode=pool.interrupt_mode,
             env=dict(pool.env),
             start_timeout=pool.start_timeout,
@@ -154,6 +155,13 @@ class KernelHandle:
     def containment(self) -> str:
         """``cgroup`` or ``subreaper``: what holds the kernel and all it starts."""
         return self.unit.kind
+
+    @property
+    def node(self) -> str | None:
+        """The address of the Ray node the kernel runs on (adapters/ray_host.py); None for
+        a kernel on this machine."""
+        node = getattr(self._actor.proc, "node", None)
+        return node if isinstance(node, str) else None
 
     @property
     def stats(self) -> ActorStats:

@@ -54,6 +54,7 @@ import attrs
 import trio
 
 from kernelsup.adapters.forkserver import ForkServer
+from kernelsup.adapters.ray_host import RayLauncher
 from kernelsup.adapters.started import EXEC, Launcher
 from kernelsup.core import events as ev
 from kernelsup.core.config import Config, PoolConfig
@@ -220,6 +221,8 @@ class Pool:
         # How the pool's kernels come to exist (adapters/started.py): the seam a fork
         # server or a remote placement plugs into.
         self.launcher: Launcher = EXEC
+        if cfg.placement == "ray":  # each kernel in a host actor on a node of the cluster
+            self.launcher = RayLauncher(config.ray, cfg)
         # launch = "fork": Python kernels forked from the pool's zygote (exec for a pool
         # that runs its kernels as another user, or elsewhere).
         self.fork_server: ForkServer | None = None
@@ -905,10 +908,16 @@ class Pool:
                     why = child.status if cause is None else cause.describe()
                     if cause is not None and cause.detail:
                         why += f": {cause.detail[:_DETAIL_SHOWN]}"
+                    if self._stopping:
+                        code = "shutting_down"
+                    elif cause is not None and cause.kind == "no_capacity":
+                        code = "no_capacity"  # no Ray node had room (adapters/ray_host.py)
+                    else:
+                        code = "kernel_unavailable"
                     raise Rejected(
                         f"the fresh kernel started for session {session.name!r} did not "
                         f"start ({why}); the code did not run",
-                        code="shutting_down" if self._stopping else "kernel_unavailable",
+                        code=code,
                         pool=self.name,
                     )
                 await self._changed.wait()
@@ -1042,6 +1051,7 @@ class Pool:
                     "next_try_s": round(c.next_try - now, 3) if c.next_try is not None else None,
                     "start_error": c.start_error,
                     "containment": _handle(c).containment if c.handle is not None else None,
+                    "node": _handle(c).node if c.handle is not None else None,
                     "memory_bytes": usage.memory_bytes if usage else None,
                     "cpu_percent": _percent(usage.cpu_percent) if usage else None,
                     "cpu_seconds": round(usage.cpu_seconds, 3) if usage else None,
