@@ -190,6 +190,14 @@ def test_a_user_pools_kernel_runs_as_that_user_and_cannot_reach_the_supervisor()
         """)
         r = run(sup, where)
         assert r.stdout.split() == [str(sup.proc.pid), str(pw.pw_uid), "0o700"], r
+        # The parent-death signal was armed after the change of user (which clears it).
+        deathsig = textwrap.dedent("""
+            import ctypes
+            sig = ctypes.c_int()
+            ctypes.CDLL(None).prctl(2, ctypes.byref(sig), 0, 0, 0)  # PR_GET_PDEATHSIG
+            print(sig.value)
+        """)
+        assert run(sup, deathsig).stdout.strip() == str(int(signal.SIGKILL))
 
         # Finding 6: the kernel's code tries to stop, then kill, its parent (the supervisor).
         for sig in ("SIGSTOP", "SIGKILL"):
