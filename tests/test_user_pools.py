@@ -320,6 +320,46 @@ def test_check_names_a_bad_user(tmp_path: Path) -> None:
     assert "$.pool[0].user: no user named 'no-such-user-here'" in proc.stderr
 
 
+@in_namespace
+@pytest.mark.timeout(120)
+def test_check_refuses_another_user_when_kernelsup_is_not_root() -> None:
+    """``check`` run as ``nobody`` (in the namespace, where it can start Python): another
+    user is refused with the reason, its own user is fine; ``run`` structures the config
+    the same way, so it refuses the same."""
+    base = Path(tempfile.mkdtemp(prefix="ksu-", dir="/var/tmp"))
+    try:
+        base.chmod(0o755)
+        (base / "pyenv").mkdir()
+        (base / "ns.sh").write_text(NAMESPACE)
+        outcomes = []
+        for user in ("root", USER):
+            config = base / f"{user}.toml"
+            config.write_text(f'[[pool]]\nuser = "{user}"\n')
+            config.chmod(0o644)
+            as_nobody = ["setpriv", f"--reuid={USER}", f"--regid={pwd.getpwnam(USER).pw_gid}"]
+            proc = subprocess.run(
+                [
+                    *("unshare", "--mount", "--propagation", "private", "sh"),
+                    *(str(base / "ns.sh"), str(base / "pyenv"), *as_nobody, "--clear-groups"),
+                    *(sys.executable, "-m", "kernelsup", "check", str(config)),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                cwd="/",
+            )
+            outcomes.append((proc.returncode, proc.stdout + proc.stderr))
+        (refused, said), (accepted, valid) = outcomes
+        assert refused != 0
+        assert (
+            "$.pool[0].user: running kernels as user 'root' needs kernelsup to run as root" in said
+        )
+        assert f"(this process runs as uid {UID})" in said
+        assert accepted == 0, valid
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
 def test_an_interpreter_the_user_cannot_execute_is_named(runtime_dir: Path) -> None:
     """On this machine as it is (no namespace): the venv's python resolves under /root,
     which nobody may enter. The start fails with the path and what to do."""
