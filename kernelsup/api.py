@@ -31,6 +31,7 @@ from kernelsup.core.interface import StreamItem
 from kernelsup.core.policy import IntensityWindow
 from kernelsup.core.records import JobInfo, JobOutput, SessionInfo, env_problem
 from kernelsup.core.results import ExecuteResult, Output, StatusReport
+from kernelsup.core.snapshots import RestoreInfo, SnapshotInfo
 from kernelsup.notebook import runner as notebooks
 from kernelsup.notebook.report import NotebookReport
 from kernelsup.tree import files
@@ -326,9 +327,9 @@ class Supervisor:
 
     async def status(self) -> StatusReport:
         """Every kernel's state, pid, restarts, session, uptime and last exit; the pools."""
-        return self.snapshot()
+        return self.status_now()
 
-    def snapshot(self) -> StatusReport:
+    def status_now(self) -> StatusReport:
         """:meth:`status`, synchronously (for code already inside the supervisor)."""
         now = trio.current_time()
         return StatusReport(
@@ -524,6 +525,39 @@ class Supervisor:
         directories end with "/"."""
         cwd = self._session_cwd(session)
         return await trio.to_thread.run_sync(files.list_files, cwd, path)
+
+    # --------------------------------------------------------------- snapshots
+    async def snapshot(self, session: str) -> SnapshotInfo:
+        """Save session ``session``'s namespace now (Python kernels; waits for a request
+        it is running). What could not be saved is in ``skipped`` (name: reason). Raises
+        Rejected: ``unknown_session``, ``checkpoint_unsupported``, ``checkpoint_skipped``
+        (past ``checkpoint_max_bytes`` or ``checkpoint_timeout``), ``checkpoint_failed``,
+        ``kernel_unavailable`` (no kernel running: no state to save)."""
+        return await self._live_session(session).snapshot_session(session)
+
+    async def restore(self, session: str, snapshot_id: str | None = None) -> RestoreInfo:
+        """Load a snapshot of ``session`` (its latest by default) into its kernel (one is
+        bound if it has none); names that did not come back are in ``not_restored``.
+        Raises Rejected: ``unknown_session``, ``unknown_snapshot``, ``checkpoint_*``."""
+        return await self._live_session(session).restore_session(session, snapshot_id)
+
+    async def fork_session(self, source: str, name: str) -> RestoreInfo:
+        """Open session ``name``, in ``source``'s pool, starting from ``source``'s state
+        (a snapshot taken now if its kernel runs, else its latest). Raises Rejected:
+        ``unknown_session``, ``session_exists``, ``unknown_snapshot``, ``checkpoint_*``,
+        ``pool_exhausted``."""
+        if self._closing:
+            raise Rejected("the supervisor is shutting down", code="shutting_down")
+        _check_session_name(name)
+        home = self._live_session(source)
+        for p in self.pools.values():
+            if name in p.sessions:
+                raise Rejected(
+                    f"session {name!r} is already open in pool {p.name}",
+                    code="session_exists",
+                    session=name,
+                )
+        return await home.fork_session(source, name)
 
     async def run_notebook(
         self,

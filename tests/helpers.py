@@ -119,7 +119,7 @@ async def wait_until(sup: Supervisor, predicate: Callable[[], bool], timeout: fl
 
 
 def kernels(sup: Supervisor) -> list[dict[str, Any]]:
-    return list(sup.snapshot().kernels)
+    return list(sup.status_now().kernels)
 
 
 # A kernel's code that leaves two things behind: a plain child, and a double-forked daemon

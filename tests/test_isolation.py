@@ -187,8 +187,8 @@ async def test_max_sessions_reached_is_pool_exhausted(runtime_dir: Path) -> None
         assert (r.status, r.code) == ("rejected", "pool_exhausted")
         assert "max_sessions = 2" in r.message and "'c'" in r.message
         assert len(kernels(sup)) == before  # no kernel was started for it
-        assert sup.snapshot().pools[0]["sessions"] == ["a", "b"]
-        assert sup.snapshot().pools[0]["max_sessions"] == 2
+        assert sup.status_now().pools[0]["sessions"] == ["a", "b"]
+        assert sup.status_now().pools[0]["max_sessions"] == 2
         # Open sessions keep working at the limit; anonymous requests too.
         assert (await sup.execute("a", session="a")).result == "1"
         assert (await sup.execute("1 + 1")).result == "2"
@@ -200,7 +200,7 @@ async def test_max_sessions_reached_is_pool_exhausted(runtime_dir: Path) -> None
 
 async def test_max_sessions_default_is_sized_from_memory(runtime_dir: Path) -> None:
     async with kernelsup.open_supervisor(config(size=1, spares=0), runtime_dir=runtime_dir) as sup:
-        pool = sup.snapshot().pools[0]
+        pool = sup.status_now().pools[0]
         assert pool["max_sessions"] == kernelsup.Config.default().pools[0].effective_max_sessions(
             sup.pools["default"].total_memory
         )
@@ -236,7 +236,7 @@ async def test_session_names_are_checked(runtime_dir: Path) -> None:
             items = [item async for item in sup.stream("1", session=name)]
             assert isinstance(items[-1], kernelsup.ExecuteResult)
             assert items[-1].code == "bad_request"
-        assert sup.snapshot().pools[0]["sessions"] == []
+        assert sup.status_now().pools[0]["sessions"] == []
         assert len(kernels(sup)) == 1  # nothing was started for them
         for good in ("x" * 128, "agent 1: été", "a"):
             r = await sup.execute("1", session=good)

@@ -178,7 +178,7 @@ async def test_an_interrupt_from_outside_marks_the_request_interrupted(
     cfg = pool(attrs.evolve(XPYTHON, kernel="python3"), "ipc")
     with trio.fail_after(120):
         async with kernelsup.open_supervisor(cfg, runtime_dir=runtime_dir) as sup:
-            kernel_id = sup.snapshot().kernels[0]["id"]
+            kernel_id = sup.status_now().kernels[0]["id"]
             async with trio.open_nursery() as nursery:
                 got: list[kernelsup.ExecuteResult] = []
 
@@ -186,7 +186,7 @@ async def test_an_interrupt_from_outside_marks_the_request_interrupted(
                     got.append(await run(sup, "import time; time.sleep(30)"))
 
                 nursery.start_soon(running)
-                while sup.snapshot().kernels[0]["state"] != "busy":
+                while sup.status_now().kernels[0]["state"] != "busy":
                     await trio.sleep(0.01)  # nothing announces "busy" to a caller
                 await sup.interrupt(kernel_id)
             (r,) = got
@@ -259,9 +259,9 @@ async def test_a_pool_whose_kernels_cannot_start_refuses_at_once_with_the_reason
                 r = await run(sup, "1")
                 assert (r.status, r.code) == ("rejected", "pool_unavailable"), r
                 assert r.queued_s < sup.config.pools[0].queue_timeout
-            (kernel,) = sup.snapshot().kernels
+            (kernel,) = sup.status_now().kernels
             assert "ZeroDivisionError" in kernel["start_error"]
-            assert sup.snapshot().pools[0]["unavailable"]
+            assert sup.status_now().pools[0]["unavailable"]
             async for event in events:
                 if event.kind == "kernel_start_failed":
                     assert "ZeroDivisionError" in event.data["message"]
@@ -285,6 +285,6 @@ async def test_a_kernel_that_can_never_start_ends_dead_across_pool_restarts(
                 await pool.wait_changed()
             r = await run(sup, "1")
             assert (r.status, r.code) == ("rejected", "pool_dead"), r
-            (kernel,) = sup.snapshot().kernels
+            (kernel,) = sup.status_now().kernels
             assert kernel["state"] == "dead"
             assert "ZeroDivisionError" in kernel["start_error"]

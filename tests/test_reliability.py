@@ -64,7 +64,7 @@ SUPERVISOR = textwrap.dedent("""
     async def main():
         cfg = kernelsup.Config.from_dict({"pool": [{"size": 2, "spares": 0}]})
         async with kernelsup.open_supervisor(cfg, runtime_dir=sys.argv[1]) as sup:
-            pids = [k["pid"] for k in sup.snapshot().kernels]
+            pids = [k["pid"] for k in sup.status_now().kernels]
             r = await sup.execute(LEAVE_BEHIND)
             print(*pids, *r.stdout.split(), flush=True)
             await trio.sleep_forever()

@@ -49,23 +49,23 @@ async def test_status_shows_memory_and_cpu_of_the_kernels_whole_unit(
     runtime_dir: Path, unit: str
 ) -> None:
     async with kernelsup.open_supervisor(config(runtime_dir, unit)) as sup:
-        (before,) = sup.snapshot().kernels
+        (before,) = sup.status_now().kernels
         assert before["containment"] == unit
         assert before["memory_bytes"] > 10 * MIB  # a Python kernel (forked: its own pages)
         assert isinstance(before["cpu_seconds"], float)
         # memory of a process the kernel started counts too
         result = await sup.execute(CHILD_HOLDS)
         assert result.status == "ok", result
-        (holding,) = sup.snapshot().kernels
+        (holding,) = sup.status_now().kernels
         assert holding["memory_bytes"] - before["memory_bytes"] > 120 * MIB
         # CPU: seconds used grow with work done; the percentage is over the last window
         await trio.sleep(containment.CPU_WINDOW_S)  # a window of idling, so it is fresh
-        idle = sup.snapshot().kernels[0]
+        idle = sup.status_now().kernels[0]
         assert (await sup.execute(BURN)).status == "ok"
-        (busy,) = sup.snapshot().kernels
+        (busy,) = sup.status_now().kernels
         assert busy["cpu_seconds"] - idle["cpu_seconds"] > 0.3
         assert busy["cpu_percent"] > 0
-        table = format_status(sup.snapshot())
+        table = format_status(sup.status_now())
     header, row = table.splitlines()[:2]
     assert header.split()[8:11] == ["CPU", "MEM", "UNIT"]
     cpu, mem, shown_unit = row.split()[8:11]

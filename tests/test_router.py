@@ -51,7 +51,7 @@ async def test_pool_runs_in_parallel_and_queues(sup2: Supervisor) -> None:
         await poll_until(lambda: sum(k["state"] == "busy" for k in kernels(sup2)) == 2)
         n.start_soon(run, "c", "'c'")
         # c is now the one request allowed to wait (queue_limit=1)
-        await poll_until(lambda: sup2.snapshot().pools[0]["queued"] == 1)
+        await poll_until(lambda: sup2.status_now().pools[0]["queued"] == 1)
         d = await sup2.execute("'d'")
         assert d.status == "rejected" and d.code == "queue_full"
     assert {k: r.status for k, r in results.items()} == {"a": "ok", "b": "ok", "c": "ok"}
@@ -257,7 +257,7 @@ async def test_idle_session_expires_and_says_so(runtime_dir: Path) -> None:
         r = await sup.execute("x = 1", session="a")
         first = r.kernel_id
         await wait_until(sup, lambda: first not in {k["id"] for k in kernels(sup)})
-        assert sup.snapshot().pools[0]["sessions"] == []
+        assert sup.status_now().pools[0]["sessions"] == []
         r2 = await sup.execute("x", session="a")
         assert r2.state_lost and r2.kernel_id != first
         assert r2.error is not None and r2.error.ename == "NameError"

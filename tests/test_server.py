@@ -78,7 +78,7 @@ class Served:
         return Path(self.config.supervisor.runtime_dir)
 
     def kernel_states(self) -> list[str]:
-        return [k["state"] for k in self.sup.snapshot().kernels]
+        return [k["state"] for k in self.sup.status_now().kernels]
 
 
 async def start_served(nursery: trio.Nursery, cfg: Config) -> Served:
@@ -568,7 +568,7 @@ async def test_event_reply_is_json(served: Served) -> None:
     """Events cross the wire as Event.to_dict() and read back with Event.from_dict()."""
     async with kernelsup.connect(served.endpoint) as client:
         async with client.subscribe() as events:
-            kid = served.sup.snapshot().kernels[0]["id"]
+            kid = served.sup.status_now().kernels[0]["id"]
             await client.restart(kid)
             kinds = []
             with trio.fail_after(30):

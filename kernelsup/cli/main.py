@@ -75,7 +75,7 @@ def _ready_line(sup: Supervisor, endpoint: str, *, metrics: str | None = None) -
     """``kernelsup ready: N kernels in P pool(s); [metrics URL; ]endpoint E``, and when
     some kernels are not up (each has failed a start and retries with backoff), how many,
     and why."""
-    report = sup.snapshot()
+    report = sup.status_now()
     total = len(report.kernels)
     up = sum(1 for k in report.kernels if k.get("state") in ("idle", "busy"))
     line = f"kernelsup ready: {total} kernels in {len(report.pools)} pool(s); "

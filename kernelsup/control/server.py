@@ -324,7 +324,7 @@ class Server:
         if isinstance(req, proto.Watch):
             return await self._watch(client, rid)
         if isinstance(req, proto.Status):
-            return proto.Result(sup.snapshot().to_dict())
+            return proto.Result(sup.status_now().to_dict())
         if isinstance(req, proto.Interrupt):
             await sup.interrupt(req.kernel_id, session=req.session)
             return proto.Result({})
@@ -377,12 +377,24 @@ class Server:
             return
         if not client.outbox.put(rid, reply):
             self.counters.dropped += 1
-        client.wake.set()
+        self._send_now(client)
 
     def _send_final(self, client: _Client, rid: str, reply: proto.Reply) -> None:
         if client.gone:
             return
         client.outbox.put_final(rid, reply)
+        self._send_now(client)
+
+    def _send_now(self, client: _Client) -> None:
+        """Hand what the client's outbox holds to zmq now, as far as its pipe takes it
+        (a full pipe refuses at once), rather than a task wake-up later (bench/execute);
+        then wake the writer, which keeps what is left, pings, and finds out when the
+        client is gone."""
+        try:
+            while (item := client.outbox.peek()) is not None and self._try_send(client, item):
+                client.outbox.pop()
+        except (_Gone, trio.ClosedResourceError):
+            pass  # the writer's next send says so, and it cleans up
         client.wake.set()
 
     def _try_send(self, client: _Client, item: OutItem | None) -> bool:

@@ -87,6 +87,7 @@ InterruptMode: TypeAlias = Literal["", "signal", "message"]
 Containment: TypeAlias = Literal["auto", "cgroup", "subreaper"]
 Placement: TypeAlias = Literal["local", "ray"]
 Launch: TypeAlias = Literal["fork", "exec"]
+Checkpoint: TypeAlias = Literal["off", "after_execute"]
 
 _POOL_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
@@ -509,15 +510,22 @@ class PoolConfig:
     cpu_limit: float = attrs.field(default=0.0, validator=_within(0, 4096))
     containment: Containment = "auto"
     user: str = attrs.field(default="", validator=_check_user)
-    # Root of the sessions' private working directories (one per session that names no
-    # cwd of its own, removed when it closes); "" = "sessions" in the runtime directory.
-    workdir: str = attrs.field(default="", validator=_path)
     # "fork": Python kernels are forked from a warm zygote (adapters/forkserver.py); other
     # kernels, and any while the zygote is not ready, are exec'ed as with "exec".
     launch: Launch = "fork"
     preload: tuple[str, ...] = attrs.field(default=(), converter=tuple, validator=_check_preload)
     # Kernels kept started and never used, for execute(fresh=True).
     fresh_spares: int = attrs.field(default=0, validator=_within(0, MAX_KERNELS))
+    # Root of the sessions' private working directories (one per session that names no
+    # cwd of its own, removed when it closes); "" = "sessions" in the runtime directory.
+    workdir: str = attrs.field(default="", validator=_path)
+    # "after_execute": after each successful request in a session, its namespace is saved
+    # (tree/checkpoints.py) and a replacement kernel restores it before the next request.
+    checkpoint: Checkpoint = "off"
+    # A snapshot larger, or slower to save, than this is skipped (and said); the previous
+    # one is kept. 1 GiB and 30 s leave room for a 100 MB frame and a fitted model.
+    checkpoint_max_bytes: int = attrs.field(default=GIB, validator=_within(1024, 1024 * GIB))
+    checkpoint_timeout: float = attrs.field(default=30.0, validator=_within(0, HOUR_S, above=True))
     # "ray": each kernel starts on a node of the [ray] cluster, inside a host actor that
     # asks for ray_resources (num_cpus, num_gpus, memory, or custom names like kernel_slot).
     placement: Placement = "local"

@@ -227,6 +227,11 @@ class ExecuteResult:
     interrupted: bool = False
     kernel_restarted: bool = False
     state_lost: bool = False
+    # checkpoint = "after_execute": the session's new kernel was given its latest snapshot
+    # before this request; ``restored`` names what came back, ``not_restored`` what did not.
+    state_restored: bool = False
+    restored: tuple[str, ...] = ()
+    not_restored: dict[str, str] = attrs.field(factory=dict)
     truncated_bytes: int = 0
     code: str | None = None
     message: str = ""
@@ -252,6 +257,9 @@ class ExecuteResult:
             "interrupted": self.interrupted,
             "kernel_restarted": self.kernel_restarted,
             "state_lost": self.state_lost,
+            "state_restored": self.state_restored,
+            "restored": list(self.restored),
+            "not_restored": dict(self.not_restored),
             "truncated_bytes": self.truncated_bytes,
             "code": self.code,
             "message": self.message,
@@ -286,6 +294,12 @@ class ExecuteResult:
             interrupted=_field(d, "interrupted", (bool,), w, default=False),
             kernel_restarted=_field(d, "kernel_restarted", (bool,), w, default=False),
             state_lost=_field(d, "state_lost", (bool,), w, default=False),
+            state_restored=_field(d, "state_restored", (bool,), w, default=False),
+            restored=_str_list(d.get("restored", []), "result.restored"),
+            not_restored={
+                k: str(v)
+                for k, v in (_str_dict(d.get("not_restored"), "result.not_restored") or {}).items()
+            },
             truncated_bytes=_field(d, "truncated_bytes", (int,), w, default=0),
             code=_field(d, "code", (str,), w, default=None, nullable=True),
             message=_field(d, "message", (str,), w, default=""),

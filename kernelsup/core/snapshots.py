@@ -124,6 +124,45 @@ class SnapshotInfo:
         )
 
 
+@attrs.frozen
+class RestoreInfo:
+    """A snapshot loaded into a session's kernel: the names that came back, and those that
+    did not with the reason (a module that no longer imports...)."""
+
+    session: str
+    snapshot_id: str
+    restored: tuple[str, ...]
+    not_restored: dict[str, str] = attrs.field(factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "session": self.session,
+            "snapshot_id": self.snapshot_id,
+            "restored": list(self.restored),
+            "not_restored": dict(self.not_restored),
+        }
+
+    @classmethod
+    def from_dict(cls, data: object) -> RestoreInfo:
+        if not isinstance(data, dict):
+            raise ValueError("restore info is not an object")
+        return cls(
+            session=str(data.get("session", "")),
+            snapshot_id=str(data.get("snapshot_id", "")),
+            restored=_names(data.get("restored")),
+            not_restored=_reasons(data.get("not_restored")),
+        )
+
+    @classmethod
+    def from_report(cls, report: dict[str, Any], *, session: str, snapshot_id: str) -> RestoreInfo:
+        return cls(
+            session=session,
+            snapshot_id=snapshot_id,
+            restored=_names(report.get("restored")),
+            not_restored=_reasons(report.get("not_restored")),
+        )
+
+
 def failure(report: dict[str, Any], *, max_bytes: int, timeout: float) -> str | None:
     """Why a save report says the snapshot was not taken, in words; None if it was."""
     if report.get("ok") is True:

@@ -211,7 +211,7 @@ class _Status(Collector):
         self.sup = sup
 
     def collect(self) -> Iterable[Metric]:
-        report = self.sup.snapshot()
+        report = self.sup.status_now()
         yield from _kernel_families(report.kernels)
         yield from _pool_families(report.pools)
         control = self.sup.stats_sources.get("control")

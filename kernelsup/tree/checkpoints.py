@@ -25,7 +25,9 @@ import attrs
 import trio
 
 from kernelsup.core.errors import Rejected
+from kernelsup.core.results import ExecuteResult, Output
 from kernelsup.core.snapshots import (
+    RestoreInfo,
     SnapshotInfo,
     failure,
     load_request,
@@ -38,15 +40,6 @@ KEEP = 3  # snapshots kept per session: the latest, and two to go back to
 # A save or restore request may run this much longer than checkpoint_timeout: the request
 # also compiles the shipped code and the kernel must answer (the save stops itself).
 GRACE_S = 5.0
-
-
-@attrs.frozen
-class Restored:
-    """What a restore brought back (names) and what it could not (name: reason)."""
-
-    snapshot_id: str
-    restored: tuple[str, ...]
-    not_restored: dict[str, str]
 
 
 def is_python(handle: KernelHandle) -> bool:
@@ -67,11 +60,20 @@ def _unsupported(session: str, handle: KernelHandle) -> Rejected:
 class Checkpoints:
     """A pool's snapshot store: one directory per session, the last KEEP snapshots each."""
 
-    def __init__(self, root: Path, *, max_bytes: int, timeout: float) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        max_bytes: int,
+        timeout: float,
+        owner: tuple[int, int] | None = None,
+    ) -> None:
         self.root = root
         self.max_bytes = max_bytes
         self.timeout = timeout
-        self._counter = 0
+        # A pool's `user`: its kernels write the snapshots, so each session's directory
+        # is theirs (uid, gid); the root above it stays the supervisor's.
+        self.owner = owner
 
     def dir_for(self, session: str) -> Path:
         # A hash: session names may hold any printable character, '/' and '..' too.
@@ -100,8 +102,7 @@ class Checkpoints:
         """Snapshot the session's namespace on its kernel. Raises Rejected (checkpoint_* codes)."""
         if not is_python(handle):
             raise _unsupported(session, handle)
-        folder = self.dir_for(session)
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        folder = self._make_dir(session)
         snap_id = self._next_id(session)
         path, report_path = folder / f"{snap_id}.pkl", folder / f"{snap_id}.save.json"
         code = save_request(str(path), str(report_path), self.max_bytes, self.timeout)
@@ -114,7 +115,7 @@ class Checkpoints:
 
     async def restore(
         self, handle: KernelHandle, session: str, snapshot_id: str | None = None
-    ) -> Restored:
+    ) -> RestoreInfo:
         """Load a snapshot (the latest by default) into the session's kernel."""
         if not is_python(handle):
             raise _unsupported(session, handle)
@@ -136,15 +137,7 @@ class Checkpoints:
                 f"{report.get('error', 'no report')}",
                 code="checkpoint_failed",
             )
-        restored = report.get("restored")
-        not_restored = report.get("not_restored")
-        return Restored(
-            snap_id,
-            tuple(str(n) for n in restored) if isinstance(restored, list) else (),
-            {str(k): str(v) for k, v in not_restored.items()}
-            if isinstance(not_restored, dict)
-            else {},
-        )
+        return RestoreInfo.from_report(report, session=session, snapshot_id=snap_id)
 
     async def _run(
         self, handle: KernelHandle, code: str, report_path: Path, session: str, what: str
@@ -174,10 +167,17 @@ class Checkpoints:
         snap_id = self.latest(source)
         if snap_id is None:
             raise Rejected(f"session {source!r} has no snapshot", code="unknown_snapshot")
-        folder = self.dir_for(target)
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        folder = self._make_dir(target)
         shutil.copyfile(self.dir_for(source) / f"{snap_id}.pkl", folder / "s1.pkl")
         return "s1"
+
+    def _make_dir(self, session: str) -> Path:
+        folder = self.dir_for(session)
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o711)
+        folder.mkdir(exist_ok=True, mode=0o700)
+        if self.owner is not None:
+            os.chown(folder, *self.owner)
+        return folder
 
     def _prune(self, session: str) -> None:
         for old in self.ids(session)[:-KEEP]:
@@ -186,6 +186,31 @@ class Checkpoints:
     def forget(self, session: str) -> None:
         """The session closed: its snapshots go."""
         shutil.rmtree(self.dir_for(session), ignore_errors=True)
+
+
+def with_restore(result: ExecuteResult, restore: RestoreInfo | str | None) -> ExecuteResult:
+    """A session request's result, told what the restore before it did: the names that
+    came back (``state_restored``), or why nothing did (a notice; the router then says
+    ``state_lost`` as for any lost kernel)."""
+    if restore is None:
+        return result
+    if isinstance(restore, str):
+        notice = Output("notice", name="state_not_restored", text=restore)
+        return attrs.evolve(result, outputs=(notice, *result.outputs))
+    text = f"[kernelsup] the session's kernel was replaced; restored snapshot {restore.snapshot_id}"
+    text += f": {', '.join(restore.restored) or 'no names'}"
+    if restore.not_restored:
+        text += "; not restored: " + ", ".join(
+            f"{name} ({why})" for name, why in restore.not_restored.items()
+        )
+    notice = Output("notice", name="state_restored", text=text)
+    return attrs.evolve(
+        result,
+        state_restored=True,
+        restored=restore.restored,
+        not_restored=dict(restore.not_restored),
+        outputs=(notice, *result.outputs),
+    )
 
 
 def _serial(snap_id: str) -> int:
@@ -202,4 +227,4 @@ def _remove(path: Path) -> None:
         pass
 
 
-__all__ = ["KEEP", "Checkpoints", "Restored", "is_python"]
+__all__ = ["KEEP", "Checkpoints", "is_python", "with_restore"]

@@ -54,6 +54,7 @@ import attrs
 import trio
 
 from kernelsup.adapters.forkserver import ForkServer
+from kernelsup.adapters.launch import RunAs
 from kernelsup.adapters.ray_host import RayLauncher
 from kernelsup.adapters.started import EXEC, Launcher
 from kernelsup.core import events as ev
@@ -63,7 +64,9 @@ from kernelsup.core.policy import IntensityWindow, RestartPolicy
 from kernelsup.core.records import SessionInfo
 from kernelsup.core.results import ExecuteResult, ExitCause, Output
 from kernelsup.core.slot import SlotState
+from kernelsup.core.snapshots import RestoreInfo, SnapshotInfo
 from kernelsup.tree.bus import EventBus
+from kernelsup.tree.checkpoints import Checkpoints, with_restore
 from kernelsup.tree.kernel import run_kernel
 from kernelsup.tree.kernel_handle import KernelHandle, KernelOptions
 from kernelsup.tree.pool_supervisor import Child, PoolSupervisor
@@ -167,6 +170,9 @@ class Session:
     last_used_wall: float = 0.0
     executions: int = 0
     binding: bool = False
+    # A snapshot id to load into its kernel before its next request (restore, fork_session).
+    restore_from: str | None = None
+    checkpoint_unsupported: bool = False  # said once: its kernel's language has no snapshots
 
     def info(self) -> SessionInfo:
         child = self.child
@@ -201,6 +207,15 @@ def _percent(value: float | None) -> float | None:
     return round(value, 1) if value is not None else None
 
 
+def _owner(cfg: PoolConfig) -> tuple[int, int] | None:
+    """Who writes the pool's snapshots: its kernels' user, when it has one."""
+    user = getattr(cfg, "user", "")
+    if not user:
+        return None
+    run_as = RunAs.lookup(user)
+    return (run_as.uid, run_as.gid)
+
+
 def rejected(code: str, message: str, **data: Any) -> ExecuteResult:
     return ExecuteResult("rejected", code=code, message=message, **data)
 
@@ -221,14 +236,14 @@ class Pool:
         # How the pool's kernels come to exist (adapters/started.py): the seam a fork
         # server or a remote placement plugs into.
         self.launcher: Launcher = EXEC
-        if cfg.placement == "ray":  # each kernel in a host actor on a node of the cluster
-            self.launcher = RayLauncher(config.ray, cfg)
         # launch = "fork": Python kernels forked from the pool's zygote (exec for a pool
         # that runs its kernels as another user, or elsewhere).
         self.fork_server: ForkServer | None = None
         if cfg.launch == "fork" and cfg.placement == "local" and not getattr(cfg, "user", ""):
             self.fork_server = ForkServer(cfg.preload)
             self.launcher = self.fork_server
+        if cfg.placement == "ray":  # each kernel in a host actor on a node of the cluster
+            self.launcher = RayLauncher(config.ray, cfg)
         pool: tuple[Role, ...] = ("pool",)
         spare: tuple[Role, ...] = ("spare",)
         fresh: tuple[Role, ...] = ("fresh",)
@@ -243,6 +258,14 @@ class Pool:
         self._busy: set[Child] = set()
         self._queue: collections.deque[_Waiter] = collections.deque()
         self.sessions: dict[str, Session] = {}
+        # Each session's snapshots (tree/checkpoints.py), taken after each successful
+        # request when checkpoint = "after_execute", or on request.
+        self.checkpoints = Checkpoints(
+            runtime_dir / "snapshots" / cfg.name,
+            max_bytes=cfg.checkpoint_max_bytes,
+            timeout=cfg.checkpoint_timeout,
+            owner=_owner(cfg),
+        )
         self._changed = trio.Event()
         self._expired: collections.OrderedDict[str, None] = collections.OrderedDict()
         # Heartbeat pings left unanswered over the pool's life: those of kernels that
@@ -635,26 +658,15 @@ class Pool:
                 child = session.child
                 # A kernel that is not ready is gone for the session (it exited, or is
                 # being removed); a new generation means it was restarted: state lost.
-                if child is None or not child.ready or child.generation != session.generation:
-                    if child is not None:
-                        session.lost = True
-                    if self.sessions.get(name) is not session:
-                        return self._closed_meanwhile(name)
-                    try:
-                        session.binding = True
-                        child = await self._bind(session)
-                    except Rejected as exc:
-                        return rejected(exc.code, exc.message, session=name)
-                    finally:
-                        session.binding = False
-                    if self.sessions.get(name) is not session:
-                        # closed while we waited for a kernel: that kernel is nobody's
-                        await self.sup.remove_child(child)
-                        return self._closed_meanwhile(name)
+                try:
+                    child = await self._kernel_for(session)
+                except Rejected as exc:
+                    return rejected(exc.code, exc.message, session=name)
                 queued = trio.current_time() - t0
                 handle = _handle(child)
                 child.mark_used()
                 try:
+                    restore = await self._restore_due(session, handle)
                     if on_start is not None:
                         on_start(child.id)
                     result = await handle.execute(code, timeout=timeout, on_output=on_output)
@@ -670,6 +682,11 @@ class Pool:
             session.last_used_wall = time.time()
             session.executions += 1
             result = attrs.evolve(result, kernel_id=child.id, session=name, queued_s=queued)
+            result = with_restore(result, restore)
+            if isinstance(restore, RestoreInfo):
+                session.lost = False
+            if self.cfg.checkpoint == "after_execute" and result.status == "ok":
+                result = await self._checkpoint(session, handle, result)
             if session.lost and not result.state_lost:
                 result = attrs.evolve(
                     result,
@@ -682,6 +699,133 @@ class Pool:
                 )
             session.lost = False
             return result
+
+    async def _kernel_for(self, session: Session) -> Child:
+        """The session's kernel, bound now if it has none that is ready (its previous one
+        exited or was restarted: its state is lost). Call with the session's lock held.
+        Raises Rejected (nothing ran)."""
+        child = session.child
+        # A kernel that is not ready is gone for the session (it exited, or is being
+        # removed); a new generation means it was restarted: state lost.
+        if child is not None and child.ready and child.generation == session.generation:
+            return child
+        if child is not None:
+            session.lost = True
+        if self.sessions.get(session.name) is not session:
+            raise self._session_closed(session)
+        try:
+            session.binding = True
+            child = await self._bind(session)
+        finally:
+            session.binding = False
+        if self.sessions.get(session.name) is not session:
+            # closed while we waited for a kernel: that kernel is nobody's
+            await self.sup.remove_child(child)
+            raise self._session_closed(session)
+        return child
+
+    # ------------------------------------------------------------------ snapshots
+    async def _restore_due(
+        self, session: Session, handle: KernelHandle
+    ) -> RestoreInfo | str | None:
+        """Before a request: load the snapshot the session asked for, or, when its kernel
+        was lost under checkpoint = "after_execute", its latest. Returns what came back,
+        why nothing did (the request still runs, its state lost), or None when no restore
+        was due. Raises Rejected only when the kernel went away before taking it."""
+        snapshot_id = session.restore_from
+        if snapshot_id is None:
+            if not (session.lost and self.cfg.checkpoint == "after_execute"):
+                return None
+            snapshot_id = self.checkpoints.latest(session.name)
+            if snapshot_id is None:
+                return None
+        try:
+            info = await self.checkpoints.restore(handle, session.name, snapshot_id)
+        except Rejected as exc:
+            if exc.code == "kernel_unavailable":
+                raise
+            session.restore_from = None
+            return exc.message
+        session.restore_from = None
+        return info
+
+    async def _checkpoint(
+        self, session: Session, handle: KernelHandle, result: ExecuteResult
+    ) -> ExecuteResult:
+        """checkpoint = "after_execute": snapshot the session after a successful request;
+        a snapshot not taken is said in the result (once per session for a kernel whose
+        language has none)."""
+        if session.checkpoint_unsupported:
+            return result
+        try:
+            await self.checkpoints.take(handle, session.name)
+        except Rejected as exc:
+            if exc.code == "kernel_unavailable":
+                return result  # the kernel went away after the request: nothing to save
+            if exc.code == "checkpoint_unsupported":
+                session.checkpoint_unsupported = True
+            notice = Output("notice", name="checkpoint_skipped", text=exc.message)
+            return attrs.evolve(result, outputs=(*result.outputs, notice))
+        return result
+
+    def _open_session(self, name: str) -> Session:
+        session = self.sessions.get(name)
+        if session is None:
+            raise Rejected(f"no open session {name!r} in pool {self.name}", code="unknown_session")
+        return session
+
+    async def snapshot_session(self, name: str) -> SnapshotInfo:
+        """Snapshot session ``name``'s namespace now (waits for its running request).
+        Raises Rejected: unknown_session, checkpoint_unsupported, checkpoint_skipped,
+        checkpoint_failed, kernel_unavailable (it has no kernel: nothing to save)."""
+        session = self._open_session(name)
+        async with session.lock:
+            child = session.child
+            if child is None or not child.ready or child.generation != session.generation:
+                raise Rejected(
+                    f"session {name!r} has no running kernel, so no state to snapshot",
+                    code="kernel_unavailable",
+                )
+            return await self.checkpoints.take(_handle(child), name)
+
+    async def restore_session(self, name: str, snapshot_id: str | None = None) -> RestoreInfo:
+        """Load a snapshot of session ``name`` (its latest by default) into its kernel,
+        binding one if it has none. Raises Rejected (unknown_session, unknown_snapshot,
+        checkpoint_*)."""
+        session = self._open_session(name)
+        async with session.lock:
+            for _attempt in range(3):  # a kernel that goes away first: bind another
+                child = await self._kernel_for(session)
+                try:
+                    info = await self.checkpoints.restore(_handle(child), name, snapshot_id)
+                except Rejected as exc:
+                    if exc.code != "kernel_unavailable":
+                        raise
+                    session.child = None
+                    session.lost = True
+                    await trio.lowlevel.checkpoint()
+                    continue
+                session.lost = False
+                return info
+        raise Rejected(f"session {name!r} has no kernel to restore into", code="kernel_unavailable")
+
+    async def fork_session(self, source: str, name: str) -> RestoreInfo:
+        """Open session ``name`` from session ``source``'s state: a snapshot of it taken
+        now if it has a running kernel, else its latest. Raises Rejected."""
+        origin = self._open_session(source)
+        if name in self.sessions:
+            raise Rejected(f"session {name!r} is open already", code="session_exists")
+        async with origin.lock:
+            child = origin.child
+            if child is not None and child.ready and child.generation == origin.generation:
+                await self.checkpoints.take(_handle(child), source)
+        snapshot_id = self.checkpoints.copy_latest(source, name)
+        self._new_session(name)
+        try:
+            return await self.restore_session(name, snapshot_id)
+        except BaseException:
+            await self.close_session(name)
+            raise
 
     def _new_session(
         self,
@@ -827,13 +971,6 @@ class Pool:
             if session.own_dir:
                 remove_private_dir(Path(session.cwd))
 
-    def _closed_meanwhile(self, name: str) -> ExecuteResult:
-        return rejected(
-            "session_closed",
-            f"session {name!r} was closed while this request waited for a kernel; it did not run",
-            session=name,
-        )
-
     _BIND_FROM: tuple[Role, ...] = ("spare", "pool")
 
     async def _bind(self, session: Session) -> Child:
@@ -954,6 +1091,7 @@ class Pool:
             await self.sup.remove_child(session.child)
         if session.own_dir:
             await trio.to_thread.run_sync(remove_private_dir, Path(session.cwd))
+        await trio.to_thread.run_sync(self.checkpoints.forget, name)
         return True
 
     def expired_recently(self, name: str) -> bool:
