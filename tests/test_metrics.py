@@ -312,3 +312,15 @@ def test_run_refuses_a_metrics_address_it_cannot_bind(tmp_path: Path) -> None:
     finally:
         holder.close()
     assert "metrics.listen: cannot listen on 127.0.0.1:" in str(info.value)
+
+
+def test_metrics_stop_with_the_supervisor(tmp_path: Path) -> None:
+    running = supervisor(tmp_path, size=1, spares=0, server=METRICS)
+    sup = next(running)
+    url = metrics_url(sup)
+    assert value(scrape(url), "kernelsup_kernels", pool="default", state="idle") == 1
+    with pytest.raises(StopIteration):
+        next(running)  # SIGTERM: exit 0, nothing left behind
+    with pytest.raises(urllib.error.URLError) as info:
+        urllib.request.urlopen(url, timeout=10)
+    assert isinstance(info.value.reason, ConnectionRefusedError)
