@@ -17,6 +17,12 @@ Through the control endpoint: ``kernelsup run`` in a subprocess with a pool of o
 kernel, reached with ``kernelsup.connect(config)``, against raw
 pyzmq and the blocking client on that supervisor's kernel.
 
+The relay: what the endpoint's gate (control/gate.py) adds by itself. An echo server (a
+ROUTER in this process, under trio, sending each message straight back) reached by a
+DEALER in another process doing round trips of a 500-byte, two-frame message: once with
+the ROUTER behind the gate as the server runs it, once with the ROUTER bound directly (what
+the gate exists to avoid: libzmq aborts on EMFILE in an IPC accept).
+
 Throughput: k callers (k = 1, 2, 4) executing back to back for a few seconds, kernelsup
 (a pool of 4 kernels, in-process) against jupyter_client's AsyncKernelClient (k callers on
 k kernels of its own, so neither side's traffic crosses the other's), alternating.
@@ -56,6 +62,8 @@ WARMUP = {"smoke": 2, "quick": 20, "full": 50}
 CALLERS = {"smoke": (1, 2), "quick": (1, 2, 4), "full": (1, 2, 4)}
 TPUT_SECONDS = {"smoke": 0.3, "quick": 1.0, "full": 4.0}
 TPUT_ROUNDS = {"smoke": 1, "quick": 2, "full": 4}
+RELAY_ROUNDS = {"smoke": 200, "quick": 4000, "full": 20000}
+RELAY_REPEATS = {"smoke": 1, "quick": 3, "full": 5}
 # How long `kernelsup run` may take to print its ready line.
 SERVER_START_TIMEOUT_S = 60.0
 SERVER_STOP_TIMEOUT_S = 30.0
@@ -220,7 +228,72 @@ async def run(mode: str) -> Report:
                     tput.setdefault(f"jc{k}", []).append(r["count"] / r["elapsed_s"])
                     tput_lat.setdefault(f"jc{k}", []).extend(ms(x) for x in r["latencies_s"])
     _rows(rep, lat, tput, tput_lat, callers, endpoint_error)
+    relay: dict[str, list[float]] = {"gate": [], "direct": []}
+    for _ in range(RELAY_REPEATS[mode]):
+        for how in relay:
+            relay[how] += await _echo_round_trips(how, RELAY_ROUNDS[mode])
+    rep.row(
+        "echo round trip through the gate's relay",
+        "us",
+        relay["gate"],
+        "a ROUTER bound directly",
+        relay["direct"],
+        detail="what the relay hop costs by itself",
+    )
     return rep
+
+
+# A DEALER doing echo round trips; prints each one's microseconds, comma-separated.
+_ECHO_CLIENT = """
+import sys, time, zmq
+ctx = zmq.Context(); s = ctx.socket(zmq.DEALER); s.setsockopt(zmq.LINGER, 0)
+s.connect(sys.argv[1]); n = int(sys.argv[2]); out = []
+for i in range(n + 50):
+    t = time.perf_counter(); s.send_multipart([b"x" * 200, b"y" * 300]); s.recv_multipart()
+    out.append((time.perf_counter() - t) * 1e6)
+print(",".join(f"{x:.1f}" for x in out[50:]))
+"""
+
+
+async def _echo_round_trips(how: str, rounds: int) -> list[float]:
+    """Round trips (us) from a DEALER in another process to an echo ROUTER in this one,
+    behind the gate (``gate``) or bound directly (``direct``)."""
+    import zmq
+
+    from kernelsup.adapters import zmqio
+    from kernelsup.control.gate import Gate, open_listener
+
+    with runtime_dir("r") as rd:
+        endpoint = f"ipc://{rd}/echo.sock"
+        sock = zmqio.Socket(zmqio.context().socket(zmq.ROUTER))
+        gate: Gate | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                if how == "direct":
+                    sock.zmq.bind(endpoint)
+                else:
+                    listener, _, _ = open_listener(endpoint)
+                    gate = Gate(listener, rd, sock.zmq.connect, sock.zmq.disconnect, 8)
+                    await nursery.start(gate.run)
+
+                async def echo() -> None:
+                    while True:
+                        sock.try_send_multipart(await sock.recv_multipart())
+
+                nursery.start_soon(echo)
+                try:
+                    done = await trio.run_process(
+                        [sys.executable, "-c", _ECHO_CLIENT, endpoint, str(rounds)],
+                        capture_stdout=True,
+                    )
+                finally:
+                    if gate is not None:  # its tasks are shielded: they end only so
+                        gate.close_listener()
+                        gate.scope.cancel()
+                    nursery.cancel_scope.cancel()
+        finally:
+            sock.close()
+    return [float(x) for x in done.stdout.decode().split(",")]
 
 
 def _rows(
