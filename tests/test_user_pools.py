@@ -32,7 +32,7 @@ from kernelsup.adapters import containment
 from kernelsup.adapters.containment import leftover_groups
 from kernelsup.adapters.launch import plan_launch
 from kernelsup.core.errors import ConfigError, KernelStartError
-from tests.helpers import ESCAPE, alive, assert_nothing_left, wait_all_gone
+from tests.helpers import ESCAPE, alive, assert_nothing_left, leftovers_of, wait_all_gone
 
 USER = "nobody"
 
@@ -381,3 +381,4 @@ def test_an_interpreter_the_user_cannot_execute_is_named(runtime_dir: Path) -> N
     assert f"it may not enter {blocked}" in message, message
     assert "Kernels as another user" in message
     assert not list(runtime_dir.glob("kernel-*.json"))  # its connection file went
+    assert leftovers_of(runtime_dir) == []  # and the directory made for the user

@@ -39,6 +39,7 @@ Theory of operation
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import os
 import pwd
@@ -269,6 +270,8 @@ def plan_launch(
             _check_reach(run_as, argv, env, spec.resource_dir, cwd, own_dir)
         except KernelStartError:
             conn_file.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # unless other kernels' files are in it
+                own_dir.rmdir()  # type: ignore[union-attr]
             raise
     return LaunchPlan(
         argv=argv,
