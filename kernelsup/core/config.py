@@ -778,15 +778,19 @@ def _make_converter() -> cattrs.Converter:
         Config, _table_hook(c, Config, pools=override(rename="pool"), source=override(omit=True))
     )
     unset = override(omit_if_default=True)
-    c.register_unstructure_hook(
-        PoolConfig,
-        make_dict_unstructure_fn(PoolConfig, c, strategy=unset, intensity=unset, period=unset),
+    # Unstructuring (Config.to_dict) is rare: its functions are generated on first use, so
+    # that loading a config (every client does) does not pay for them.
+    c.register_unstructure_hook_factory(
+        lambda t: t is PoolConfig,
+        lambda t: make_dict_unstructure_fn(
+            PoolConfig, c, strategy=unset, intensity=unset, period=unset
+        ),
     )
     c.register_unstructure_hook_func(lambda t: t == Mapping[str, str], dict)
     c.register_unstructure_hook_func(lambda t: t == Mapping[str, float], dict)
-    c.register_unstructure_hook(
-        Config,
-        make_dict_unstructure_fn(
+    c.register_unstructure_hook_factory(
+        lambda t: t is Config,
+        lambda t: make_dict_unstructure_fn(
             Config, c, pools=override(rename="pool"), source=override(omit=True)
         ),
     )
