@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import trio
+from jupyter_client.kernelspec import KernelSpecManager
 
 import kernelsup
 from kernelsup.api import Supervisor
@@ -191,3 +192,25 @@ async def test_a_name_is_open_once(runtime_dir: Path) -> None:
             await sup.open_session("one")
         assert info.value.code == "session_exists"
         assert [s.to_dict()["name"] for s in await sup.sessions()] == ["one"]
+
+
+async def test_another_language_gets_a_kernel_started_in_the_session_s_place(
+    runtime_dir: Path, tmp_path: Path
+) -> None:
+    """A spare that is not Python is not adapted (nothing here knows its language): a
+    kernel is started for the session, its process in the session's directory with its
+    variables. calysto_scheme (on metakernel) is installed by the test extra."""
+    if "calysto_scheme" not in KernelSpecManager().find_kernel_specs():
+        pytest.skip("calysto_scheme is not installed")
+    cfg = config(size=1, spares=1, kernel="calysto_scheme", start_timeout=60.0)
+    async with kernelsup.open_supervisor(cfg, runtime_dir=runtime_dir) as sup:
+        await wait_until(sup, lambda: all(k["state"] == "idle" for k in kernels(sup)))
+        spare = next(k["id"] for k in kernels(sup) if k["role"] == "spare")
+        info = await sup.open_session("scheme", cwd=str(tmp_path), env={"AGENT_TOKEN": "s"})
+        assert info.kernel_id is not None and info.kernel_id != spare  # not the spare
+        pid = pid_of(sup, info.kernel_id)
+        assert process_cwd(pid) == str(tmp_path)
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        assert b"AGENT_TOKEN=s" in environ
+        r = await sup.execute("(+ 1 2)", session="scheme")
+        assert r.status == "ok" and r.result == "3", r
