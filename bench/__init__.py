@@ -12,6 +12,11 @@ module per benchmark, each with ``async def run(mode) -> Report``:
   against raw pyzmq and jupyter_client's clients on the same kernel; executes per second;
 * ``storm``    every kernel of a pool SIGKILLed at once while requests keep arriving;
 * ``idle``     the supervisor process's CPU and memory per idle kernel;
+* ``fresh``    a never-used kernel forked from the zygote against exec'ed and a plain cold
+  start; ``import numpy`` with and without ``preload``; PSS of idle forked kernels;
+* ``evaluation`` 300 independent snippets, each on a fresh kernel (passes, failures,
+  infinite loops stopped at 2 s, ``os._exit``), against a ``python -c`` per sample and a
+  jupyter_client KernelManager per sample;
 * ``sessions`` ``open_session`` with cwd and env on an adapted warm spare against a
   kernel started for the session; a job's spooled output against the same ``execute``.
 
@@ -21,6 +26,16 @@ Shared pieces: ``common`` (statistics, table, JSON, plot, machine line), ``kerne
 
 from __future__ import annotations
 
-BENCHMARKS = ("restart", "hang", "execute", "storm", "idle", "cli", "sessions")
+BENCHMARKS = (
+    "restart",
+    "hang",
+    "execute",
+    "storm",
+    "idle",
+    "cli",
+    "fresh",
+    "evaluation",
+    "sessions",
+)
 
 __all__ = ["BENCHMARKS"]

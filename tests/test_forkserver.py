@@ -46,8 +46,7 @@ def config(**pool: Any) -> kernelsup.Config:
 async def ready_server(server: ForkServer) -> None:
     """Wait (bounded) until the fork server's zygote is ready."""
     with trio.fail_after(60):
-        while server.state != "ready":
-            await trio.sleep(0.01)  # polling a state no event announces to a test
+        await server.wait_ready()
 
 
 # --------------------------------------------------------------------------- the child

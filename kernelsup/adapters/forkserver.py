@@ -326,6 +326,12 @@ class ForkServer:
         z = self._zygote
         return z.popen.pid if z is not None and z.alive else None
 
+    async def wait_ready(self) -> None:
+        """Wait until a zygote is ready to fork (it starts with the first kernel start).
+        Cancellable; unbounded: bound it yourself."""
+        while self.state != "ready":
+            await self._changed.wait()
+
     def _set(self, state: State) -> None:
         self.state = state
         self._changed.set()
