@@ -52,6 +52,11 @@ TOOLS = {
     "status",
     "interrupt",
     "restart",
+    # kernelsup/mcp/notebook_tools.py
+    "run_notebook",
+    "notebook_status",
+    "cancel_notebook",
+    "run_cell",
 }
 # How long the client waits for the server to exit by itself after closing its stdin
 # before it escalates to SIGTERM (the mcp default, 2 s, is tight for stopping kernels on a
@@ -378,6 +383,17 @@ async def test_embedded_sessions_files_and_jobs(work: Workdir) -> None:
             assert f"hi mint {project}\n" in text, text
             result = await client.call("list_files", {"session": "s"})
             assert text_of(result).split() == ["in.txt"]
+
+            # interrupt and restart by session; without one, the connection's own.
+            result = await client.call("restart", {})
+            assert result.is_error and "no session of its own yet" in text_of(result)
+            result = await client.call("interrupt", {"session": "s"})
+            assert text_of(result) == "interrupted session s's kernel; its state is kept"
+            check_ok(await client.execute("mine = 1"))
+            result = await client.call("restart", {})
+            assert not result.is_error and "variables are gone" in text_of(result), text_of(result)
+            result = await client.execute("mine")
+            assert result.is_error and "NameError" in text_of(result), text_of(result)
 
             result = await client.execute(
                 "import time\nprint('begun', flush=True)\ntime.sleep(600)", session="s", block_for=0
