@@ -360,18 +360,16 @@ def test_check_refuses_another_user_when_kernelsup_is_not_root() -> None:
         shutil.rmtree(base, ignore_errors=True)
 
 
+def _blocked_dir() -> str | None:
+    """The first directory on the way to the interpreter that others may not enter."""
+    parents = reversed(Path(os.path.realpath(sys.executable)).parents)
+    return next((str(p) for p in parents if not os.stat(p).st_mode & 1), None)
+
+
 def test_an_interpreter_the_user_cannot_execute_is_named(runtime_dir: Path) -> None:
     """On this machine as it is (no namespace): the venv's python resolves under /root,
     which nobody may enter. The start fails with the path and what to do."""
-    interpreter = os.path.realpath(sys.executable)
-    blocked = next(
-        (
-            str(p)
-            for p in Path(interpreter).parents
-            if p != Path("/") and not os.stat(p).st_mode & 1
-        ),
-        None,
-    )
+    blocked = _blocked_dir()
     if blocked is None:
         pytest.skip("every directory above the interpreter lets others in")
     with pytest.raises(KernelStartError) as info:
@@ -382,3 +380,38 @@ def test_an_interpreter_the_user_cannot_execute_is_named(runtime_dir: Path) -> N
     assert "Kernels as another user" in message
     assert not list(runtime_dir.glob("kernel-*.json"))  # its connection file went
     assert leftovers_of(runtime_dir) == []  # and the directory made for the user
+
+
+@pytest.mark.timeout(120)
+def test_run_says_why_a_user_pools_kernel_is_not_up(tmp_path: Path, runtime_dir: Path) -> None:
+    """``kernelsup run`` on this machine as it is: the ready line says the kernel failed to
+    start, and names the path its user cannot reach."""
+    blocked = _blocked_dir()
+    if blocked is None:
+        pytest.skip("every directory above the interpreter lets others in")
+    config = tmp_path / "supervisor.toml"
+    config.write_text(
+        f'[supervisor]\nruntime_dir = "{runtime_dir}"\n'
+        f'[[pool]]\nsize = 1\nspares = 0\nuser = "{USER}"\n'
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kernelsup", "run", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        ready = proc.stdout.readline()
+        assert "1 of them not up" in ready, ready
+        assert f"user {USER!r} cannot execute" in ready and blocked in ready, ready
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+    assert_nothing_left(runtime_dir, runtime_dir)
