@@ -77,6 +77,9 @@ def test_the_interfaces_are_not_empty() -> None:
             "put_file",
             "get_file",
             "list_files",
+            "snapshot",
+            "restore",
+            "fork_session",
         }
     )
     assert set(methods(SessionInterface)) == {"execute", "stream"}

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import signal
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ import kernelsup
 from kernelsup.api import Supervisor
 from kernelsup.core.errors import Rejected
 from tests.helpers import FAST_POOL, kernels, wait_until
+from tests.supervisor_process import SupervisorProcess, supervisor
 
 
 def config(**pool: Any) -> kernelsup.Config:
@@ -198,3 +201,40 @@ async def test_a_snapshot_never_blocks_another_kernel(runtime_dir: Path) -> None
             assert (await sup.execute("y + 1", session="b")).result == "3"
             Path(str(gate) + ".out").touch()
         assert "s" in box["info"].names
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[SupervisorProcess]:
+    yield from supervisor(size=1, spares=1, pool='checkpoint = "after_execute"')
+
+
+def test_snapshots_through_the_endpoint(served: SupervisorProcess) -> None:
+    """The same calls from the sync client against `kernelsup run`: an automatic restore
+    after a kill, an explicit snapshot and restore, a fork."""
+    with kernelsup.SyncClient(served.config) as client:
+        name = client.open_session().name
+        assert client.execute("import math\nradius = 2.0", session=name).ok
+        (info,) = [s for s in client.sessions() if s.name == name]
+        (kernel,) = [k for k in client.status().kernels if k["id"] == info.kernel_id]
+        os.kill(kernel["pid"], signal.SIGKILL)
+        deadline = time.monotonic() + 60  # poll until the supervisor has seen it die
+        while any(k["pid"] == kernel["pid"] for k in client.status().kernels):
+            assert time.monotonic() < deadline, "the kill was never noticed"
+            time.sleep(0.05)
+        r = client.execute("round(math.pi * radius ** 2, 2)", session=name)
+        assert r.result == "12.57" and r.state_restored, r
+        assert set(r.restored) == {"math", "radius"}
+
+        snap = client.snapshot(name)
+        assert set(snap.names) == {"radius"} and snap.modules == ("math",)
+        assert client.execute("radius = 5", session=name).ok
+        assert client.restore(name, snap.id).restored == ("math", "radius")
+        assert client.execute("radius", session=name).result == "2.0"
+
+        forked = client.fork_session(name, name + "-fork")
+        assert forked.session == name + "-fork" and "radius" in forked.restored
+        assert client.execute("radius * 10", session=name + "-fork").result == "20.0"
+        with pytest.raises(Rejected) as exc:
+            client.restore("no-such-session")
+        assert exc.value.code == "unknown_session"
+        assert client.close_session(name + "-fork") and client.close_session(name)

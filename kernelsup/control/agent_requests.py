@@ -1,4 +1,4 @@
-"""The control endpoint's session, job and file requests: each decoded request
+"""The control endpoint's session (snapshots too), job and file requests: each decoded request
 (core/protocol.py) to its Supervisor call (api.py) and the reply's value.
 
 Kept apart from server.py, which routes, bounds and answers every request: these only
@@ -55,6 +55,14 @@ async def agent_request(sup: Supervisor, req: proto.Request) -> proto.Result | N
         return proto.Result({"data": base64.b64encode(data).decode("ascii")})
     if isinstance(req, proto.ListFiles):
         return proto.Result({"names": await sup.list_files(req.session, req.path)})
+    if isinstance(req, proto.Snapshot):
+        return proto.Result({"snapshot": (await sup.snapshot(req.session)).to_dict()})
+    if isinstance(req, proto.Restore):
+        restored = await sup.restore(req.session, req.snapshot_id)
+        return proto.Result({"restore": restored.to_dict()})
+    if isinstance(req, proto.ForkSession):
+        forked = await sup.fork_session(req.source, req.name)
+        return proto.Result({"restore": forked.to_dict()})
     return None
 
 

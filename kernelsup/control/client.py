@@ -17,9 +17,9 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 
@@ -41,6 +41,7 @@ from kernelsup.core.events import Event
 from kernelsup.core.interface import StreamItem
 from kernelsup.core.records import JobInfo, JobOutput, SessionInfo
 from kernelsup.core.results import ExecuteResult, StatusReport
+from kernelsup.core.snapshots import RestoreInfo, SnapshotInfo
 
 if TYPE_CHECKING:  # imported by run_notebook: a client that runs none needs neither
     from kernelsup.notebook import runner as notebooks
@@ -323,39 +324,20 @@ class Client:
             raise ProtocolError("malformed list_files reply", code="malformed")
         return list(names)
 
-    async def run_notebook(
-        self,
-        notebook: notebooks.NotebookSource,
-        *,
-        output: str | os.PathLike[str] | None = None,
-        parameters: dict[str, object] | None = None,
-        cell_timeout: float | None = None,
-        timeout: float | None = None,
-        allow_errors: bool = False,
-        pool: str | None = None,
-        kernel: str | None = None,
-        session: str | None = None,
-    ) -> NotebookReport:
-        """Run a notebook's code cells in order in one fresh kernel (or in ``session``),
-        writing it back after every cell (to ``output``, else in place), as
-        ``Supervisor.run_notebook`` does: the notebook is read and written here, the
-        cells run on the supervisor."""
-        options: dict[str, Any] = {
-            "output": output,
-            "parameters": parameters,
-            "cell_timeout": cell_timeout,
-            "timeout": timeout,
-            "allow_errors": allow_errors,
-            "pool": pool,
-            "kernel": kernel,
-            "session": session,
-        }
-        from kernelsup.notebook import runner as notebooks
+    async def snapshot(self, session: str) -> SnapshotInfo:
+        """Save the session's namespace now (Python kernels): see Supervisor.snapshot."""
+        value = await self._call(proto.Snapshot(session))
+        return _record(SnapshotInfo.from_dict, value, "snapshot")
 
-        if True:  # ASYNC
-            return await notebooks.run_notebook(self, notebook, **options)
-        else:
-            return notebooks.run_notebook_sync(self, notebook, **options)
+    async def restore(self, session: str, snapshot_id: str | None = None) -> RestoreInfo:
+        """Load a snapshot (the latest by default) into the session's kernel."""
+        value = await self._call(proto.Restore(session, snapshot_id))
+        return _record(RestoreInfo.from_dict, value, "restore")
+
+    async def fork_session(self, source: str, name: str) -> RestoreInfo:
+        """Open session ``name`` from ``source``'s state."""
+        value = await self._call(proto.ForkSession(source, name))
+        return _record(RestoreInfo.from_dict, value, "restore")
 
     async def run_notebook(
         self,
@@ -417,6 +399,17 @@ class Client:
         async with self.subscribe() as events:
             async for event in events:
                 yield event
+
+
+_R = TypeVar("_R")
+
+
+def _record(build: Callable[[object], _R], value: dict[str, Any], key: str) -> _R:
+    """The record under ``key`` of a reply, built; ProtocolError when it is not one."""
+    try:
+        return build(value.get(key))
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(f"malformed reply: {key!r}: {exc}", code="malformed") from None
 
 
 def _list(value: dict[str, Any], key: str) -> list[Any]:

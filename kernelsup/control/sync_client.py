@@ -10,11 +10,12 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
-from collections.abc import Generator, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
+
 from kernelsup.control.connection import (
     CLEANUP_TIMEOUT_S,
     CONNECT_TIMEOUT_S,
@@ -33,6 +34,7 @@ from kernelsup.core.events import Event
 from kernelsup.core.interface import StreamItem
 from kernelsup.core.records import JobInfo, JobOutput, SessionInfo
 from kernelsup.core.results import ExecuteResult, StatusReport
+from kernelsup.core.snapshots import RestoreInfo, SnapshotInfo
 
 if TYPE_CHECKING:  # imported by run_notebook: a client that runs none needs neither
     from kernelsup.notebook import runner as notebooks
@@ -298,36 +300,20 @@ class SyncClient:
             raise ProtocolError("malformed list_files reply", code="malformed")
         return list(names)
 
-    def run_notebook(
-        self,
-        notebook: notebooks.NotebookSource,
-        *,
-        output: str | os.PathLike[str] | None = None,
-        parameters: dict[str, object] | None = None,
-        cell_timeout: float | None = None,
-        timeout: float | None = None,
-        allow_errors: bool = False,
-        pool: str | None = None,
-        kernel: str | None = None,
-        session: str | None = None,
-    ) -> NotebookReport:
-        """Run a notebook's code cells in order in one fresh kernel (or in ``session``),
-        writing it back after every cell (to ``output``, else in place), as
-        ``Supervisor.run_notebook`` does: the notebook is read and written here, the
-        cells run on the supervisor."""
-        options: dict[str, Any] = {
-            "output": output,
-            "parameters": parameters,
-            "cell_timeout": cell_timeout,
-            "timeout": timeout,
-            "allow_errors": allow_errors,
-            "pool": pool,
-            "kernel": kernel,
-            "session": session,
-        }
-        from kernelsup.notebook import runner as notebooks
+    def snapshot(self, session: str) -> SnapshotInfo:
+        """Save the session's namespace now (Python kernels): see Supervisor.snapshot."""
+        value = self._call(proto.Snapshot(session))
+        return _record(SnapshotInfo.from_dict, value, "snapshot")
 
-        return notebooks.run_notebook_sync(self, notebook, **options)
+    def restore(self, session: str, snapshot_id: str | None = None) -> RestoreInfo:
+        """Load a snapshot (the latest by default) into the session's kernel."""
+        value = self._call(proto.Restore(session, snapshot_id))
+        return _record(RestoreInfo.from_dict, value, "restore")
+
+    def fork_session(self, source: str, name: str) -> RestoreInfo:
+        """Open session ``name`` from ``source``'s state."""
+        value = self._call(proto.ForkSession(source, name))
+        return _record(RestoreInfo.from_dict, value, "restore")
 
     def run_notebook(
         self,
@@ -385,6 +371,17 @@ class SyncClient:
         subscription ends with the block."""
         with self.subscribe() as events:
             yield from events
+
+
+_R = TypeVar("_R")
+
+
+def _record(build: Callable[[object], _R], value: dict[str, Any], key: str) -> _R:
+    """The record under ``key`` of a reply, built; ProtocolError when it is not one."""
+    try:
+        return build(value.get(key))
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(f"malformed reply: {key!r}: {exc}", code="malformed") from None
 
 
 def _list(value: dict[str, Any], key: str) -> list[Any]:

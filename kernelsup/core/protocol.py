@@ -215,6 +215,26 @@ class ListFiles:
 
 
 @attrs.frozen
+class Snapshot:
+    TYPE: ClassVar[str] = "snapshot"
+    session: str
+
+
+@attrs.frozen
+class Restore:
+    TYPE: ClassVar[str] = "restore"
+    session: str
+    snapshot_id: str | None = None
+
+
+@attrs.frozen
+class ForkSession:
+    TYPE: ClassVar[str] = "fork_session"
+    source: str
+    name: str
+
+
+@attrs.frozen
 class Watch:
     TYPE: ClassVar[str] = "watch"
 
@@ -248,6 +268,9 @@ Request: TypeAlias = (
     | PutFile
     | GetFile
     | ListFiles
+    | Snapshot
+    | Restore
+    | ForkSession
     | Watch
     | Cancel
     | ServerStats
@@ -468,6 +491,9 @@ _REQUESTS: dict[str, _Spec] = {
     PutFile.TYPE: (PutFile, {"session": (_str, True), "path": (_str, True), "data": (_str, True)}),
     GetFile.TYPE: (GetFile, {"session": (_str, True), "path": (_str, True)}),
     ListFiles.TYPE: (ListFiles, {"session": (_str, True), "path": (_str, False)}),
+    Snapshot.TYPE: (Snapshot, {"session": (_str, True)}),
+    Restore.TYPE: (Restore, {"session": (_str, True), "snapshot_id": (_opt_str, False)}),
+    ForkSession.TYPE: (ForkSession, {"source": (_str, True), "name": (_str, True)}),
     Watch.TYPE: (Watch, {}),
     Cancel.TYPE: (Cancel, {"request_id": (_str, True)}),
     ServerStats.TYPE: (ServerStats, {}),

@@ -8,20 +8,21 @@ in files the supervisor named. Pure: no I/O here beyond reading that module's ow
 
 from __future__ import annotations
 
-import inspect
 import json
 from functools import cache
 from typing import Any
 
 import attrs
 
-from kernelsup.core import kernel_snapshot
-
 MAX_REPORT_BYTES = 1 << 20  # a report names at most MAX_REPORTED names of MAX_REASON chars
 
 
 @cache
 def _source() -> str:
+    import inspect  # here: clients import this module for its records, not for this
+
+    from kernelsup.core import kernel_snapshot
+
     return inspect.getsource(kernel_snapshot)
 
 
