@@ -4,8 +4,11 @@ restore, fork_session, and what cannot come back named with its reason."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +22,8 @@ from kernelsup.api import Supervisor
 from kernelsup.core.errors import Rejected
 from tests.helpers import FAST_POOL, kernels, wait_until
 from tests.supervisor_process import SupervisorProcess, supervisor
+
+KERNELSUP = [sys.executable, "-m", "kernelsup"]
 
 
 def config(**pool: Any) -> kernelsup.Config:
@@ -238,3 +243,32 @@ def test_snapshots_through_the_endpoint(served: SupervisorProcess) -> None:
             client.restore("no-such-session")
         assert exc.value.code == "unknown_session"
         assert client.close_session(name + "-fork") and client.close_session(name)
+
+
+def test_snapshot_restore_and_fork_from_the_command_line(served: SupervisorProcess) -> None:
+    config = str(served.config)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*KERNELSUP, *args, "-c", config], capture_output=True, text=True, timeout=60
+        )
+
+    with kernelsup.SyncClient(served.config) as client:
+        name = client.open_session().name
+        assert client.execute("n = 41; g = (i for i in ())", session=name).ok
+    done = cli("snapshot", name, "--json")
+    assert done.returncode == 0, done.stderr
+    snap = json.loads(done.stdout)
+    assert snap["names"] == ["n"] and "generator" in snap["skipped"]["g"]
+    text = cli("snapshot", name)
+    assert text.returncode == 0 and "not saved: g (TypeError" in text.stdout
+    forked = cli("fork", name, name + "-b")
+    assert forked.returncode == 0 and f"session {name}-b from snapshot" in forked.stdout
+    back = cli("restore", name, snap["id"], "--json")
+    assert back.returncode == 0 and json.loads(back.stdout)["restored"] == ["n"]
+    missing = cli("restore", "no-such-session")
+    assert missing.returncode == 3
+    assert missing.stderr.startswith("unknown_session Rejected:")
+    with kernelsup.SyncClient(served.config) as client:
+        assert client.execute("n + 1", session=name + "-b").result == "42"
+        assert client.close_session(name + "-b") and client.close_session(name)

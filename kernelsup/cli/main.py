@@ -173,11 +173,13 @@ def add_client_commands(sub: Any) -> None:
         mcp_command,
         nb_command,
         session_commands,
+        snapshot_commands,
         top,
     )
 
     client_commands.register(sub)
     session_commands.register(sub)
+    snapshot_commands.register(sub)
     mcp_command.register(sub)
     nb_command.register(sub)
     console.register(sub)
