@@ -18,7 +18,9 @@ module per benchmark, each with ``async def run(mode) -> Report``:
   infinite loops stopped at 2 s, ``os._exit``), against a ``python -c`` per sample and a
   jupyter_client KernelManager per sample;
 * ``sessions`` ``open_session`` with cwd and env on an adapted warm spare against a
-  kernel started for the session; a job's spooled output against the same ``execute``.
+  kernel started for the session; a job's spooled output against the same ``execute``;
+* ``mcp``      an ``execute`` tool call through ``kernelsup mcp`` (small, and 1.3 MB
+  budgeted to 20,000 characters) against ``Client.execute`` through the endpoint.
 
 Shared pieces: ``common`` (statistics, table, JSON, plot, machine line), ``kernels``
 (kernelsup's side), ``worker`` (the anchors' process).
@@ -36,6 +38,7 @@ BENCHMARKS = (
     "fresh",
     "evaluation",
     "sessions",
+    "mcp",
 )
 
 __all__ = ["BENCHMARKS"]
