@@ -127,6 +127,17 @@ def test_exec_prints_output_and_exits_0(sup: SupervisorProcess) -> None:
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, "1\n", "")
 
 
+def test_exec_fresh_sees_no_earlier_variable(sup: SupervisorProcess) -> None:
+    """``--fresh``: a kernel that never ran anything; its variables die with it."""
+    assert cli("exec", "-c", str(sup.config), "FRESH_CLI = 1").returncode == 0
+    check = "print('FRESH_CLI' in globals()); FRESH_ONLY = 1"
+    for _ in range(2):
+        proc = cli("exec", "-c", str(sup.config), "--fresh", check)
+        assert (proc.returncode, proc.stdout) == (0, "False\n"), proc.stderr
+    proc = cli("exec", "-c", str(sup.config), "--fresh", "--session", "s", "1")
+    assert proc.returncode == 3 and "fresh and session" in proc.stderr
+
+
 def test_exec_imports_no_supervisor_code(sup: SupervisorProcess) -> None:
     """A whole ``kernelsup exec "1"`` against a running supervisor imports no event loop,
     no kernel actors, no jupyter_client (tests/test_lean.py has the rest)."""

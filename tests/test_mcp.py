@@ -237,6 +237,20 @@ def check_ok(result: types.CallToolResult) -> str:
 # --- embedded: the tools ---------------------------------------------------------------
 
 
+async def test_embedded_fresh_execute_sees_nothing_and_keeps_nothing(work: Workdir) -> None:
+    with trio.fail_after(90):
+        async with embedded(work) as client:
+            check_ok(await client.execute("SECRET = 1"))
+            first = await client.execute("print(sorted(globals())[-1]); FRESH = 2", fresh=True)
+            text = check_ok(first)
+            assert "SECRET" not in text and "job_id" not in summary_of(first)
+            text = check_ok(await client.execute("print('FRESH' in globals())", fresh=True))
+            assert text.startswith("False\n"), text
+            assert "1" in check_ok(await client.execute("print(SECRET)"))
+            refused = await client.execute("1", fresh=True, session="s")
+            assert refused.is_error and "fresh and session" in text_of(refused)
+
+
 async def test_embedded_tools_results_and_clean_exit(work: Workdir) -> None:
     with trio.fail_after(90):
         async with embedded(work) as client:

@@ -130,7 +130,7 @@ def _rehearse() -> None:
     once here, its caches are every child's."""
     from ipykernel.kernelapp import IPKernelApp
 
-    app = IPKernelApp()
+    app = IPKernelApp()  # type: ignore[no-untyped-call]
     app.parse_command_line(["-f", os.devnull])
     IPKernelApp.clear_instance()
 

@@ -32,6 +32,14 @@ class Backend(Protocol):
     ) -> SessionInfo: ...
     async def sessions(self) -> list[SessionInfo]: ...
     async def close_session(self, name: str) -> bool: ...
+    async def execute(
+        self,
+        code: str,
+        *,
+        pool: str | None = None,
+        timeout: float | None = None,
+        fresh: bool = False,
+    ) -> ExecuteResult: ...
     async def submit(
         self,
         code: str,
@@ -84,6 +92,17 @@ class Remote:
     async def close_session(self, name: str) -> bool:
         async with connect(self.target) as client:
             return await client.close_session(name)
+
+    async def execute(
+        self,
+        code: str,
+        *,
+        pool: str | None = None,
+        timeout: float | None = None,
+        fresh: bool = False,
+    ) -> ExecuteResult:
+        async with connect(self.target) as client:
+            return await client.execute(code, pool=pool, timeout=timeout, fresh=fresh)
 
     async def submit(
         self,

@@ -208,6 +208,18 @@ async def execute(conn: Connection, ctx: Context, args: Mapping[str, Any]) -> ty
     )
     max_chars = conn.max_chars(args)
     backend = conn.backend
+    fresh = args.get("fresh", False)
+    if not isinstance(fresh, bool):
+        raise Rejected(f"fresh must be true or false (got {fresh!r})", code="bad_request")
+    if fresh:
+        if session is not None:
+            raise Rejected(
+                "fresh and session exclude each other: a fresh execute runs on a kernel of "
+                "its own that is destroyed after",
+                code="bad_request",
+            )
+        result = await backend.execute(code, pool=pool, timeout=timeout, fresh=True)
+        return _result(result, None, max_chars)
     job = await conn.in_session(
         session, pool, lambda name: backend.submit(code, session=name, pool=pool, timeout=timeout)
     )
@@ -233,18 +245,19 @@ async def execute(conn: Connection, ctx: Context, args: Mapping[str, Any]) -> ty
     return _result(outcome, job.id, max_chars)
 
 
-def _result(result: ExecuteResult, job_id: str, max_chars: int) -> types.CallToolResult:
+def _result(result: ExecuteResult, job_id: str | None, max_chars: int) -> types.CallToolResult:
+    """A finished execute's result; ``job_id`` None for a fresh one (no job to read)."""
     rendered = render_result(
         result,
         max_chars=max_chars,
-        hint=f'the whole output: job_output(job_id="{job_id}", offset=0)',
+        hint=f'the whole output: job_output(job_id="{job_id}", offset=0)' if job_id else "",
     )
     content: list[types.ContentBlock] = [types.TextContent(type="text", text=rendered.text)]
     content.extend(
         types.ImageContent(type="image", data=image.data, mime_type=image.mime_type)
         for image in rendered.images
     )
-    summary = {**rendered.summary, "job_id": job_id}
+    summary = {**rendered.summary, "job_id": job_id} if job_id else dict(rendered.summary)
     return types.CallToolResult(
         content=content, _meta={META_RESULT: summary}, is_error=rendered.is_error
     )

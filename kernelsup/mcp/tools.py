@@ -87,7 +87,9 @@ TOOLS = [
             "`block_for` seconds, you get a job id instead of the result: the code goes on; "
             "follow it with `job_output` / `job_status`, stop it with `cancel_job`. Past "
             "`timeout` seconds (default: the pool's exec_timeout) the kernel is interrupted, "
-            "and restarted if it ignores the interrupt."
+            "and restarted if it ignores the interrupt. With `fresh`, the code runs on a "
+            "kernel that never ran anything and is destroyed after (nothing kept, nothing "
+            "seen from other calls; not with `session`), and the call waits for its result."
         ),
         input_schema=_schema(
             {
@@ -107,6 +109,10 @@ TOOLS = [
                 },
                 "pool": _POOL,
                 "max_output_chars": _MAX_CHARS,
+                "fresh": {
+                    "type": "boolean",
+                    "description": "run on a never-used kernel, destroyed after",
+                },
             },
             "code",
         ),
