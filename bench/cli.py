@@ -7,6 +7,8 @@ endpoint supervisor), each sample a new process, in a rotating order with its an
 
 * ``python -c pass``: the same interpreter (the virtualenv's, with its site-packages and
   the editable install's import hook) starting and exiting: the floor for any command;
+* ``python -c "import attrs, cattrs, zmq, tomllib"``: the libraries the client imports
+  (what kernelsup's own modules add is the next row's difference);
 * ``python -c "import kernelsup.control.sync_client"``: the client's imports alone;
 * ``kernelsup exec "1"`` through the console script (what users type) and through
   ``python -m kernelsup``, to see what the entry point adds.
@@ -61,6 +63,7 @@ async def run(mode: str) -> Report:
             py = sys.executable
             commands = {
                 "pass": ([py, "-c", "pass"], ""),
+                "libraries": ([py, "-c", "import attrs, cattrs, zmq, tomllib"], ""),
                 "import": ([py, "-c", "import kernelsup.control.sync_client"], ""),
                 "module": ([py, "-m", "kernelsup", "exec", "-c", cfg, "1"], "1\n"),
             }
@@ -91,6 +94,13 @@ async def run(mode: str) -> Report:
     row.met = ks.p50 <= TARGET_S * 1000 if ks is not None else None
     rep.row(
         'python -m kernelsup exec "1"', "ms", samples["module"], "python -c pass", samples["pass"]
+    )
+    rep.row(
+        "import attrs, cattrs, zmq, tomllib (the client's libraries)",
+        "ms",
+        samples["libraries"],
+        "python -c pass",
+        samples["pass"],
     )
     rep.row(
         "import kernelsup.control.sync_client",
