@@ -49,6 +49,7 @@ from kernelsup import __version__
 from kernelsup.api import open_supervisor
 from kernelsup.core.config import Config, McpConfig
 from kernelsup.core.errors import KernelsupError
+from kernelsup.mcp import notebook_tools
 from kernelsup.mcp.backend import Backend, Remote
 from kernelsup.mcp.handlers import (
     HANDLERS,
@@ -74,13 +75,13 @@ def build_server(conn: Connection) -> Server[Any]:
         ctx: Context,
         params: types.PaginatedRequestParams | None,
     ) -> types.ListToolsResult:
-        return types.ListToolsResult(tools=TOOLS)
+        return types.ListToolsResult(tools=[*TOOLS, *notebook_tools.TOOLS])
 
     async def call_tool(
         ctx: Context,
         params: types.CallToolRequestParams,
     ) -> types.CallToolResult:
-        handler = HANDLERS.get(params.name)
+        handler = HANDLERS.get(params.name) or notebook_tools.HANDLERS.get(params.name)
         if handler is None:
             return text_result(
                 f"unknown_tool: no tool named {params.name!r} (tools: {', '.join(HANDLERS)})",
@@ -122,9 +123,10 @@ async def serve_stdio(
                 conn = Connection(backend, config)
                 server = build_server(conn)
                 try:
-                    await server.run(
-                        read_stream, write_stream, server.create_initialization_options()
-                    )
+                    async with notebook_tools.running(conn):  # its notebook jobs
+                        await server.run(
+                            read_stream, write_stream, server.create_initialization_options()
+                        )
                 finally:
                     await conn.aclose()
         nursery.cancel_scope.cancel()

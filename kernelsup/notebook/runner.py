@@ -96,6 +96,7 @@ class Step:
     index: int
     code: str
     timeout: float | None
+    cell_id: str = ""
 
 
 CellHook = Callable[[NotebookNode, int], None]
@@ -185,6 +186,7 @@ class NotebookRun:
         self._error: dict[str, Any] | None = None
         self.kernel_id: str | None = None
         self.outcomes: dict[int, CellReport] = {}
+        self.final: NotebookReport | None = None  # once finished (or aborted)
 
     # -- the start ---------------------------------------------------------------
     def start(self, report: StatusReport) -> None:
@@ -239,6 +241,47 @@ class NotebookRun:
             self._write()
             return step
         return None
+
+    def one_cell(self, selector: int | str) -> Step:
+        """A run of one cell (``run_cell``): the cell at that index in ``nb.cells``, or with
+        that id; marked ``running`` and written. Raises Rejected (``bad_request``) for no
+        such code cell. The rest of the notebook is left as it is."""
+        doc.add_cell_ids(self.nb)
+        cells = self.nb.cells
+        if isinstance(selector, int) and not isinstance(selector, bool):
+            index = selector if 0 <= selector < len(cells) else -1
+        else:
+            index = next((i for i, c in enumerate(cells) if c.get("id") == selector), -1)
+        if index < 0 or cells[index].get("cell_type") != "code":
+            codes = [i for i, c in enumerate(cells) if c.get("cell_type") == "code"]
+            raise Rejected(
+                f"no code cell {selector!r} in {self.input} (code cells by index: "
+                f"{', '.join(map(str, codes)) or 'none'})",
+                code="bad_request",
+            )
+        self._started = time.monotonic()
+        self._next = len(cells)  # nothing after it
+        step = Step(index, str(cells[index].source), self.cell_timeout, str(cells[index].id))
+        self._running = step
+        self._cell_started = time.monotonic()
+        cells[index].metadata[doc.META] = {"status": "running", "start_time": doc.now_iso()}
+        self._write()
+        return step
+
+    def reread(self, step: Step) -> Step | None:
+        """The notebook read again from its file (it may have been edited while ``step``
+        ran), and ``step`` where its cell is now; None if the cell is gone."""
+        self.nb = doc.read(self.input)
+        for index, cell in enumerate(self.nb.cells):
+            if cell.get("id") == step.cell_id and cell.get("cell_type") == "code":
+                return attrs.evolve(step, index=index)
+        return None
+
+    def progress(self) -> tuple[int, int, int | None]:
+        """(code cells done, code cells, the index of the cell running or None)."""
+        total = sum(1 for c in self.nb.cells if c.get("cell_type") == "code")
+        running = self._running.index if self._running is not None else None
+        return len(self.outcomes), total, running
 
     def record(self, step: Step, result: ExecuteResult) -> None:
         """Put ``result`` in its cell, decide whether the run goes on, write."""
@@ -327,7 +370,8 @@ class NotebookRun:
         if self._failed is not None:
             meta["failed_cell"] = self._failed
         self._write()
-        return self._report()
+        self.final = self._report()
+        return self.final
 
     def _report(self) -> NotebookReport:
         status, exit_code, message = self._end or ("ok", Exit.OK, "")
@@ -427,7 +471,12 @@ async def run_notebook(
     Rejected for a notebook that cannot be read or bad options; a run whose pool cannot
     be found is a report with ``status`` ``rejected``. Cancelling it cancels the cell
     running (its kernel is interrupted) and writes the notebook first."""
-    run = NotebookRun(notebook, **options)
+    return await drive(target, NotebookRun(notebook, **options))
+
+
+async def drive(target: AsyncTarget, run: NotebookRun) -> NotebookReport:
+    """:func:`run_notebook` of a :class:`NotebookRun` made by the caller (who may follow
+    its ``progress()`` meanwhile)."""
     try:
         run.start(await target.status())
     except Rejected as err:
@@ -519,6 +568,7 @@ __all__ = [
     "Step",
     "SyncTarget",
     "choose_pool",
+    "drive",
     "run_notebook",
     "run_notebook_sync",
 ]
