@@ -318,7 +318,8 @@ async def hang_node(sup: Supervisor, cluster: Cluster) -> Section:
 
 
 def kill_supervisor(cluster: Cluster, workdir: Path) -> Section:
-    """``kernelsup run`` on the cluster, SIGKILLed: its host actors and kernels go."""
+    """``kernelsup run`` on the cluster: stopped past the lease (its kernels are fenced,
+    then replaced), then SIGKILLed (its host actors and kernels go)."""
     runtime_dir = workdir / "rt-run"
     config = workdir / "run.toml"
     config.write_text(f"""
@@ -349,13 +350,39 @@ ray_resources = {{ kernel_slot = 1 }}
         if not line or line.startswith("kernelsup ready"):
             ready = line
             break
-    status = subprocess.run(
-        [sys.executable, "-m", "kernelsup", "status", "--json", "-c", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    ks = json.loads(status.stdout)["kernels"] if status.returncode == 0 else []
+
+    def status() -> list[dict[str, Any]]:
+        done = subprocess.run(
+            [sys.executable, "-m", "kernelsup", "status", "--json", "-c", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        return list(json.loads(done.stdout)["kernels"]) if done.stdout.strip() else []
+
+    def poll(predicate: Callable[[], bool]) -> float | None:
+        t0 = time.monotonic()
+        while not predicate():
+            if time.monotonic() - t0 > WAIT_S:
+                return None
+            time.sleep(0.1)
+        return time.monotonic() - t0
+
+    # A partition, played by stopping the supervisor: no lease renewed, so each host kills
+    # its kernel after lease_timeout; once it runs again it sees them gone and replaces them.
+    first = status()
+    first_pids = [k["pid"] for k in first if k.get("pid")]
+    os.kill(proc.pid, signal.SIGSTOP)
+    fenced_s = poll(lambda: not any(alive(p) for p in first_pids))
+    os.kill(proc.pid, signal.SIGCONT)
+    back: list[dict[str, Any]] = []
+
+    def replaced() -> bool:
+        back[:] = status()
+        return len(back) == 2 and all(k["state"] == "idle" and k["restarts"] for k in back)
+
+    replaced_s = poll(replaced)
+    ks = status()
     kernel_pids = [k["pid"] for k in ks if k.get("pid")]
     # The host actors are the kernels' parents on their nodes.
     host_pids = [psutil.Process(pid).ppid() for pid in kernel_pids if alive(pid)]
@@ -367,8 +394,9 @@ ray_resources = {{ kernel_slot = 1 }}
         time.sleep(0.05)
     return {
         "ready": ready.strip(),
-        "status_rc": status.returncode,
-        "status_err": status.stderr[-2000:],
+        "first": first,
+        "fenced_s": fenced_s,
+        "replaced_s": replaced_s,
         "kernels": ks,
         "host_pids": host_pids,
         "left": [p for p in watched if alive(p)],

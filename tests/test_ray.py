@@ -191,6 +191,19 @@ def test_a_hung_node_is_noticed_by_the_heartbeat_and_its_kernels_move(report: Re
     assert part["frozen_kernel_gone_s"] is not None
 
 
+def test_a_supervisor_cut_off_past_its_lease_has_its_kernels_fenced(report: Report) -> None:
+    """SIGSTOPped (a partition as the hosts see it): no lease is renewed, each host kills
+    its kernel; running again, the supervisor replaces them."""
+    part = section(report, "kill_supervisor")
+    assert [k["state"] for k in part["first"]] == ["idle", "idle"]
+    assert part["fenced_s"] is not None, "the kernels outlived their lease"
+    assert part["replaced_s"] is not None, part["kernels"]
+    for kernel in part["kernels"]:
+        assert kernel["restarts"] >= 1
+        assert kernel["last_exit"]["kind"] == "host_lost"
+        assert "lease expired" in kernel["last_exit"]["detail"]
+
+
 def test_nothing_outlives_a_sigkilled_supervisor_on_any_node(report: Report) -> None:
     part = section(report, "kill_supervisor")
     assert part["ready"].startswith("kernelsup ready: 2 kernels"), part
