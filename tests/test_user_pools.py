@@ -238,9 +238,9 @@ def test_containment_holds_for_a_user_pool(kind: str) -> None:
         try:
             # a session closed
             with sup.client() as c:
-                # cwd: a session's default private directory is made under the runtime
-                # directory, which only the supervisor may enter
-                c.open_session("s1", pool="u", cwd="/")
+                # in its private directory: made in the user's own directory, the user's
+                r = c.execute("import os; print(os.stat('.').st_uid)", session="s1", pool="u")
+                assert r.stdout.strip() == str(UID), r
                 r = c.execute(ESCAPE, session="s1", pool="u")
                 assert r.status == "ok", r
                 escaped = [int(p) for p in r.stdout.split()]
@@ -251,7 +251,7 @@ def test_containment_holds_for_a_user_pool(kind: str) -> None:
 
             # the kernel dies by itself
             with sup.client() as c:
-                c.open_session("s2", pool="u", cwd="/")
+                c.open_session("s2", pool="u", cwd="/")  # a directory of the caller's choice
                 r = c.execute(ESCAPE, session="s2", pool="u")
                 escaped = [int(p) for p in r.stdout.split()]
                 pids += escaped

@@ -66,6 +66,7 @@ from kernelsup.adapters.runtime import (
     IPC_NAME_LEN,
     MAX_IPC_ENDPOINT,
     ipc_dir_for,
+    open_user_dir,
     own_private_dir,
     private_dir,
     user_dir,
@@ -302,7 +303,12 @@ def _hand_over(conn_file: Path, own_dir: Path, run_as: RunAs) -> Path:
     data = conn_file.read_bytes()
     conn_file.unlink()
     try:
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        dir_fd = open_user_dir(own_dir, run_as.uid)
+        try:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+            fd = os.open(conn_file.name, flags, 0o600, dir_fd=dir_fd)
+        finally:
+            os.close(dir_fd)
     except OSError as exc:
         raise KernelStartError(
             f"cannot write a connection file for user {run_as.name!r}: {exc}",

@@ -129,6 +129,17 @@ def user_dir(runtime_dir: Path, uid: int, gid: int) -> Path:
     return path
 
 
+def open_user_dir(path: Path, uid: int) -> int:
+    """A descriptor of ``path``, a directory of user ``uid``'s, not reached through a
+    symlink (the user may rename its own directory in /tmp and plant one): work inside it
+    with ``dir_fd``. Raises OSError."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    if os.fstat(fd).st_uid != uid:
+        os.close(fd)
+        raise PermissionError(f"{path} is not user {uid}'s directory")
+    return fd
+
+
 def user_dirs(runtime_dir: Path) -> list[str]:
     """The directories :func:`user_dir` made for this runtime directory (its list)."""
     try:

@@ -852,9 +852,9 @@ class Pool:
             )
         own = cwd is None
         if cwd is None:
-            root = session_root(self.cfg.workdir, self._runtime_dir)
+            root = session_root(self.cfg.workdir, self._runtime_dir, self.cfg.user)
             try:
-                cwd = str(make_private_dir(root, name))
+                cwd = str(make_private_dir(root, name, self.cfg.user))
             except OSError as exc:
                 raise Rejected(
                     f"cannot make a directory for session {name!r} under {str(root)!r} "

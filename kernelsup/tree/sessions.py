@@ -29,7 +29,9 @@ A kernel reaches a session in one of two ways (``Pool._bind``, tree/router.py):
 from __future__ import annotations
 
 import os
+import pwd
 import re
+import secrets
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -37,6 +39,7 @@ from pathlib import Path
 
 import attrs
 
+from kernelsup.adapters.runtime import open_user_dir, user_dir_for
 from kernelsup.tree.kernel_handle import KernelHandle, KernelOptions
 
 # How much of a session's name shows in its private directory's name (the rest of the
@@ -47,16 +50,33 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 ADAPT_TIMEOUT_S = 30.0
 
 
-def session_root(workdir: str, runtime_dir: Path) -> Path:
-    """Where a pool's sessions' private directories go."""
-    return Path(workdir) if workdir else runtime_dir / "sessions"
+def session_root(workdir: str, runtime_dir: Path, user: str = "") -> Path:
+    """Where a pool's sessions' private directories go: its ``workdir``; else, for a pool
+    that runs as another ``user``, that user's own directory (the one its kernels' files
+    are in: the runtime directory is closed to it); else ``sessions`` in the runtime
+    directory."""
+    if workdir:
+        return Path(workdir)
+    if user:
+        return user_dir_for(runtime_dir, pwd.getpwnam(user).pw_uid)
+    return runtime_dir / "sessions"
 
 
-def make_private_dir(root: Path, name: str) -> Path:
-    """A new private directory (0700) for session ``name`` under ``root`` (made if need be).
-    Raises OSError when it cannot be made."""
-    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+def make_private_dir(root: Path, name: str, user: str = "") -> Path:
+    """A new private directory (0700) for session ``name`` under ``root`` (made if need be),
+    owned by ``user`` when the pool runs as one. Raises OSError when it cannot be made."""
     prefix = _UNSAFE.sub("_", name)[:_DIR_NAME_SHOWN] + "-"
+    if user:  # in the user's own directory, where nothing is followed through a symlink
+        pw = pwd.getpwnam(user)
+        dir_fd = open_user_dir(root, pw.pw_uid)
+        try:
+            leaf = prefix + secrets.token_hex(4)
+            os.mkdir(leaf, 0o700, dir_fd=dir_fd)
+            os.chown(leaf, pw.pw_uid, pw.pw_gid, dir_fd=dir_fd, follow_symlinks=False)
+        finally:
+            os.close(dir_fd)
+        return root / leaf
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
     return Path(tempfile.mkdtemp(prefix=prefix, dir=root)).resolve()
 
 
