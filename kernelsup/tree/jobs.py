@@ -52,9 +52,10 @@ from kernelsup.tree.kernel_handle import JOB_MESSAGE_BYTES
 # Jobs queued or running at once: each is a task, an open spool file and a request in a
 # pool's queue (which has its own queue_limit).
 MAX_LIVE_JOBS = 1024
-# Finished jobs remembered (each a result of at most max_output_bytes) besides the
-# job_retention bound; past it the oldest are forgotten early.
-MAX_KEPT_JOBS = 1024
+# Finished jobs remembered besides the job_retention bound; past it the oldest are
+# forgotten early. Each holds its result (outputs within max_output_bytes, 1 MiB by
+# default): 256 of them is at most a few hundred MiB in the worst case, typically far less.
+MAX_KEPT_JOBS = 256
 # The most one job_output call returns (bytes of the spool).
 MAX_PAGE_BYTES = 1024 * 1024
 DEFAULT_PAGE_BYTES = 65536
