@@ -17,6 +17,7 @@ from kernelsup.control.client import connect
 from kernelsup.core.config import Config
 from kernelsup.core.records import JobInfo, JobOutput, SessionInfo
 from kernelsup.core.results import ExecuteResult, StatusReport
+from kernelsup.core.snapshots import RestoreInfo, SnapshotInfo
 
 
 class Backend(Protocol):
@@ -56,6 +57,9 @@ class Backend(Protocol):
     async def put_file(self, session: str, path: str, data: bytes) -> None: ...
     async def get_file(self, session: str, path: str) -> bytes: ...
     async def list_files(self, session: str, path: str = ".") -> list[str]: ...
+    async def snapshot(self, session: str) -> SnapshotInfo: ...
+    async def restore(self, session: str, snapshot_id: str | None = None) -> RestoreInfo: ...
+    async def fork_session(self, source: str, name: str) -> RestoreInfo: ...
     async def status(self) -> StatusReport: ...
     async def interrupt(
         self, kernel_id: str | None = None, *, session: str | None = None
@@ -146,6 +150,18 @@ class Remote:
     async def list_files(self, session: str, path: str = ".") -> list[str]:
         async with connect(self.target) as client:
             return await client.list_files(session, path)
+
+    async def snapshot(self, session: str) -> SnapshotInfo:
+        async with connect(self.target) as client:
+            return await client.snapshot(session)
+
+    async def restore(self, session: str, snapshot_id: str | None = None) -> RestoreInfo:
+        async with connect(self.target) as client:
+            return await client.restore(session, snapshot_id)
+
+    async def fork_session(self, source: str, name: str) -> RestoreInfo:
+        async with connect(self.target) as client:
+            return await client.fork_session(source, name)
 
     async def status(self) -> StatusReport:
         async with connect(self.target) as client:

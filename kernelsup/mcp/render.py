@@ -131,6 +131,8 @@ def footer(result: ExecuteResult) -> str:
         bits.append("kernel restarted")
     if result.state_lost:
         bits.append("state lost: variables and imports from earlier calls are gone")
+    if result.state_restored:
+        bits.append("state restored from a snapshot (the notice above lists what came back)")
     if result.truncated_bytes:
         bits.append(f"output truncated ({result.truncated_bytes} bytes dropped)")
     return f"[kernelsup: {', '.join(bits)}]"

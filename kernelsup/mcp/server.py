@@ -49,7 +49,7 @@ from kernelsup import __version__
 from kernelsup.api import open_supervisor
 from kernelsup.core.config import Config, McpConfig
 from kernelsup.core.errors import KernelsupError
-from kernelsup.mcp import notebook_tools
+from kernelsup.mcp import notebook_tools, snapshot_tools
 from kernelsup.mcp.backend import Backend, Remote
 from kernelsup.mcp.handlers import (
     HANDLERS,
@@ -75,13 +75,17 @@ def build_server(conn: Connection) -> Server[Any]:
         ctx: Context,
         params: types.PaginatedRequestParams | None,
     ) -> types.ListToolsResult:
-        return types.ListToolsResult(tools=[*TOOLS, *notebook_tools.TOOLS])
+        return types.ListToolsResult(tools=[*TOOLS, *notebook_tools.TOOLS, *snapshot_tools.TOOLS])
 
     async def call_tool(
         ctx: Context,
         params: types.CallToolRequestParams,
     ) -> types.CallToolResult:
-        handler = HANDLERS.get(params.name) or notebook_tools.HANDLERS.get(params.name)
+        handler = (
+            HANDLERS.get(params.name)
+            or notebook_tools.HANDLERS.get(params.name)
+            or snapshot_tools.HANDLERS.get(params.name)
+        )
         if handler is None:
             return text_result(
                 f"unknown_tool: no tool named {params.name!r} (tools: {', '.join(HANDLERS)})",

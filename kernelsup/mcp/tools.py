@@ -33,6 +33,10 @@ INSTRUCTIONS = (
     "other terminal escape codes are removed.\n"
     "Files: `put_file`, `get_file` and `list_files` work in a session's working directory "
     "(text, or base64 for binary files).\n"
+    "Snapshots: `snapshot_session` saves a session's variables, `restore_session` loads "
+    "them back, `fork_session` starts a new session from them; with checkpoints on (the "
+    "pool's `checkpoint`), a session whose kernel died comes back with its variables and "
+    "the result says what was restored.\n"
     "`status` lists the kernels; `interrupt` and `restart` act on a session's kernel."
 )
 
