@@ -9,6 +9,7 @@ fork path has: the zygote's own supervision and fallbacks, the child's re-seedin
 from __future__ import annotations
 
 import os
+import random
 import signal
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from kernelsup.adapters.forkserver import ForkServer, forkable
 from kernelsup.adapters.launch import plan_launch
 from kernelsup.adapters.tether import TETHER_ENV
 from kernelsup.core.errors import ConfigError
+from kernelsup.tree.bus import EventBus
+from kernelsup.tree.router import Pool
 from tests.fakekernel import install_kernelspec
 from tests.helpers import (
     ESCAPE,
@@ -201,6 +204,13 @@ async def test_a_pool_forks_its_kernels_and_an_exec_pool_does_not(runtime_dir: P
         pids = {k["pool"]: k["pid"] for k in kernels(sup)}
         assert psutil.Process(pids["forked"]).ppid() == forked.fork_server.zygote_pid
         assert psutil.Process(pids["exec"]).ppid() == os.getpid()
+
+
+def test_a_pool_of_another_user_execs(runtime_dir: Path) -> None:
+    """Its kernels start through the other user's exec path: never from our zygote."""
+    cfg = config(user="nobody")
+    pool = Pool(cfg.pools[0], cfg, EventBus(), runtime_dir, random.Random())
+    assert pool.fork_server is None and not isinstance(pool.launcher, ForkServer)
 
 
 # --------------------------------------------------------------------------- fresh
