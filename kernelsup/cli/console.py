@@ -303,10 +303,8 @@ class Console:
             items.put(_DONE)
 
     def _interrupt(self, times: int) -> None:
-        kernels = [k for k in self.interrupter.status().kernels if k.get("session") == self.session]
         try:
-            if kernels:
-                self.interrupter.interrupt(str(kernels[0]["id"]))
+            self.interrupter.interrupt(session=self.session)
         except KernelsupError as err:
             print(f"\n[kernelsup] could not interrupt: {err.describe()}", file=sys.stderr)
             return
