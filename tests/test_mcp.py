@@ -57,6 +57,10 @@ TOOLS = {
     "notebook_status",
     "cancel_notebook",
     "run_cell",
+    # kernelsup/mcp/snapshot_tools.py
+    "snapshot_session",
+    "restore_session",
+    "fork_session",
 }
 # How long the client waits for the server to exit by itself after closing its stdin
 # before it escalates to SIGTERM (the mcp default, 2 s, is tight for stopping kernels on a
