@@ -94,6 +94,43 @@ def _open_dir(root: Path, parts: list[str], path: str, *, create: bool) -> int:
         raise
 
 
+def _open_file(cwd: str, path: str, flags: int, *, write: bool) -> tuple[Path, int]:
+    """The session's real root and a descriptor of the file ``path`` under it, opened
+    with ``flags`` and never through a symlink (for a write, its directories made)."""
+    parts = _parts(path)
+    if not parts:
+        raise Rejected(
+            f"path {path!r} names the session's directory, not a file", code="bad_request"
+        )
+    root = _root(cwd)
+    dfd = _open_dir(root, parts[:-1], path, create=write)
+    try:
+        try:
+            fd = os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644, dir_fd=dfd)
+        except FileNotFoundError:
+            raise Rejected(f"no file {path[:200]!r}", code="file_not_found") from None
+        except OSError as exc:
+            if os.path.islink(os.path.join(f"/proc/self/fd/{dfd}", parts[-1])):
+                raise _outside(path, "is a symlink") from None
+            raise Rejected(
+                f"cannot {'write' if write else 'read'} {path[:200]!r}: {exc.strerror or exc}",
+                code="bad_request" if write else "file_not_found",
+            ) from None
+    finally:
+        os.close(dfd)
+    try:
+        _inside(root, fd, path)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise Rejected(
+                f"{path[:200]!r} is not a regular file",
+                code="bad_request" if write else "file_not_found",
+            )
+    except BaseException:
+        os.close(fd)
+        raise
+    return root, fd
+
+
 def put_file(cwd: str, path: str, data: bytes, max_bytes: int) -> int:
     """Write ``data`` to ``path`` under ``cwd`` (parents made, an existing file replaced);
     returns the size written."""
@@ -105,33 +142,8 @@ def put_file(cwd: str, path: str, data: bytes, max_bytes: int) -> int:
             code="file_too_large",
             size=len(data),
         )
-    parts = _parts(path)
-    if not parts:
-        raise Rejected(
-            f"path {path!r} names the session's directory, not a file", code="bad_request"
-        )
-    root = _root(cwd)
-    dfd = _open_dir(root, parts[:-1], path, create=True)
+    _, fd = _open_file(cwd, path, os.O_WRONLY | os.O_CREAT, write=True)
     try:
-        try:
-            fd = os.open(
-                parts[-1],
-                os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK,
-                0o644,
-                dir_fd=dfd,
-            )
-        except OSError as exc:
-            if os.path.islink(os.path.join(f"/proc/self/fd/{dfd}", parts[-1])):
-                raise _outside(path, "is a symlink") from None
-            raise Rejected(
-                f"cannot write {path[:200]!r}: {exc.strerror or exc}", code="bad_request"
-            ) from None
-    finally:
-        os.close(dfd)
-    try:
-        _inside(root, fd, path)
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise Rejected(f"{path[:200]!r} exists and is not a regular file", code="bad_request")
         os.ftruncate(fd, 0)
         view = memoryview(data)
         while view:
@@ -143,36 +155,14 @@ def put_file(cwd: str, path: str, data: bytes, max_bytes: int) -> int:
 
 def get_file(cwd: str, path: str, max_bytes: int) -> bytes:
     """The bytes of the regular file ``path`` under ``cwd``."""
-    parts = _parts(path)
-    if not parts:
-        raise Rejected(
-            f"path {path!r} names the session's directory, not a file", code="bad_request"
-        )
-    root = _root(cwd)
-    dfd = _open_dir(root, parts[:-1], path, create=False)
+    _, fd = _open_file(cwd, path, os.O_RDONLY, write=False)
     try:
-        try:
-            fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dfd)
-        except FileNotFoundError:
-            raise Rejected(f"no file {path[:200]!r}", code="file_not_found") from None
-        except OSError as exc:
-            if os.path.islink(os.path.join(f"/proc/self/fd/{dfd}", parts[-1])):
-                raise _outside(path, "is a symlink") from None
+        size = os.fstat(fd).st_size
+        if size > max_bytes:
             raise Rejected(
-                f"cannot read {path[:200]!r}: {exc.strerror or exc}", code="file_not_found"
-            ) from None
-    finally:
-        os.close(dfd)
-    try:
-        _inside(root, fd, path)
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise Rejected(f"{path[:200]!r} is not a regular file", code="file_not_found")
-        if st.st_size > max_bytes:
-            raise Rejected(
-                f"{path[:200]!r} holds {st.st_size} bytes, more than max_file_bytes = {max_bytes}",
+                f"{path[:200]!r} holds {size} bytes, more than max_file_bytes = {max_bytes}",
                 code="file_too_large",
-                size=st.st_size,
+                size=size,
             )
         chunks = []
         total = 0
