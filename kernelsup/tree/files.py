@@ -4,11 +4,11 @@
 Theory of operation
 -------------------
 A path is relative to the session's directory (its ``cwd``) and must stay inside it. It
-is refused (``path_outside_session``) when it is absolute, has a ``..`` part, or leads out
-through a symlink; the last is checked on what was actually opened: the file is opened
-with ``O_NOFOLLOW`` and the kernel's view of the descriptor (``/proc/self/fd``) must lie
-under the directory, so a symlink swapped in between the check and the open (the
-session's own code may make them) changes nothing. Sizes are bounded by
+is refused (``path_outside_session``) when it is absolute, has a ``..`` part, or goes
+through a symlink (which could lead out, now or once the session's own code swaps it):
+each step is opened relative to the one before with ``O_NOFOLLOW``, and the kernel's
+view of what was opened (``/proc/self/fd``) must lie under the directory, so nothing
+swapped in between a check and an open changes what is read or written. Sizes are bounded by
 ``max_file_bytes`` (``file_too_large``); a directory listing by ``MAX_LIST_ENTRIES``.
 Everything here blocks: callers run it in a worker thread.
 """
