@@ -22,7 +22,7 @@ import trio
 
 import kernelsup
 from kernelsup.api import Supervisor
-from kernelsup.core.errors import KernelStartError
+from kernelsup.core.errors import KernelStartError, Rejected
 from tests.helpers import FAST, FAST_POOL, start_kernel
 
 # Launch to ready takes up to ~4 s for bash (it sources ~/.bashrc) on a loaded machine.
@@ -288,3 +288,21 @@ async def test_a_kernel_that_can_never_start_ends_dead_across_pool_restarts(
             (kernel,) = sup.status_now().kernels
             assert kernel["state"] == "dead"
             assert "ZeroDivisionError" in kernel["start_error"]
+
+
+async def test_snapshots_of_another_language_are_refused_by_name(
+    jupyter_path: None, runtime_dir: Path
+) -> None:
+    """A bash session under checkpoint = "after_execute": requests run, the first says
+    once that its kernel has no snapshots; an explicit snapshot is checkpoint_unsupported."""
+    cfg = pool(BASH, "ipc", checkpoint="after_execute")
+    async with kernelsup.open_supervisor(cfg, runtime_dir=runtime_dir) as sup:
+        first = await sup.execute("echo one", session="sh")
+        assert first.ok and "one" in output(first)
+        (notice,) = [o for o in first.outputs if o.name == "checkpoint_skipped"]
+        assert "bash kernel" in (notice.text or "") and "Python" in (notice.text or "")
+        second = await sup.execute("echo two", session="sh")
+        assert second.ok and not any(o.name == "checkpoint_skipped" for o in second.outputs)
+        with pytest.raises(Rejected) as info:
+            await sup.snapshot("sh")
+        assert info.value.code == "checkpoint_unsupported"
