@@ -34,6 +34,7 @@ FAST_MODULES = frozenset(
         "test_execution",
         "test_interface",
         "test_mcp_text",
+        "test_notebook_document",
         "test_metrics_collect",
         "test_lean",
         "test_outbox",

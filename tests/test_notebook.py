@@ -464,3 +464,30 @@ def test_papermill_engine_shows_a_kernel_death_in_its_cell(tmp_path: Path) -> No
     assert _enames(dying) == ["DeadKernelError"]
     assert dying.metadata["papermill"]["status"] == "failed"
     assert after.outputs == [] and after.execution_count is None
+
+
+def test_display_updates_are_stored_as_papermill_stores_them(tmp_path: Path) -> None:
+    nb = write_nb(
+        tmp_path / "d.ipynb",
+        [
+            "h = display('first', display_id=True)",
+            "h.update('second')",  # changes the first cell's output
+            "from IPython.display import update_display\n"
+            "display('x', display_id='d')\nupdate_display('y', display_id='d')\nprint('end')",
+        ],
+    )
+    done = kernelsup(tmp_path, "nb", "run", str(nb), "-o", "ours.ipynb")
+    assert done.returncode == 0, done.stdout + done.stderr
+    theirs = papermill_cli(tmp_path, str(nb), "theirs.ipynb", "--kernel", "python3")
+    assert theirs.returncode == 0, theirs.stderr[-2000:]
+
+    def shown(path: Path) -> list[list[tuple[str, Any]]]:
+        return [
+            [(o.output_type, o.get("data") or o.get("text")) for o in c.outputs]
+            for c in code_cells(valid(path))
+        ]
+
+    ours = shown(tmp_path / "ours.ipynb")
+    assert ours == shown(tmp_path / "theirs.ipynb")
+    assert ours[0] == [("display_data", {"text/plain": "'second'"})]
+    assert ours[1] == []

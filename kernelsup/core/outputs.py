@@ -185,10 +185,16 @@ class OutputCollector:
             if not isinstance(data, dict):
                 return None
             metadata = content.get("metadata") or {}
+            transient = content.get("transient")
+            shown_id = transient.get("display_id") if isinstance(transient, dict) else None
+            display_id = shown_id if isinstance(shown_id, str) else None
+            update = msg_type == "update_display_data"
             out = Output(
-                msg_type if msg_type != "update_display_data" else "display_data",
+                "display_data" if update else msg_type,
+                name="update" if update and display_id is not None else None,
                 data=data,
                 metadata=metadata if isinstance(metadata, dict) else {},
+                display_id=display_id,
             )
             if msg_type == "execute_result":
                 self._take_count(content)

@@ -172,6 +172,10 @@ class Output:
     ``type`` is ``stream`` (``name`` stdout/stderr, ``text``), ``execute_result`` or
     ``display_data`` (``data``: MIME type -> value, ``metadata``), ``error`` (``text`` is the
     plain traceback), or ``notice`` (a kernelsup marker: truncation, state lost, ...).
+    A display the kernel gave an id (``display(..., display_id=...)``) carries it in
+    ``display_id``; an update of that display (``update_display_data``) is a
+    ``display_data`` named ``update``: what a notebook stores is the displays with that id,
+    changed in place.
     """
 
     type: str
@@ -179,6 +183,7 @@ class Output:
     text: str | None = None
     data: dict[str, Any] | None = None
     metadata: dict[str, Any] | None = None
+    display_id: str | None = None
 
     def size(self) -> int:
         n = len(self.text.encode("utf-8", "surrogatepass")) if self.text else 0
@@ -191,7 +196,7 @@ class Output:
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"type": self.type}
-        for key in ("name", "text", "data", "metadata"):
+        for key in ("name", "text", "data", "metadata", "display_id"):
             value = getattr(self, key)
             if value is not None:
                 d[key] = value
@@ -206,6 +211,7 @@ class Output:
             text=_field(d, "text", (str,), "output", default=None, nullable=True),
             data=_str_dict(d.get("data"), "output.data"),
             metadata=_str_dict(d.get("metadata"), "output.metadata"),
+            display_id=_field(d, "display_id", (str,), "output", default=None, nullable=True),
         )
 
 

@@ -128,10 +128,22 @@ def prepare(nb: NotebookNode, values: Mapping[str, Any], *, kernel: str) -> None
             cell.metadata[META] = {"status": "pending"}
 
 
-def outputs_of(result: ExecuteResult) -> list[NotebookNode]:
-    """``result``'s outputs as Jupyter stores them, in order."""
+# display_id -> the outputs showing that display, in any cell of the notebook.
+Displays = dict[str, list[NotebookNode]]
+
+
+def outputs_of(result: ExecuteResult, displays: Displays | None = None) -> list[NotebookNode]:
+    """``result``'s outputs as Jupyter stores them, in order. An update of a display
+    (``update_display_data``) changes the outputs of ``displays`` with its id in place, as
+    nbclient does, and adds none; a display with an id is added to ``displays``."""
     found: list[NotebookNode] = []
+    displays = {} if displays is None else displays
     for out in result.outputs:
+        if out.type == "display_data" and out.display_id is not None and out.name == "update":
+            for shown in displays.get(out.display_id, []):
+                shown.data = _nbf.from_dict(dict(out.data or {}))
+                shown.metadata = _nbf.from_dict(dict(out.metadata or {}))
+            continue
         if out.type == "stream":
             found.append(
                 _nbf.v4.new_output("stream", name=out.name or "stdout", text=out.text or "")
@@ -140,7 +152,10 @@ def outputs_of(result: ExecuteResult) -> list[NotebookNode]:
             extra: dict[str, Any] = {"metadata": dict(out.metadata or {})}
             if out.type == "execute_result":
                 extra["execution_count"] = result.execution_count
-            found.append(_nbf.v4.new_output(out.type, data=dict(out.data or {}), **extra))
+            shown = _nbf.v4.new_output(out.type, data=dict(out.data or {}), **extra)
+            if out.display_id is not None:
+                displays.setdefault(out.display_id, []).append(shown)
+            found.append(shown)
         elif out.type == "error":
             if result.error is not None:
                 found.append(

@@ -187,6 +187,7 @@ class NotebookRun:
         self.kernel_id: str | None = None
         self.outcomes: dict[int, CellReport] = {}
         self.final: NotebookReport | None = None  # once finished (or aborted)
+        self._displays: doc.Displays = {}  # bounded by the outputs the notebook holds
 
     # -- the start ---------------------------------------------------------------
     def start(self, report: StatusReport) -> None:
@@ -287,7 +288,7 @@ class NotebookRun:
         """Put ``result`` in its cell, decide whether the run goes on, write."""
         self._running = None
         cell = self.nb.cells[step.index]
-        outputs = doc.outputs_of(result)
+        outputs = doc.outputs_of(result, self._displays)
         ename = result.error.ename if result.error is not None else None
         why = self._why(step, result)
         if why is not None:
