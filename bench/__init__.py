@@ -22,6 +22,16 @@ module per benchmark, each with ``async def run(mode) -> Report``:
 * ``mcp``      an ``execute`` tool call through ``kernelsup mcp`` (small, and 1.3 MB
   budgeted to 20,000 characters) against ``Client.execute`` through the endpoint.
 
+* ``notebook`` a 10-cell notebook as a whole command (``kernelsup nb run`` embedded and on a
+  running supervisor, ``papermill --engine kernelsup``) and eight with ``-j 2``, against
+  papermill's default engine.
+* ``snapshot`` a session's namespace saved and restored (a 100 MB array, 10,000 small
+  objects, a model-sized object) against pickle.dump/load in the kernel; the latency
+  ``checkpoint = "after_execute"`` adds to each request.
+
+* ``metrics``  a scrape of ``/metrics`` against ``status()`` of the same supervisor, and
+  ``execute`` with the metrics counting against it without them.
+
 Shared pieces: ``common`` (statistics, table, JSON, plot, machine line), ``kernels``
 (kernelsup's side), ``worker`` (the anchors' process).
 """
@@ -39,6 +49,8 @@ BENCHMARKS = (
     "evaluation",
     "sessions",
     "mcp",
+    "snapshot",
+    "notebook",
 )
 
 __all__ = ["BENCHMARKS"]

@@ -14,7 +14,9 @@ dict, so two names that share an object still share it after a restore. A value 
 cannot be pickled (an open file, a socket, a generator, a thread, a lock) is left out and
 named with the reason; a snapshot that would pass ``max_bytes`` or ``timeout`` stops where
 it is, keeps the previous snapshot, and says which bound it hit. Nothing is dropped without
-being named.
+being named. Files are replaced atomically but not fsynced: a snapshot outlives its
+kernel's death (the point), not the machine's crash, and a checkpoint after every request
+must not wait on the disk.
 
 Why cloudpickle (not dill): it pickles what agents define interactively (functions,
 lambdas, classes from ``__main__``) by value, it is the C pickler with a reducer hook (a
@@ -188,8 +190,6 @@ def save(
 def _dump(pickler: Any, obj: Any, tmp: str, max_bytes: int, deadline: float) -> None:
     with open(tmp, "wb") as f:
         pickler.dump(obj, _BoundedWriter(f, max_bytes, deadline), 5)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def _remove(path: str) -> None:

@@ -18,22 +18,40 @@ MAX_REPORT_BYTES = 1 << 20  # a report names at most MAX_REPORTED names of MAX_R
 
 
 @cache
-def _source() -> str:
+def _source() -> tuple[str, str]:
+    """The kernel-side module's source, and the name it is kept under in the kernel's
+    ``sys.modules`` (with a digest of the source: a kernel never runs a stale copy)."""
+    import hashlib
     import inspect  # here: clients import this module for its records, not for this
 
     from kernelsup.core import kernel_snapshot
 
-    return inspect.getsource(kernel_snapshot)
+    source = inspect.getsource(kernel_snapshot)
+    digest = hashlib.sha256(source.encode()).hexdigest()[:12]
+    return source, f"_kernelsup_snapshot_{digest}"
+
+
+# Runs in a private dict (``G``: the user's globals, ``SRC``, ``NAME``, ``ARGS``): the
+# kernel-side module is compiled once per kernel, kept in sys.modules, then called.
+_BOOT = """\
+import sys
+m = sys.modules.get(NAME)
+if m is None:
+    import types
+    m = types.ModuleType(NAME)
+    exec(compile(SRC, "<kernelsup-snapshot>", "exec"), m.__dict__)
+    sys.modules[NAME] = m
+getattr(m, FUNCTION)(G, *ARGS)
+"""
 
 
 def _call(function: str, *args: object) -> str:
-    """A request that defines the kernel-side functions in a private dict and calls one on
-    the user's globals, leaving no name behind in the user's namespace."""
-    arguments = ", ".join(repr(a) for a in args)
+    """A request that runs ``function`` of the kernel-side module on the user's globals,
+    leaving no name behind in the user's namespace."""
+    source, name = _source()
     return (
-        "(lambda g, d: (exec(compile("
-        f"{_source()!r}, '<kernelsup-snapshot>', 'exec'), d), "
-        f"d[{function!r}](g, {arguments})))(globals(), {{}})"
+        f"exec({_BOOT!r}, {{'G': globals(), 'SRC': {source!r}, 'NAME': {name!r}, "
+        f"'FUNCTION': {function!r}, 'ARGS': {args!r}}})"
     )
 
 
