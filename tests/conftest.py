@@ -41,6 +41,7 @@ FAST_MODULES = frozenset(
         "test_outputs",
         "test_policy",
         "test_protocol",
+        "test_ray_host",
         "test_records",
         "test_slot",
         "test_snapshots",

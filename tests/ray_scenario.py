@@ -182,7 +182,13 @@ async def execute(sup: Supervisor, cluster: Cluster) -> Section:
         conns = psutil.Process(k["pid"]).net_connections(kind="inet")
         listening[k["id"]] = sorted({c.laddr.ip for c in conns if c.status == "LISTEN"})
     hosts = {k["id"]: node_of(cluster, host_pid(sup, k["id"])) for k in ks}
+
+    async def measured() -> bool:  # by the hosts, on their nodes, with each lease renewal
+        return all((k["memory_bytes"] or 0) > 0 for k in await kernels(sup))
+
+    usage_s = await wait_for(measured, "memory measured on the nodes")
     return {
+        "usage_s": usage_s,
         "kernels": ks,
         "results": results,
         "session": kept,

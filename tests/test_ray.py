@@ -138,6 +138,7 @@ def test_ray_placed_kernels_execute_keep_session_state_and_show_their_node(
         assert kernel["containment"] in ("cgroup", "subreaper")
     # Each kernel listens on its node's cluster address only, never on all interfaces.
     assert part["listening"] and all(ips == ["127.0.0.1"] for ips in part["listening"].values())
+    assert part["usage_s"] is not None  # memory measured on the node reaches status
     # The head takes no kernels; the workers do.
     assert set(part["host_nodes"].values()) <= {"a", "b"}
 

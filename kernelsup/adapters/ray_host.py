@@ -39,6 +39,7 @@ nothing else needs it installed (``pip install 'kernelsup[ray]'``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -51,7 +52,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import attrs
 import trio
 
-from kernelsup.adapters.containment import Limits, Unit
+from kernelsup.adapters.containment import Limits, Unit, Usage
 from kernelsup.adapters.launch import ConnectionInfo, KernelProcess, LaunchPlan, plan_launch, spawn
 from kernelsup.adapters.runtime import private_dir
 from kernelsup.adapters.started import StartedKernel
@@ -231,9 +232,9 @@ class KernelHost:
             self._renewed = time.monotonic()
         proc = self.proc
         if proc is None:
-            return {"memory_bytes": 0, "oom_kills": 0, "tail": "", "fenced": self.fenced}
+            return {"usage": None, "oom_kills": 0, "tail": "", "fenced": self.fenced}
         return {
-            "memory_bytes": proc.unit.memory_bytes(),
+            "usage": attrs.asdict(proc.unit.usage()),
             "oom_kills": proc.unit.oom_kills(),
             "tail": proc.output_tail(TAIL_CHARS),
             "fenced": self.fenced,
@@ -388,19 +389,23 @@ def _ray_reason(text: str) -> str:
 
 class RemoteUnit(Unit):
     """The containment unit of a kernel on another node, as the supervisor sees it: its
-    kind (as the node made it) and the figures the last lease renewal brought back."""
+    kind (as the node made it) and the figures (memory, CPU, OOM kills) the last lease
+    renewal brought back, as the host measured them there."""
 
     def __init__(self, kind: str, host: Any, limits: Limits) -> None:
         super().__init__("cgroup" if kind == "cgroup" else "subreaper", {}, limits)
         self._host = host
-        self.memory = 0
+        self.last = Usage(0, 0.0, None)  # as the host measured it at the last renewal
         self.ooms = 0
 
     def members(self) -> list[int]:
         return []  # on another machine: its pids mean nothing here
 
     def memory_bytes(self) -> int:
-        return self.memory
+        return self.last.memory_bytes
+
+    def usage(self) -> Usage:
+        return self.last
 
     def oom_kills(self) -> int:
         return self.ooms
@@ -515,11 +520,21 @@ class RemoteKernel:
                 report = await _result(self.host.renew.remote())
             except Exception:  # the host is gone: wait() reports it
                 return
-            self._unit.memory = int(report["memory_bytes"])
-            self._unit.ooms = int(report["oom_kills"])
-            self._tail = str(report["tail"])
+            self._take(report)
             with trio.move_on_after(self.lease_interval):
                 await self._gone.wait()
+
+    def _take(self, report: object) -> None:
+        """Keep what a renewal reported; a report of another shape (a host of another
+        kernelsup version) changes nothing, and never ends the kernel's watch."""
+        if not isinstance(report, dict):
+            return
+        with contextlib.suppress(TypeError, ValueError):
+            usage = report.get("usage")
+            if isinstance(usage, dict):
+                self._unit.last = Usage(**usage)
+            self._unit.ooms = int(report.get("oom_kills", self._unit.ooms))
+            self._tail = str(report.get("tail", self._tail))
 
     def output_tail(self, limit: int = 2000) -> str:
         return self._tail[-limit:].strip()

@@ -1,0 +1,83 @@
+"""The pure parts of adapters/ray_host.py: how a host actor's death becomes an exit cause,
+and what of a plan's environment a node is given (the cluster itself: tests/test_ray.py)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from kernelsup.adapters.ray_host import _env_overrides, _lost, _ray_reason
+from kernelsup.adapters.tether import TETHER_ENV
+
+# Ray 2.60's texts, as a supervisor received them in tests/test_ray.py's scenarios.
+WORKER_DIED = """The actor died unexpectedly before finishing this task.
+\tclass_name: KernelHost
+\tactor_id: 7b984bc3d4b5b398a530833501000000
+\tpid: 26451
+\tnamespace: kernelsup
+\tip: 127.0.0.1
+The actor is dead because its worker process has died. Worker exit type: SYSTEM_ERROR \
+Worker exit detail: Worker unexpectedly exits with a connection error code 2. End of file. \
+Some common causes include: (1) the process was killed by the OOM killer"""
+
+NODE_DIED = """The actor died unexpectedly before finishing this task.
+\tclass_name: KernelHost
+\tactor_id: 690a06c87c8f0c0d99ad6bf601000000
+The actor died because its node has died. Node Id: 3869a7ae2d6bbe59 the actor's node was \
+terminated unexpectedly: health check failed due to missing too many heartbeats"""
+
+
+class ActorUnavailableError(Exception):
+    """Named as Ray names it: the actor cannot be reached for now."""
+
+
+@pytest.mark.parametrize(
+    ("error", "kind", "detail"),
+    [
+        (
+            Exception(WORKER_DIED),
+            "host_lost",
+            "The actor is dead because its worker process has died. Worker exit type: "
+            "SYSTEM_ERROR Worker exit detail: Worker unexpectedly exits with a connection "
+            "error code 2. End of file.",
+        ),
+        (
+            Exception(NODE_DIED),
+            "node_lost",
+            "The actor died because its node has died. Node Id: 3869a7ae2d6bbe59 the actor's "
+            "node was terminated unexpectedly: health check failed due to missing too many "
+            "heartbeats",
+        ),
+        (ActorUnavailableError("the actor is temporarily unavailable"), "node_lost", None),
+        (Exception(""), "host_lost", "Exception"),
+    ],
+)
+def test_a_dead_host_is_a_cause_with_rays_reason(
+    error: Exception, kind: str, detail: str | None
+) -> None:
+    cause = _lost(error)
+    assert cause.kind == kind
+    assert cause.signal == 9
+    if detail is not None:
+        assert cause.detail == detail
+    assert "class_name" not in cause.detail and "Some common causes" not in cause.detail
+
+
+def test_rays_reason_is_bounded() -> None:
+    assert len(_ray_reason("x" * 10_000)) == 300
+
+
+def test_a_node_gets_the_plans_own_variables_not_this_machines(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("KS_SAME", "1")
+    env = {
+        **os.environ,
+        "KS_SAME": "1",  # ours, unchanged: the node has its own
+        "KS_POOL": "pool",  # the pool's, a session's, the kernelspec's: sent
+        "PATH": "/here/bin:" + os.environ.get("PATH", ""),  # the node makes its own
+        "JPY_PARENT_PID": "1",
+        TETHER_ENV: "/tmp/x",
+    }
+    assert _env_overrides(env) == {"KS_POOL": "pool"}
