@@ -128,6 +128,8 @@ async def test_interrupt_and_restart_by_session(runtime_dir: Path, tmp_path: Pat
             nursery.start_soon(long)
             with trio.fail_after(30):
                 await running.wait()  # the code runs (busy is said before it starts)
+            [busy] = await sup.sessions()
+            assert busy.state == "busy" and busy.executions == 1
             await sup.interrupt(session="s")
         [r] = results
         assert r.status == "error" and r.error is not None and r.error.ename == "KeyboardInterrupt"
