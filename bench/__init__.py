@@ -51,6 +51,7 @@ BENCHMARKS = (
     "mcp",
     "snapshot",
     "notebook",
+    "metrics",
 )
 
 __all__ = ["BENCHMARKS"]
