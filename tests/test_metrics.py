@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -324,3 +326,24 @@ def test_metrics_stop_with_the_supervisor(tmp_path: Path) -> None:
     with pytest.raises(urllib.error.URLError) as info:
         urllib.request.urlopen(url, timeout=10)
     assert isinstance(info.value.reason, ConnectionRefusedError)
+
+
+@pytest.mark.parametrize("command", ["check", "run"])
+def test_a_metrics_address_that_is_not_loopback_is_refused_without_allow_remote(
+    tmp_path: Path, command: str
+) -> None:
+    config = tmp_path / "supervisor.toml"
+    config.write_text(
+        f'[supervisor]\nruntime_dir = "{tmp_path / "rt"}"\n[metrics]\nlisten = "0.0.0.0:9464"\n'
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "kernelsup", command, str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("config_invalid ConfigError: ")
+    assert "$.metrics.listen: host '0.0.0.0' is not loopback" in proc.stderr
+    assert "[metrics] allow_remote = true" in proc.stderr
+    assert not (tmp_path / "rt").exists()  # run refused before it made anything
