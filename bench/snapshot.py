@@ -65,18 +65,16 @@ SETUP = {
 
 
 def _dump(names: list[str], path: Path) -> str:
+    """One execute that pickles ``names`` to ``path``, leaving no name behind."""
     picked = ", ".join(f"{n!r}: {n}" for n in names)
-    return (
-        f"import pickle as _pickle\nwith open({str(path)!r}, 'wb') as _f:\n"
-        f"    _pickle.dump({{{picked}}}, _f, 5)\n"
-    )
+    body = "import pickle\nwith open(P, 'wb') as f:\n    pickle.dump(D, f, 5)\n"
+    return f"exec({body!r}, {{'P': {str(path)!r}, 'D': {{{picked}}}}})"
 
 
 def _load(path: Path) -> str:
-    return (
-        f"import pickle as _pickle\nwith open({str(path)!r}, 'rb') as _f:\n"
-        "    globals().update(_pickle.load(_f))\n"
-    )
+    """One execute that loads ``path``'s names into the user's namespace."""
+    body = "import pickle\nwith open(P, 'rb') as f:\n    G.update(pickle.load(f))\n"
+    return f"exec({body!r}, {{'P': {str(path)!r}, 'G': globals()}})"
 
 
 async def _timed_ok(sup: Supervisor, code: str, session: str) -> float:
