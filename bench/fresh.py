@@ -21,6 +21,9 @@ pool once without and once with the zygote's own PSS shared out over the 8.
 
 from __future__ import annotations
 
+import resource
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -50,7 +53,7 @@ async def _ready_time(
 ) -> tuple[float, float, str]:
     """Start one kernel actor; seconds to ready, then the round trip of ``code`` as its
     first request (0 without), and how it was launched. The kernel is killed after."""
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     with trio.fail_after(START_TIMEOUT_S):
         handle: KernelHandle = await nursery.start(
             lambda task_status: run_kernel(
@@ -58,6 +61,7 @@ async def _ready_time(
             )
         )
     ready = time.perf_counter() - t0
+    CPU[launcher is EXEC].append(time.process_time() - cpu0 + _cpu_of(handle.pid))
     first = 0.0
     try:
         if code:
@@ -69,6 +73,27 @@ async def _ready_time(
     finally:
         handle.kill("bench")
     return ready, first, launch
+
+
+# CPU seconds (the kernel's own until ready, plus this process's) of each start, by
+# whether it was exec'ed: what a fresh kernel costs a machine, beside a python -c.
+CPU: dict[bool, list[float]] = {False: [], True: []}
+
+
+def _cpu_of(pid: int | None) -> float:
+    try:
+        times = psutil.Process(pid).cpu_times()
+    except (psutil.Error, ValueError):
+        return 0.0
+    return float(times.user + times.system)
+
+
+def _python_c_cpu() -> float:
+    """CPU seconds of one ``python -c pass`` (what a subprocess per sample costs)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run([sys.executable, "-c", "pass"], check=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 async def _wait_ready(server: ForkServer) -> None:
@@ -112,7 +137,8 @@ async def run(mode: str) -> Report:
     rounds = ROUNDS[mode]
     rep = Report("fresh", mode, params={"rounds": rounds, "idle_kernels": IDLE_KERNELS[mode]})
     s: dict[str, list[float]] = {
-        k: [] for k in ("fork", "exec", "cold", "numpy_pre", "numpy_none", "one_pre")
+        k: []
+        for k in ("fork", "exec", "cold", "numpy_pre", "numpy_none", "one_pre", "python_c_cpu")
     }
     launches: dict[str, set[str]] = {"fork": set(), "exec": set()}
     with runtime_dir("f") as rd:
@@ -127,12 +153,15 @@ async def run(mode: str) -> Report:
             for fs in (server, preloaded, plain):
                 await _ready_time(nursery, fs, rd / "k", "warm")
                 await _wait_ready(fs)
+            CPU[False].clear()
+            CPU[True].clear()
             steps = ["fork", "exec", "cold"]
             for i in range(rounds):
                 for step in steps[i % 3 :] + steps[: i % 3]:
                     if step == "cold":
                         r = await worker.call("cold_start")
                         s["cold"].append(ms(r["ready_s"]))
+                        s["python_c_cpu"].append(ms(_python_c_cpu()))
                         continue
                     launcher: Launcher = server if step == "fork" else EXEC
                     ready, _, how = await _ready_time(nursery, launcher, rd / "k", f"{step}{i}")
@@ -195,6 +224,20 @@ async def run(mode: str) -> Report:
         shared_out,
         f"PSS per idle kernel, {n} exec'ed (cold)",
         exec_pss,
+    )
+    rep.row(
+        "CPU of a fresh kernel's start, forked (kernel until ready + supervisor)",
+        "ms",
+        [ms(c) for c in CPU[False]],
+        "CPU of a python -c pass",
+        s["python_c_cpu"],
+    )
+    rep.row(
+        "CPU of a fresh kernel's start, exec'ed (kernel until ready + supervisor)",
+        "ms",
+        [ms(c) for c in CPU[True]],
+        "CPU of a python -c pass",
+        s["python_c_cpu"],
     )
     rep.extra["zygote_pss_mb"] = zygote_pss
     rep.notes.append(
