@@ -115,11 +115,19 @@ def test_kernels_by_state_list_every_state_of_each_pool() -> None:
                 "containment": "cgroup",
             },
         ),
-        pools=({"name": "p", "sessions": ["a", "b"], "queued": 3, "heartbeat_misses": 4},),
+        pools=(
+            {"name": "p", "sessions": ["a", "b"], "queued": 3, "heartbeat_misses": 4},
+            {"name": "empty"},
+        ),
     )
     got = samples(m)
-    by_state = {dict(ls)["state"]: v for (n, ls), v in got.items() if n == "kernelsup_kernels"}
-    assert by_state == {**dict.fromkeys(STATES, 0.0), "idle": 1.0, "busy": 1.0}
+    by_state = {
+        (dict(ls)["pool"], dict(ls)["state"]): v
+        for (n, ls), v in got.items()
+        if n == "kernelsup_kernels"
+    }
+    zeros = {(pool, state): 0.0 for pool in ("p", "empty") for state in STATES}
+    assert by_state == {**zeros, ("p", "idle"): 1.0, ("p", "busy"): 1.0}
     unit = (("containment", "cgroup"), ("kernel", "p-0"), ("pool", "p"))
     assert got[("kernelsup_kernel_memory_bytes", unit)] == 1000
     busy = (("containment", "cgroup"), ("kernel", "p-1"), ("pool", "p"))

@@ -212,7 +212,8 @@ class _Status(Collector):
 
     def collect(self) -> Iterable[Metric]:
         report = self.sup.status_now()
-        yield from _kernel_families(report.kernels)
+        pools = [str(p.get("name")) for p in report.pools]
+        yield from _kernel_families(report.kernels, pools)
         yield from _pool_families(report.pools)
         control = self.sup.stats_sources.get("control")
         if control is not None:
@@ -224,7 +225,8 @@ class _Status(Collector):
         return ()  # the series depend on the pools; describe nothing, collect at scrape
 
 
-def _kernel_families(kernels: Iterable[Mapping[str, Any]]) -> Iterator[Metric]:
+def _kernel_families(kernels: Iterable[Mapping[str, Any]], pools: list[str]) -> Iterator[Metric]:
+    """Every pool gets every state (zeros too), so a panel's series never vanish."""
     by_state = GaugeMetricFamily(
         "kernelsup_kernels", "Kernels by pool and state.", labels=["pool", "state"]
     )
@@ -239,7 +241,6 @@ def _kernel_families(kernels: Iterable[Mapping[str, Any]]) -> Iterator[Metric]:
         labels=["pool", "kernel", "containment"],
     )
     counts: dict[tuple[str, str], int] = {}
-    pools: list[str] = []
     for k in kernels:
         pool, state = str(k.get("pool")), str(k.get("state"))
         if pool not in pools:
