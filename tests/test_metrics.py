@@ -4,6 +4,7 @@ read with prometheus_client's own parser while requests, deaths and restarts hap
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import kernelsup
 from kernelsup.core.results import ExecuteResult
 from kernelsup.metrics.collect import REFUSALS
-from tests.supervisor_process import SupervisorProcess, supervisor
+from tests.supervisor_process import SupervisorProcess, processes_of, supervisor, write_config
 
 METRICS = '\n[metrics]\nlisten = "127.0.0.1:0"\n'
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -347,3 +348,57 @@ def test_a_metrics_address_that_is_not_loopback_is_refused_without_allow_remote(
     assert "$.metrics.listen: host '0.0.0.0' is not loopback" in proc.stderr
     assert "[metrics] allow_remote = true" in proc.stderr
     assert not (tmp_path / "rt").exists()  # run refused before it made anything
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare (util-linux)")
+def test_allow_remote_listens_on_every_interface_in_a_namespace_with_only_loopback(
+    tmp_path: Path,
+) -> None:
+    """``0.0.0.0`` with allow_remote binds where it says; run in a network namespace of its
+    own (only loopback up), so nothing is exposed, and scraped from inside it."""
+    config = write_config(
+        tmp_path,
+        tmp_path / "rt",
+        size=1,
+        spares=0,
+        server='\n[metrics]\nlisten = "0.0.0.0:0"\nallow_remote = true\n',
+    )
+    script = f"ip link set lo up && exec {sys.executable} -m kernelsup run {config}"
+    probe = subprocess.run(["unshare", "--net", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"no network namespaces here: {probe.stderr.decode().strip()}")
+    proc = subprocess.Popen(
+        ["unshare", "--net", "sh", "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert " metrics http://0.0.0.0:" in line, line
+        url = line.split("metrics ", 1)[1].split(";", 1)[0].replace("0.0.0.0", "127.0.0.1")
+        scraped = subprocess.run(
+            [
+                "nsenter",
+                f"--net=/proc/{proc.pid}/ns/net",
+                sys.executable,
+                "-c",
+                f"import urllib.request; print(urllib.request.urlopen({url!r}).read().decode())",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert scraped.returncode == 0, scraped.stderr
+        assert 'kernelsup_kernels{pool="default",state="idle"} 1.0' in scraped.stdout
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        assert processes_of(tmp_path / "rt") == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
