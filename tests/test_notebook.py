@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -491,3 +493,51 @@ def test_display_updates_are_stored_as_papermill_stores_them(tmp_path: Path) -> 
     assert ours == shown(tmp_path / "theirs.ipynb")
     assert ours[0] == [("display_data", {"text/plain": "'second'"})]
     assert ours[1] == []
+
+
+def test_session_keeps_its_state_on_a_running_supervisor(
+    served: SupervisorProcess, tmp_path: Path
+) -> None:
+    nb = write_nb(tmp_path / "k.ipynb", ["kept = 41 + 1"])
+    done = kernelsup(tmp_path, "nb", "run", "-c", str(served.config), str(nb), "--session", "nbk")
+    assert done.returncode == 0, done.stdout + done.stderr
+    with SyncClient(served.config) as client:
+        try:
+            assert client.execute("kept", session="nbk").result == "42"
+        finally:
+            client.close_session("nbk")
+
+
+def test_ctrl_c_writes_the_notebook_and_exits_130(tmp_path: Path) -> None:
+    nb = write_nb(tmp_path / "c.ipynb", ["print('one')", "import time; time.sleep(120)", "2"])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kernelsup", "nb", "run", str(nb)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + CLI_TIMEOUT
+        while time.monotonic() < deadline:  # until the sleeping cell is marked running
+            try:
+                cells = nbformat.read(str(nb), as_version=4).cells
+            except Exception:
+                cells = []
+            if (
+                len(cells) == 3
+                and cells[1].metadata.get("kernelsup", {}).get("status") == "running"
+            ):
+                break
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    one, slow, last = code_cells(valid(nb))
+    assert status_of(one) == "ok" and status_of(slow) == "cancelled"
+    assert status_of(last) == "not_run"
+    assert valid(nb).metadata["kernelsup"]["exit_code"] == 130
