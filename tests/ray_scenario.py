@@ -172,6 +172,13 @@ def node_of(cluster: Cluster, pid: int) -> str:
 async def execute(sup: Supervisor, cluster: Cluster) -> Section:
     ks = await kernels(sup)
     results = [outcome(await sup.execute("print(6 * 7)", pool="r")) for _ in range(4)]
+    # A deadline interrupts the remote kernel (SIGINT through its host), which lives on.
+    late = await sup.execute("import time; time.sleep(60)", pool="r", timeout=1.0)
+    timed_out = {
+        **outcome(late),
+        "interrupted": late.interrupted,
+        "restarted": late.kernel_restarted,
+    }
     async with sup.session("s1", pool="r") as session:
         await session.execute("x = 41")
         kept = outcome(await session.execute("print(x + 1)"))
@@ -188,6 +195,7 @@ async def execute(sup: Supervisor, cluster: Cluster) -> Section:
 
     usage_s = await wait_for(measured, "memory measured on the nodes")
     return {
+        "timed_out": timed_out,
         "usage_s": usage_s,
         "kernels": ks,
         "results": results,

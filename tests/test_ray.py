@@ -133,6 +133,8 @@ def test_ray_placed_kernels_execute_keep_session_state_and_show_their_node(
     part = section(report, "execute")
     assert [r["stdout"] for r in part["results"]] == ["42\n"] * 4
     assert part["session"]["status"] == "ok" and part["session"]["stdout"] == "42\n"
+    late = part["timed_out"]  # interrupted at its deadline through the host, not killed
+    assert late["status"] == "timeout" and late["interrupted"] and not late["restarted"]
     for kernel in part["kernels"]:
         assert kernel["node"] == "127.0.0.1"  # status names each kernel's node
         assert kernel["containment"] in ("cgroup", "subreaper")

@@ -92,6 +92,23 @@ class ConnectionInfo:
     key: bytes
     signature_scheme: str
 
+    @classmethod
+    def from_written(
+        cls, info: Mapping[str, Any], transport: str, ip: str, key: bytes
+    ) -> ConnectionInfo:
+        """From what ``write_connection_file`` returned (the ports it chose)."""
+        return cls(
+            transport=transport,
+            ip=ip,
+            key=key,
+            shell_port=int(info["shell_port"]),
+            iopub_port=int(info["iopub_port"]),
+            stdin_port=int(info["stdin_port"]),
+            control_port=int(info["control_port"]),
+            hb_port=int(info["hb_port"]),
+            signature_scheme=str(info.get("signature_scheme", "hmac-sha256")),
+        )
+
     def endpoint(self, channel: str) -> str:
         port = getattr(self, f"{channel}_port")
         if self.transport == "ipc":
@@ -244,17 +261,7 @@ def plan_launch(
     conn_file.chmod(0o600)
     if own_dir is not None and run_as is not None:
         conn_file = _hand_over(conn_file, own_dir, run_as)
-    conn = ConnectionInfo(
-        transport=transport,
-        ip=ip,
-        key=key,
-        shell_port=int(info["shell_port"]),
-        iopub_port=int(info["iopub_port"]),
-        stdin_port=int(info["stdin_port"]),
-        control_port=int(info["control_port"]),
-        hb_port=int(info["hb_port"]),
-        signature_scheme=str(info.get("signature_scheme", "hmac-sha256")),
-    )
+    conn = ConnectionInfo.from_written(info, transport, ip, key)
     # argv exactly as jupyter_client formats it: python, python3 and python3.X mean the
     # interpreter running us; {connection_file}, {resource_dir}, {prefix} are filled in.
     km = KernelManager(

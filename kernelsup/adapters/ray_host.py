@@ -114,6 +114,10 @@ class KernelHost:
 
     # -- the host's trio loop ------------------------------------------------------------
     async def _main(self, ready: threading.Event) -> None:
+        # Ray's threads block SIGINT; a thread inherits its creator's mask, and the kernel
+        # the spawner thread (made from this one) forks would keep it blocked across exec,
+        # so an interrupt would never reach it.
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
         self._token = trio.lowlevel.current_trio_token()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
@@ -172,7 +176,7 @@ class KernelHost:
             str(plan.connection_file), ip=ip, key=key, transport="tcp", kernel_name=kernel_name
         )
         plan.connection_file.chmod(0o600)
-        conn = _connection(info, key)
+        conn = ConnectionInfo.from_written(info, "tcp", ip, key)
         plan = attrs.evolve(plan, connection=conn)
         limits = Limits(
             options.get("memory_limit_mb", 0),
@@ -271,20 +275,6 @@ def _node_ip() -> str:
     import ray
 
     return str(ray.util.get_node_ip_address())  # type: ignore[no-untyped-call]
-
-
-def _connection(info: Mapping[str, Any], key: bytes) -> ConnectionInfo:
-    return ConnectionInfo(
-        transport="tcp",
-        ip=str(info["ip"]),
-        key=key,
-        shell_port=int(info["shell_port"]),
-        iopub_port=int(info["iopub_port"]),
-        stdin_port=int(info["stdin_port"]),
-        control_port=int(info["control_port"]),
-        hb_port=int(info["hb_port"]),
-        signature_scheme=str(info.get("signature_scheme", "hmac-sha256")),
-    )
 
 
 # --------------------------------------------------------------------------- supervisor side
