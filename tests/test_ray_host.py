@@ -1,14 +1,17 @@
 """The pure parts of adapters/ray_host.py: how a host actor's death becomes an exit cause,
-and what of a plan's environment a node is given (the cluster itself: tests/test_ray.py)."""
+what of a plan's environment a node is given, and what `check` says of a pool placed on a
+cluster (the cluster itself: tests/test_ray.py)."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
 from kernelsup.adapters.ray_host import _env_overrides, _lost, _ray_reason
 from kernelsup.adapters.tether import TETHER_ENV
+from kernelsup.cli.main import main
 
 # Ray 2.60's texts, as a supervisor received them in tests/test_ray.py's scenarios.
 WORKER_DIED = """The actor died unexpectedly before finishing this task.
@@ -81,3 +84,20 @@ def test_a_node_gets_the_plans_own_variables_not_this_machines(
         TETHER_ENV: "/tmp/x",
     }
     assert _env_overrides(env) == {"KS_POOL": "pool"}
+
+
+def test_check_names_the_cluster_a_pool_runs_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("kernelsup.core.config.ray_installed", lambda: True)
+    config = tmp_path / "supervisor.toml"
+    config.write_text(
+        '[ray]\naddress = "10.0.0.5:6379"\n'
+        '[[pool]]\nname = "remote"\nplacement = "ray"\nray_resources = { kernel_slot = 1 }\n'
+        '[[pool]]\nname = "here"\n'
+    )
+    assert main(["check", str(config)]) == 0
+    assert capsys.readouterr().out == (
+        f"{config}: valid; pools: remote (2 x python3, 1 spare, on the Ray cluster at "
+        "10.0.0.5:6379), here (2 x python3, 1 spare)\n"
+    )

@@ -38,7 +38,11 @@ def cmd_check(args: argparse.Namespace) -> int:
         cfg = _load(args.config)
     except ConfigError as err:
         return fail(err)
-    pools = ", ".join(f"{p.name} ({p.size} x {p.kernel}, {p.spares} spare)" for p in cfg.pools)
+    pools = ", ".join(
+        f"{p.name} ({p.size} x {p.kernel}, {p.spares} spare"
+        + (f", on the Ray cluster at {cfg.ray.address})" if p.placement == "ray" else ")")
+        for p in cfg.pools
+    )
     print(f"{args.config}: valid; pools: {pools}")
     return Exit.OK
 
