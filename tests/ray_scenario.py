@@ -52,7 +52,7 @@ POOL: dict[str, Any] = {
     "interrupt_grace": 2.0,
     "restart": {"min_delay": 0.0, "max_delay": 0.5, "max_retries": -1},
 }
-RAY: dict[str, Any] = {"lease_interval": 0.5, "lease_timeout": 5.0, "placement_timeout": 8.0}
+RAY: dict[str, Any] = {"lease_interval": 0.5, "lease_timeout": 5.0, "placement_timeout": 20.0}
 SLOTS_PER_WORKER = 2
 WAIT_S = 90.0  # bound on any condition a scenario waits for
 

@@ -32,18 +32,27 @@ RESTARTS = {
     ("permanent", "start_timeout"): True,
     ("permanent", "start_failure"): True,
     ("permanent", "limit"): True,
+    ("permanent", "node_lost"): True,
+    ("permanent", "host_lost"): True,
+    ("permanent", "no_capacity"): True,
     ("transient", "normal"): False,
     ("transient", "failure"): True,
     ("transient", "heartbeat"): True,
     ("transient", "start_timeout"): True,
     ("transient", "start_failure"): True,
     ("transient", "limit"): True,
+    ("transient", "node_lost"): True,
+    ("transient", "host_lost"): True,
+    ("transient", "no_capacity"): True,
     ("temporary", "normal"): False,
     ("temporary", "failure"): False,
     ("temporary", "heartbeat"): False,
     ("temporary", "start_timeout"): False,
     ("temporary", "start_failure"): False,
     ("temporary", "limit"): False,
+    ("temporary", "node_lost"): False,
+    ("temporary", "host_lost"): False,
+    ("temporary", "no_capacity"): False,
 }
 
 FAIL = ExitCause("failure", code=1)
@@ -52,7 +61,7 @@ NO_START = ExitCause("start_failure", code=1)
 
 def test_the_table_covers_every_type_and_kind() -> None:
     assert set(RESTARTS) == {(t, k) for t in TYPES for k in KINDS}
-    assert len(KINDS) == 6 and len(TYPES) == 3
+    assert len(KINDS) == 9 and len(TYPES) == 3
 
 
 @pytest.mark.parametrize(("restart_type", "kind"), sorted(RESTARTS))
