@@ -72,6 +72,9 @@ async def test_a_forked_kernel_is_the_zygote_s_child_and_carries_the_tether(
     r = await rk.handle.execute("import os; print(os.getcwd(), os.environ['JPY_PARENT_PID'])")
     assert r.status == "ok"
     assert r.stdout.split()[1] == str(os.getpid())
+    # Its IPython history is its own, in memory: no other kernel's code to read.
+    r = await rk.handle.execute("print(get_ipython().history_manager.hist_file)")
+    assert r.stdout == ":memory:\n"
 
 
 async def test_two_forked_kernels_draw_different_random_numbers(

@@ -63,8 +63,9 @@ from kernelsup.tree.watchdogs import watch_heartbeat, watch_memory
 # How long to wait for the late half of a finished request (reply or idle), see top.
 LATE_HALF_S = 3.0
 # How often to repeat kernel_info_request while waiting for the iopub subscription to
-# be confirmed (a SUB that connects late silently misses messages).
-IOPUB_PROBE_INTERVAL_S = 0.05
+# be confirmed (a SUB that connects late silently misses messages). Short: a forked
+# kernel answers within milliseconds, and each probe is one small request.
+IOPUB_PROBE_INTERVAL_S = 0.01
 # Upper bound on killing and reaping during cleanup; SIGKILL cannot be ignored, so this
 # only guards against a process stuck in uninterruptible sleep.
 REAP_TIMEOUT_S = 10.0
