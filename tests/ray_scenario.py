@@ -31,6 +31,7 @@ from typing import Any
 import psutil
 import trio
 
+from kernelsup.adapters.tether import TETHER_ENV
 from kernelsup.api import Supervisor, open_supervisor
 from kernelsup.core.config import Config
 from kernelsup.core.results import ExecuteResult
@@ -406,7 +407,18 @@ ray_resources = {{ kernel_slot = 1 }}
     watched = kernel_pids + host_pids
     while any(alive(p) for p in watched) and time.monotonic() - t0 < WAIT_S:
         time.sleep(0.05)
+    # And nothing of any host is left on any node: no process carrying a host's tether
+    # marker (kernels and all they started), no host's reaper.
+    host_left: list[int] = []
+
+    def hosts_gone() -> bool:
+        host_left[:] = host_processes()
+        return not host_left
+
+    hosts_gone_s = poll(hosts_gone)
     return {
+        "host_left": [_describe(p) for p in host_left],
+        "hosts_gone_s": hosts_gone_s,
         "ready": ready.strip(),
         "first": first,
         "fenced_s": fenced_s,
@@ -416,6 +428,32 @@ ray_resources = {{ kernel_slot = 1 }}
         "left": [p for p in watched if alive(p)],
         "gone_s": time.monotonic() - t0,
     }
+
+
+HOST_DIRS = f"/tmp/kernelsup-{os.getuid()}/ray-"  # each host's runtime dir (ray_host.py)
+
+
+def host_processes() -> list[int]:
+    """Live processes of any host: its reaper, or anything with its tether marker."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "environ"]):
+        try:
+            cmdline = " ".join(proc.info["cmdline"] or [])
+            marker = (proc.info["environ"] or {}).get(TETHER_ENV, "")
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+        except psutil.Error:
+            continue
+        if marker.startswith(HOST_DIRS) or ("adapters.tether" in cmdline and HOST_DIRS in cmdline):
+            found.append(proc.pid)
+    return found
+
+
+def _describe(pid: int) -> str:
+    try:
+        return f"{pid} {' '.join(psutil.Process(pid).cmdline())[:200]}"
+    except psutil.Error:
+        return str(pid)
 
 
 # --------------------------------------------------------------------------- main

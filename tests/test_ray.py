@@ -213,3 +213,5 @@ def test_nothing_outlives_a_sigkilled_supervisor_on_any_node(report: Report) -> 
     assert [k["node"] for k in part["kernels"]] == ["127.0.0.1"] * 2
     assert len(part["host_pids"]) == 2
     assert part["left"] == []
+    # Nor anything of any host of the whole run: its reaper, or any process it tethered.
+    assert part["host_left"] == [] and part["hosts_gone_s"] is not None

@@ -4,12 +4,19 @@ cluster (the cluster itself: tests/test_ray.py)."""
 
 from __future__ import annotations
 
+import fcntl
 import os
+import time
 from pathlib import Path
 
 import pytest
 
-from kernelsup.adapters.ray_host import _env_overrides, _lost, _ray_reason
+from kernelsup.adapters.ray_host import (
+    _env_overrides,
+    _lost,
+    _ray_reason,
+    _remove_stale_host_dirs,
+)
 from kernelsup.adapters.tether import TETHER_ENV
 from kernelsup.cli.main import main
 
@@ -101,3 +108,27 @@ def test_check_names_the_cluster_a_pool_runs_on(
         f"{config}: valid; pools: remote (2 x python3, 1 spare, on the Ray cluster at "
         "10.0.0.5:6379), here (2 x python3, 1 spare)\n"
     )
+
+
+def test_a_new_host_removes_the_directories_of_hosts_that_are_gone(tmp_path: Path) -> None:
+    def host_dir(name: str, age_s: float) -> Path:
+        d = tmp_path / name
+        d.mkdir()
+        (d / "supervisor.lock").write_text("1")
+        then = time.time() - age_s
+        os.utime(d, (then, then))
+        return d
+
+    gone = host_dir("ray-1-gone", 3600)
+    live = host_dir("ray-2-live", 3600)
+    young = host_dir("ray-3-young", 0)  # its host may be about to take its lock
+    other = tmp_path / "not-a-host"
+    other.mkdir()
+    fd = os.open(live / "supervisor.lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as a live host's Tether holds it
+        _remove_stale_host_dirs(tmp_path)
+    finally:
+        os.close(fd)
+    assert not gone.exists()
+    assert live.exists() and young.exists() and other.exists()

@@ -40,8 +40,10 @@ nothing else needs it installed (``pip install 'kernelsup[ray]'``).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import secrets
+import shutil
 import signal
 import threading
 import time
@@ -78,6 +80,8 @@ EXIT_GROUP = "exit"
 # finish the job; a tuned health check declares a node dead in about 3 s).
 HOST_KILL_S = 2.0
 HOST_GONE_S = 4.0
+# A host's runtime directory older than this with its lock free is a gone host's.
+STALE_AFTER_S = 60.0
 # How much of the kernel's output the host sends back with each renewal and at exit.
 TAIL_CHARS = 2000
 
@@ -92,9 +96,9 @@ class KernelHost:
     def __init__(self, kernel_id: str, lease_timeout: float) -> None:
         self.kernel_id = kernel_id
         self.lease_timeout = lease_timeout
-        self.runtime_dir = private_dir(
-            Path("/tmp") / f"kernelsup-{os.getuid()}" / f"ray-{os.getpid()}-{secrets.token_hex(4)}"
-        )
+        base = private_dir(Path("/tmp") / f"kernelsup-{os.getuid()}")
+        _remove_stale_host_dirs(base)
+        self.runtime_dir = private_dir(base / f"ray-{os.getpid()}-{secrets.token_hex(4)}")
         # A reaper of this host's own: if the host process dies (SIGKILL, its node's raylet
         # gone), everything its kernel started is swept, cgroup included.
         self.tether = Tether(self.runtime_dir)
@@ -268,6 +272,30 @@ class KernelHost:
         found = list(self.proc.unit.members()) if self.proc is not None else []
         reaper = self.tether._reaper
         return found + ([reaper.pid] if reaper is not None else [])
+
+
+def _remove_stale_host_dirs(base: Path) -> None:
+    """Remove the runtime directories of hosts that are gone (their lock is free; their
+    reaper swept their processes), so a node keeps one directory per live host only. A
+    directory younger than ``STALE_AFTER_S`` is left alone: its host may be taking its lock."""
+    now = time.time()
+    for directory in base.glob("ray-*"):
+        try:
+            if now - directory.stat().st_mtime < STALE_AFTER_S:
+                continue
+        except OSError:
+            continue
+        try:
+            fd = os.open(directory / "supervisor.lock", os.O_RDWR)
+        except OSError:
+            continue  # being made, or not a host's
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # a live host holds it
+        finally:
+            os.close(fd)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _node_ip() -> str:
