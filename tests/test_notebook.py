@@ -9,11 +9,13 @@ notebooks are compared cell by cell. Every output notebook must pass nbformat.va
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,10 +23,13 @@ from typing import Any
 
 import nbformat
 import papermill
+import psutil
 import pytest
 
 import kernelsup as kernelsup_pkg
+from kernelsup.adapters.tether import TETHER_ENV
 from kernelsup.control.sync_client import SyncClient
+from tests.helpers import assert_nothing_left
 from tests.supervisor_process import SupervisorProcess, supervisor
 
 PAPERMILL_NOTEBOOKS = Path(papermill.__file__).parent / "tests" / "notebooks"
@@ -34,14 +39,38 @@ CLI_TIMEOUT = 240
 def kernelsup(
     cwd: Path, *args: str, env: dict[str, str] | None = None, timeout: float = CLI_TIMEOUT
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "kernelsup", *args],
-        cwd=cwd,
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    """``kernelsup ARGS`` in ``cwd``. An embedded supervisor's runtime directory goes in a
+    TMPDIR of the call's own: once the command has exited, no process may mention it."""
+    tmp = Path(tempfile.mkdtemp(prefix="nbrun-", dir=cwd))
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "kernelsup", *args],
+            cwd=cwd,
+            env={**os.environ, "TMPDIR": str(tmp), **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    finally:
+        assert_nothing_left(tmp)  # the tether's reaper names the runtime directory
+        assert not wait_untethered(tmp)
+
+
+def wait_untethered(tmp: Path, within: float = 10.0) -> list[int]:
+    """Processes still carrying a tether marker under ``tmp`` (kernels, what they
+    started: a forked kernel's command line names no path), after up to ``within`` s."""
+    deadline = time.monotonic() + within
+    while True:
+        left = []
+        for proc in psutil.process_iter():
+            with contextlib.suppress(psutil.Error):
+                if proc.status() != psutil.STATUS_ZOMBIE and proc.environ().get(
+                    TETHER_ENV, ""
+                ).startswith(str(tmp)):
+                    left.append(proc.pid)
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.1)
 
 
 def valid(path: Path) -> Any:
