@@ -236,8 +236,6 @@ class Pool:
         # How the pool's kernels come to exist (adapters/started.py): the seam a fork
         # server or a remote placement plugs into.
         self.launcher: Launcher = EXEC
-        if cfg.placement == "ray":  # each kernel in a host actor on a node of the cluster
-            self.launcher = RayLauncher(config.ray, cfg)
         # launch = "fork": Python kernels forked from the pool's zygote (exec for a pool
         # that runs its kernels as another user, or elsewhere).
         self.fork_server: ForkServer | None = None
