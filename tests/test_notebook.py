@@ -448,13 +448,21 @@ def test_the_kernel_runs_in_the_notebooks_directory(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- the papermill engine
 def papermill_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "papermill", "--no-progress-bar", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=CLI_TIMEOUT,
-    )
+    """``papermill ARGS``; with ``--engine kernelsup``, its embedded supervisor leaves
+    nothing behind (as :func:`kernelsup` checks)."""
+    tmp = Path(tempfile.mkdtemp(prefix="pmrun-", dir=cwd))
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "papermill", "--no-progress-bar", *args],
+            cwd=cwd,
+            env={**os.environ, "TMPDIR": str(tmp)},
+            capture_output=True,
+            text=True,
+            timeout=CLI_TIMEOUT,
+        )
+    finally:
+        assert_nothing_left(tmp)
+        assert not wait_untethered(tmp)
 
 
 @pytest.mark.parametrize("name", ["simple_execute.ipynb", "broken1.ipynb", "test_logging.ipynb"])
