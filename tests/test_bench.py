@@ -125,6 +125,14 @@ def test_benchmark_smoke(name: str, bench_tmp: Path) -> None:
         # every sample's outcome right, no sample seeing another's variables, all sides
         assert rep["extra"]["wrong"] == {"kernelsup": [], "python -c": [], "jupyter_client": []}
         assert all(r["ratio"] is not None for r in rep["rows"])
+    elif name == "fresh":
+        forked = rows["fresh kernel forked (launch -> kernel_info_reply)"]
+        assert forked["ratio"] is not None and forked["anchor"]["n"] == 2
+        assert all(r["kernelsup"]["p50"] > 0 for r in rep["rows"] if r["unit"] == "MB")
+    elif name == "evaluation":
+        # every sample's outcome right, no sample seeing another's variables, all sides
+        assert rep["extra"]["wrong"] == {"kernelsup": [], "python -c": [], "jupyter_client": []}
+        assert all(r["ratio"] is not None for r in rep["rows"])
     elif name == "idle":
         assert any(r["unit"] == "%" for r in rep["rows"])
         assert all(r["kernelsup"]["p50"] > 0 for r in rep["rows"] if r["unit"] == "MB")
