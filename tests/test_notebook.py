@@ -578,3 +578,15 @@ def test_ctrl_c_writes_the_notebook_and_exits_130(tmp_path: Path) -> None:
     assert status_of(one) == "ok" and status_of(slow) == "cancelled"
     assert status_of(last) == "not_run"
     assert valid(nb).metadata["kernelsup"]["exit_code"] == 130
+
+
+def test_a_cell_that_ignores_the_interrupt_is_killed(tmp_path: Path) -> None:
+    stubborn = "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\ntime.sleep(120)"
+    nb = write_nb(tmp_path / "stubborn.ipynb", [stubborn, "1"])
+    done = kernelsup(tmp_path, "nb", "run", str(nb), "--cell-timeout", "1", "--json")
+    assert done.returncode == 124, done.stderr
+    message = json.loads(done.stdout)["notebooks"][0]["message"]
+    assert "did not stop on the interrupt and was restarted" in message
+    cell, after = code_cells(valid(nb))
+    assert status_of(cell) == "timeout" and status_of(after) == "not_run"
+    assert [o.evalue for o in cell.outputs if o.output_type == "error"][-1] == message
