@@ -590,3 +590,17 @@ def test_a_cell_that_ignores_the_interrupt_is_killed(tmp_path: Path) -> None:
     cell, after = code_cells(valid(nb))
     assert status_of(cell) == "timeout" and status_of(after) == "not_run"
     assert [o.evalue for o in cell.outputs if o.output_type == "error"][-1] == message
+
+
+@pytest.mark.parametrize("first", ["kernelsup.cli.papermill_engine", "papermill"])
+def test_the_engine_is_registered_whichever_is_imported_first(first: str) -> None:
+    """papermill loads its engines' entry points while papermill.engines is imported: the
+    engine's module must not import papermill.engines itself (a circular import)."""
+    code = (
+        f"import {first}\n"
+        "from papermill.engines import papermill_engines\n"
+        "from kernelsup.cli.papermill_engine import KernelsupEngine\n"
+        "assert papermill_engines.get_engine('kernelsup') is KernelsupEngine\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]

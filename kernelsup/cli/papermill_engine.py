@@ -13,8 +13,13 @@ chooses. Each cell goes through papermill's ``cell_start``, ``cell_exception`` a
 error outputs (``CellTimeoutError``, ``DeadKernelError``), so papermill reports them as
 it reports an exception.
 
-Imported by papermill while papermill itself is being imported: the module imports only
-papermill's ``Engine`` at the top, and kernelsup's parts when a notebook runs.
+Imported by papermill while papermill itself is being imported (papermill.engines loads
+its entry points as its last step), so this module imports nothing of papermill's at the
+top: subclassing ``papermill.engines.Engine`` here would make importing this module first
+(``from kernelsup.cli.papermill_engine import KernelsupEngine``) load papermill.engines,
+which would load this half-made module through the entry point. The class has papermill's
+engine interface (``execute_notebook``, ``execute_managed_notebook``, ``nb_kernel_name``,
+``nb_language``) and takes ``Engine``'s own code for the parts that are not ours.
 """
 
 from __future__ import annotations
@@ -24,16 +29,34 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from papermill.engines import Engine  # type: ignore[import-untyped]
-
 if TYPE_CHECKING:
     from kernelsup.core.config import Config
 
 CONFIG_ENV = "KERNELSUP_CONFIG"
 
 
-class KernelsupEngine(Engine):  # type: ignore[misc]
+def _engine() -> Any:
+    from papermill.engines import Engine  # type: ignore[import-untyped]
+
+    return Engine
+
+
+class KernelsupEngine:
     """Runs a papermill notebook under kernelsup's supervision."""
+
+    @classmethod
+    def execute_notebook(cls, nb: Any, kernel_name: str | None, **kwargs: Any) -> Any:
+        """papermill's ``Engine.execute_notebook`` (its execution manager, its metadata,
+        its saves) calling this class's :meth:`execute_managed_notebook`."""
+        return _engine().execute_notebook.__func__(cls, nb, kernel_name, **kwargs)
+
+    @classmethod
+    def nb_kernel_name(cls, nb: Any, name: str | None = None) -> Any:
+        return _engine().nb_kernel_name(nb, name)
+
+    @classmethod
+    def nb_language(cls, nb: Any, language: str | None = None) -> Any:
+        return _engine().nb_language(nb, language)
 
     @classmethod
     def execute_managed_notebook(
