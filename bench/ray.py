@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import signal
 import statistics
 import sys
@@ -76,7 +77,11 @@ def _inside(args: argparse.Namespace) -> dict[str, Any]:
 
     config = config_of("rt", {"name": "local", **common}, {"name": "ray", **common, **on_ray})
     bus = EventBus()
-    out: dict[str, Any] = {"head_start_s": head_s, "node_start_s": node_s}
+    out: dict[str, Any] = {
+        "head_start_s": head_s,
+        "node_start_s": node_s,
+        "workdir": str(workdir),  # removed by the outer process once all is killed
+    }
     me = psutil.Process()
 
     async def idle(sup: Supervisor, pool: str) -> list[dict[str, Any]]:
@@ -251,6 +256,8 @@ def main() -> None:
         if proc.poll() is None:
             proc.kill()
     result = json.loads(out.read_text())
+    shutil.rmtree(result.pop("workdir"), ignore_errors=True)
+    shutil.rmtree(out.parent, ignore_errors=True)
     result["health_check"] = HEALTH
     print(_table(result))
     print(json.dumps(result, indent=1))

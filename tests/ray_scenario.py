@@ -474,8 +474,10 @@ def main(out: Path) -> None:
     def save() -> None:
         out.write_text(json.dumps(report, indent=1, default=str))
 
-    save()
+    # Short (Ray's socket paths in it must fit 107 bytes); the test removes it.
     workdir = Path(tempfile.mkdtemp(prefix="ksray-"))
+    report["workdir"] = str(workdir)
+    save()
     cluster = Cluster(workdir / "ray")
     t0 = time.monotonic()
     cluster.start_head()

@@ -89,6 +89,8 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Report]:
         if proc.returncode is None:
             proc.kill()
             proc.wait()
+        if out.exists() and "workdir" in (written := json.loads(out.read_text())):
+            shutil.rmtree(written["workdir"], ignore_errors=True)  # Ray's logs, sockets
         assert left == [], f"processes of the Ray namespace outlived the kill: {left}"
 
 
