@@ -12,7 +12,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 
 from kernelsup.adapters.tether import tethered_pids
@@ -75,12 +74,22 @@ def running(config_file: Path) -> Iterator[Running]:
         r.stop()
 
 
-def kernel_pids(runtime_dir: Path) -> list[int]:
-    return [
-        p
-        for p in tethered_pids(runtime_dir)
-        if "ipykernel" in " ".join(psutil.Process(p).cmdline())
-    ]
+def kernel_pids(config_file: Path) -> list[int]:
+    """The kernels' pids, as the running supervisor reports them (a forked kernel's
+    command line is its zygote's, so processes are not told apart by their names)."""
+    from kernelsup import SyncClient
+
+    with SyncClient(str(config_file)) as c:
+        return [k["pid"] for k in c.status().kernels if k.get("pid")]
+
+
+def nothing_tethered(runtime_dir: Path, within: float = 10.0) -> list[int]:
+    """Once the supervisor has exited: what still carries its tether marker (kernels,
+    what they started, the zygote), after a bounded wait for it to go."""
+    deadline = time.monotonic() + within
+    while (left := tethered_pids(runtime_dir)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -89,7 +98,7 @@ def test_run_stops_cleanly(
 ) -> None:
     line = running.ready_line()
     assert line.startswith("kernelsup ready: 2 kernels in 1 pool(s); endpoint ipc://"), line
-    kernels = kernel_pids(runtime_dir)
+    kernels = kernel_pids(config_file)
     assert len(kernels) == 2
     from kernelsup import SyncClient  # leave something behind to clean up
 
@@ -126,7 +135,7 @@ max_retries = -1
     assert proc.returncode == 1, proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("supervisor_gave_up SupervisorGaveUp: pool default escalated")
-    assert kernel_pids(runtime_dir) == []
+    assert nothing_tethered(runtime_dir) == []
 
 
 def test_run_logs_events_as_json(running: Running, config_file: Path, runtime_dir: Path) -> None:
@@ -134,7 +143,7 @@ def test_run_logs_events_as_json(running: Running, config_file: Path, runtime_di
     r = Running(config_file, "--log-json")
     try:
         r.ready_line()
-        pid = kernel_pids(runtime_dir)[0]
+        pid = kernel_pids(config_file)[0]
         os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + 30
         seen: list[str] = []
@@ -211,6 +220,6 @@ def test_run_says_when_its_kernels_cannot_start(tmp_path: Path, runtime_dir: Pat
         assert out.stderr.startswith("pool_unavailable Rejected:"), out.stderr
         running.proc.send_signal(signal.SIGTERM)
         assert running.proc.wait(timeout=60) == 0
-        assert kernel_pids(runtime_dir) == []
+        assert nothing_tethered(runtime_dir) == []
     finally:
         running.stop()
