@@ -3,8 +3,9 @@ signal, stop or kill the supervisor, and containment holds for them as for any k
 
 The supervisor is a real ``kernelsup run`` (as root). This machine's interpreter lives
 under /root (mode 0700) and /tmp is mode 1700, so user ``nobody`` could reach neither: the
-supervisor runs in a private mount namespace (``unshare --mount``) where /root is a 0755
-tmpfs with the real /root/.pyenv bound back in, and /tmp a fresh 1777 tmpfs. Nothing on
+supervisor runs in a private mount namespace (``unshare --mount``) where every directory
+on the way to the interpreter and this checkout that others may not enter is a 0755 tmpfs
+with the real child bound back in, and /tmp a fresh 1777 tmpfs (see NAMESPACE). Nothing on
 the host changes. The same machine without that namespace is what a real user meets, and
 one test checks the start failure it gets: the path its user cannot reach, named.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import shlex
 import shutil
 import signal
 import subprocess
@@ -50,8 +52,7 @@ pytestmark = [
     pytest.mark.skipif(not _have_user(), reason=f"no user {USER!r} here"),
 ]
 in_namespace = pytest.mark.skipif(
-    shutil.which("unshare") is None or not os.path.isdir("/root/.pyenv"),
-    reason="needs unshare, and the interpreter under /root/.pyenv that the namespace exposes",
+    shutil.which("unshare") is None, reason="needs unshare (util-linux) for a mount namespace"
 )
 UID = pwd.getpwnam(USER).pw_uid if _have_user() else -1
 KINDS = [
@@ -64,18 +65,59 @@ KINDS = [
     "subreaper",
 ]
 
-# Run in the new mount namespace as root, then exec the supervisor: /root/.pyenv set
-# aside, a 0755 tmpfs over /root, /root/.pyenv bound back; a fresh 1777 tmpfs over /tmp.
+# Run in the new mount namespace as root, then exec the command: each directory on the way
+# to what `nobody` must reach that it may not enter (here /root, 0700; wherever this
+# checkout and its venv live) is covered by a 0755 tmpfs holding only the real child on
+# the way, bound back; /tmp gets a fresh 1777 tmpfs (this machine's is 1700) with the same
+# children bound back if the way passes there. Nothing on the host changes.
 NAMESPACE = textwrap.dedent("""
     set -e
-    aside=$1; shift
-    mount --bind /root/.pyenv "$aside"
-    mount -t tmpfs -o mode=0755,size=1m kernelsup-test /root
-    mkdir /root/.pyenv
-    mount --bind "$aside" /root/.pyenv
-    mount -t tmpfs -o mode=1777 kernelsup-test /tmp
-    exec "$@"
+    aside_root=$1; shift
+    expose() {  # DIR MODE CHILD...: a MODE tmpfs over DIR, holding only the real CHILDren
+        dir=$1; mode=$2; shift 2
+        aside=$(mktemp -d "$aside_root/XXXXXX")
+        mount --bind "$dir" "$aside"
+        mount -t tmpfs -o "mode=$mode,size=1m" kernelsup-test "$dir"
+        for child in "$@"; do
+            if [ -d "$aside/$child" ]; then mkdir "$dir/$child"; else touch "$dir/$child"; fi
+            mount --bind "$aside/$child" "$dir/$child"
+        done
+    }
 """)
+
+
+def _must_reach() -> list[Path]:
+    """What the kernels (and `check` as nobody) run from: the venv's interpreter as
+    invoked and as resolved, and this checkout (an editable install imports from it)."""
+    here = Path(__file__).resolve().parent.parent
+    return [Path(sys.executable), Path(os.path.realpath(sys.executable)), here]
+
+
+def exposures() -> list[tuple[str, str, list[str]]]:
+    """(dir, tmpfs mode, children to bind back) for every directory on the way to
+    _must_reach() that others may not enter, and /tmp; outermost first."""
+    needed: dict[str, set[str]] = {"/tmp": set()}
+    for target in _must_reach():
+        parts = target.parts
+        for i in range(1, len(parts) - 1):
+            directory = Path(*parts[: i + 1])
+            if str(directory) == "/tmp" or not os.stat(directory).st_mode & 0o001:
+                needed.setdefault(str(directory), set()).add(parts[i + 1])
+    return [
+        (d, "1777" if d == "/tmp" else "0755", sorted(children))
+        for d, children in sorted(needed.items(), key=lambda item: len(Path(item[0]).parts))
+    ]
+
+
+def namespace_script() -> str:
+    lines = [NAMESPACE]
+    for directory, mode, children in exposures():
+        quoted = [shlex.quote(directory), mode, *map(shlex.quote, children)]
+        lines.append(" ".join(["expose", *quoted]))
+    lines.append('exec "$@"\n')
+    return "\n".join(lines)
+
+
 READY_S = 90
 
 
@@ -100,12 +142,12 @@ class UserSupervisor:
                 """)
             + pool
         )
-        (base / "pyenv").mkdir()
-        (base / "ns.sh").write_text(NAMESPACE)
+        (base / "aside").mkdir()
+        (base / "ns.sh").write_text(namespace_script())
         self.proc = subprocess.Popen(
             [
                 *("unshare", "--mount", "--propagation", "private", "sh", str(base / "ns.sh")),
-                *(str(base / "pyenv"), sys.executable, "-m", "kernelsup", "run", str(self.config)),
+                *(str(base / "aside"), sys.executable, "-m", "kernelsup", "run", str(self.config)),
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -329,8 +371,8 @@ def test_check_refuses_another_user_when_kernelsup_is_not_root() -> None:
     base = Path(tempfile.mkdtemp(prefix="ksu-", dir="/var/tmp"))
     try:
         base.chmod(0o755)
-        (base / "pyenv").mkdir()
-        (base / "ns.sh").write_text(NAMESPACE)
+        (base / "aside").mkdir()
+        (base / "ns.sh").write_text(namespace_script())
         outcomes = []
         for user in ("root", USER):
             config = base / f"{user}.toml"
@@ -340,7 +382,7 @@ def test_check_refuses_another_user_when_kernelsup_is_not_root() -> None:
             proc = subprocess.run(
                 [
                     *("unshare", "--mount", "--propagation", "private", "sh"),
-                    *(str(base / "ns.sh"), str(base / "pyenv"), *as_nobody, "--clear-groups"),
+                    *(str(base / "ns.sh"), str(base / "aside"), *as_nobody, "--clear-groups"),
                     *(sys.executable, "-m", "kernelsup", "check", str(config)),
                 ],
                 capture_output=True,
@@ -361,9 +403,13 @@ def test_check_refuses_another_user_when_kernelsup_is_not_root() -> None:
 
 
 def _blocked_dir() -> str | None:
-    """The first directory on the way to the interpreter that others may not enter."""
-    parents = reversed(Path(os.path.realpath(sys.executable)).parents)
-    return next((str(p) for p in parents if not os.stat(p).st_mode & 1), None)
+    """The first directory on the way to the interpreter that others may not enter: on
+    the path as invoked (the venv's), then, past its symlink, on the path it resolves to."""
+    for way in (Path(sys.executable), Path(os.path.realpath(sys.executable))):
+        for p in reversed(way.parents):
+            if not os.stat(p).st_mode & 1:
+                return str(p)
+    return None
 
 
 def test_an_interpreter_the_user_cannot_execute_is_named(runtime_dir: Path) -> None:
