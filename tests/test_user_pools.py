@@ -154,7 +154,11 @@ class UserSupervisor:
             text=True,
             cwd=Path(__file__).parent.parent,
         )
-        self.ready = self._ready_line()
+        try:
+            self.ready = self._ready_line()
+        except BaseException:
+            self.stop()  # a supervisor that never got ready is stopped and its pipe closed
+            raise
 
     def _ready_line(self) -> str:
         assert self.proc.stdout is not None
