@@ -387,14 +387,28 @@ def _opt_str(name: str, value: object) -> str | None:
     return None if value is None else _str(name, value)
 
 
+def _finite(name: str, value: float) -> float:
+    """``value`` as a finite float. JSON integers are unbounded: one past the float range
+    (``float()`` would raise OverflowError) is refused like inf, without printing it."""
+    try:
+        number = float(value)
+    except OverflowError:
+        huge = f"field {name!r} must be a finite number (got a huge integer)"
+        raise _malformed(huge, field=name) from None
+    if not math.isfinite(number):
+        raise _malformed(f"field {name!r} must be a finite number (got {number!r})", field=name)
+    return number
+
+
 def _timeout(name: str, value: object) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _malformed(f"field {name!r} must be a number or null", field=name)
-    if not (math.isfinite(value) and value > 0):
+    number = _finite(name, value)
+    if not number > 0:
         raise _malformed(f"field {name!r} must be a finite number > 0 (got {value!r})", field=name)
-    return float(value)
+    return number
 
 
 def _opt_seconds(name: str, value: object) -> float | None:
@@ -403,9 +417,10 @@ def _opt_seconds(name: str, value: object) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _malformed(f"field {name!r} must be a number or null", field=name)
-    if not (math.isfinite(value) and value >= 0):
+    number = _finite(name, value)
+    if not number >= 0:
         raise _malformed(f"field {name!r} must be a finite number >= 0 (got {value!r})", field=name)
-    return float(value)
+    return number
 
 
 def _offset(name: str, value: object) -> int:

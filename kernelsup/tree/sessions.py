@@ -33,6 +33,7 @@ import pwd
 import re
 import secrets
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -83,7 +84,15 @@ def make_private_dir(root: Path, name: str, user: str = "") -> Path:
 def remove_private_dir(path: Path) -> None:
     """Remove a session's private directory and everything in it (blocking; errors are
     ignored: a file a kernel left open or made read-only must not fail a close)."""
-    shutil.rmtree(path, ignore_errors=True)
+    try:
+        shutil.rmtree(path, ignore_errors=True)
+    except RecursionError:  # rmtree recurses per level; a kernel can nest deeper than that
+        subprocess.run(
+            ["rm", "-rf", "--", str(path)],
+            stdin=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=False,
+        )
 
 
 def session_options(base: KernelOptions, cwd: str, env: Mapping[str, str]) -> KernelOptions:
