@@ -24,6 +24,7 @@ from kernelsup.adapters.forkserver import ForkServer, forkable
 from kernelsup.adapters.launch import plan_launch
 from kernelsup.adapters.tether import TETHER_ENV
 from kernelsup.core.errors import ConfigError
+from kernelsup.core.results import format_status
 from kernelsup.tree.bus import EventBus
 from kernelsup.tree.router import Pool
 from tests.fakekernel import install_kernelspec
@@ -266,3 +267,27 @@ async def test_fresh_and_session_together_is_a_bad_request(runtime_dir: Path) ->
         r = await sup.execute("1", fresh=True, session="s")
         assert r.status == "rejected" and r.code == "bad_request"
         assert "fresh and session" in r.message
+
+
+async def test_status_says_how_a_pool_starts_its_kernels_and_why_its_zygote_failed(
+    runtime_dir: Path,
+) -> None:
+    """A pool whose preload does not import runs on exec'ed kernels, and its status (JSON
+    and the table) says so with the reason, rather than leaving the user to wonder."""
+    cfg = config(size=1, spares=0, preload=["no_such_module_kernelsup_status"])
+    async with kernelsup.open_supervisor(cfg, runtime_dir=runtime_dir) as sup:
+        assert (await sup.execute("1 + 1")).result == "2"
+        with trio.fail_after(60):
+            while "no_such_module_kernelsup_status" not in str(
+                sup.status_now().pools[0]["launch"]["last_error"]
+            ):
+                await trio.sleep(0.05)
+        launch = sup.status_now().pools[0]["launch"]
+        assert launch["mode"] == "fork" and launch["zygote"] != "ready", launch
+        assert launch["exec_fallbacks"] >= 1 and launch["forked"] == 0, launch
+        table = format_status(sup.status_now())
+        assert "zygote: " in table and "no_such_module_kernelsup_status" in table
+    async with kernelsup.open_supervisor(
+        config(size=1, spares=0, launch="exec"), runtime_dir=runtime_dir
+    ) as sup:
+        assert sup.status_now().pools[0]["launch"] == {"mode": "exec"}

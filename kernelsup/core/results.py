@@ -401,6 +401,11 @@ def format_status(report: StatusReport) -> str:
         ]
         if p.get("dead"):
             parts.append("DEAD (every kernel gave up restarting)")
+        launch = p.get("launch")
+        if isinstance(launch, dict) and launch.get("mode") == "fork":
+            parts.append(f"forked from zygote ({launch.get('zygote')})")
+            if launch.get("last_error"):
+                parts.append(f"zygote: {launch.get('last_error')}")
         lines.append(f"pool {p.get('name')}: " + "; ".join(parts))
     return "\n".join(lines)
 

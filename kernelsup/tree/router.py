@@ -1221,4 +1221,21 @@ class Pool:
             "unavailable": self.unavailable,
             "strategy": self.sup.supervision.strategy,
             "heartbeat_misses": self.heartbeat_misses(),
+            "launch": self._launch_status(),
+        }
+
+    def _launch_status(self) -> dict[str, Any]:
+        """How the pool's kernels are started: ``exec``, ``ray``, or ``fork`` with its
+        zygote's state, counts and the reason it last failed (a preload that does not
+        import, a thread started at import...), so a pool that fell back is said."""
+        fork = self.fork_server
+        if fork is None:
+            return {"mode": "ray" if self.cfg.placement == "ray" else "exec"}
+        return {
+            "mode": "fork",
+            "zygote": fork.state,
+            "zygote_pid": fork.zygote_pid,
+            "forked": fork.forked,
+            "exec_fallbacks": fork.fallbacks,
+            "last_error": fork.last_error,
         }
