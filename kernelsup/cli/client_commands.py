@@ -42,8 +42,9 @@ EPILOG = (
 )
 
 
-def register(sub: Any) -> None:
-    """Add the client commands to ``sub`` (argparse subparsers)."""
+def config_options(*, json: bool = False) -> argparse.ArgumentParser:
+    """The options a client command takes (a parent parser): ``-c/--config``, and with
+    ``json`` ``--json``."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "-c",
@@ -51,6 +52,14 @@ def register(sub: Any) -> None:
         default="supervisor.toml",
         help="the supervisor's config file (default ./supervisor.toml)",
     )
+    if json:
+        common.add_argument("--json", action="store_true", help="print JSON")
+    return common
+
+
+def register(sub: Any) -> None:
+    """Add the client commands to ``sub`` (argparse subparsers)."""
+    common = config_options()
 
     p = sub.add_parser(
         "exec",

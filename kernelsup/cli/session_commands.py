@@ -19,7 +19,7 @@ import os
 import sys
 from typing import Any
 
-from kernelsup.cli.client_commands import _positive_float, _run
+from kernelsup.cli.client_commands import _positive_float, _run, config_options
 from kernelsup.cli.exits import Exit, exec_exit, fail
 from kernelsup.control.sync_client import SyncClient
 from kernelsup.core.codes import result_error
@@ -43,14 +43,7 @@ EPILOG = (
 
 def register(sub: Any) -> None:
     """Add sessions, submit, job, jobs, put and get to ``sub`` (argparse subparsers)."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "-c",
-        "--config",
-        default="supervisor.toml",
-        help="the supervisor's config file (default ./supervisor.toml)",
-    )
-    common.add_argument("--json", action="store_true", help="print JSON")
+    common = config_options(json=True)
     # The same options on a verb under a group (sessions list, job status ...): given
     # there they count, not given they leave the group's value (argparse would otherwise
     # put the verb's default over `kernelsup job -c x.toml status ID`'s -c).

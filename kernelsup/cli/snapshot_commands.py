@@ -11,7 +11,7 @@ import argparse
 import json
 from typing import Any
 
-from kernelsup.cli.client_commands import _run
+from kernelsup.cli.client_commands import _run, config_options
 from kernelsup.cli.exits import Exit
 from kernelsup.control.sync_client import SyncClient
 from kernelsup.core.snapshots import RestoreInfo, SnapshotInfo
@@ -25,14 +25,7 @@ EPILOG = (
 
 def register(sub: Any) -> None:
     """Add snapshot, restore and fork to ``sub`` (argparse subparsers)."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "-c",
-        "--config",
-        default="supervisor.toml",
-        help="the supervisor's config file (default ./supervisor.toml)",
-    )
-    common.add_argument("--json", action="store_true", help="print JSON")
+    common = config_options(json=True)
     p = sub.add_parser(
         "snapshot", parents=[common], epilog=EPILOG, help="save a session's variables now"
     )

@@ -43,6 +43,7 @@ from kernelsup.mcp.backend import Backend
 from kernelsup.mcp.handlers import Connection, Context, text_result
 from kernelsup.mcp.render import render_result
 from kernelsup.mcp.text import clip, plain
+from kernelsup.mcp.tools import schema
 from kernelsup.notebook.report import NotebookReport
 from kernelsup.notebook.runner import NotebookRun, Step, choose_pool, drive
 
@@ -66,15 +67,6 @@ _TIMEOUT = {"type": "number", "exclusiveMinimum": 0}
 _NB_JOB = {"job_id": {**_STRING, "description": "a notebook job id, as run_notebook gave it"}}
 
 
-def _schema(properties: dict[str, Any], *required: str) -> dict[str, Any]:
-    return {
-        "type": "object",
-        "properties": properties,
-        "required": list(required),
-        "additionalProperties": False,
-    }
-
-
 TOOLS = [
     types.Tool(
         name="run_notebook",
@@ -90,7 +82,7 @@ TOOLS = [
             "running after `block_for` seconds, it goes on as a notebook job whose id you "
             "get: follow it with `notebook_status`, stop it with `cancel_notebook`."
         ),
-        input_schema=_schema(
+        input_schema=schema(
             {
                 "path": {**_STRING, "description": "the notebook's path"},
                 "output": {**_STRING, "description": "write the run notebook here instead"},
@@ -115,7 +107,7 @@ TOOLS = [
             "status, the failing cell's output; waits up to `block_for` seconds (default 0) "
             "for its end."
         ),
-        input_schema=_schema({**_NB_JOB, "block_for": _BLOCK_FOR}, "job_id"),
+        input_schema=schema({**_NB_JOB, "block_for": _BLOCK_FOR}, "job_id"),
         annotations=types.ToolAnnotations(read_only_hint=True),
     ),
     types.Tool(
@@ -124,7 +116,7 @@ TOOLS = [
             "Stop a notebook job: the running cell is interrupted, the file says which "
             "cells did not run."
         ),
-        input_schema=_schema(_NB_JOB, "job_id"),
+        input_schema=schema(_NB_JOB, "job_id"),
         annotations=types.ToolAnnotations(destructive_hint=True),
     ),
     types.Tool(
@@ -138,7 +130,7 @@ TOOLS = [
             "(`job_status`, `job_output`, `cancel_job`) and the outputs are written into "
             "the cell when it ends."
         ),
-        input_schema=_schema(
+        input_schema=schema(
             {
                 "path": {**_STRING, "description": "the notebook's path"},
                 "cell": {

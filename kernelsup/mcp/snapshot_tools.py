@@ -17,6 +17,7 @@ from kernelsup.core.errors import Rejected
 from kernelsup.core.snapshots import RestoreInfo, SnapshotInfo
 from kernelsup.mcp.handlers import Connection, Context, Handler, text_result
 from kernelsup.mcp.text import clip
+from kernelsup.mcp.tools import schema
 
 META_SNAPSHOT = "kernelsup/snapshot"
 META_RESTORE = "kernelsup/restore"
@@ -29,15 +30,6 @@ _SESSION = {
 }
 
 
-def _schema(properties: dict[str, Any], *required: str) -> dict[str, Any]:
-    return {
-        "type": "object",
-        "properties": properties,
-        "required": list(required),
-        "additionalProperties": False,
-    }
-
-
 TOOLS = [
     types.Tool(
         name="snapshot_session",
@@ -47,7 +39,7 @@ TOOLS = [
             "checkpoint = after_execute). Says what was saved and what could not be (open "
             "files, sockets, generators, threads: re-create those after a restore)."
         ),
-        input_schema=_schema({"session": _SESSION}),
+        input_schema=schema({"session": _SESSION}),
     ),
     types.Tool(
         name="restore_session",
@@ -55,7 +47,7 @@ TOOLS = [
             "Load a snapshot of a session (its latest by default) into its kernel: the "
             "saved variables replace those of the same names. Says what came back."
         ),
-        input_schema=_schema(
+        input_schema=schema(
             {
                 "session": _SESSION,
                 "snapshot_id": {
@@ -73,7 +65,7 @@ TOOLS = [
             "current variables: try something there without touching the original. Run "
             'code in it with execute(session="NAME").'
         ),
-        input_schema=_schema(
+        input_schema=schema(
             {
                 "source": _SESSION,
                 "name": {"type": "string", "minLength": 1, "description": "the new session"},

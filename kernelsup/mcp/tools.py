@@ -62,15 +62,16 @@ _KERNEL_TARGET = {
 _PATH = {**_STRING, "description": "a path relative to the session's working directory"}
 
 
-def _schema(properties: dict[str, Any], *required: str) -> dict[str, Any]:
-    schema: dict[str, Any] = {
+def schema(properties: dict[str, Any], *required: str) -> dict[str, Any]:
+    """A tool's input schema: an object of these properties, no others."""
+    result: dict[str, Any] = {
         "type": "object",
         "properties": properties,
         "additionalProperties": False,
     }
     if required:
-        schema["required"] = list(required)
-    return schema
+        result["required"] = list(required)
+    return result
 
 
 _READ_ONLY = types.ToolAnnotations(read_only_hint=True)
@@ -95,7 +96,7 @@ TOOLS = [
             "kernel that never ran anything and is destroyed after (nothing kept, nothing "
             "seen from other calls; not with `session`), and the call waits for its result."
         ),
-        input_schema=_schema(
+        input_schema=schema(
             {
                 "code": {"type": "string", "description": "the Python code to run"},
                 "session": _SESSION,
@@ -127,7 +128,7 @@ TOOLS = [
             "A job's status (queued, running, or how it ended), its times and output size; "
             "once it has ended, its result as `execute` shows it."
         ),
-        input_schema=_schema({**_JOB_ID, "max_output_chars": _MAX_CHARS}, "job_id"),
+        input_schema=schema({**_JOB_ID, "max_output_chars": _MAX_CHARS}, "job_id"),
         annotations=_READ_ONLY,
     ),
     types.Tool(
@@ -138,7 +139,7 @@ TOOLS = [
             "the next offset, and whether the job is still running. Call it again with "
             "that offset for more; while the job runs, new output appears at the end."
         ),
-        input_schema=_schema(
+        input_schema=schema(
             {
                 **_JOB_ID,
                 "offset": {
@@ -158,13 +159,13 @@ TOOLS = [
             "Stop a job: a running one is interrupted (its kernel restarted if it ignores "
             "the interrupt), a queued one never starts. Its output so far stays readable."
         ),
-        input_schema=_schema(dict(_JOB_ID), "job_id"),
+        input_schema=schema(dict(_JOB_ID), "job_id"),
         annotations=_DESTRUCTIVE,
     ),
     types.Tool(
         name="list_jobs",
         description="Recent jobs, newest first: id, session, status, output size, times.",
-        input_schema=_schema({}),
+        input_schema=schema({}),
         annotations=_READ_ONLY,
     ),
     types.Tool(
@@ -176,7 +177,7 @@ TOOLS = [
             "Other connections reach it by name; it stays until `close_session` or "
             "session_idle_timeout. Without `name`, one is made up and returned."
         ),
-        input_schema=_schema(
+        input_schema=schema(
             {
                 "name": {**_STRING, "description": "the session's name"},
                 "cwd": {**_STRING, "description": "the kernel's working directory"},
@@ -196,7 +197,7 @@ TOOLS = [
             "variable names, state, executions, last use. This connection's own session "
             "is marked."
         ),
-        input_schema=_schema({}),
+        input_schema=schema({}),
         annotations=_READ_ONLY,
     ),
     types.Tool(
@@ -206,7 +207,7 @@ TOOLS = [
             "working directory is removed. The next `execute` naming it starts a fresh "
             "session. Without `session`: this connection's own session."
         ),
-        input_schema=_schema({"session": _SESSION}),
+        input_schema=schema({"session": _SESSION}),
         annotations=_DESTRUCTIVE,
     ),
     types.Tool(
@@ -215,7 +216,7 @@ TOOLS = [
             "Write a file into a session's working directory (made if missing, replaced if "
             "there): give `text` (UTF-8), or `base64` for binary content."
         ),
-        input_schema=_schema(
+        input_schema=schema(
             {
                 "path": _PATH,
                 "text": {"type": "string", "description": "the content, as text"},
@@ -232,7 +233,7 @@ TOOLS = [
             "middle cut past max_output_chars), a PNG, JPEG, GIF or WebP image as an image, "
             "anything else as base64 (within max_output_chars)."
         ),
-        input_schema=_schema(
+        input_schema=schema(
             {"path": _PATH, "session": _SESSION, "max_output_chars": _MAX_CHARS}, "path"
         ),
         annotations=_READ_ONLY,
@@ -240,7 +241,7 @@ TOOLS = [
     types.Tool(
         name="list_files",
         description="The names in a directory of a session (directories end with '/').",
-        input_schema=_schema(
+        input_schema=schema(
             {
                 "path": {
                     **_PATH,
@@ -258,7 +259,7 @@ TOOLS = [
             "List the kernels (id, pool, role, state, pid, restarts, session, uptime, last "
             "exit) and the pools."
         ),
-        input_schema=_schema({}),
+        input_schema=schema({}),
         annotations=_READ_ONLY,
     ),
     types.Tool(
@@ -267,7 +268,7 @@ TOOLS = [
             "Interrupt what a session's kernel (or the kernel `kernel_id`) is running, "
             "like Ctrl-C; its state is kept. Without either: this connection's session."
         ),
-        input_schema=_schema(dict(_KERNEL_TARGET)),
+        input_schema=schema(dict(_KERNEL_TARGET)),
     ),
     types.Tool(
         name="restart",
@@ -276,9 +277,9 @@ TOOLS = [
             "its variables are gone (the session's cwd and env are kept). Without either: "
             "this connection's session."
         ),
-        input_schema=_schema(dict(_KERNEL_TARGET)),
+        input_schema=schema(dict(_KERNEL_TARGET)),
         annotations=_DESTRUCTIVE,
     ),
 ]
 
-__all__ = ["INSTRUCTIONS", "TOOLS"]
+__all__ = ["INSTRUCTIONS", "TOOLS", "schema"]
