@@ -4,13 +4,14 @@ was wrong, still serve an ordinary execute, and stop cleanly (exit 0, nothing le
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from kernelsup.control.sync_client import SyncClient
-from kernelsup.core.errors import ProtocolError
+from kernelsup.core.errors import ProtocolError, Rejected
 from tests.supervisor_process import SupervisorProcess, stop_and_check, supervisor
 
 
@@ -72,3 +73,33 @@ def test_a_directory_deeper_than_the_recursion_limit_is_removed_at_close_and_at_
     client.close()
     stop_and_check(sup)
     assert not Path(kept.cwd).exists()
+
+
+@pytest.mark.parametrize("where", ["a directory", "in no directory"])
+def test_a_notebook_output_that_cannot_be_written_is_refused_before_any_cell_runs(
+    sup: SupervisorProcess, client: SyncClient, tmp_path: Path, where: str
+) -> None:
+    """It was found by the write after the first cell: a bare OSError ('Device or
+    resource busy: '/..x.tmp' -> '/'') once that cell had already run."""
+    source = tmp_path / "n.ipynb"
+    marker = tmp_path / "ran"
+    cell = {"cell_type": "code", "source": f"open({str(marker)!r}, 'w').close()"}
+    source.write_text(
+        json.dumps(
+            {
+                "nbformat": 4,
+                "nbformat_minor": 5,
+                "metadata": {},
+                "cells": [{**cell, "metadata": {}, "outputs": [], "execution_count": None}],
+            }
+        )
+    )
+    before = source.read_bytes()
+    output = tmp_path if where == "a directory" else tmp_path / "nowhere" / "out.ipynb"
+    with pytest.raises(Rejected) as caught:
+        client.run_notebook(source, output=output)
+    assert caught.value.code == "bad_request"
+    assert str(output) in caught.value.message
+    assert not marker.exists()
+    assert source.read_bytes() == before
+    assert_serving(sup, client)

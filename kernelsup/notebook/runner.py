@@ -162,6 +162,11 @@ class NotebookRun:
             self.input = os.fspath(notebook)
             default_out = self.input
         self.output = os.fspath(output) if output is not None else default_out
+        if self.output is not None:  # refused now, not by the write after the first cell
+            if os.path.isdir(self.output):
+                raise Rejected(f"output {self.output!r} is a directory", code="bad_request")
+            if not os.path.isdir(os.path.dirname(os.path.abspath(self.output))):
+                raise Rejected(f"output {self.output!r}: no such directory", code="bad_request")
         self.parameters = dict(parameters or {})
         self.cell_timeout = cell_timeout
         self.timeout = timeout
