@@ -103,3 +103,24 @@ def test_a_notebook_output_that_cannot_be_written_is_refused_before_any_cell_run
     assert not marker.exists()
     assert source.read_bytes() == before
     assert_serving(sup, client)
+
+
+def test_text_json_cannot_carry_is_refused_by_the_client_naming_the_field(
+    sup: SupervisorProcess, client: SyncClient
+) -> None:
+    """A lone surrogate (what os.fsdecode makes of undecodable bytes, or a broken string
+    from an agent) once escaped the client as a bare UnicodeEncodeError."""
+    calls = {
+        "name": lambda: client.open_session("s\ud800"),
+        "cwd": lambda: client.open_session("s", cwd="/tmp/\ud800"),
+        "env": lambda: client.open_session("s", env={"A": "\ud800"}),
+        "code": lambda: client.submit("'\ud800'"),
+        "path": lambda: client.put_file("s", "\ud800", b"x"),
+    }
+    for field, call in calls.items():
+        with pytest.raises(ProtocolError) as caught:
+            call()
+        assert caught.value.code == "malformed"
+        assert f"field {field!r} cannot be sent as JSON" in caught.value.message
+    assert client.sessions() == []
+    assert_serving(sup, client)

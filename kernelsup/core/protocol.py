@@ -69,7 +69,7 @@ import attrs
 from kernelsup.core import errors
 from kernelsup.core.errors import AuthenticationError, KernelsupError, ProtocolError
 from kernelsup.core.results import Output
-from kernelsup.core.wire import Message, Wire, WireError
+from kernelsup.core.wire import Message, Wire, WireError, pack
 
 PROTOCOL_VERSION = 1
 
@@ -575,8 +575,20 @@ class Codec:
     # -- client side --
 
     def encode_request(self, request: Request) -> tuple[str, list[bytes]]:
-        """``(request_id, frames)`` for a new, signed request."""
-        return self._wire.build(request.TYPE, _content(request))
+        """``(request_id, frames)`` for a new, signed request. Raises ProtocolError
+        (``malformed``, naming the field) for a value JSON cannot carry: text with a lone
+        surrogate, an object that is not JSON."""
+        content = _content(request)
+        try:
+            return self._wire.build(request.TYPE, content)
+        except (TypeError, ValueError) as exc:
+            bad = [name for name, value in content.items() if not _packable(value)]
+            field = bad[0] if bad else "?"
+            raise _malformed(
+                f"{request.TYPE} request: field {field!r} cannot be sent as JSON "
+                f"({type(exc).__name__}: {str(exc)[:200]})",
+                field=field,
+            ) from None
 
     def decode_reply(self, frames: Sequence[bytes]) -> Received:
         """Verify and decode what the server sent; raises one of :data:`DECODE_ERRORS`."""
@@ -669,6 +681,14 @@ class Codec:
         if message.buffers:
             raise _malformed("kernelsup messages carry no buffers", request_id=message.msg_id)
         return message
+
+
+def _packable(value: object) -> bool:
+    try:
+        pack(value)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _classify(error: WireError) -> KernelsupError:
