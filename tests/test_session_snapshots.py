@@ -272,3 +272,31 @@ def test_snapshot_restore_and_fork_from_the_command_line(served: SupervisorProce
     with kernelsup.SyncClient(served.config) as client:
         assert client.execute("n + 1", session=name + "-b").result == "42"
         assert client.close_session(name + "-b") and client.close_session(name)
+
+
+async def test_a_snapshot_of_a_session_busy_past_the_bound_is_refused(runtime_dir: Path) -> None:
+    """A job may run for days: a snapshot (or restore, or fork) waits for it at most
+    checkpoint_timeout, then says the session is busy; the job runs on."""
+    cfg = config(checkpoint_timeout=0.5)
+    async with kernelsup.open_supervisor(cfg, runtime_dir=runtime_dir) as sup:
+        await sup.open_session("s")
+        gate = runtime_dir / "gate"
+        hold = f"import os, time\nwhile not os.path.exists({str(gate)!r}): time.sleep(0.01)"
+        job = await sup.submit(hold, session="s")
+        with trio.fail_after(30):
+            while (await sup.job(job.id)).status != "running":
+                await trio.sleep(0.01)
+        for call in (
+            lambda: sup.snapshot("s"),
+            lambda: sup.restore("s"),
+            lambda: sup.fork_session("s", "t"),
+        ):
+            with pytest.raises(Rejected) as busy:
+                await call()
+            assert busy.value.code == "session_busy"
+            assert "checkpoint_timeout = 0.5 s" in busy.value.message
+        gate.touch()
+        result = await sup.wait(job.id, timeout=30)
+        assert result is not None and result.ok
+        assert (await sup.snapshot("s")).id == "s1"
+        assert [s.name for s in await sup.sessions()] == ["s"]

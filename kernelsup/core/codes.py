@@ -165,6 +165,12 @@ _CODE_ROWS = (
     CodeRow("session_pool_mismatch", Rejected, _E.REJECTED, "the session lives in another pool"),
     CodeRow("unknown_snapshot", Rejected, _E.REJECTED, "the session has no snapshot of that id"),
     CodeRow(
+        "session_busy",
+        Rejected,
+        _E.REJECTED,
+        "the session ran a request past `checkpoint_timeout`: no snapshot, restore or fork",
+    ),
+    CodeRow(
         "checkpoint_unsupported",
         Rejected,
         _E.REJECTED,

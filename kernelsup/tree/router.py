@@ -41,12 +41,13 @@ supervisor owns the slots and their processes, and the router asks it for change
 from __future__ import annotations
 
 import collections
+import contextlib
 import math
 import os
 import random
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -774,12 +775,34 @@ class Pool:
             raise Rejected(f"no open session {name!r} in pool {self.name}", code="unknown_session")
         return session
 
+    @contextlib.asynccontextmanager
+    async def _quiet(self, session: Session, what: str) -> AsyncIterator[None]:
+        """Hold the session's lock for a snapshot, restore or fork: once its running
+        request (if any) ends, waiting at most ``checkpoint_timeout`` (a job may run for
+        days). Raises Rejected (``session_busy``) when it does not end in time."""
+        bound = self.cfg.checkpoint_timeout
+        acquired = False
+        with trio.move_on_after(bound):
+            await session.lock.acquire()
+            acquired = True
+        if not acquired:
+            raise Rejected(
+                f"session {session.name!r} is still running a request after "
+                f"checkpoint_timeout = {bound:g} s, so no {what} was made; wait for it, "
+                "cancel it or interrupt the session",
+                code="session_busy",
+            )
+        try:
+            yield
+        finally:
+            session.lock.release()
+
     async def snapshot_session(self, name: str) -> SnapshotInfo:
         """Snapshot session ``name``'s namespace now (waits for its running request).
         Raises Rejected: unknown_session, checkpoint_unsupported, checkpoint_skipped,
         checkpoint_failed, kernel_unavailable (it has no kernel: nothing to save)."""
         session = self._open_session(name)
-        async with session.lock:
+        async with self._quiet(session, "snapshot"):
             child = session.child
             if child is None or not child.ready or child.generation != session.generation:
                 raise Rejected(
@@ -793,7 +816,7 @@ class Pool:
         binding one if it has none. Raises Rejected (unknown_session, unknown_snapshot,
         checkpoint_*)."""
         session = self._open_session(name)
-        async with session.lock:
+        async with self._quiet(session, "restore"):
             for _attempt in range(3):  # a kernel that goes away first: bind another
                 child = await self._kernel_for(session)
                 try:
@@ -815,7 +838,7 @@ class Pool:
         origin = self._open_session(source)
         if name in self.sessions:
             raise Rejected(f"session {name!r} is open already", code="session_exists")
-        async with origin.lock:
+        async with self._quiet(origin, "fork"):
             child = origin.child
             if child is not None and child.ready and child.generation == origin.generation:
                 await self.checkpoints.take(_handle(child), source)
