@@ -652,7 +652,7 @@ class Pool:
             except Rejected as exc:
                 return rejected(exc.code, exc.message + "; the code did not run", session=name)
         t0 = trio.current_time()
-        async with session.lock:
+        async with self._held(session):
             session.last_used = trio.current_time()
             session.last_used_wall = time.time()
             while True:
@@ -776,6 +776,16 @@ class Pool:
         return session
 
     @contextlib.asynccontextmanager
+    async def _held(self, session: Session) -> AsyncIterator[None]:
+        """Hold the session's lock; releasing it wakes the pool: the session's idle clock
+        starts then (expire_sessions computed no deadline for it while it was held)."""
+        try:
+            async with session.lock:
+                yield
+        finally:
+            self._wake()
+
+    @contextlib.asynccontextmanager
     async def _quiet(self, session: Session, what: str) -> AsyncIterator[None]:
         """Hold the session's lock for a snapshot, restore or fork: once its running
         request (if any) ends, waiting at most ``checkpoint_timeout`` (a job may run for
@@ -796,6 +806,7 @@ class Pool:
             yield
         finally:
             session.lock.release()
+            self._wake()
 
     async def snapshot_session(self, name: str) -> SnapshotInfo:
         """Snapshot session ``name``'s namespace now (waits for its running request).
@@ -924,7 +935,7 @@ class Pool:
         session = self._new_session(
             name, cwd=cwd, env=env, idle_timeout=idle_timeout, lifetime=lifetime
         )
-        async with session.lock:
+        async with self._held(session):
             session.binding = True
             try:
                 child = await self._bind(session)
@@ -977,7 +988,7 @@ class Pool:
             session.child = None
             session.lost = True
             await self.sup.remove_child(old)
-        async with session.lock:
+        async with self._held(session):
             if session.child is None and self.sessions.get(name) is session:
                 session.binding = True
                 try:
