@@ -403,7 +403,9 @@ def format_status(report: StatusReport) -> str:
             parts.append("DEAD (every kernel gave up restarting)")
         launch = p.get("launch")
         if isinstance(launch, dict) and launch.get("mode") == "fork":
-            parts.append(f"forked from zygote ({launch.get('zygote')})")
+            # said only when kernels are not being forked as configured
+            if launch.get("zygote") != "ready":
+                parts.append(f"zygote {launch.get('zygote')}: kernels are exec'ed meanwhile")
             if launch.get("last_error"):
                 parts.append(f"zygote: {launch.get('last_error')}")
         lines.append(f"pool {p.get('name')}: " + "; ".join(parts))
