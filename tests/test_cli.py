@@ -9,6 +9,7 @@ import os
 import pty
 import queue
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -272,13 +273,16 @@ def test_exec_rejected_exits_3(sup: SupervisorProcess) -> None:
 
 def test_exec_without_a_supervisor_exits_3_naming_the_endpoint() -> None:
     directory = private_tmp()
-    config = write_config(directory, directory / "rt")
-    proc = cli("exec", "-c", str(config), "print(1)", timeout=30)
-    assert proc.returncode == 3
-    assert proc.stderr.startswith("unreachable Unreachable: ")
-    assert f"ipc://{directory}/rt/control.sock" in proc.stderr
-    status = cli("status", "-c", str(config), timeout=30)
-    assert status.returncode == 1 and "unreachable" in status.stderr
+    try:
+        config = write_config(directory, directory / "rt")
+        proc = cli("exec", "-c", str(config), "print(1)", timeout=30)
+        assert proc.returncode == 3
+        assert proc.stderr.startswith("unreachable Unreachable: ")
+        assert f"ipc://{directory}/rt/control.sock" in proc.stderr
+        status = cli("status", "-c", str(config), timeout=30)
+        assert status.returncode == 1 and "unreachable" in status.stderr
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def test_ctrl_c_cancels_the_request(sup: SupervisorProcess) -> None:

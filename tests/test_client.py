@@ -284,7 +284,10 @@ async def test_an_old_client_is_told_to_upgrade(
 def no_supervisor() -> Iterator[Path]:
     """A config nobody runs."""
     directory = private_tmp()
-    yield write_config(directory, directory / "rt")
+    try:
+        yield write_config(directory, directory / "rt")
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _assert_unreachable(exc: BaseException, endpoint_part: str) -> None:
