@@ -134,20 +134,25 @@ def test_a_flood_of_bare_connections_is_refused_and_clients_are_served(
 # --- 40 clients under a limit too low for them all -------------------------------------
 
 
+LOW_LIMIT = 96
+
+
 @pytest.fixture
-def sup_80() -> Iterator[SupervisorProcess]:
-    # 2 kernels + a spare take about 47 descriptors; the old server aborted with 40
-    # clients connected at once under soft = hard = 80 (raising cannot help).
-    yield from supervisor(size=2, spares=1, open_files=(80, 80))
+def sup_low() -> Iterator[SupervisorProcess]:
+    # 2 kernels + a spare, forked (the zygote's socket, a pidfd and pipes each), and the
+    # test's session take about 65 descriptors, the reserve 16: room for a few clients of
+    # the 40 (the old server aborted with 40 connected at once under soft = hard = 80;
+    # raising the limit cannot help there).
+    yield from supervisor(size=2, spares=1, open_files=(LOW_LIMIT, LOW_LIMIT))
 
 
 def test_forty_clients_under_a_low_fd_limit_are_served_or_refused(
-    sup_80: SupervisorProcess,
+    sup_low: SupervisorProcess,
 ) -> None:
     """40 clients connect at once, each holding its connection until all have tried: each
     is served or refused at once with too_many_connections (a clear error, exit 3); the
     supervisor serves on and the refusals are counted."""
-    sup = sup_80
+    sup = sup_low
     open_session(sup)
     outcomes: list[str] = []
     tried = threading.Semaphore(0)
@@ -186,13 +191,13 @@ def test_forty_clients_under_a_low_fd_limit_are_served_or_refused(
     assert not any(t.is_alive() for t in threads)
     counts = Counter(outcomes)
     assert set(counts) <= {"ok", "too_many_connections"}, counts
-    assert counts["ok"] >= 1, counts
+    assert counts["ok"] >= 1 and counts["too_many_connections"] >= 1, counts
     assert sup.proc is not None and sup.proc.poll() is None, sup.stderr()
     session_intact(sup)
     with kernelsup.SyncClient(sup.config) as c:
         stats = c.server_stats()
     assert stats["connections_refused"] >= counts["too_many_connections"], (stats, counts)
-    assert stats["open_files_limit"] == 80
+    assert stats["open_files_limit"] == LOW_LIMIT
 
 
 # --- exhaustion at any moment: the limit lowered under a running supervisor -------------
