@@ -14,7 +14,7 @@ from kernelsup.core.results import ErrorInfo, ExecuteResult, Output, StatusRepor
 from kernelsup.notebook import document as doc
 from kernelsup.notebook.parameters import injection_index, parameters_code, parse_value
 from kernelsup.notebook.report import NotebookReport, format_table
-from kernelsup.notebook.runner import choose_pool
+from kernelsup.notebook.runner import NotebookRun, choose_pool
 
 
 @pytest.mark.parametrize(
@@ -44,6 +44,32 @@ def test_parameters_in_python_and_bash() -> None:
     assert bash == "# Parameters\nn=3\ns='a b'\nok=true\n"
     with pytest.raises(Rejected, match="identifier"):
         parameters_code({"not a name": 1}, kernel="python3", language="python")
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"parameters": {"a": object()}}, r"parameter 'a': a value must be JSON data"),
+        ({"parameters": {"ok": 1, "s": {1, 2}}}, r"parameter 's': .*set is not JSON"),
+        ({"parameters": {"1x": 1}}, "identifier"),
+        ({"cell_timeout": 10**400}, r"cell_timeout must be a finite number > 0 \(got an integer"),
+        ({"cell_timeout": float("nan")}, r"cell_timeout must be a finite number > 0 \(got nan"),
+        ({"timeout": -1}, r"^timeout must be a finite number > 0 \(got -1\)"),
+    ],
+)
+def test_a_run_refuses_what_it_could_not_use_naming_it(
+    options: dict[str, Any], message: str, tmp_path: Any
+) -> None:
+    """Refused before any cell runs or anything is written, naming the argument: a value
+    the notebook's JSON metadata cannot hold, a timeout no request could carry."""
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1")])
+    path = tmp_path / "in.ipynb"
+    nbformat.write(nb, path)
+    before = path.read_bytes()
+    with pytest.raises(Rejected, match=message) as caught:
+        NotebookRun(path, output=tmp_path / "out.ipynb", **options)
+    assert caught.value.code == "bad_request"
+    assert path.read_bytes() == before and not (tmp_path / "out.ipynb").exists()
 
 
 def _cell(tags: list[str]) -> dict[str, Any]:

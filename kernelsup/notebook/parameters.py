@@ -11,6 +11,7 @@ through papermill's translators when papermill is installed.
 from __future__ import annotations
 
 import importlib
+import json
 import math
 import shlex
 from collections.abc import Mapping
@@ -62,6 +63,23 @@ def _bash(value: Any) -> str:
     if isinstance(value, (int, float)):
         return str(value)
     return shlex.quote(str(value))
+
+
+def check_parameters(parameters: Mapping[str, Any]) -> None:
+    """Refuse a parameter the run could not record: the values go into the notebook's
+    metadata (``papermill.parameters``, as papermill writes them), which is JSON. Raises
+    Rejected (``bad_request``) naming the parameter."""
+    for name, value in parameters.items():
+        if not (isinstance(name, str) and name.isidentifier()):
+            raise Rejected(f"{_IDENTIFIER_HINT}; got {name!r}", code="bad_request")
+        try:
+            json.dumps(value, allow_nan=True)
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise Rejected(
+                f"parameter {name!r}: a value must be JSON data (a string, number, "
+                f"true/false, null, or a list or dict of those): {exc}",
+                code="bad_request",
+            ) from None
 
 
 def parameters_code(parameters: Mapping[str, Any], *, kernel: str, language: str) -> str:
@@ -123,6 +141,7 @@ def injection_index(cells: list[Any]) -> tuple[int, bool]:
 __all__ = [
     "INJECTED_TAG",
     "PARAMETERS_TAG",
+    "check_parameters",
     "injection_index",
     "parameters_code",
     "parse_value",

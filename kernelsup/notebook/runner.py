@@ -39,6 +39,7 @@ before the cancellation goes on.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 import uuid
@@ -53,6 +54,7 @@ from kernelsup.core.codes import Exit, exec_exit, exit_for, result_error
 from kernelsup.core.errors import KernelsupError, Rejected
 from kernelsup.core.results import ExecuteResult, StatusReport
 from kernelsup.notebook import document as doc
+from kernelsup.notebook.parameters import check_parameters
 from kernelsup.notebook.report import CellReport, NotebookReport
 
 SESSION_PREFIX = "nb-"
@@ -130,6 +132,22 @@ def choose_pool(
     )
 
 
+def _check_seconds(name: str, value: float | None) -> None:
+    """Refuse a timeout that is not a finite number > 0, naming the argument (the request
+    that would carry it names only its own field, ``timeout``)."""
+    if value is None:
+        return
+    try:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = ok and math.isfinite(float(value)) and value > 0
+    except OverflowError:  # an int too large for a float
+        raise Rejected(
+            f"{name} must be a finite number > 0 (got an integer too large)", code="bad_request"
+        ) from None
+    if not ok:
+        raise Rejected(f"{name} must be a finite number > 0 (got {value!r})", code="bad_request")
+
+
 class NotebookRun:
     """One notebook's run: the document, the cells' outcomes, the decisions (above)."""
 
@@ -151,8 +169,7 @@ class NotebookRun:
         prepare: bool = True,
     ) -> None:
         for name, value in (("cell_timeout", cell_timeout), ("timeout", timeout)):
-            if value is not None and not value > 0:
-                raise Rejected(f"{name} must be > 0 (got {value!r})", code="bad_request")
+            _check_seconds(name, value)
         if isinstance(notebook, NotebookNode):
             self.nb = notebook
             self.input = "<notebook>"
@@ -168,6 +185,7 @@ class NotebookRun:
             if not os.path.isdir(os.path.dirname(os.path.abspath(self.output))):
                 raise Rejected(f"output {self.output!r}: no such directory", code="bad_request")
         self.parameters = dict(parameters or {})
+        check_parameters(self.parameters)
         self.cell_timeout = cell_timeout
         self.timeout = timeout
         self.allow_errors = allow_errors
