@@ -208,6 +208,8 @@ async def test_a_pool_forks_its_kernels_and_an_exec_pool_does_not(runtime_dir: P
         pids = {k["pool"]: k["pid"] for k in kernels(sup)}
         assert psutil.Process(pids["forked"]).ppid() == forked.fork_server.zygote_pid
         assert psutil.Process(pids["exec"]).ppid() == os.getpid()
+        # status says how each kernel was started
+        assert {k["pool"]: k["launch"] for k in kernels(sup)} == {"forked": "fork", "exec": "exec"}
 
 
 def test_a_pool_of_another_user_execs(runtime_dir: Path) -> None:
@@ -285,6 +287,7 @@ async def test_status_says_how_a_pool_starts_its_kernels_and_why_its_zygote_fail
         launch = sup.status_now().pools[0]["launch"]
         assert launch["mode"] == "fork" and launch["zygote"] != "ready", launch
         assert launch["exec_fallbacks"] >= 1 and launch["forked"] == 0, launch
+        assert [k["launch"] for k in kernels(sup)] == ["exec"]  # this kernel fell back
         table = format_status(sup.status_now())
         assert "zygote: " in table and "no_such_module_kernelsup_status" in table
     async with kernelsup.open_supervisor(

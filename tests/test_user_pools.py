@@ -226,6 +226,10 @@ def test_a_user_pools_kernel_runs_as_that_user_and_cannot_reach_the_supervisor()
         pw = pwd.getpwnam(USER)
         assert r.status == "ok", r
         assert r.stdout.split() == [str(pw.pw_uid), str(pw.pw_uid), str(pw.pw_gid), pw.pw_dir]
+        with sup.client() as c:  # status says whom the pool's kernels run as, and how
+            report = c.status()
+        assert {p["name"]: p["user"] for p in report.pools}["u"] == USER
+        assert {k["launch"] for k in report.kernels if k["pool"] == "u"} == {"exec"}
         # Its connection file and sockets: in a directory of its own, which only it (and
         # root) may enter.
         where = textwrap.dedent("""

@@ -157,6 +157,13 @@ class KernelHandle:
         return self.unit.kind
 
     @property
+    def launch(self) -> str:
+        """How this kernel was started: ``fork`` (from its pool's zygote), ``exec`` (its
+        kernelspec's argv; also a fork pool's fallback) or ``ray`` (on a Ray node)."""
+        launch = getattr(self._actor.proc, "launch", "exec")
+        return launch if isinstance(launch, str) else "exec"
+
+    @property
     def node(self) -> str | None:
         """The address of the Ray node the kernel runs on (adapters/ray_host.py); None for
         a kernel on this machine."""

@@ -1223,6 +1223,7 @@ class Pool:
                     "next_try_s": round(c.next_try - now, 3) if c.next_try is not None else None,
                     "start_error": c.start_error,
                     "containment": _handle(c).containment if c.handle is not None else None,
+                    "launch": _handle(c).launch if c.handle is not None else None,
                     "node": _handle(c).node if c.handle is not None else None,
                     "memory_bytes": usage.memory_bytes if usage else None,
                     "cpu_percent": _percent(usage.cpu_percent) if usage else None,
@@ -1256,6 +1257,7 @@ class Pool:
             "strategy": self.sup.supervision.strategy,
             "heartbeat_misses": self.heartbeat_misses(),
             "launch": self._launch_status(),
+            "user": self.cfg.user or None,
         }
 
     def _launch_status(self) -> dict[str, Any]:
