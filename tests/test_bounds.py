@@ -147,6 +147,20 @@ async def test_one_oversized_stream_message_keeps_its_head_and_tail(
     assert not notices(r, "oversized")
 
 
+async def test_a_reply_over_the_cap_is_dropped_and_the_shell_reopened(
+    small: RunningKernel,
+) -> None:
+    # A payload (here set_next_input's text) travels in the execute_reply on the shell
+    # channel: over the cap, zmq drops it and the connection; the request still ends (its
+    # idle came on iopub) and says so, and the shell is reopened for the next request.
+    code = "get_ipython().set_next_input('z' * 200_000_000); print('ran')"
+    r = await small.handle.execute(code, timeout=120)
+    assert (r.status, r.stdout) == ("ok", "ran\n"), r
+    (dropped,) = notices(r, "message_dropped")
+    assert "on shell" in dropped, dropped
+    await still_works(small)
+
+
 async def test_invalid_utf8_counts_the_bytes_the_program_wrote(
     nursery: trio.Nursery, runtime_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -185,18 +199,57 @@ def rss(pid: int) -> int:
     return int(psutil.Process(pid).memory_info().rss)
 
 
-def test_supervisor_memory_returns_after_a_300mb_value(sup: SupervisorProcess) -> None:
-    # Before: the value came back whole and the supervisor stayed 300 MB bigger. Now the
+def peak_rss(pid: int) -> int:
+    """The process's peak resident memory since the last reset_peak (VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+def reset_peak(pid: int) -> None:
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM := the RSS now
+
+
+def test_supervisor_memory_returns_after_a_100mb_value(sup: SupervisorProcess) -> None:
+    # Before: the value came back whole and the supervisor stayed 100 MB bigger. Now the
     # message is received (libzmq's buffer and pyzmq's copy: a transient peak of twice its
     # size), never decoded, and freed at once.
     with SyncClient(sup.config) as client:
         for _ in range(3):  # warm: imports, first results, buffers reach their size
             assert client.execute("'w' * 2_000_000").status == "ok"
         before = rss(sup.pid)
-        r = client.execute("'y' * 300_000_000", timeout=300)
+        r = client.execute("'y' * 100_000_000", timeout=300)
         after = rss(sup.pid)
         assert r.status == "ok", r.message
         assert reply_size(r) < 4 * 2**20  # the default budget is 1 MiB
-        assert r.truncated_bytes >= 300 * MB
+        assert r.truncated_bytes >= 100 * MB
         assert after <= before * 1.10, (before, after)
         assert client.execute("1 + 1").result == "2"
+
+
+def test_a_message_over_the_cap_never_reaches_the_supervisors_memory(
+    sup: SupervisorProcess,
+) -> None:
+    """Over the cap (128 MiB at the default budget) zmq refuses the message as its size
+    arrives: before, one print of 300 MB cost the supervisor 300 MB and more, however
+    briefly (its peak is read from the kernel's count, not sampled). The request says what
+    was dropped, and the kernel's next request has all its output (the connection zmq
+    dropped was reopened)."""
+    with SyncClient(sup.config) as client:
+        for _ in range(3):
+            assert client.execute("'w' * 2_000_000").status == "ok"
+        before = rss(sup.pid)
+        reset_peak(sup.pid)
+        code = "import sys; print('before', flush=True); sys.stdout.write('y' * 300_000_000)"
+        r = client.execute(code + "; sys.stdout.flush()", timeout=300)
+        peak = peak_rss(sup.pid)
+        assert peak - before < 64 * 2**20, (before, peak)
+        assert r.status == "ok", r.message
+        assert r.stdout.startswith("before\n"), r.stdout[:100]
+        (dropped,) = notices(r, "message_dropped")
+        assert "over 134217728 bytes on iopub" in dropped, dropped
+        for _ in range(3):  # every later request has its output: nothing else is lost
+            after = client.execute("print('next'); 6 * 7")
+            assert (after.status, after.stdout, after.result) == ("ok", "next\n", "42"), after
+            assert not [o for o in after.outputs if o.type == "notice"], after.outputs

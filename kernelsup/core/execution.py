@@ -91,6 +91,7 @@ class Execution:
     idle_number: int | None = None
     reply: Message | None = None
     idle: bool = False
+    dropped: list[str] = attrs.field(factory=list)  # link_dropped's notices, in order
 
     # -- feeding -----------------------------------------------------------------
     def count(self, number: int, msg: Message) -> None:
@@ -120,6 +121,15 @@ class Execution:
         if msg.oversized:
             return self.collector.drop_message(msg.msg_type, msg.oversized, msg.content)
         return self.collector.add_message(msg.msg_type, msg.content)
+
+    def link_dropped(self, channel: str, cap: int) -> None:
+        """The kernel's ``channel`` connection was dropped while this request ran (zmq
+        drops a peer that sends a frame over ``cap`` bytes) and reopened."""
+        self.dropped.append(
+            f"[kernelsup: the kernel sent a message over {cap} bytes on {channel}; it was "
+            f"dropped, with whatever the kernel sent until the connection was reopened; "
+            f"output is incomplete]"
+        )
 
     # -- deciding ----------------------------------------------------------------
     @property
@@ -179,6 +189,7 @@ class Execution:
             else:
                 c.set_error(reply)
         outs = c.outputs()
+        outs.extend(Output("notice", name="message_dropped", text=t) for t in self.dropped)
         if self.incomplete:
             outs.append(Output("notice", name="output_incomplete", text=OUTPUT_INCOMPLETE))
         elif self.lost:
@@ -187,8 +198,9 @@ class Execution:
                     "notice",
                     name="output_lost",
                     text=(
-                        f"[kernelsup: {self.lost} messages from the kernel were lost in transit "
-                        f"(its output queue overflowed); output is incomplete]"
+                        f"[kernelsup: {self.lost} messages from the kernel were lost in transit"
+                        f"{'' if self.dropped else ' (its output queue overflowed)'}; "
+                        f"output is incomplete]"
                     ),
                 )
             )
@@ -245,6 +257,7 @@ class Execution:
     ) -> ExecuteResult:
         """The result of a request still running when its kernel stopped with ``cause``;
         ``shut_down`` means it stopped because it was asked to."""
+        self.dropped.clear()  # a kernel that stops drops its connections: no news then
         if shut_down:
             return self.result(
                 "cancelled",

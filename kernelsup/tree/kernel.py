@@ -36,6 +36,7 @@ extends it. At the deadline (or when the caller cancels) the kernel is interrupt
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 from collections.abc import Callable
@@ -45,6 +46,7 @@ from typing import Any, Literal
 import attrs
 import trio
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 from kernelsup.adapters import zmqio
 from kernelsup.adapters.containment import Limits, Unit
@@ -57,7 +59,15 @@ from kernelsup.core.outputs import OutputCollector, message_limit, strip_ansi
 from kernelsup.core.results import ExecuteResult, ExitCause
 from kernelsup.core.slot import KernelState
 from kernelsup.core.wire import Message, Wire, WireError
-from kernelsup.tree.kernel_handle import ActorStats, ExecuteRequest, KernelHandle, KernelOptions
+from kernelsup.tree.kernel_handle import (
+    HEARTBEAT_MAXMSGSIZE,
+    HEARTBEAT_RCVHWM,
+    ActorStats,
+    ExecuteRequest,
+    KernelHandle,
+    KernelOptions,
+    message_cap,
+)
 from kernelsup.tree.watchdogs import watch_heartbeat, watch_memory
 
 # How long to wait for the late half of a finished request (reply or idle), see top.
@@ -69,6 +79,16 @@ IOPUB_PROBE_INTERVAL_S = 0.01
 # Upper bound on killing and reaping during cleanup; SIGKILL cannot be ignored, so this
 # only guards against a process stuck in uninterruptible sleep.
 REAP_TIMEOUT_S = 10.0
+
+
+# The channels reopened when zmq drops the kernel's end (see _reopen_dropped). Not the
+# heartbeat (a kernel that floods it is frozen as far as we can tell: it is restarted) or
+# control (interrupts and shutdowns fall back to signals); each reopened channel costs a
+# monitor socket pair, two more descriptors per kernel.
+REOPENED = ("shell", "iopub")
+# How long after a disconnect zmq has to show it is reconnecting by itself (it does so at
+# once: see _reopen_dropped) before we take the disconnect for a refused message.
+RECONNECT_WAIT_S = 1.0
 
 
 @attrs.define(eq=False)
@@ -113,6 +133,7 @@ class KernelActor:
         self._iopub_seen = trio.Event()
         self._wire: Wire | None = None
         self._sockets: dict[str, zmqio.Socket] = {}
+        self._monitors: dict[str, zmqio.Socket] = {}  # see _reopen_dropped
         # Lost-message detection, see core/execution.py.
         self._numbers = MessageNumbers()
 
@@ -174,6 +195,8 @@ class KernelActor:
                 nursery.start_soon(self._shell_reader)
                 nursery.start_soon(self._iopub_reader)
                 nursery.start_soon(self._control_reader)
+                for channel in REOPENED:
+                    nursery.start_soon(self._reopen_dropped, channel)
                 with trio.move_on_after(opts.start_timeout) as start_scope:
                     await self._handshake()
                     nursery.start_soon(self._heartbeat)
@@ -252,6 +275,10 @@ class KernelActor:
                 )
             )
         self.inbox.close()
+        for channel, monitor in self._monitors.items():
+            with contextlib.suppress(zmq.ZMQError):
+                self._sockets[channel].zmq.disable_monitor()
+            monitor.close()
         for sock in self._sockets.values():
             sock.close()
         self.proc.cleanup_files()
@@ -262,14 +289,25 @@ class KernelActor:
         conn = self.proc.plan.connection
         ctx = zmqio.context()
         kinds = {"shell": zmq.DEALER, "control": zmq.DEALER, "iopub": zmq.SUB, "hb": zmq.DEALER}
+        cap = message_cap(self.options.max_output_bytes)
         for channel, kind in kinds.items():
             raw = ctx.socket(kind)
             raw.setsockopt(zmq.LINGER, 0)
+            if channel == "hb":
+                raw.setsockopt(zmq.MAXMSGSIZE, HEARTBEAT_MAXMSGSIZE)
+                raw.setsockopt(zmq.RCVHWM, HEARTBEAT_RCVHWM)
+            else:
+                raw.setsockopt(zmq.MAXMSGSIZE, cap)
             if kind == zmq.SUB:
                 raw.setsockopt(zmq.RCVHWM, self.options.iopub_rcvhwm)
                 raw.setsockopt(zmq.SUBSCRIBE, b"")
             raw.connect(conn.endpoint(channel))
             self._sockets[channel] = zmqio.Socket(raw)
+        for channel in REOPENED:
+            monitor = self._sockets[channel].zmq.get_monitor_socket(
+                zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED
+            )
+            self._monitors[channel] = zmqio.Socket(monitor)
 
     async def _send(
         self, channel: str, msg_type: str, content: dict[str, Any] | None = None
@@ -357,6 +395,38 @@ class KernelActor:
                 run.got_either.set()
             if out is not None and run.request.on_output is not None:
                 run.request.on_output(out)
+
+    async def _reopen_dropped(self, channel: str) -> None:
+        """Reconnect ``channel`` when zmq drops the kernel's end of it for good.
+
+        zmq drops a peer that sends a frame over MAXMSGSIZE (``message_cap``) and, unlike
+        after any other disconnect, never reconnects it: without this, one oversized print
+        would leave every later request of the kernel without output. The two are told
+        apart by what zmq does next: after a peer that went away (the kernel died) it
+        schedules a reconnect at once (``EVENT_CONNECT_RETRIED``, measured well under a
+        millisecond later); after a refused message, nothing. Only then is the endpoint
+        disconnected and connected again (disconnecting a live pipe can abort libzmq in
+        fq.cpp, so never otherwise), and the running request told.
+        """
+        assert self.proc is not None
+        endpoint = self.proc.plan.connection.endpoint(channel)
+        monitor = self._monitors[channel]
+        raw = self._sockets[channel].zmq
+        while True:
+            frames = await monitor.recv_multipart()
+            if parse_monitor_message(frames)["event"] != zmq.EVENT_DISCONNECTED:
+                continue
+            with trio.move_on_after(RECONNECT_WAIT_S):
+                await monitor.recv_multipart()  # zmq reconnects by itself
+                continue
+            if monitor.zmq.poll(0) or self.proc.returncode is not None:
+                continue  # its retry came as our wait ran out; or the kernel is gone
+            raw.disconnect(endpoint)
+            raw.connect(endpoint)
+            self.stats.reconnects += 1
+            run = self._running
+            if run is not None:
+                run.execution.link_dropped(channel, message_cap(self.options.max_output_bytes))
 
     # ------------------------------------------------------------------- lifecycle
     def _make_unit(self, plan: LaunchPlan) -> Unit:

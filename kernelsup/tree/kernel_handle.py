@@ -15,6 +15,7 @@ import trio
 
 from kernelsup.adapters.containment import Unit
 from kernelsup.core.errors import Rejected
+from kernelsup.core.outputs import message_limit
 from kernelsup.core.results import ExecuteResult, ExitCause, Output
 from kernelsup.core.slot import KernelState
 
@@ -28,6 +29,29 @@ if TYPE_CHECKING:
 # let a CI run's supervisor grow by 80 MB during a flood). Beyond it the kernel's PUB
 # socket drops, and the request's result reports how many messages were lost.
 IOPUB_RCVHWM = 2000
+
+# The largest frame zmq takes from a kernel on any channel, whatever its request's budget
+# (see message_cap): zmq assembles a whole message in memory before we see any of it, so
+# without this one print of an 800 MB string cost the supervisor 800 MB. A kernel that
+# sends a bigger frame is disconnected by zmq (and reconnected at once): that message, and
+# whatever the kernel sent meanwhile, is lost, and the request says so (output_lost or
+# output_incomplete). Under the cap, a message too big for its request is still received
+# (a transient peak of about twice its size), counted, and said with its size (``oversized``
+# notices, core/wire.py). The floor keeps that for a 100 MB value at the default budget.
+MESSAGE_CAP_FLOOR = 128 * 1024 * 1024
+
+# The heartbeat only ever echoes our pings (a few bytes each), one at a time.
+HEARTBEAT_MAXMSGSIZE = 4096
+HEARTBEAT_RCVHWM = 16
+
+
+def message_cap(max_output_bytes: int) -> int:
+    """The largest frame taken from a kernel whose pool keeps ``max_output_bytes`` per
+    request: four times the largest message ever decoded for it (core/outputs.py's
+    ``message_limit``), and never under ``MESSAGE_CAP_FLOOR``; a message between the two
+    is still counted and noticed as ``oversized``."""
+    return max(MESSAGE_CAP_FLOOR, 4 * message_limit(max_output_bytes))
+
 
 # Set by a job's task (tree/jobs.py) for the requests it makes: the largest kernel message
 # decoded whole for them, so the job's spool gets its output whole (ExecuteRequest's
@@ -97,6 +121,7 @@ class ActorStats:
     heartbeat_misses: int = 0
     idle_missing: int = 0  # requests finished without their status: idle
     iopub_lost: int = 0  # iopub messages the kernel numbered that never arrived
+    reconnects: int = 0  # shell or iopub connections zmq dropped and we reopened
 
 
 @attrs.define(eq=False)
