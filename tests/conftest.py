@@ -21,7 +21,7 @@ from tests.helpers import (
     start_kernel,
 )
 
-# The fast subset, `pytest -m fast` (about 30 s on 2 cores): the modules that test pure
+# The fast subset, `pytest -m fast` (under a minute on 2 cores): the modules that test pure
 # decisions, virtual time (MockClock) and sockets in one process. Every other module
 # starts real kernels or supervisors. A new module of that kind belongs here.
 FAST_MODULES = frozenset(

@@ -43,6 +43,8 @@ README = PACKAGE.parent / "README.md"
 # Calls whose first positional argument is a code: rejected("queue_full", ...),
 # proto.Error("server_busy", ...), proto.Notice(code, ...), encode_notice(code, ...).
 _CODE_FIRST = {"rejected", "_rejected", "_reject_queue", "Error", "Notice", "encode_notice"}
+# ... and its second: self._cancel(job, "shutting_down", ...).
+_CODE_SECOND = {"_cancel"}
 _CODE_SHAPE = re.compile(r"[a-z][a-z0-9_]*\Z")
 
 
@@ -54,6 +56,15 @@ def _strings(node: ast.AST) -> list[tuple[str, int]]:
         for n in ast.walk(node)
         if isinstance(n, ast.Constant) and isinstance(n.value, str)
     ]
+
+
+def _literal_codes(node: ast.AST) -> list[tuple[str, int]]:
+    """A code written as a literal, or as either branch of ``A if c else B``."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return [(node.value, node.lineno)]
+    if isinstance(node, ast.IfExp):
+        return _literal_codes(node.body) + _literal_codes(node.orelse)
+    return []
 
 
 def _is_code(node: ast.AST) -> bool:
@@ -70,15 +81,14 @@ def codes_in(source: str) -> list[tuple[str, int]]:
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Call):
             for kw in node.keywords:
-                if kw.arg == "code" and isinstance(kw.value, ast.Constant):
-                    if isinstance(kw.value.value, str):
-                        found.append((kw.value.value, kw.value.lineno))
+                if kw.arg == "code":
+                    found += _literal_codes(kw.value)
             func = node.func
             name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
             if name in _CODE_FIRST and node.args:
-                first = node.args[0]
-                if isinstance(first, ast.Constant) and isinstance(first.value, str):
-                    found.append((first.value, first.lineno))
+                found += _literal_codes(node.args[0])
+            if name in _CODE_SECOND and len(node.args) > 1:
+                found += _literal_codes(node.args[1])
         elif isinstance(node, (ast.Assign, ast.AnnAssign)):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
             names = [t.id for t in targets if isinstance(t, ast.Name)]
@@ -126,6 +136,8 @@ if exc.code == "a_comparison" or err.code in ("in_a_tuple", "x"):
 _SOME_CODES = frozenset({"in_a_set"})
 code = sys.stdin.read() if args.code == "-" else args.code
 ExecuteResult("rejected", status="not_a_code", startup_code="nor_this")
+raise Rejected("...", code="one_branch" if write else "the_other")
+self._cancel(job, "a_cancel", "...")
 """
     assert sorted(code for code, _ in codes_in(source)) == sorted(
         [
@@ -139,6 +151,9 @@ ExecuteResult("rejected", status="not_a_code", startup_code="nor_this")
             "in_a_tuple",
             "x",
             "in_a_set",
+            "one_branch",
+            "the_other",
+            "a_cancel",
         ]
     )
 
@@ -148,6 +163,15 @@ def test_every_code_the_package_writes_is_a_row() -> None:
     assert {"queue_full", "server_busy", "auth_failed", "config_invalid"} <= set(used)
     unknown = {code: where for code, where in used.items() if code not in CODES}
     assert not unknown, f"codes missing from kernelsup/core/codes.py: {unknown}"
+
+
+def test_the_refusal_labels_that_are_codes_are_rows() -> None:
+    """kernelsup_control_refusals_total's reasons: the server's own counters (unsigned,
+    bad_signature, replayed are not codes) and the codes it refuses with."""
+    from kernelsup.metrics.collect import REFUSALS
+
+    not_codes = {"unsigned", "bad_signature", "replayed"}
+    assert sorted(set(REFUSALS.values()) - not_codes - set(CODES)) == []
 
 
 def test_no_row_is_stale() -> None:

@@ -76,8 +76,6 @@ RESTART_MAX_S = 30.0
 HEALTHY_S = 60.0
 # Largest control message we accept from a zygote.
 MAX_MESSAGE = 65536
-# The zygote's own stderr kept for error messages.
-ZYGOTE_TAIL_BYTES = 4096
 
 # A forked kernel keeps its IPython history in memory: the history database every
 # IPython shares (~/.ipython/.../history.sqlite) would let any kernel read the code every

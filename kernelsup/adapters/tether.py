@@ -80,7 +80,6 @@ class Tether:
 
     def __init__(self, runtime_dir: Path) -> None:
         self.runtime_dir = runtime_dir
-        self.leftovers: list[int] = []
         self._lock_fd: int | None = None
         self._reaper: subprocess.Popen[bytes] | None = None
 
@@ -101,7 +100,8 @@ class Tether:
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._lock_fd = fd
-        self.leftovers = sweep(self.runtime_dir) + sweep_groups(self.runtime_dir)
+        sweep(self.runtime_dir)  # what a supervisor killed before us left running
+        sweep_groups(self.runtime_dir)
         remove_ipc_dir(self.runtime_dir)  # stale sockets of a previous supervisor's kernels
         read_end, write_end = os.pipe()
         try:

@@ -1,8 +1,9 @@
 """The client commands of ``kernelsup``: exec, status, watch, interrupt, restart and
 close-session.
 
-A thin shell over :class:`kernelsup.control.sync_client.SyncClient`. Exit codes are part of the
-Contract: data in :mod:`kernelsup.core.codes`, used through :mod:`kernelsup.cli.exits`
+A thin shell over :class:`kernelsup.control.sync_client.SyncClient`. Exit codes are part of
+the contracts (ARCHITECTURE.md, "Contracts"): data in :mod:`kernelsup.core.codes`, used
+through :mod:`kernelsup.cli.exits`
 (``exec`` exits by its result's status, a command ended by an error by its code). Errors
 print as ``<CODE> <ErrorClass>: <message>`` on stderr.
 

@@ -330,7 +330,6 @@ class Connection:
         self.quiet_check_s = QUIET_CHECK_S
         self.broken: KernelsupError | None = None
         self.max_bytes: int | None = None  # the server's limit, from hello
-        self.discarded = 0  # replies that failed to verify or decode
         self.server = server  # the supervisor process (IPC), for rule 2
         self.up = False  # the zmq connection is established (rule 1)
         self.down_since = now()
@@ -351,8 +350,7 @@ class Connection:
                 )
             )
             return
-        except ProtocolError:
-            self.discarded += 1
+        except ProtocolError:  # a reply that failed to verify or decode: dropped
             return
         if isinstance(received.reply, proto.Notice):
             self.fail(_notice_error(received.reply))

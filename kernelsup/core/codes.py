@@ -53,7 +53,7 @@ from kernelsup.core.results import ExecuteResult
 
 
 class Exit(enum.IntEnum):
-    """The exit codes of the ``kernelsup`` command (part of the Contract)."""
+    """The exit codes of the ``kernelsup`` command (ARCHITECTURE.md, "Contracts")."""
 
     OK = 0  # done; exec: the code ran
     ERROR = 1  # exec: the code raised; run/mcp: the supervisor failed; status: unreachable

@@ -315,7 +315,8 @@ class ExecuteResult:
 
 @attrs.frozen
 class StatusReport:
-    """What ``status()`` returns; ``to_dict()`` is the status JSON of the Contract."""
+    """What ``status()`` returns; ``to_dict()`` is the status JSON (ARCHITECTURE.md,
+    "Contracts")."""
 
     kernels: tuple[dict[str, Any], ...] = ()
     pools: tuple[dict[str, Any], ...] = ()

@@ -57,15 +57,15 @@ A failed start is ``STARTING -ENDED-> EXITED`` and is decided like any exit; so 
 kernel that ends without reporting its exit first (``RUNNING -ENDED-> EXITED``). A
 BACKOFF whose restart is called off (the pool escalated) ends ``BACKOFF -ENDED-> EXITED``.
 
-Stopping. STOP on a state whose task is alive (:data:`ACTIVE`: STARTING, RUNNING,
-EXITING, BACKOFF) gives STOPPING; the supervisor then asks the kernel to shut down (or
-cancels the task when there is no kernel yet) and the task's ENDED gives STOPPED. On a
-state with no task (NEW, EXITED, HELD) STOP gives STOPPED at once; a DEAD slot stays
-DEAD, a STOPPED one STOPPED. REMOVE is the same with REMOVING and REMOVED (and makes a
-STOPPING slot REMOVING; STOP never undoes a REMOVE). Both are idempotent, so two
-callers may stop the same slot and both wait for the one incarnation to end. While
-STOPPING or REMOVING, READY and EXIT_SEEN may still arrive (the kernel got ready, or
-died, as we stopped it) and change nothing.
+Stopping. STOP on a state whose task is alive (STARTING, RUNNING, EXITING, BACKOFF; with
+STOPPING and REMOVING these make :data:`ACTIVE`) gives STOPPING; the supervisor then asks
+the kernel to shut down (or cancels the task when there is no kernel yet) and the task's
+ENDED gives STOPPED. On a state with no task (NEW, EXITED, HELD) STOP gives STOPPED at
+once; a DEAD slot stays DEAD, a STOPPED one STOPPED. REMOVE is the same with REMOVING and
+REMOVED (and makes a STOPPING slot REMOVING; STOP never undoes a REMOVE). Both are
+idempotent, so two callers may stop the same slot and both wait for the one incarnation
+to end. While STOPPING or REMOVING, READY and EXIT_SEEN may still arrive (the kernel got
+ready, or died, as we stopped it) and change nothing.
 
 Any other (state, event) pair is a bug in the supervisor: :func:`transition` raises
 :class:`IllegalTransition` naming both. tests/test_slot.py writes the whole table out.

@@ -21,7 +21,8 @@ from kernelsup.core.snapshots import RestoreInfo, SnapshotInfo
 
 
 class Backend(Protocol):
-    """The part of the Contract the tools use (the same on Supervisor and Client)."""
+    """The part of the public API (ARCHITECTURE.md, "Contracts") the tools use: the same
+    on Supervisor and Client."""
 
     async def open_session(
         self,

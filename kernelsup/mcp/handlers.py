@@ -72,7 +72,7 @@ CLOSE_TIMEOUT_S = 15.0
 # Code among them) hand the model only ``structuredContent`` when it is present, which would
 # hide the output and the images. ``_meta`` never reaches the model; programs read it.
 META_RESULT = "kernelsup/result"  # execute, job_status: the ExecuteResult without the output
-META_STATUS = "kernelsup/status"  # status: the status JSON of the Contract
+META_STATUS = "kernelsup/status"  # status: the status JSON (ARCHITECTURE.md, "Contracts")
 META_JOB = "kernelsup/job"  # execute, job_status, job_output, cancel_job: the JobInfo
 META_JOBS = "kernelsup/jobs"  # list_jobs
 META_SESSION = "kernelsup/session"  # open_session: the SessionInfo

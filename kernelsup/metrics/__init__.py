@@ -1,4 +1,5 @@
-"""Prometheus metrics for a running supervisor (``[metrics] listen``).
+"""Layer 5 (beside control), Prometheus metrics for a running supervisor (``[metrics]
+listen``). May import :mod:`kernelsup.api` and every layer below it, not control.
 
 :mod:`kernelsup.metrics.collect` keeps the registry: counters fed by the event bus and by
 every request's outcome, and a collector that reads status at scrape time.

@@ -1,6 +1,8 @@
-"""Notebooks under supervision: run an .ipynb's cells in one kernel, outputs written back.
+"""Layer 3.5, notebooks under supervision: run an .ipynb's cells in one kernel, outputs
+written back.
 
-The layer between the tree and the root (``api.py``): it uses only the interface every
+The layer between the tree and the root (``api.py``); it imports only :mod:`kernelsup.core`
+(a contract in pyproject.toml holds it to that) and uses only the interface every
 supervisor offers (``status``, ``execute``, ``close_session``), so ``Supervisor``,
 ``Client`` and ``SyncClient`` each get ``run_notebook`` as a thin call into
 :func:`run_notebook` / :func:`run_notebook_sync`. document.py is the notebook file
