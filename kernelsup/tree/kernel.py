@@ -56,7 +56,7 @@ from kernelsup.adapters.started import EXEC, Launcher, StartedKernel
 from kernelsup.core.errors import KernelStartError
 from kernelsup.core.execution import Execution, MessageNumbers
 from kernelsup.core.outputs import OutputCollector, message_limit, strip_ansi
-from kernelsup.core.results import ExecuteResult, ExitCause
+from kernelsup.core.results import ExecuteResult, ExitCause, Output
 from kernelsup.core.slot import KernelState
 from kernelsup.core.wire import Message, Wire, WireError
 from kernelsup.tree.kernel_handle import (
@@ -79,6 +79,9 @@ IOPUB_PROBE_INTERVAL_S = 0.01
 # Upper bound on killing and reaping during cleanup; SIGKILL cannot be ignored, so this
 # only guards against a process stuck in uninterruptible sleep.
 REAP_TIMEOUT_S = 10.0
+# After a kernel's exit, how long its last words may take to come through its output pipe
+# (the pipe ends at once unless something that escaped its process group holds it).
+OUTPUT_END_S = 1.0
 
 
 # The channels reopened when zmq drops the kernel's end (see _reopen_dropped). Not the
@@ -131,6 +134,7 @@ class KernelActor:
         self._running: _Running | None = None
         self._waiters: dict[str, tuple[trio.Event, list[Message]]] = {}
         self._iopub_seen = trio.Event()
+        self._output_done = trio.Event()  # the kernel's stdout/stderr pipe is at its end
         self._wire: Wire | None = None
         self._sockets: dict[str, zmqio.Socket] = {}
         self._monitors: dict[str, zmqio.Socket] = {}  # see _reopen_dropped
@@ -190,7 +194,7 @@ class KernelActor:
                 raise _NoSockets from None
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                nursery.start_soon(self.proc.drain_output, output)
+                nursery.start_soon(self._drain, output)
                 nursery.start_soon(self._watch_process)
                 nursery.start_soon(self._shell_reader)
                 nursery.start_soon(self._iopub_reader)
@@ -235,6 +239,8 @@ class KernelActor:
                 reason += f": {cause.detail}"
             if kind == "start_timeout" and tail:
                 reason += f"; its output ended: {tail}"
+            if plan.connection.transport == "ipc" and not self.kernel_info:
+                reason += IPC_HINT
             raise KernelStartError(
                 f"kernel {self.kernel_id} failed to start: {reason}",
                 code=kind,
@@ -445,6 +451,13 @@ class KernelActor:
                 kernel_id=self.kernel_id,
             ) from None
 
+    async def _drain(self, output: trio.abc.ReceiveStream) -> None:
+        assert self.proc is not None
+        try:
+            await self.proc.drain_output(output)
+        finally:
+            self._output_done.set()
+
     async def _watch_process(self) -> None:
         assert self.proc is not None
         code = await self.proc.wait()
@@ -466,10 +479,18 @@ class KernelActor:
             )
             return
         # A signal says what happened; the kernel's own last words help otherwise (an exit
-        # status, or any exit before it was ready: they say why it could not start).
-        tail = (
-            self.proc.output_tail() if code > 0 or (code == 0 and self.state == "starting") else ""
-        )
+        # status, or any exit before it was ready: they say why it could not start). Before
+        # it was ready they are the reason, and the pipe may still hold them: its end comes
+        # once the process and its group are gone (a process that escaped the group and
+        # keeps it open is waited for at most OUTPUT_END_S). A ready kernel's death is
+        # recorded at once, before its heartbeat can be taken for the cause.
+        starting = self.state == "starting"
+        tail = ""
+        if code > 0 or (code == 0 and starting):
+            if starting:
+                with trio.move_on_after(OUTPUT_END_S):
+                    await self._output_done.wait()
+            tail = self.proc.output_tail()
         self.finish(
             ExitCause.from_returncode(code, requested=self.stop_requested.is_set(), detail=tail)
         )
@@ -569,12 +590,39 @@ class KernelActor:
                 req.deliver(ExecuteResult("cancelled", code="cancelled", kernel_id=self.kernel_id))
                 continue
             self.state = "busy"
+            oom_before = self._oom_kills()
             result = await self._run_one(req)
-            req.deliver(result)
+            req.deliver(self._with_oom_notice(req, result, oom_before))
             assert self.proc is not None
             self.proc.unit.remember()
             if self.state == "busy":
                 self.state = "idle"
+
+    def _oom_kills(self) -> int:
+        """OOM kills in the kernel's unit so far; only counted under a memory limit."""
+        assert self.proc is not None
+        return self.proc.unit.oom_kills() if self.options.memory_limit_mb > 0 else 0
+
+    def _with_oom_notice(
+        self, req: ExecuteRequest, result: ExecuteResult, before: int
+    ) -> ExecuteResult:
+        """The cgroup's OOM killer chose a process the kernel started (a command of a bash
+        kernel, ``!python`` or a subprocess of a Python one), not the kernel, which lives
+        on (its own death ends the request ``died``): the result says so in a
+        ``memory_limit`` notice, streamed too, since the kernel may say nothing of it."""
+        killed = self._oom_kills() - before
+        if killed <= 0:
+            return result
+        what = "a process" if killed == 1 else f"{killed} processes"
+        notice = Output(
+            "notice",
+            name="memory_limit",
+            text=f"[kernelsup: the OOM killer killed {what} this kernel started, at "
+            f"memory_limit_mb = {self.options.memory_limit_mb}; the kernel itself is alive]",
+        )
+        if req.on_output is not None:
+            req.on_output(notice)
+        return attrs.evolve(result, outputs=(*result.outputs, notice))
 
     async def _run_one(self, req: ExecuteRequest) -> ExecuteResult:
         assert self._wire is not None
@@ -657,6 +705,12 @@ class _NoSockets(Exception):
     """The kernel's sockets could not be opened (the cause is already recorded)."""
 
 
+# Said of a kernel that never answered kernel_info over IPC: some kernels listen on TCP only
+# (or fail on IPC endpoints), and their own last words rarely name the transport.
+IPC_HINT = (
+    '; it never answered over IPC: if this kernel cannot use IPC sockets, set transport = "tcp" '
+    "in its pool"
+)
 # How much of a failed startup_code's traceback goes into the start failure's reason.
 STARTUP_TRACEBACK_CHARS = 4000
 
