@@ -4,7 +4,10 @@ Start order: event bus, pools (their kernels starting concurrently), then the ca
 the :class:`Supervisor`. Stop in reverse: new requests are refused, pools stop in reverse
 order (each stops its kernels in reverse start order), the bus closes last. The root
 restarts a pool that escalated, under its own intensity window; when that window trips
-the whole tree stops and :class:`SupervisorGaveUp` comes out of ``open_supervisor``.
+the whole tree stops and :class:`SupervisorGaveUp` comes out of ``open_supervisor``. So it
+does when every pool is dead (each of its kernels gave up restarting: ``max_retries``):
+with nothing left to serve, the supervisor ends, rather than refuse requests forever
+(``kernelsup run`` exits 1 naming the pools and their last start errors).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from kernelsup.adapters.runtime import private_dir, runtime_dir_for
 from kernelsup.adapters.tether import Tether
 from kernelsup.core import events as ev
 from kernelsup.core.config import Config, load_config
-from kernelsup.core.errors import ConfigError, Rejected, raise_lone
+from kernelsup.core.errors import ConfigError, Rejected, SupervisorGaveUp, raise_lone
 from kernelsup.core.interface import StreamItem
 from kernelsup.core.policy import IntensityWindow
 from kernelsup.core.records import JobInfo, JobOutput, SessionInfo, env_problem
@@ -53,6 +56,11 @@ STOP_TIMEOUT_S = 60.0
 SESSION_NAME_MAX = 128
 # How much of a refused name an error shows.
 _NAME_SHOWN = 40
+
+
+async def _cancel_on_change(pool: Pool, scope: trio.CancelScope) -> None:
+    await pool.wait_changed()
+    scope.cancel()
 
 
 def session_name_problem(name: object) -> str | None:
@@ -116,6 +124,7 @@ class Supervisor:
                 for pool in self.pools.values():
                     nursery.start_soon(pool.expire_sessions)
                 await nursery.start(self._jobs.run)
+                nursery.start_soon(self._give_up_when_every_pool_is_dead)
                 self.bus.publish(ev.SUPERVISOR_READY, kernels=self.kernel_count())
                 task_status.started()
                 await self._stop.wait()
@@ -127,6 +136,22 @@ class Supervisor:
                 nursery.cancel_scope.cancel()
         finally:
             self._stopped.set()
+
+    async def _give_up_when_every_pool_is_dead(self) -> None:
+        """Raise SupervisorGaveUp once every pool is dead (a pool with some kernel left
+        serves on: its dead neighbours refuse with ``pool_dead``)."""
+        pools = list(self.pools.values())
+        while not all(pool.dead for pool in pools):
+            async with trio.open_nursery() as changed:
+                for pool in pools:
+                    changed.start_soon(_cancel_on_change, pool, changed.cancel_scope)
+        reasons = "; ".join(f"pool {pool.name!r}: {pool.dead_reason()}" for pool in pools)
+        message = f"every pool is dead (its kernels gave up restarting): {reasons}"
+        if not self._closing:  # as aclose does, with the reason
+            self._jobs.cancel_all()
+            self._closing = True
+            self.bus.publish(ev.SUPERVISOR_STOPPING, reason=message)
+        raise SupervisorGaveUp(message)
 
     async def aclose(self, reason: str = "requested") -> None:
         """Stop the tree gracefully: refuse new requests, stop pools in reverse order."""

@@ -138,6 +138,38 @@ max_retries = -1
     assert nothing_tethered(runtime_dir) == []
 
 
+def test_run_exits_1_when_every_pool_is_dead(tmp_path: Path, runtime_dir: Path) -> None:
+    """A kernel that can never start: its retries run out, its pool is dead, and with no
+    pool left to serve, run gives up by itself (before, it stayed up refusing every
+    request with pool_dead until someone stopped it)."""
+    cfg = tmp_path / "never.toml"
+    cfg.write_text(f"""
+[supervisor]
+runtime_dir = "{runtime_dir}"
+
+[[pool]]
+size = 1
+spares = 0
+startup_code = "import sys; sys.exit('no licence for this kernel')"
+
+[pool.restart]
+min_delay = 0.05
+max_delay = 0.1
+max_retries = 2
+""")
+    proc = subprocess.run(
+        [*KERNELSUP, "run", str(cfg), "--quiet"], capture_output=True, text=True, timeout=90
+    )
+    assert proc.returncode == 1, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(
+        "supervisor_gave_up SupervisorGaveUp: every pool is dead (its kernels gave up "
+        "restarting): pool 'default':"
+    ), last
+    assert "no licence for this kernel" in last, last
+    assert nothing_tethered(runtime_dir) == []
+
+
 def test_run_logs_events_as_json(running: Running, config_file: Path, runtime_dir: Path) -> None:
     running.stop()
     r = Running(config_file, "--log-json")

@@ -24,7 +24,8 @@ import trio
 import kernelsup
 from kernelsup.adapters import containment
 from kernelsup.api import Supervisor
-from kernelsup.core.errors import KernelStartError, Rejected
+from kernelsup.core.errors import KernelStartError, Rejected, SupervisorGaveUp
+from kernelsup.tree.bus import EventBus
 from kernelsup.tree.kernel import IPC_HINT
 from tests.helpers import FAST, FAST_POOL, start_kernel
 
@@ -414,16 +415,18 @@ async def test_a_kernel_that_can_never_start_ends_dead_across_pool_restarts(
         intensity=2,
         restart={"min_delay": 0.01, "max_delay": 0.02, "jitter": "none", "max_retries": 4},
     )
-    with trio.fail_after(120):
-        async with kernelsup.open_supervisor(cfg, runtime_dir=runtime_dir) as sup:
-            pool = sup.pools["p"]
-            while not pool.dead:
-                await pool.wait_changed()
-            r = await run(sup, "1")
-            assert (r.status, r.code) == ("rejected", "pool_dead"), r
-            (kernel,) = sup.status_now().kernels
-            assert kernel["state"] == "dead"
-            assert "ZeroDivisionError" in kernel["start_error"]
+    bus = EventBus()
+    with trio.fail_after(120), pytest.raises(SupervisorGaveUp) as info:
+        async with kernelsup.open_supervisor(cfg, runtime_dir=runtime_dir, bus=bus):
+            await trio.sleep_forever()  # ended by the root giving up: its only pool is dead
+    message = info.value.message
+    assert message.startswith("every pool is dead (its kernels gave up restarting): pool 'p':")
+    assert "ZeroDivisionError: division by zero" in message
+    kinds = [e.kind for e in bus.recent()]
+    assert kinds.count("pool_restarted") >= 1  # the pool escalated and was restarted...
+    assert kinds.count("gave_up") == 1  # ...and its kernel's failures went on counting
+    stopping = [e for e in bus.recent() if e.kind == "supervisor_stopping"]
+    assert [e.data["reason"] for e in stopping] == [message]
 
 
 async def test_snapshots_of_another_language_are_refused_by_name(

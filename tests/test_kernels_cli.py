@@ -256,11 +256,6 @@ def test_bash_from_the_command_line(
     stop_and_check(run, runtime_dir)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the state-lost notice is added to the final result only (tree/router.py), and "
-    "kernelsup exec prints the streamed outputs (cli/client_commands.py): reported",
-)
 def test_the_state_lost_notice_is_printed_by_a_streaming_exec(
     tmp_path: Path, runtime_dir: Path, running: list[Run], bash_spec: Path
 ) -> None:

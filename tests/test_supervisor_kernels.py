@@ -57,16 +57,20 @@ async def test_sigkill_one_kernel(runtime_dir: Path, strategy: str) -> None:
 
 async def test_crash_looping_startup_code_backs_off_then_dies(runtime_dir: Path) -> None:
     bus = EventBus()
-    config = cfg(
-        size=1,
-        startup_code="import os; os._exit(3)",
-        restart={
-            "min_delay": 0.05,
-            "max_delay": 0.4,
-            "multiplier": 2.0,
-            "jitter": "none",
-            "max_retries": 3,
-        },
+    restart = {
+        "min_delay": 0.05,
+        "max_delay": 0.4,
+        "multiplier": 2.0,
+        "jitter": "none",
+        "max_retries": 3,
+    }
+    crashing = {**FAST_POOL, "name": "default", "size": 1, "spares": 0, "restart": restart}
+    healthy = {**FAST_POOL, "name": "ok", "size": 1, "spares": 0}
+    config = kernelsup.Config.from_dict(
+        {
+            "supervisor": {"intensity": 100},
+            "pool": [{**crashing, "startup_code": "import os; os._exit(3)"}, healthy],
+        }
     )
     async with kernelsup.open_supervisor(config, runtime_dir=runtime_dir, bus=bus) as sup:
         # open_supervisor returns once the kernel has failed its first start (it does not
@@ -74,6 +78,8 @@ async def test_crash_looping_startup_code_backs_off_then_dies(runtime_dir: Path)
         await wait_until(sup, lambda: kernels(sup)[0]["state"] == "dead")
         r = await sup.execute("1")
         assert r.status == "rejected" and r.code == "pool_dead"
+        # another pool serves on (were every pool dead, the supervisor would give up)
+        assert (await sup.execute("1 + 1", pool="ok")).result == "2"
     seen = bus.recent()
     delays = [e.data["delay"] for e in seen if e.kind == ev.RESTART_SCHEDULED]
     assert delays == [0.05, 0.1, 0.2]

@@ -108,7 +108,7 @@ _CODE_ROWS = (
         "supervisor_gave_up",
         SupervisorGaveUp,
         _E.ERROR,
-        "the root exceeded its restart intensity: the supervisor stops",
+        "the root exceeded its restart intensity, or every pool is dead: the supervisor stops",
     ),
     # -- kernels
     CodeRow("kernel_error", KernelError, _E.ERROR, "something happened to a kernel process"),

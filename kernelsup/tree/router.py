@@ -92,6 +92,7 @@ STATE_LOST_MARKER = (
     "[kernelsup: this session's kernel was replaced; "
     "variables and imports from earlier requests are gone]\n"
 )
+STATE_LOST_TEXT = STATE_LOST_MARKER.strip()
 
 
 Role = Literal["pool", "spare", "session", "fresh"]
@@ -456,6 +457,18 @@ class Pool:
         shared = [c for c in self.sup.children if self._roles.of(c) in ("pool", "spare")]
         return bool(shared) and all(c.state is SlotState.DEAD for c in shared)
 
+    def dead_reason(self) -> str:
+        """Why the pool is dead, in a line: its newest start error, or how its kernels
+        last ended."""
+        shared = [c for c in self.sup.children if self._roles.of(c) in ("pool", "spare")]
+        for c in reversed(shared):
+            if c.start_error:
+                return str(c.start_error).splitlines()[0]
+        for c in reversed(shared):
+            if c.last_exit is not None:
+                return f"its kernels gave up restarting; the last ended {c.last_exit.describe()}"
+        return "its kernels gave up restarting"
+
     @property
     def unavailable(self) -> str | None:
         """While no kernel of the pool can start (every one's last start failed, none is
@@ -655,6 +668,7 @@ class Pool:
         async with self._held(session):
             session.last_used = trio.current_time()
             session.last_used_wall = time.time()
+            told = False  # the state-lost notice streamed to on_output
             while True:
                 child = session.child
                 # A kernel that is not ready is gone for the session (it exited, or is
@@ -670,6 +684,12 @@ class Pool:
                     restore = await self._restore_due(session, handle)
                     if on_start is not None:
                         on_start(child.id)
+                    lost = session.lost and not isinstance(restore, RestoreInfo)
+                    if lost and on_output is not None and not told:
+                        # streamed first, as it comes first in the result (below): a
+                        # caller printing as outputs come sees it before the new output
+                        told = True
+                        on_output(Output("notice", name="state_lost", text=STATE_LOST_TEXT))
                     result = await handle.execute(code, timeout=timeout, on_output=on_output)
                 except Rejected:
                     # Never started: its kernel is on its way out. Bind a fresh one, after
@@ -694,7 +714,7 @@ class Pool:
                     state_lost=True,
                     stdout=STATE_LOST_MARKER + result.stdout,
                     outputs=(
-                        Output("notice", name="state_lost", text=STATE_LOST_MARKER.strip()),
+                        Output("notice", name="state_lost", text=STATE_LOST_TEXT),
                         *result.outputs,
                     ),
                 )
