@@ -255,7 +255,9 @@ def _print_output(console: _Console, out: Output) -> bool:
         console.err.write((out.text or "") + "\n")
         return True
     elif out.type == "notice":
-        console.err.write(f"[kernelsup] {out.text or out.name}\n")
+        text = out.text or out.name or ""
+        # kernelsup's own notices say "[kernelsup: ...]" already
+        console.err.write((text if text.startswith("[kernelsup") else f"[kernelsup] {text}") + "\n")
     return False
 
 
