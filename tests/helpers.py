@@ -141,6 +141,18 @@ LEAVE_BEHIND = textwrap.dedent("""
 """)
 
 
+def install_bash_kernelspec(prefix: Path) -> Path:
+    """bash_kernel's kernelspec, installed by its own installer into ``prefix`` (pip
+    installs the package; the kernelspec is a separate step, as its README says); returns
+    the JUPYTER_PATH entry that finds it."""
+    subprocess.run(
+        [sys.executable, "-m", "bash_kernel.install", "--prefix", str(prefix)],
+        check=True,
+        capture_output=True,
+    )
+    return prefix / "share" / "jupyter"
+
+
 def alive(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +26,7 @@ from kernelsup.api import Supervisor
 from kernelsup.core.errors import KernelStartError, Rejected, SupervisorGaveUp
 from kernelsup.tree.bus import EventBus
 from kernelsup.tree.kernel import IPC_HINT
-from tests.helpers import FAST, FAST_POOL, start_kernel
+from tests.helpers import FAST, FAST_POOL, install_bash_kernelspec, start_kernel
 
 # Launch to ready takes up to ~4 s for bash (it sources ~/.bashrc) on a loaded machine.
 START_TIMEOUT = 60.0
@@ -84,13 +83,7 @@ def kernelspecs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """bash_kernel's kernelspec, installed with its own installer into a private prefix
     (pip installs the package; the kernelspec is a separate step, as its README says).
     calysto_scheme and xeus-python ship theirs in the wheel."""
-    prefix = tmp_path_factory.mktemp("specs")
-    subprocess.run(
-        [sys.executable, "-m", "bash_kernel.install", "--prefix", str(prefix)],
-        check=True,
-        capture_output=True,
-    )
-    yield prefix / "share" / "jupyter"
+    yield install_bash_kernelspec(tmp_path_factory.mktemp("specs"))
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from kernelsup.adapters.tether import tethered_pids
+from tests.helpers import install_bash_kernelspec
 
 BINDIR = Path(sys.executable).parent
 # The venv's own script when there is one (how a user starts it), else the module.
@@ -37,15 +38,8 @@ STATE_LOST = "[kernelsup: this session's kernel was replaced;"
 
 @pytest.fixture(scope="module")
 def bash_spec(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """bash_kernel's kernelspec, installed with its own installer into a private prefix;
-    the JUPYTER_PATH entry that finds it."""
-    prefix = tmp_path_factory.mktemp("specs")
-    subprocess.run(
-        [sys.executable, "-m", "bash_kernel.install", "--prefix", str(prefix)],
-        check=True,
-        capture_output=True,
-    )
-    return prefix / "share" / "jupyter"
+    """bash_kernel's kernelspec in a private prefix; the JUPYTER_PATH entry that finds it."""
+    return install_bash_kernelspec(tmp_path_factory.mktemp("specs"))
 
 
 def user_env(*jupyter_path: Path) -> dict[str, str]:

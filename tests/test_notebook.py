@@ -29,7 +29,7 @@ import pytest
 import kernelsup as kernelsup_pkg
 from kernelsup.adapters.tether import TETHER_ENV
 from kernelsup.control.sync_client import SyncClient
-from tests.helpers import assert_nothing_left
+from tests.helpers import assert_nothing_left, install_bash_kernelspec
 from tests.supervisor_process import SupervisorProcess, supervisor
 
 PAPERMILL_NOTEBOOKS = Path(papermill.__file__).parent / "tests" / "notebooks"
@@ -358,13 +358,7 @@ def test_no_pool_for_the_notebooks_kernel_is_a_clear_error(tmp_path: Path) -> No
 @pytest.fixture(scope="module")
 def bash_spec(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """bash_kernel's kernelspec, installed by its own installer into a private prefix."""
-    prefix = tmp_path_factory.mktemp("specs")
-    subprocess.run(
-        [sys.executable, "-m", "bash_kernel.install", "--prefix", str(prefix)],
-        check=True,
-        capture_output=True,
-    )
-    return prefix / "share" / "jupyter"
+    return install_bash_kernelspec(tmp_path_factory.mktemp("specs"))
 
 
 def test_a_bash_notebook_with_parameters(tmp_path: Path, bash_spec: Path) -> None:
