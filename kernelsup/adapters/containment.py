@@ -210,6 +210,12 @@ class Unit:
                 self.dirs["cpu"] / "cpu.cfs_quota_us", str(max(1000, int(lim.cpu * CPU_PERIOD_US)))
             )
 
+    @property
+    def enforces_memory_limit(self) -> bool:
+        """The kernel's OOM killer holds the unit to its memory limit (a memory cgroup with
+        the limit written); else only the supervisor's watch of its members can."""
+        return self.kind == "cgroup" and bool(self.limits.memory_mb) and "memory" in self.dirs
+
     # -- in the child, between fork and exec -------------------------------------------
     def join_in_child(self) -> None:
         """Runs in the kernel's child process before exec: enter the unit."""

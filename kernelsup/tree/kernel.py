@@ -204,7 +204,11 @@ class KernelActor:
                 with trio.move_on_after(opts.start_timeout) as start_scope:
                     await self._handshake()
                     nursery.start_soon(self._heartbeat)
-                    if opts.memory_limit_mb > 0:
+                    if opts.memory_limit_mb > 0 and not self.proc.unit.enforces_memory_limit:
+                        # Only where no memory cgroup holds the limit: the watch sums its
+                        # members' resident memory, counting pages they share once each,
+                        # so beside a cgroup it killed the whole kernel where the OOM
+                        # killer would have taken only the command that wanted too much.
                         nursery.start_soon(self._memory_watch)
                     await self._run_startup_code()
                 if start_scope.cancelled_caught:
