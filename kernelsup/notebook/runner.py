@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -137,15 +138,14 @@ def _check_seconds(name: str, value: float | None) -> None:
     that would carry it names only its own field, ``timeout``)."""
     if value is None:
         return
-    try:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        ok = ok and math.isfinite(float(value)) and value > 0
-    except OverflowError:  # an int too large for a float
-        raise Rejected(
-            f"{name} must be a finite number > 0 (got an integer too large)", code="bad_request"
-        ) from None
-    if not ok:
-        raise Rejected(f"{name} must be a finite number > 0 (got {value!r})", code="bad_request")
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if number and isinstance(value, int) and abs(value) > sys.float_info.max:  # no float
+        shown = "an integer too large"
+    elif number and math.isfinite(value) and value > 0:
+        return
+    else:
+        shown = repr(value)
+    raise Rejected(f"{name} must be a finite number > 0 (got {shown})", code="bad_request")
 
 
 class NotebookRun:

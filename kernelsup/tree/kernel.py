@@ -420,6 +420,7 @@ class KernelActor:
         """
         assert self.proc is not None
         endpoint = self.proc.plan.connection.endpoint(channel)
+        cap = message_cap(self.options.max_output_bytes)
         monitor = self._monitors[channel]
         raw = self._sockets[channel].zmq
         while True:
@@ -436,7 +437,7 @@ class KernelActor:
             self.stats.reconnects += 1
             run = self._running
             if run is not None:
-                run.execution.link_dropped(channel, message_cap(self.options.max_output_bytes))
+                run.execution.link_dropped(channel, cap)
 
     # ------------------------------------------------------------------- lifecycle
     def _make_unit(self, plan: LaunchPlan) -> Unit:

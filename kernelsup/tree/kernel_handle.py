@@ -33,8 +33,9 @@ IOPUB_RCVHWM = 2000
 # The largest frame zmq takes from a kernel on any channel, whatever its request's budget
 # (see message_cap): zmq assembles a whole message in memory before we see any of it, so
 # without this one print of an 800 MB string cost the supervisor 800 MB. A kernel that
-# sends a bigger frame is disconnected by zmq (and reconnected at once): that message, and
-# whatever the kernel sent meanwhile, is lost, and the request says so (output_lost or
+# sends a bigger frame is disconnected by zmq, and reconnected by the kernel actor about a
+# second later (tree/kernel.py _reopen_dropped): that message, and whatever the kernel
+# sent meanwhile, is lost, and the request says so (message_dropped, with output_lost or
 # output_incomplete). Under the cap, a message too big for its request is still received
 # (a transient peak of about twice its size), counted, and said with its size (``oversized``
 # notices, core/wire.py). The floor keeps that for a 100 MB value at the default budget.
@@ -185,8 +186,8 @@ class KernelHandle:
     def launch(self) -> str:
         """How this kernel was started: ``fork`` (from its pool's zygote), ``exec`` (its
         kernelspec's argv; also a fork pool's fallback) or ``ray`` (on a Ray node)."""
-        launch = getattr(self._actor.proc, "launch", "exec")
-        return launch if isinstance(launch, str) else "exec"
+        assert self._actor.proc is not None
+        return self._actor.proc.launch
 
     @property
     def node(self) -> str | None:
